@@ -1,0 +1,130 @@
+//! Node configuration, validated once into a [`Config`] the node trusts.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::types::NodeId;
+
+/// How a node behaves. Build it with [`Config::new`] and adjust fields; it is
+/// checked by [`Config::validate`] when the node is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (non-zero, one of `voters`).
+    pub id: NodeId,
+    /// Every voting member of the cluster, this node included.
+    pub voters: Vec<NodeId>,
+    /// Minimum election timeout in ticks; each timeout is drawn uniformly
+    /// from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u32,
+    /// Ticks between leader heartbeats; must be below `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Most entries in one AppendEntries message.
+    pub max_entries_per_msg: usize,
+    /// Most payload bytes in one AppendEntries message (at least one entry
+    /// is always sent, however large).
+    pub max_bytes_per_msg: usize,
+    /// Most AppendEntries messages in flight to one follower while it is
+    /// being replicated to optimistically (pipelining window).
+    pub max_inflight_msgs: usize,
+    /// Most entries the leader holds uncommitted before refusing proposals
+    /// with [`crate::ProposeError::Backpressure`].
+    pub max_uncommitted_entries: usize,
+    /// Run a PreVote round before a real election (thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout
+    /// steps down, and followers ignore vote requests while they hear from a
+    /// leader (thesis §6.2).
+    pub check_quorum: bool,
+}
+
+impl Config {
+    /// A configuration with production defaults: election timeout of 10
+    /// ticks, heartbeat every 2, PreVote and CheckQuorum on.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_entries_per_msg: 4096,
+            max_bytes_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_entries: 1 << 20,
+            pre_vote: true,
+            check_quorum: true,
+        }
+    }
+
+    /// Checks the configuration and returns it with `voters` sorted and
+    /// deduplicated.
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        self.voters.sort_unstable();
+        self.voters.dedup();
+        if self.voters.contains(&0) {
+            return Err(ConfigError::ZeroId);
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter { id: self.id });
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(ConfigError::HeartbeatNotBelowElection {
+                heartbeat_ticks: self.heartbeat_ticks,
+                election_ticks: self.election_ticks,
+            });
+        }
+        if self.election_ticks > u32::MAX / 2 {
+            return Err(ConfigError::ElectionTicksTooLarge);
+        }
+        if self.max_entries_per_msg == 0 || self.max_bytes_per_msg == 0 || self.max_inflight_msgs == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        if self.max_uncommitted_entries == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(self)
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Node id 0 is reserved.
+    ZeroId,
+    /// The node's own id is not among the voters.
+    NotAVoter {
+        /// The node's id.
+        id: NodeId,
+    },
+    /// Heartbeats must come more often than elections time out.
+    HeartbeatNotBelowElection {
+        /// Configured heartbeat interval.
+        heartbeat_ticks: u32,
+        /// Configured election timeout.
+        election_ticks: u32,
+    },
+    /// `election_ticks` would overflow when randomized.
+    ElectionTicksTooLarge,
+    /// A message, pipeline or backlog limit is zero.
+    ZeroLimit,
+    /// The persisted state given to `restore` is inconsistent.
+    CorruptState(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroId => f.write_str("node id 0 is reserved"),
+            ConfigError::NotAVoter { id } => write!(f, "node {id} is not in the voter list"),
+            ConfigError::HeartbeatNotBelowElection { heartbeat_ticks, election_ticks } => write!(
+                f,
+                "heartbeat_ticks ({heartbeat_ticks}) must be at least 1 and below election_ticks ({election_ticks})"
+            ),
+            ConfigError::ElectionTicksTooLarge => f.write_str("election_ticks is too large"),
+            ConfigError::ZeroLimit => f.write_str("message, in-flight and backlog limits must be non-zero"),
+            ConfigError::CorruptState(why) => write!(f, "persisted state is inconsistent: {why}"),
+        }
+    }
+}

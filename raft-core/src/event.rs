@@ -1,0 +1,149 @@
+//! What goes into [`crate::Node::step`] and what comes out of it.
+
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, Index, NodeId, Term};
+
+/// An input to the state machine. The driver owns time, the network and the
+/// disk, and reports each happening as one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// One logical clock tick. All timeouts are counted in ticks.
+    Tick,
+    /// A message arrived from peer `from` (as identified by the transport).
+    Message {
+        /// The sending peer.
+        from: NodeId,
+        /// The message itself (untrusted).
+        message: Message,
+    },
+    /// Append a command to the replicated log (leader only). The result is
+    /// an [`Action::Proposed`] or an [`Action::ProposeRejected`].
+    Propose {
+        /// The command.
+        data: Bytes,
+    },
+    /// Append several commands at once; cheaper than one `Propose` each.
+    ProposeBatch {
+        /// The commands, in order.
+        data: Vec<Bytes>,
+    },
+    /// Every [`Action::Persist`] with `seq <= self.seq` is durable.
+    Persisted {
+        /// The highest durable persist sequence number.
+        seq: u64,
+    },
+    /// Start an election now (skipping PreVote), as if the election timer
+    /// fired. Used by tests and operators.
+    Campaign,
+}
+
+/// The node's role in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Probing with PreVote whether an election could succeed.
+    PreCandidate,
+    /// Campaigning for votes in its term.
+    Candidate,
+    /// The leader of its term.
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A write the driver must make durable, then acknowledge with
+/// [`Event::Persisted`]. Writes must become durable in `seq` order (a later
+/// write never survives a crash that loses an earlier one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// Monotonic per node incarnation; echo it in [`Event::Persisted`].
+    pub seq: u64,
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// If set, first delete every stored entry with index `>=` this.
+    pub truncate_from: Option<Index>,
+    /// Then append these entries (contiguous, following the stored log).
+    pub entries: Vec<Entry>,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is its best guess of who is.
+    NotLeader {
+        /// The leader this node last heard from in its current term.
+        leader: Option<NodeId>,
+    },
+    /// The leader's unapplied log is over its configured limit; retry later.
+    Backpressure,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(id) } => write!(f, "not the leader; try node {id}"),
+            ProposeError::NotLeader { leader: None } => f.write_str("not the leader; no leader known"),
+            ProposeError::Backpressure => f.write_str("too many uncommitted entries; retry later"),
+        }
+    }
+}
+
+/// An output of the state machine: something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to peer `to`. Delivery may fail, be delayed, reordered
+    /// or duplicated: the protocol tolerates all of it.
+    Send {
+        /// The destination peer.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Make this write durable, then report [`Event::Persisted`].
+    Persist(Persist),
+    /// Apply these committed entries to the state machine, in order.
+    Apply {
+        /// Contiguous committed entries, starting right after the last
+        /// applied index.
+        entries: Vec<Entry>,
+    },
+    /// The proposal was appended at `index` (the last one, for a batch).
+    Proposed {
+        /// Index of the first entry of the proposal.
+        first_index: Index,
+        /// Index of the last entry of the proposal.
+        last_index: Index,
+        /// The leader's term the entries were created in.
+        term: Term,
+    },
+    /// The proposal was refused; nothing was appended.
+    ProposeRejected {
+        /// Why.
+        error: ProposeError,
+    },
+    /// The node's role, term or known leader changed (for logs and metrics).
+    RoleChanged {
+        /// The new role.
+        role: Role,
+        /// The current term.
+        term: Term,
+        /// The known leader, if any.
+        leader: Option<NodeId>,
+    },
+}

@@ -1,0 +1,17 @@
+#![no_std]
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod config;
+mod event;
+mod message;
+mod types;
+
+pub use config::{Config, ConfigError};
+pub use event::{Action, Event, Persist, ProposeError, Role};
+pub use message::{AppendEntries, AppendEntriesResponse, Message, MessageBody, RequestVote, RequestVoteResponse};
+pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, Term};
+
+pub use bytes::Bytes;
