@@ -15,3 +15,14 @@ pub use message::{AppendEntries, AppendEntriesResponse, Message, MessageBody, Re
 pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, Term};
 
 pub use bytes::Bytes;
+
+mod election;
+mod log;
+mod node;
+mod progress;
+mod replication;
+mod stats;
+
+pub use node::Node;
+pub use progress::{Progress, ProgressState};
+pub use stats::Stats;

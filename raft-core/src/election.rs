@@ -1,0 +1,186 @@
+//! Leader election: timeouts, PreVote, RequestVote, CheckQuorum
+//! (Raft paper §5.2 and §5.4.1; thesis §4.2.3, §6.2 and §9.6).
+
+use alloc::vec::Vec;
+
+use crate::event::Role;
+use crate::message::{MessageBody, RequestVote, RequestVoteResponse};
+use crate::node::Node;
+use crate::progress::Progress;
+use crate::types::{Entry, EntryKind, NodeId, Term};
+
+impl Node {
+    /// A follower or candidate tick: start an election when the randomized
+    /// timeout passes without hearing from a leader.
+    pub(crate) fn tick_election(&mut self) {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.election_elapsed >= self.randomized_election_ticks {
+            if self.config.pre_vote {
+                self.campaign(true);
+            } else {
+                self.campaign(false);
+            }
+        }
+    }
+
+    /// A leader tick: heartbeats, and CheckQuorum once per election timeout.
+    pub(crate) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum && !self.quorum_recently_active() {
+                // We cannot reach a majority: a newer leader may exist.
+                // Stop claiming leadership so clients go elsewhere.
+                let term = self.hard_state.term;
+                self.become_follower(term, None);
+            }
+        }
+    }
+
+    fn quorum_recently_active(&mut self) -> bool {
+        let active = 1 + self.progress.iter().filter(|p| p.recent_active).count();
+        for p in &mut self.progress {
+            p.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    /// `Event::Campaign`: an immediate real election, skipping PreVote.
+    pub(crate) fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            self.campaign(false);
+        }
+    }
+
+    /// Starts a PreVote round (`pre = true`) or a real election.
+    fn campaign(&mut self, pre: bool) {
+        self.votes.clear();
+        self.reset_election_timer();
+        self.leader = None;
+        let term = if pre {
+            self.role = Role::PreCandidate;
+            self.hard_state.term + 1
+        } else {
+            self.role = Role::Candidate;
+            self.hard_state.term += 1;
+            self.hard_state.vote = Some(self.config.id);
+            self.vote_reply_pending = None;
+            self.matched_index = 0;
+            self.acked_index = 0;
+            self.mark_hard_state_dirty();
+            self.hard_state.term
+        };
+        let req = RequestVote { pre_vote: pre, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            self.send_with_term(to, term, MessageBody::RequestVote(req));
+        }
+        self.tally_votes();
+    }
+
+    /// RequestVote receiver (Figure 2), with PreVote's variant.
+    pub(crate) fn request_vote(&mut self, from: NodeId, term: Term, req: RequestVote) {
+        let hs = self.hard_state;
+        let can_vote = hs.vote == Some(from)
+            || (hs.vote.is_none() && self.leader.is_none())
+            || (req.pre_vote && term > hs.term);
+        let granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);
+        if req.pre_vote {
+            // A granted pre-vote echoes the candidate's future term so it can
+            // count it; a refusal carries ours so it can catch up.
+            let reply_term = if granted { term } else { hs.term };
+            let body = MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: true, granted });
+            self.send_with_term(from, reply_term, body);
+            return;
+        }
+        if !granted {
+            let body = MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: false });
+            self.send(from, body);
+            return;
+        }
+        if hs.vote.is_none() {
+            self.hard_state.vote = Some(from);
+            self.mark_hard_state_dirty();
+        }
+        // Granting a vote restarts our timer, so we don't compete with the
+        // candidate we just voted for.
+        self.reset_election_timer();
+        self.vote_reply_pending = Some(from);
+        self.send_vote_reply_if_durable();
+    }
+
+    /// Replies to a granted vote once the vote is on disk: a node that
+    /// crashed after replying but before persisting could vote twice.
+    pub(crate) fn send_vote_reply_if_durable(&mut self) {
+        let Some(to) = self.vote_reply_pending else { return };
+        if self.hard_state.vote != Some(to) {
+            self.vote_reply_pending = None;
+            return;
+        }
+        if self.hard_state_durable() {
+            self.vote_reply_pending = None;
+            self.send(to, MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: true }));
+        }
+    }
+
+    pub(crate) fn request_vote_response(&mut self, from: NodeId, term: Term, resp: RequestVoteResponse) {
+        let expected = match self.role {
+            Role::PreCandidate => {
+                resp.pre_vote
+                    && ((resp.granted && term == self.hard_state.term + 1) || (!resp.granted && term == self.hard_state.term))
+            }
+            Role::Candidate => !resp.pre_vote && term == self.hard_state.term,
+            _ => false,
+        };
+        if !expected {
+            self.stats.ignored_unexpected += 1;
+            return;
+        }
+        if !self.votes.iter().any(|&(id, _)| id == from) {
+            self.votes.push((from, resp.granted));
+        }
+        self.tally_votes();
+    }
+
+    /// Counts votes; our own counts only once durable (for a real election).
+    pub(crate) fn tally_votes(&mut self) {
+        let self_vote = match self.role {
+            Role::PreCandidate => true,
+            Role::Candidate => self.hard_state_durable(),
+            _ => return,
+        };
+        let granted = self.votes.iter().filter(|v| v.1).count() + usize::from(self_vote);
+        let rejected = self.votes.iter().filter(|v| !v.1).count();
+        let quorum = self.quorum();
+        if granted >= quorum {
+            if self.role == Role::PreCandidate {
+                self.campaign(false);
+            } else {
+                self.become_leader();
+            }
+        } else if rejected >= quorum {
+            let term = self.hard_state.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes.clear();
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        let next = self.log.last_index() + 1;
+        self.progress = self.peers().map(|id| Progress::new(id, next)).collect();
+        // The no-op lets the new leader commit entries of earlier terms,
+        // which it may never do by counting replicas (§5.4.2, Figure 8).
+        let noop = Entry { term: self.hard_state.term, index: next, kind: EntryKind::Noop, data: bytes::Bytes::new() };
+        self.push_to_log(noop);
+        self.broadcast_append();
+    }
+}

@@ -1,0 +1,123 @@
+//! The in-memory Raft log: every entry since the last snapshot.
+//!
+//! Entries are stored contiguously so that `index -> entry` is an offset
+//! computation, and slices for AppendEntries are cheap clones of `Bytes`.
+
+use alloc::vec::Vec;
+
+use crate::types::{Entry, Index, Term};
+
+/// The log of one node. `entries[i].index == offset + 1 + i`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RaftLog {
+    /// Index of the entry just before `entries[0]` (0 for a log that starts
+    /// at the beginning; the snapshot index once snapshots exist).
+    offset: Index,
+    /// Term of the entry at `offset`.
+    offset_term: Term,
+    entries: Vec<Entry>,
+}
+
+impl RaftLog {
+    pub(crate) fn from_entries(entries: Vec<Entry>) -> RaftLog {
+        RaftLog { offset: 0, offset_term: 0, entries }
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        self.offset + self.entries.len() as Index
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    /// The term of the entry at `index`, or `None` if the log does not hold
+    /// it (beyond the end, or compacted away).
+    pub(crate) fn term(&self, index: Index) -> Option<Term> {
+        if index == self.offset {
+            return Some(self.offset_term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    pub(crate) fn entry(&self, index: Index) -> Option<&Entry> {
+        let pos = index.checked_sub(self.offset + 1)?;
+        self.entries.get(usize::try_from(pos).ok()?)
+    }
+
+    /// True if the log contains an entry at `index` with `term`.
+    pub(crate) fn matches(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Entries `[from, to]` (inclusive) as a slice; empty if out of range.
+    pub(crate) fn slice(&self, from: Index, to: Index) -> &[Entry] {
+        if from > to || from <= self.offset || to > self.last_index() {
+            return &[];
+        }
+        let lo = (from - self.offset - 1) as usize;
+        let hi = (to - self.offset) as usize;
+        &self.entries[lo..hi]
+    }
+
+    /// Up to `max_entries` entries starting at `from`, stopping once
+    /// `max_bytes` is reached (always at least one entry if any exist).
+    pub(crate) fn batch(&self, from: Index, max_entries: usize, max_bytes: usize) -> &[Entry] {
+        let all = self.slice(from, self.last_index());
+        let mut bytes = 0usize;
+        let mut n = 0usize;
+        for e in all.iter().take(max_entries) {
+            bytes += e.size_bytes();
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            n += 1;
+        }
+        &all[..n]
+    }
+
+    /// Appends entries that directly follow the last one.
+    pub(crate) fn append(&mut self, entries: &[Entry]) {
+        debug_assert!(entries.first().is_none_or(|e| e.index == self.last_index() + 1));
+        self.entries.extend_from_slice(entries);
+    }
+
+    pub(crate) fn push(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.last_index() + 1);
+        self.entries.push(entry);
+    }
+
+    /// Removes every entry with index `>= from`.
+    pub(crate) fn truncate_from(&mut self, from: Index) {
+        debug_assert!(from > self.offset);
+        self.entries.truncate((from - self.offset - 1) as usize);
+    }
+
+    /// The first index holding `term`, searching back from `index` (terms are
+    /// non-decreasing along the log, so this is a binary search).
+    pub(crate) fn first_index_of_term(&self, term: Term, index: Index) -> Index {
+        let upto = self.slice(self.offset + 1, index.min(self.last_index()));
+        let pos = upto.partition_point(|e| e.term < term);
+        self.offset + 1 + pos as Index
+    }
+
+    /// The last index holding `term`, if the log has any entry of it.
+    pub(crate) fn last_index_of_term(&self, term: Term) -> Option<Index> {
+        let pos = self.entries.partition_point(|e| e.term <= term);
+        if pos == 0 {
+            return (self.offset_term == term && self.offset > 0).then_some(self.offset);
+        }
+        let e = &self.entries[pos - 1];
+        (e.term == term).then_some(e.index)
+    }
+
+    /// The election restriction (§5.4.1): is a log ending at
+    /// (`last_term`, `last_index`) at least as up-to-date as ours?
+    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    pub(crate) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}

@@ -1,0 +1,515 @@
+//! The Raft node: state, the `step` entry point and persistence tracking.
+//!
+//! The protocol rules live in [`crate::election`] (RequestVote, PreVote,
+//! CheckQuorum) and [`crate::replication`] (AppendEntries, commit). This file
+//! holds what they share: the node's state, dispatch on term then role (the
+//! shape of etcd's `Step`), and the bookkeeping that keeps the node from
+//! acting on anything the driver has not yet made durable.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+use crate::config::{Config, ConfigError};
+use crate::event::{Action, Event, Persist, Role};
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::progress::Progress;
+use crate::stats::Stats;
+use crate::types::{Entry, HardState, Index, NodeId, PersistedState, Term};
+
+/// A write handed to the driver and not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct InflightWrite {
+    seq: u64,
+    /// The log prefix that is durable once this write is: the last index at
+    /// the time of the write, lowered by any later truncation.
+    last_index: Index,
+    hard_state: HardState,
+}
+
+/// What this step has to persist; flushed as at most one `Persist` action.
+#[derive(Clone, Debug, Default)]
+struct PendingWrite {
+    hard_state_dirty: bool,
+    truncate_from: Option<Index>,
+    entries: Vec<Entry>,
+}
+
+/// One Raft server. See the crate docs for the driver loop.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub(crate) config: Config,
+    pub(crate) rng: ChaCha8Rng,
+    /// `currentTerm` and `votedFor`, as the node currently believes them.
+    pub(crate) hard_state: HardState,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) log: RaftLog,
+    pub(crate) commit_index: Index,
+    pub(crate) applied_index: Index,
+
+    // Persistence: what the driver has confirmed durable.
+    next_persist_seq: u64,
+    inflight_writes: VecDeque<InflightWrite>,
+    pending_write: PendingWrite,
+    pub(crate) persisted_index: Index,
+    pub(crate) persisted_hard_state: HardState,
+
+    // Timers, in ticks.
+    pub(crate) election_elapsed: u32,
+    pub(crate) randomized_election_ticks: u32,
+    pub(crate) heartbeat_elapsed: u32,
+
+    // Candidate state: (voter, granted) for this round.
+    pub(crate) votes: Vec<(NodeId, bool)>,
+    /// A vote granted in this term whose reply waits for the vote to be durable.
+    pub(crate) vote_reply_pending: Option<NodeId>,
+
+    // Follower state (reset on every term change).
+    /// Highest index verified to match the current leader's log.
+    pub(crate) matched_index: Index,
+    /// Highest commit index learned from the leader, never beyond what was
+    /// verified to match.
+    pub(crate) leader_commit: Index,
+    /// Highest `match_index` acknowledged to the current leader.
+    pub(crate) acked_index: Index,
+
+    // Leader state: one entry per other voter, in `config.voters` order.
+    pub(crate) progress: Vec<Progress>,
+
+    pub(crate) stats: Stats,
+    pub(crate) out: Vec<Action>,
+}
+
+impl Node {
+    /// Creates a node with an empty log, for a brand-new cluster member.
+    ///
+    /// `seed` feeds the election-timeout jitter; give each node its own.
+    pub fn new(config: Config, seed: u64) -> Result<Node, ConfigError> {
+        Node::restore(config, PersistedState::default(), seed)
+    }
+
+    /// Restarts a node from the state its driver loaded from disk.
+    ///
+    /// Fails if the configuration is invalid or the persisted state is
+    /// inconsistent (a log with gaps or terms from the future).
+    pub fn restore(config: Config, persisted: PersistedState, seed: u64) -> Result<Node, ConfigError> {
+        let config = config.validate()?;
+        let PersistedState { hard_state, entries } = persisted;
+        validate_persisted_log(&hard_state, &entries)?;
+        let log = RaftLog::from_entries(entries);
+        let persisted_index = log.last_index();
+        let mut node = Node {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            hard_state,
+            role: Role::Follower,
+            leader: None,
+            log,
+            commit_index: 0,
+            applied_index: 0,
+            next_persist_seq: 1,
+            inflight_writes: VecDeque::new(),
+            pending_write: PendingWrite::default(),
+            persisted_index,
+            persisted_hard_state: hard_state,
+            election_elapsed: 0,
+            randomized_election_ticks: config.election_ticks,
+            heartbeat_elapsed: 0,
+            votes: Vec::new(),
+            vote_reply_pending: None,
+            matched_index: 0,
+            leader_commit: 0,
+            acked_index: 0,
+            progress: Vec::new(),
+            stats: Stats::default(),
+            out: Vec::new(),
+            config,
+        };
+        node.reset_election_timer();
+        Ok(node)
+    }
+
+    /// Feeds one event and returns what the driver must do.
+    pub fn step(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.step_into(event, &mut out);
+        out
+    }
+
+    /// Like [`Node::step`] but appends the actions to a caller-owned buffer,
+    /// so a hot loop allocates nothing per event.
+    pub fn step_into(&mut self, event: Event, out: &mut Vec<Action>) {
+        core::mem::swap(&mut self.out, out);
+        let before = (self.role, self.hard_state.term, self.leader);
+        match event {
+            Event::Tick => self.tick(),
+            Event::Message { from, message } => self.step_message(from, message),
+            Event::Propose { data } => self.propose_batch(core::iter::once(data)),
+            Event::ProposeBatch { data } => self.propose_batch(data.into_iter()),
+            Event::Persisted { seq } => self.on_persisted(seq),
+            Event::Campaign => self.campaign_now(),
+        }
+        self.flush_persist();
+        self.maybe_apply();
+        if before != (self.role, self.hard_state.term, self.leader) {
+            let (role, term, leader) = (self.role, self.hard_state.term, self.leader);
+            self.out.push(Action::RoleChanged { role, term, leader });
+        }
+        core::mem::swap(&mut self.out, out);
+    }
+
+    fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+    }
+
+    /// Dispatch on term first, then on message type: the order of Figure 2's
+    /// "rules for all servers".
+    fn step_message(&mut self, from: NodeId, message: Message) {
+        if from == self.config.id || !self.config.voters.contains(&from) {
+            self.stats.dropped_unknown_sender += 1;
+            return;
+        }
+        if !message_is_well_formed(&message) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        if message.term > self.hard_state.term && !self.step_higher_term(from, &message) {
+            return;
+        }
+        if message.term < self.hard_state.term {
+            self.step_lower_term(from, &message);
+            return;
+        }
+        let term = message.term;
+        match message.body {
+            MessageBody::RequestVote(req) => self.request_vote(from, term, req),
+            MessageBody::RequestVoteResponse(resp) => self.request_vote_response(from, term, resp),
+            MessageBody::AppendEntries(req) => self.append_entries(from, req),
+            MessageBody::AppendEntriesResponse(resp) => self.append_entries_response(from, resp),
+        }
+    }
+
+    /// A message from a newer term. Returns whether to go on processing it.
+    fn step_higher_term(&mut self, from: NodeId, message: &Message) -> bool {
+        match &message.body {
+            MessageBody::RequestVote(req) => {
+                if self.in_leader_lease() {
+                    // A leader is alive: a candidate that could not hear it
+                    // must not depose it (thesis §4.2.3).
+                    self.stats.dropped_in_lease += 1;
+                    return false;
+                }
+                if req.pre_vote {
+                    // PreVote never changes terms.
+                    return true;
+                }
+                self.become_follower(message.term, None);
+            }
+            MessageBody::RequestVoteResponse(resp) if resp.pre_vote && resp.granted => {
+                // A granted pre-vote carries the term we would campaign in.
+            }
+            MessageBody::AppendEntries(_) => self.become_follower(message.term, Some(from)),
+            _ => self.become_follower(message.term, None),
+        }
+        true
+    }
+
+    fn step_lower_term(&mut self, from: NodeId, message: &Message) {
+        self.stats.dropped_stale_term += 1;
+        match &message.body {
+            // A stale leader (e.g. one that was partitioned) is told the new
+            // term so it steps down; with PreVote/CheckQuorum nothing else
+            // would tell it (etcd-io/raft does the same).
+            MessageBody::AppendEntries(_) => self.send(
+                from,
+                MessageBody::AppendEntriesResponse(crate::message::AppendEntriesResponse::Reject {
+                    rejected_index: 0,
+                    conflict_term: None,
+                    conflict_index: 0,
+                }),
+            ),
+            MessageBody::RequestVote(req) if req.pre_vote => self.send(
+                from,
+                MessageBody::RequestVoteResponse(crate::message::RequestVoteResponse { pre_vote: true, granted: false }),
+            ),
+            _ => {}
+        }
+    }
+
+    /// Steps down (or stays) a follower; a new term clears the vote.
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hard_state.term {
+            self.hard_state = HardState { term, vote: None };
+            self.pending_write.hard_state_dirty = true;
+            self.vote_reply_pending = None;
+            self.matched_index = 0;
+            self.acked_index = 0;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.reset_election_timer();
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let min = self.config.election_ticks;
+        self.randomized_election_ticks = min + (self.rng.next_u32() % min);
+    }
+
+    /// Sends a message stamped with the current term.
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.hard_state.term, body);
+    }
+
+    pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.out.push(Action::Send { to, message: Message { term, body } });
+    }
+
+    /// The other voters, in id order.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config.voters.iter().copied().filter(move |&id| id != me)
+    }
+
+    pub(crate) fn quorum(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    /// True while this follower has heard from a live leader within the
+    /// minimum election timeout.
+    pub(crate) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum && self.leader.is_some() && self.election_elapsed < self.config.election_ticks
+    }
+
+    /// The current hard state has been acknowledged durable.
+    pub(crate) fn hard_state_durable(&self) -> bool {
+        self.persisted_hard_state == self.hard_state
+    }
+
+    // ----- persistence -------------------------------------------------
+
+    pub(crate) fn mark_hard_state_dirty(&mut self) {
+        self.pending_write.hard_state_dirty = true;
+    }
+
+    /// Appends entries to the log and to this step's write.
+    pub(crate) fn append_to_log(&mut self, entries: &[Entry]) {
+        self.log.append(entries);
+        self.pending_write.entries.extend_from_slice(entries);
+    }
+
+    pub(crate) fn push_to_log(&mut self, entry: Entry) {
+        self.pending_write.entries.push(entry.clone());
+        self.log.push(entry);
+    }
+
+    /// Removes entries `>= from`, and forgets their durability: a write that
+    /// completes later only covers the prefix that survived.
+    pub(crate) fn truncate_log(&mut self, from: Index) {
+        self.log.truncate_from(from);
+        let keep = from - 1;
+        self.persisted_index = self.persisted_index.min(keep);
+        for w in &mut self.inflight_writes {
+            w.last_index = w.last_index.min(keep);
+        }
+        self.pending_write.entries.retain(|e| e.index < from);
+        let t = self.pending_write.truncate_from.map_or(from, |t| t.min(from));
+        self.pending_write.truncate_from = Some(t);
+    }
+
+    fn flush_persist(&mut self) {
+        let w = &mut self.pending_write;
+        if !w.hard_state_dirty && w.truncate_from.is_none() && w.entries.is_empty() {
+            return;
+        }
+        let seq = self.next_persist_seq;
+        self.next_persist_seq += 1;
+        let hard_state = w.hard_state_dirty.then_some(self.hard_state);
+        let persist = Persist { seq, hard_state, truncate_from: w.truncate_from.take(), entries: core::mem::take(&mut w.entries) };
+        w.hard_state_dirty = false;
+        self.inflight_writes.push_back(InflightWrite { seq, last_index: self.log.last_index(), hard_state: self.hard_state });
+        self.out.push(Action::Persist(persist));
+    }
+
+    fn on_persisted(&mut self, seq: u64) {
+        if seq >= self.next_persist_seq {
+            self.stats.dropped_bad_persisted += 1;
+            return;
+        }
+        let mut newest = None;
+        while self.inflight_writes.front().is_some_and(|w| w.seq <= seq) {
+            newest = self.inflight_writes.pop_front();
+        }
+        let Some(w) = newest else { return };
+        self.persisted_index = self.persisted_index.max(w.last_index).min(self.log.last_index());
+        self.persisted_hard_state = w.hard_state;
+        self.after_persisted();
+    }
+
+    fn after_persisted(&mut self) {
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            Role::Candidate => self.tally_votes(),
+            Role::PreCandidate => {}
+            Role::Follower => {
+                self.send_vote_reply_if_durable();
+                self.advance_follower_commit();
+                self.send_ack_if_news();
+            }
+        }
+    }
+
+    fn maybe_apply(&mut self) {
+        let upto = self.commit_index.min(self.persisted_index);
+        if upto <= self.applied_index {
+            return;
+        }
+        let entries = self.log.slice(self.applied_index + 1, upto).to_vec();
+        self.applied_index = upto;
+        self.out.push(Action::Apply { entries });
+    }
+
+    // ----- accessors ---------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The node's role in its current term.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.hard_state.term
+    }
+
+    /// The current hard state (possibly not yet durable).
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The hard state the driver has confirmed durable.
+    pub fn persisted_hard_state(&self) -> HardState {
+        self.persisted_hard_state
+    }
+
+    /// The leader this node knows of in its current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Highest index known committed.
+    pub fn commit_index(&self) -> Index {
+        self.commit_index
+    }
+
+    /// Highest index handed to the driver in an `Apply` action.
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    /// Highest index the driver has confirmed durable.
+    pub fn persisted_index(&self) -> Index {
+        self.persisted_index
+    }
+
+    /// Index of the last log entry (durable or not).
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+
+    /// Term of the last log entry.
+    pub fn last_term(&self) -> Term {
+        self.log.last_term()
+    }
+
+    /// The term of the entry at `index`, if the log holds it.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The log entries held in memory.
+    pub fn entries(&self) -> &[Entry] {
+        self.log.entries()
+    }
+
+    /// The voting members, sorted.
+    pub fn voters(&self) -> &[NodeId] {
+        &self.config.voters
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters of refused input.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The leader's replication progress for `peer` (leaders only).
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.iter().find(|p| p.id == peer)
+    }
+}
+
+fn validate_persisted_log(hard_state: &HardState, entries: &[Entry]) -> Result<(), ConfigError> {
+    let mut prev_term = 0;
+    for (i, e) in entries.iter().enumerate() {
+        if e.index != i as Index + 1 {
+            return Err(ConfigError::CorruptState("log is not contiguous from index 1"));
+        }
+        if e.term < prev_term || e.term > hard_state.term {
+            return Err(ConfigError::CorruptState("log terms decrease or exceed the persisted term"));
+        }
+        prev_term = e.term;
+    }
+    Ok(())
+}
+
+/// Structural checks that need no state: a message that fails them cannot
+/// come from a correct peer.
+fn message_is_well_formed(message: &Message) -> bool {
+    if message.term == 0 {
+        return false;
+    }
+    match &message.body {
+        MessageBody::RequestVote(req) => {
+            req.last_log_term <= message.term && (req.last_log_index == 0) == (req.last_log_term == 0)
+        }
+        MessageBody::RequestVoteResponse(_) => true,
+        MessageBody::AppendEntries(req) => {
+            if req.prev_log_term > message.term || (req.prev_log_index == 0 && req.prev_log_term != 0) {
+                return false;
+            }
+            let Some(last) = req.prev_log_index.checked_add(req.entries.len() as Index) else {
+                return false;
+            };
+            if req.leader_commit > last {
+                return false;
+            }
+            let mut term = req.prev_log_term;
+            for (i, e) in req.entries.iter().enumerate() {
+                if e.index != req.prev_log_index + 1 + i as Index || e.term < term || e.term > message.term {
+                    return false;
+                }
+                term = e.term;
+            }
+            true
+        }
+        MessageBody::AppendEntriesResponse(_) => true,
+    }
+}

@@ -1,0 +1,98 @@
+//! The leader's view of each follower: `matchIndex` and `nextIndex` of the
+//! Raft paper, plus the flow-control state that decides when to send.
+
+use alloc::collections::VecDeque;
+
+use crate::types::{Index, NodeId};
+
+/// How the leader is currently replicating to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// The follower's log position is unknown: send one AppendEntries at a
+    /// time and wait for its answer before sending more.
+    Probe,
+    /// The follower's log is known to match through `match_index`: stream
+    /// batches optimistically, up to the in-flight limit.
+    Replicate,
+}
+
+/// Replication progress of one follower, kept by the leader.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known to be replicated and durable on the follower.
+    pub match_index: Index,
+    /// Index of the next entry to send.
+    pub next_index: Index,
+    /// Probe or Replicate.
+    pub state: ProgressState,
+    /// In Probe: a probe is outstanding, wait for its answer or a heartbeat.
+    pub(crate) probe_sent: bool,
+    /// In Replicate: last index of each AppendEntries not yet acknowledged.
+    pub(crate) inflight: VecDeque<Index>,
+    /// The follower has answered since the last CheckQuorum round.
+    pub(crate) recent_active: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(id: NodeId, next_index: Index) -> Progress {
+        Progress {
+            id,
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            recent_active: true,
+        }
+    }
+
+    /// Records a successful acknowledgement; returns whether it was news.
+    pub(crate) fn ack(&mut self, match_index: Index) -> bool {
+        let advanced = match_index > self.match_index;
+        if advanced {
+            self.match_index = match_index;
+        }
+        self.next_index = self.next_index.max(match_index + 1);
+        while self.inflight.front().is_some_and(|&last| last <= match_index) {
+            self.inflight.pop_front();
+        }
+        if self.state == ProgressState::Probe {
+            self.become_replicate();
+        }
+        advanced
+    }
+
+    pub(crate) fn become_probe(&mut self, next_index: Index) {
+        self.state = ProgressState::Probe;
+        self.next_index = next_index.max(self.match_index + 1);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Whether the leader should hold back further AppendEntries.
+    pub(crate) fn is_paused(&self, max_inflight: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflight.len() >= max_inflight,
+        }
+    }
+}
+
+/// The index replicated on a quorum of `match_indexes` (one per voter): the
+/// largest `i` such that a majority has `match >= i`.
+pub(crate) fn quorum_index(match_indexes: &mut [Index]) -> Index {
+    if match_indexes.is_empty() {
+        return 0;
+    }
+    match_indexes.sort_unstable_by(|a, b| b.cmp(a));
+    match_indexes[match_indexes.len() / 2]
+}

@@ -1,0 +1,271 @@
+//! Log replication: AppendEntries on both sides, flow control, fast
+//! backtracking, and the commit rule (Raft paper §5.3, §5.4.2; thesis §5.3
+//! and §10.2 on batching and pipelining).
+
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::event::{Action, ProposeError, Role};
+use crate::message::{AppendEntries, AppendEntriesResponse, MessageBody};
+use crate::node::Node;
+use crate::progress::{ProgressState, quorum_index};
+use crate::types::{Entry, EntryKind, Index, NodeId};
+
+impl Node {
+    // ----- leader side -------------------------------------------------
+
+    /// Appends client commands to the leader's log and starts replicating.
+    pub(crate) fn propose_batch(&mut self, data: impl Iterator<Item = Bytes>) {
+        if self.role != Role::Leader {
+            let error = ProposeError::NotLeader { leader: self.leader };
+            self.out.push(Action::ProposeRejected { error });
+            return;
+        }
+        let uncommitted = (self.log.last_index() - self.commit_index) as usize;
+        if uncommitted >= self.config.max_uncommitted_entries {
+            self.out.push(Action::ProposeRejected { error: ProposeError::Backpressure });
+            return;
+        }
+        let term = self.hard_state.term;
+        let first_index = self.log.last_index() + 1;
+        for data in data {
+            let index = self.log.last_index() + 1;
+            self.push_to_log(Entry { term, index, kind: EntryKind::Normal, data });
+        }
+        let last_index = self.log.last_index();
+        if last_index < first_index {
+            return;
+        }
+        self.out.push(Action::Proposed { first_index, last_index, term });
+        self.broadcast_append();
+    }
+
+    pub(crate) fn broadcast_append(&mut self) {
+        for i in 0..self.progress.len() {
+            self.send_append(i);
+        }
+    }
+
+    /// Heartbeats are empty AppendEntries at the follower's `match_index`:
+    /// they assert leadership, carry the commit index, and (through the
+    /// consistency check) tell the leader if the follower lost entries.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        for i in 0..self.progress.len() {
+            let pr = &mut self.progress[i];
+            if pr.state == ProgressState::Probe {
+                // A lost probe is retried once per heartbeat.
+                pr.probe_sent = false;
+                self.send_append(i);
+                continue;
+            }
+            let (to, prev) = (pr.id, pr.match_index);
+            let Some(prev_log_term) = self.log.term(prev) else { continue };
+            let leader_commit = self.commit_index.min(prev);
+            let body = AppendEntries { prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit };
+            self.send(to, MessageBody::AppendEntries(body));
+        }
+    }
+
+    /// Sends follower `i` what it is missing, as far as flow control allows:
+    /// one probe in Probe state, a pipeline of batches in Replicate state.
+    fn send_append(&mut self, i: usize) {
+        let max_inflight = self.config.max_inflight_msgs;
+        loop {
+            let pr = &self.progress[i];
+            if pr.is_paused(max_inflight) {
+                return;
+            }
+            let prev = pr.next_index - 1;
+            let Some(prev_log_term) = self.log.term(prev) else { return };
+            let batch = self.log.batch(pr.next_index, self.config.max_entries_per_msg, self.config.max_bytes_per_msg);
+            if batch.is_empty() && pr.state == ProgressState::Replicate {
+                return;
+            }
+            let entries = batch.to_vec();
+            let last = prev + entries.len() as Index;
+            let leader_commit = self.commit_index.min(last);
+            let to = pr.id;
+            let pr = &mut self.progress[i];
+            match pr.state {
+                ProgressState::Probe => pr.probe_sent = true,
+                ProgressState::Replicate => {
+                    pr.next_index = last + 1;
+                    pr.inflight.push_back(last);
+                }
+            }
+            let body = AppendEntries { prev_log_index: prev, prev_log_term, entries, leader_commit };
+            self.send(to, MessageBody::AppendEntries(body));
+            if self.progress[i].state == ProgressState::Probe {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn append_entries_response(&mut self, from: NodeId, resp: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            self.stats.ignored_unexpected += 1;
+            return;
+        }
+        let Some(i) = self.progress.iter().position(|p| p.id == from) else { return };
+        let last_index = self.log.last_index();
+        match resp {
+            AppendEntriesResponse::Success { match_index } => {
+                if match_index > last_index {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+                let pr = &mut self.progress[i];
+                pr.recent_active = true;
+                let was_full = pr.is_paused(self.config.max_inflight_msgs);
+                let advanced = pr.ack(match_index);
+                if !advanced && was_full && pr.state == ProgressState::Replicate {
+                    // An ack that frees nothing while the window is full
+                    // (a heartbeat reply) means batches may have been lost:
+                    // free one slot so a new batch can expose the gap.
+                    pr.inflight.pop_front();
+                }
+                if advanced {
+                    self.maybe_commit();
+                }
+                self.send_append(i);
+            }
+            AppendEntriesResponse::Reject { rejected_index, conflict_term, conflict_index } => {
+                if rejected_index > last_index || conflict_index > rejected_index + 1 {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+                self.progress[i].recent_active = true;
+                self.backtrack(i, rejected_index, conflict_term, conflict_index);
+            }
+        }
+    }
+
+    /// Fast log backtracking (thesis §5.3): skip the follower's whole
+    /// conflicting term per round trip instead of one entry.
+    fn backtrack(&mut self, i: usize, rejected: Index, conflict_term: Option<u64>, conflict_index: Index) {
+        let pr = &self.progress[i];
+        let stale = match pr.state {
+            // Replies to batches sent before a later ack, or to an old probe.
+            ProgressState::Replicate => rejected < pr.match_index,
+            ProgressState::Probe => rejected != pr.next_index - 1,
+        };
+        if stale || rejected == 0 {
+            return;
+        }
+        let next = match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
+            Some(last_of_term) => last_of_term + 1,
+            None => conflict_index,
+        };
+        let next = next.min(rejected).max(pr.match_index + 1);
+        self.progress[i].become_probe(next);
+        self.send_append(i);
+    }
+
+    /// Advances the commit index to the highest index stored on a quorum,
+    /// but only through an entry of the current term (§5.4.2): counting
+    /// replicas of an older entry is exactly the Figure 8 mistake.
+    pub(crate) fn maybe_commit(&mut self) {
+        let mut matches: Vec<Index> = Vec::with_capacity(self.progress.len() + 1);
+        matches.push(self.persisted_index);
+        matches.extend(self.progress.iter().map(|p| p.match_index));
+        let candidate = quorum_index(&mut matches);
+        if candidate > self.commit_index && self.log.term(candidate) == Some(self.hard_state.term) {
+            self.commit_index = candidate;
+        }
+    }
+
+    // ----- follower side -----------------------------------------------
+
+    /// AppendEntries receiver (Figure 2).
+    pub(crate) fn append_entries(&mut self, from: NodeId, req: AppendEntries) {
+        if self.role == Role::Leader {
+            // Two leaders in one term is impossible for correct peers.
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            let term = self.hard_state.term;
+            self.become_follower(term, Some(from));
+        }
+        self.election_elapsed = 0;
+
+        if !self.log.matches(req.prev_log_index, req.prev_log_term) {
+            self.reject_append(from, req.prev_log_index);
+            return;
+        }
+        let last_new = req.prev_log_index + req.entries.len() as Index;
+        // Skip entries we already have; truncate at the first conflict.
+        let mut new_from = req.entries.len();
+        for (k, e) in req.entries.iter().enumerate() {
+            match self.log.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    if e.index <= self.commit_index {
+                        // Committed entries never conflict with a correct
+                        // leader; refuse rather than lose them.
+                        self.stats.dropped_malformed += 1;
+                        return;
+                    }
+                    self.truncate_log(e.index);
+                }
+                None => {}
+            }
+            new_from = k;
+            break;
+        }
+        if new_from < req.entries.len() {
+            self.append_to_log(&req.entries[new_from..]);
+        }
+        self.matched_index = self.matched_index.max(last_new);
+        self.leader_commit = self.leader_commit.max(req.leader_commit);
+        self.advance_follower_commit();
+        if req.entries.is_empty() {
+            // Heartbeats are always answered: the leader's CheckQuorum and
+            // flow control depend on it.
+            self.send_ack(true);
+        } else {
+            self.send_ack(false);
+        }
+    }
+
+    fn reject_append(&mut self, to: NodeId, rejected_index: Index) {
+        let last = self.log.last_index();
+        let (conflict_term, conflict_index) = if rejected_index > last {
+            (None, last + 1)
+        } else {
+            let t = self.log.term(rejected_index).unwrap_or(0);
+            (Some(t), self.log.first_index_of_term(t, rejected_index))
+        };
+        let body = AppendEntriesResponse::Reject { rejected_index, conflict_term, conflict_index };
+        self.send(to, MessageBody::AppendEntriesResponse(body));
+    }
+
+    /// Commit what the leader says is committed, but never beyond what we
+    /// have verified to match it and made durable.
+    pub(crate) fn advance_follower_commit(&mut self) {
+        let upto = self.leader_commit.min(self.matched_index).min(self.persisted_index);
+        if upto > self.commit_index {
+            self.commit_index = upto;
+        }
+    }
+
+    pub(crate) fn send_ack_if_news(&mut self) {
+        self.send_ack(false);
+    }
+
+    /// Acknowledges the prefix that both matches the leader and is durable,
+    /// and only once our term is durable too. `always` answers even when
+    /// nothing new is acknowledged (for heartbeats).
+    fn send_ack(&mut self, always: bool) {
+        let Some(leader) = self.leader else { return };
+        if !self.hard_state_durable() {
+            return;
+        }
+        let match_index = self.matched_index.min(self.persisted_index);
+        if !always && match_index <= self.acked_index {
+            return;
+        }
+        self.acked_index = self.acked_index.max(match_index);
+        self.send(leader, MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index }));
+    }
+}
