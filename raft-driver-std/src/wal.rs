@@ -1,1 +1,482 @@
-//! (in progress)
+//! The crash-safe write-ahead log: where [`raft_core::Persist`] actions
+//! become durable, and where [`PersistedState`] comes from on restart.
+//!
+//! The log is a directory of segment files (`wal-0000000000000001.log`,
+//! ...), each a header followed by CRC-protected records of three kinds:
+//! a new hard state, a truncation, a batch of entries. See the `format`
+//! submodule for the exact bytes. Records are only ever appended; a
+//! truncation is a record too, so a crash in the middle of one can never
+//! damage entries written earlier.
+//!
+//! Writes go through [`Wal::write`] (buffered, cheap) and become durable
+//! with [`Wal::sync`] (one fsync for everything written since the last).
+//! [`WalWriter`] runs that pair on its own thread with group commit, which
+//! is what the driver uses.
+//!
+//! On [`Wal::open`] every segment is replayed. A record cut short by a
+//! crash at the very end of the log (a "torn tail") was never acknowledged,
+//! so it is cut off and reported. Anything else that fails its checks is
+//! refused with [`WalError::Corrupt`]: guessing could silently lose
+//! acknowledged entries or votes, which breaks Raft's safety.
+
+mod format;
+mod recovery;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use raft_core::{HardState, Index, Persist, PersistedState};
+
+use format::{RecordKind, SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
+pub use recovery::{InspectReport, RecoveryReport, WalHealth};
+pub use writer::{WalWriter, WalWriterStats};
+
+/// Default size at which a segment is closed and a new one started.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Buffered bytes beyond which [`Wal::write`] hands them to the kernel
+/// early, so that a huge group does not hold them all in memory.
+const FLUSH_THRESHOLD: usize = 1024 * 1024;
+
+/// Upper bound for the entries of one `Entries` record (estimated with
+/// [`raft_core::Entry::size_bytes`]); larger batches are split so records
+/// stay well below the segment size and the 4 GiB record limit.
+const MAX_ENTRIES_RECORD: u64 = 1024 * 1024;
+
+/// Tuning for a [`Wal`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment is closed once adding a record would take it past this
+    /// many bytes (a single larger record still gets a segment of its own).
+    pub segment_size: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_size: DEFAULT_SEGMENT_SIZE }
+    }
+}
+
+impl WalOptions {
+    /// These options with `segment_size` replaced.
+    pub fn with_segment_size(mut self, segment_size: u64) -> Self {
+        self.segment_size = segment_size;
+        self
+    }
+}
+
+/// Everything that can go wrong with the WAL.
+#[derive(Debug)]
+pub enum WalError {
+    /// An operating-system call failed.
+    Io {
+        /// What the WAL was doing (e.g. `"fsync"`).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The WAL holds damage that recovery will not repair automatically
+    /// because doing so could lose acknowledged data.
+    Corrupt {
+        /// The segment file.
+        file: PathBuf,
+        /// Byte offset of the damaged record (or header field) in `file`.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A [`Persist`] that would break the log's invariants (e.g. entries
+    /// that do not follow the stored log). Nothing of it was written.
+    InvalidWrite {
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier write or fsync failed, so what is on disk is unknown.
+    /// Retrying an fsync after a failure can report success for lost data
+    /// (Linux drops the dirty pages), so the WAL refuses all further work;
+    /// reopen it (restart the node) to recover from what is durable.
+    Poisoned,
+    /// The [`WalWriter`] thread has exited (after an error, or a panic in
+    /// its callback).
+    WriterStopped,
+}
+
+impl WalError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> WalError {
+        WalError::Io { op, path: path.to_path_buf(), source }
+    }
+}
+
+impl fmt::Display for WalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalError::Io { op, path, source } => write!(f, "WAL {op} failed for {}: {source}", path.display()),
+            WalError::Corrupt { file, offset, reason } => {
+                write!(f, "corrupt WAL segment {} at byte offset {offset}: {reason}", file.display())
+            }
+            WalError::InvalidWrite { reason } => write!(f, "invalid WAL write: {reason}"),
+            WalError::Poisoned => f.write_str("WAL is unusable after an earlier I/O error; restart to recover"),
+            WalError::WriterStopped => f.write_str("WAL writer thread has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for WalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WalError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An open write-ahead log, positioned at the end of its newest segment.
+///
+/// Only the tail (current segment, hard state, last index) is kept in
+/// memory; the entries themselves are handed to the caller by
+/// [`Wal::open`].
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// The segment being appended to.
+    file: File,
+    seg_seq: u64,
+    seg_path: PathBuf,
+    /// Length of the current segment including `buf`.
+    seg_len: u64,
+    /// Encoded records not yet handed to the kernel.
+    buf: Vec<u8>,
+    /// What the log holds once everything written so far is replayed;
+    /// used to validate writes before they reach the disk.
+    hard_state: HardState,
+    last_index: Index,
+    fsyncs: u64,
+    poisoned: bool,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("segment", &self.seg_path)
+            .field("segment_len", &self.seg_len)
+            .field("buffered", &self.buf.len())
+            .field("hard_state", &self.hard_state)
+            .field("last_index", &self.last_index)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir` and replays it.
+    ///
+    /// Returns the WAL ready for appending, the state to pass to
+    /// `Node::restore`, and what recovery found. A torn tail is cut off
+    /// (and the cut fsynced) before this returns; corruption is refused
+    /// with [`WalError::Corrupt`] and nothing is modified.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, PersistedState, RecoveryReport), WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| WalError::io("create directory", &dir, e))?;
+        let replay = recovery::replay(&dir)?;
+        if let Some(corruption) = replay.corruption {
+            return Err(corruption);
+        }
+        match &replay.tail {
+            Some(recovery::TornTail::Cut { path, keep }) => {
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io("open", path, e))?;
+                f.set_len(*keep).map_err(|e| WalError::io("truncate torn tail of", path, e))?;
+                // The cut must be durable before new records go after it:
+                // otherwise a crash could resurrect the torn bytes between
+                // valid records, which the next recovery would call corrupt.
+                f.sync_all().map_err(|e| WalError::io("fsync", path, e))?;
+                tracing::warn!(file = %path.display(), bytes = replay.report.torn_tail_bytes, "WAL torn tail cut");
+            }
+            Some(recovery::TornTail::Remove { path, .. }) => {
+                fs::remove_file(path).map_err(|e| WalError::io("remove torn segment", path, e))?;
+                sync_dir(&dir)?;
+                tracing::warn!(file = %path.display(), "WAL segment with torn header removed");
+            }
+            None => {}
+        }
+
+        let last_index = replay.state.entries.last().map_or(0, |e| e.index);
+        let mut wal = match replay.segments.last() {
+            Some(seg) => {
+                let file =
+                    OpenOptions::new().append(true).open(&seg.path).map_err(|e| WalError::io("open", &seg.path, e))?;
+                let seg_len = file.metadata().map_err(|e| WalError::io("stat", &seg.path, e))?.len();
+                Wal {
+                    dir,
+                    options,
+                    file,
+                    seg_seq: seg.seq,
+                    seg_path: seg.path.clone(),
+                    seg_len,
+                    buf: Vec::new(),
+                    hard_state: replay.state.hard_state,
+                    last_index,
+                    fsyncs: 0,
+                    poisoned: false,
+                }
+            }
+            None => {
+                let seq = match &replay.tail {
+                    // Reuse the number of a removed torn segment, so that a
+                    // log that starts later than 1 keeps its numbering.
+                    Some(recovery::TornTail::Remove { seq, .. }) => *seq,
+                    _ => 1,
+                };
+                let (file, seg_path, fsyncs) = create_segment(&dir, seq)?;
+                Wal {
+                    dir,
+                    options,
+                    file,
+                    seg_seq: seq,
+                    seg_path,
+                    seg_len: SEGMENT_HEADER_LEN as u64,
+                    buf: Vec::new(),
+                    hard_state: replay.state.hard_state,
+                    last_index,
+                    fsyncs,
+                    poisoned: false,
+                }
+            }
+        };
+        wal.buf.reserve(64 * 1024);
+        Ok((wal, replay.state, replay.report))
+    }
+
+    /// Appends `persist` to the log buffer; it is durable only after the
+    /// next successful [`Wal::sync`].
+    ///
+    /// The write is validated first (truncation index, entries following
+    /// the log), and an invalid one is refused without writing anything.
+    /// Records are written in the order hard state, truncation, entries:
+    /// any prefix of them that survives a crash is itself a valid log.
+    pub fn write(&mut self, persist: &Persist) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let mut last = self.last_index;
+        if let Some(from) = persist.truncate_from {
+            if from == 0 {
+                return Err(WalError::InvalidWrite { reason: "truncate_from is 0 (indexes start at 1)".into() });
+            }
+            last = last.min(from - 1);
+        }
+        for e in &persist.entries {
+            if e.index != last + 1 {
+                return Err(WalError::InvalidWrite {
+                    reason: format!("entry index {} does not follow last index {last}", e.index),
+                });
+            }
+            last = e.index;
+        }
+
+        if let Some(hs) = persist.hard_state
+            && hs != self.hard_state
+        {
+            self.append(RecordKind::HardState, &hs)?;
+            self.hard_state = hs;
+        }
+        if let Some(from) = persist.truncate_from
+            && from <= self.last_index
+        {
+            // A truncation past the end deletes nothing: no record needed.
+            self.append(RecordKind::Truncate, &from)?;
+            self.last_index = from - 1;
+        }
+        // Split big batches so that a record never dwarfs a segment.
+        let chunk_limit = (self.options.segment_size / 4).clamp(1, MAX_ENTRIES_RECORD);
+        let mut rest = &persist.entries[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut size = 0u64;
+            while n < rest.len() && (n == 0 || size < chunk_limit) {
+                size += rest[n].size_bytes() as u64;
+                n += 1;
+            }
+            self.append(RecordKind::Entries, &rest[..n])?;
+            self.last_index = rest[n - 1].index;
+            rest = &rest[n..];
+        }
+
+        if self.buf.len() >= FLUSH_THRESHOLD {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable: flushes the buffer and
+    /// fsyncs the current segment (`fdatasync`: the data and the file size,
+    /// not timestamps). Segment creation fsyncs the directory itself.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        self.flush_buf()?;
+        self.fsync_segment()
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The hard state the log holds (including unsynced writes).
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The index of the last entry (including unsynced writes), `0` if none.
+    pub fn last_index(&self) -> Index {
+        self.last_index
+    }
+
+    /// The segment file currently appended to.
+    pub fn current_segment(&self) -> &Path {
+        &self.seg_path
+    }
+
+    /// How many fsyncs this `Wal` has issued (files and directory), for
+    /// metrics and for tests that check group commit.
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs
+    }
+
+    /// Encodes one record at the end of the buffer, moving to a new segment
+    /// first if the record would overflow the current one.
+    fn append<T: serde::Serialize + ?Sized>(&mut self, kind: RecordKind, payload: &T) -> Result<(), WalError> {
+        let start = self.buf.len();
+        let len =
+            append_record(&mut self.buf, kind, payload).map_err(|reason| WalError::InvalidWrite { reason })? as u64;
+        let has_records = self.seg_len > SEGMENT_HEADER_LEN as u64;
+        if has_records && self.seg_len + len > self.options.segment_size {
+            // Records never straddle segments: the earlier records go to the
+            // old segment, this one starts the new segment.
+            let result = self.write_out(start).and_then(|()| self.rotate());
+            if let Err(e) = result {
+                self.poisoned = true;
+                return Err(e);
+            }
+            self.buf.drain(..start);
+        }
+        self.seg_len += len;
+        Ok(())
+    }
+
+    /// Closes the current segment (durably) and starts the next one.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        // The old segment must be complete on disk before the new one
+        // exists: recovery treats damage in a non-last segment as
+        // corruption, never as a torn tail.
+        self.fsync_segment()?;
+        let seq = self.seg_seq + 1;
+        let (file, path, fsyncs) = create_segment(&self.dir, seq)?;
+        self.file = file;
+        self.seg_seq = seq;
+        self.seg_path = path;
+        self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.fsyncs += fsyncs;
+        Ok(())
+    }
+
+    fn flush_buf(&mut self) -> Result<(), WalError> {
+        let n = self.buf.len();
+        self.write_out(n)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes `buf[..n]` to the current segment (the caller drops it from
+    /// the buffer). Poisons the WAL on failure: a partial write leaves the
+    /// file in an unknown state.
+    fn write_out(&mut self, n: usize) -> Result<(), WalError> {
+        if n == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf[..n]) {
+            self.poisoned = true;
+            return Err(WalError::io("write", &self.seg_path, e));
+        }
+        Ok(())
+    }
+
+    fn fsync_segment(&mut self) -> Result<(), WalError> {
+        self.fsyncs += 1;
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(WalError::io("fsync", &self.seg_path, e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Hand complete buffered records to the kernel (no fsync): they were
+        // never acknowledged, but keeping them costs nothing and helps
+        // post-mortem inspection. Errors are moot at this point.
+        if !self.poisoned {
+            let _ = self.file.write_all(&self.buf);
+        }
+    }
+}
+
+/// Creates segment `seq` with its header, and makes both the file and its
+/// directory entry durable before any record goes in (so a crash can only
+/// tear the header of the newest segment). Returns the fsyncs issued.
+fn create_segment(dir: &Path, seq: u64) -> Result<(File, PathBuf, u64), WalError> {
+    let path = dir.join(segment_file_name(seq));
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| WalError::io("create segment", &path, e))?;
+    file.write_all(&segment_header()).map_err(|e| WalError::io("write", &path, e))?;
+    file.sync_all().map_err(|e| WalError::io("fsync", &path, e))?;
+    sync_dir(dir)?;
+    Ok((file, path, 2))
+}
+
+/// fsyncs a directory, making file creations and removals in it durable.
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| WalError::io("fsync directory", dir, e))
+}
+
+/// Reports the state and health of the WAL in `dir` without modifying
+/// anything (a torn tail is reported, not cut). Used by
+/// `raftkv inspect --data-dir DIR`.
+///
+/// Corruption is not an error here but part of the report; only a failure
+/// to read the directory or a segment is.
+pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, WalError> {
+    let dir = dir.as_ref();
+    // Fail clearly on a missing directory instead of reporting an empty log.
+    fs::metadata(dir).map_err(|e| WalError::io("stat", dir, e))?;
+    let replay = recovery::replay(dir)?;
+    let (health, error, corrupt_file, corrupt_offset) = match &replay.corruption {
+        Some(e @ WalError::Corrupt { file, offset, .. }) => {
+            (WalHealth::Corrupt, Some(e.to_string()), Some(file.display().to_string()), Some(*offset))
+        }
+        Some(e) => (WalHealth::Corrupt, Some(e.to_string()), None, None),
+        None if replay.tail.is_some() => (WalHealth::TornTail, None, None, None),
+        None => (WalHealth::Ok, None, None, None),
+    };
+    Ok(InspectReport {
+        dir: dir.display().to_string(),
+        health,
+        error,
+        corrupt_file,
+        corrupt_offset,
+        wal: replay.report,
+    })
+}
