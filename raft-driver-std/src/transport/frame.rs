@@ -1,0 +1,223 @@
+//! The wire format of the peer transport: the connection handshake and the
+//! length-prefixed message frames.
+//!
+//! Everything here is a pure function over byte slices (no sockets, no
+//! clocks) so that a fuzz target can drive the decoder directly and the
+//! format can be tested without threads.
+
+use std::fmt;
+
+use raft_core::{Message, NodeId};
+
+/// Bytes in a frame's length prefix (a big-endian `u32`).
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Default upper bound on a frame's payload: big enough for any sane
+/// AppendEntries batch, small enough that a corrupt or hostile length prefix
+/// cannot make a node allocate gigabytes.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The payload is longer than the configured limit (or than a `u32`
+    /// length prefix can express).
+    TooLarge {
+        /// The payload length announced or produced.
+        len: u64,
+        /// The limit it exceeds.
+        max: usize,
+    },
+    /// postcard could not serialize the message.
+    Encode(postcard::Error),
+    /// The payload is not a valid postcard-encoded [`Message`].
+    Decode(postcard::Error),
+    /// The payload decoded but bytes were left over. A well-behaved peer
+    /// never sends them, so they mean corruption or version skew; accepting
+    /// them would let two different byte strings mean the same frame.
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => write!(f, "frame payload of {len} bytes exceeds limit of {max}"),
+            FrameError::Encode(e) => write!(f, "cannot encode message: {e}"),
+            FrameError::Decode(e) => write!(f, "cannot decode message: {e}"),
+            FrameError::TrailingBytes { extra } => write!(f, "{extra} trailing bytes after message"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Encode(e) | FrameError::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes `message` as one frame: a big-endian `u32` payload length
+/// followed by the postcard payload.
+///
+/// Fails with [`FrameError::TooLarge`] if the payload exceeds
+/// `max_frame_bytes`, because the receiver would reject it and close the
+/// connection; dropping one message is cheaper than losing the connection.
+pub fn encode_frame(message: &Message, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    encode_frame_into(message, max_frame_bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`encode_frame`], but appends the frame to `out` (so a writer can
+/// batch many frames into one buffer) and returns the number of bytes
+/// appended. On error `out` is left unchanged.
+pub fn encode_frame_into(message: &Message, max_frame_bytes: usize, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let payload = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
+    let len = check_len(payload.len() as u64, max_frame_bytes)?;
+    out.reserve(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(FRAME_HEADER_LEN + payload.len())
+}
+
+/// Decodes the first frame in `buf`.
+///
+/// Returns `Ok(None)` if `buf` does not yet hold a whole frame (read more
+/// and retry), or `Ok(Some((message, consumed)))` where `consumed` is the
+/// frame's total length including its header. A length prefix over
+/// `max_frame_bytes` is an error as soon as the header is available, so a
+/// caller never waits for (or buffers) an oversized payload.
+pub fn decode_frame(buf: &[u8], max_frame_bytes: usize) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let len = payload_len(*header, max_frame_bytes)?;
+    let Some(payload) = buf[FRAME_HEADER_LEN..].get(..len) else {
+        return Ok(None);
+    };
+    let message = decode_payload(payload)?;
+    Ok(Some((message, FRAME_HEADER_LEN + len)))
+}
+
+/// Decodes a frame's payload (the bytes after the length prefix), which must
+/// be exactly one postcard-encoded [`Message`].
+pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
+    let (message, rest) = postcard::take_from_bytes::<Message>(payload).map_err(FrameError::Decode)?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes { extra: rest.len() });
+    }
+    Ok(message)
+}
+
+/// Parses a length prefix and checks it against the limit.
+pub(super) fn payload_len(header: [u8; FRAME_HEADER_LEN], max_frame_bytes: usize) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header);
+    check_len(u64::from(len), max_frame_bytes)?;
+    // Cannot truncate: `len <= max_frame_bytes`, which is a usize.
+    Ok(len as usize)
+}
+
+fn check_len(len: u64, max_frame_bytes: usize) -> Result<u32, FrameError> {
+    match u32::try_from(len) {
+        Ok(small) if len <= max_frame_bytes as u64 => Ok(small),
+        _ => Err(FrameError::TooLarge { len, max: max_frame_bytes }),
+    }
+}
+
+/// First bytes of every connection, so that a stray client (an HTTP probe, a
+/// client of another service on the wrong port) is recognised at once.
+pub(super) const MAGIC: [u8; 4] = *b"RFTx";
+/// Bumped on any incompatible change of the handshake or frame format, so
+/// mixed-version clusters refuse to talk instead of misreading each other.
+pub(super) const PROTOCOL_VERSION: u16 = 1;
+/// Encoded handshake length: magic, version, cluster id, from id, to id.
+pub(super) const HANDSHAKE_LEN: usize = 4 + 2 + 8 + 8 + 8;
+/// Encoded reply length: magic and a status byte.
+pub(super) const ACK_LEN: usize = 4 + 1;
+
+/// The status byte of a handshake reply. The connecting side needs a reply
+/// so that it can tell "accepted" from "rejected" and back off instead of
+/// streaming messages into a connection that is about to be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum AckStatus {
+    /// The handshake was accepted; frames may follow.
+    Accepted = 0,
+    /// Wrong magic bytes or protocol version.
+    BadProtocol = 1,
+    /// The sender belongs to another cluster.
+    WrongCluster = 2,
+    /// The sender's id is not one of our peers.
+    UnknownPeer = 3,
+    /// The connection was meant for another node id.
+    NotForUs = 4,
+}
+
+impl AckStatus {
+    fn from_byte(byte: u8) -> Option<AckStatus> {
+        [Self::Accepted, Self::BadProtocol, Self::WrongCluster, Self::UnknownPeer, Self::NotForUs]
+            .into_iter()
+            .find(|status| *status as u8 == byte)
+    }
+
+    /// Encodes the reply carrying this status.
+    pub(super) fn encode(self) -> [u8; ACK_LEN] {
+        let mut out = [0; ACK_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4] = self as u8;
+        out
+    }
+
+    /// Decodes a reply; `None` if it is not one of ours at all.
+    pub(super) fn decode(bytes: &[u8; ACK_LEN]) -> Option<AckStatus> {
+        if bytes[..4] != MAGIC {
+            return None;
+        }
+        Self::from_byte(bytes[4])
+    }
+}
+
+/// The opening message of a connection, sent by the connecting side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Handshake {
+    /// The cluster the sender belongs to; guards against wiring two
+    /// clusters together by a configuration mistake.
+    pub(super) cluster_id: u64,
+    /// The sender's node id; every frame on this connection is from it.
+    pub(super) from: NodeId,
+    /// The node the sender means to reach; guards against stale address
+    /// tables (a node restarted on another node's old address).
+    pub(super) to: NodeId,
+}
+
+impl Handshake {
+    /// Encodes the handshake; all integers big-endian.
+    pub(super) fn encode(&self) -> [u8; HANDSHAKE_LEN] {
+        let mut out = [0; HANDSHAKE_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        out[6..14].copy_from_slice(&self.cluster_id.to_be_bytes());
+        out[14..22].copy_from_slice(&self.from.to_be_bytes());
+        out[22..30].copy_from_slice(&self.to.to_be_bytes());
+        out
+    }
+
+    /// Decodes a handshake, checking only magic and version; the caller
+    /// checks the ids against its configuration.
+    pub(super) fn decode(bytes: &[u8; HANDSHAKE_LEN]) -> Option<Handshake> {
+        let u64_at = |at: usize| {
+            let mut word = [0; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(word)
+        };
+        if bytes[0..4] != MAGIC || bytes[4..6] != PROTOCOL_VERSION.to_be_bytes() {
+            return None;
+        }
+        Some(Handshake { cluster_id: u64_at(6), from: u64_at(14), to: u64_at(22) })
+    }
+}

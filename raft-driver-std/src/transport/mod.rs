@@ -1,0 +1,857 @@
+//! The peer transport: Raft messages between nodes over TCP, on std threads.
+//!
+//! Each node runs
+//! - one **writer thread per peer**, which owns the only outbound connection
+//!   to that peer: it connects (retrying with jittered exponential backoff),
+//!   performs the [handshake](#wire-format), then drains the peer's bounded
+//!   send queue in batches, one `write_all` per batch;
+//! - one **listener thread**, which accepts inbound connections;
+//! - one **reader thread per inbound connection**, which validates the
+//!   handshake and then decodes frames and hands `(from, message)` to the
+//!   [`Inbound`] sink.
+//!
+//! Connections are one-way (a node sends on the connections it opened and
+//! receives on those it accepted), so there is no tie-breaking between two
+//! nodes dialing each other at the same time.
+//!
+//! The transport is deliberately lossy: [`Transport::send`] never blocks, a
+//! full queue drops the message, and a broken connection loses whatever was
+//! in flight. Raft retransmits on its own (heartbeats, AppendEntries
+//! retries), whereas a blocking send would let one slow peer stall the whole
+//! node.
+//!
+//! # Wire format
+//!
+//! The connecting side sends a 30-byte handshake: magic `RFTx`, protocol
+//! version (`u16`), cluster id, its node id and the node id it means to
+//! reach (`u64` each, all big-endian). The accepting side replies with the
+//! magic and one status byte (0 = accepted) and closes the connection on any
+//! mismatch. After that the connecting side sends frames: a big-endian `u32`
+//! payload length followed by a postcard-encoded [`Message`]; see
+//! [`encode_frame`] and [`decode_frame`].
+
+mod frame;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{
+    DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_LEN, FrameError, decode_frame, decode_payload, encode_frame,
+    encode_frame_into,
+};
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
+use raft_core::{Message, NodeId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use frame::{ACK_LEN, AckStatus, HANDSHAKE_LEN, Handshake};
+
+/// Default capacity of each peer's send queue, in messages.
+pub const DEFAULT_SEND_QUEUE_LEN: usize = 4096;
+
+/// A writer stops draining its queue into a batch once the batch holds this
+/// many bytes, so one batch never pins an unbounded buffer.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Payloads are read into memory at most this much ahead of the bytes
+/// actually received, so a peer announcing a huge frame and then stalling
+/// cannot make us allocate the whole frame up front.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Buffers that grew past this for one large frame are released afterwards
+/// instead of being kept for the connection's lifetime.
+const KEEP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// How often the non-blocking listener polls `accept`. std has no accept
+/// timeout; polling keeps shutdown simple and reliable at a negligible cost.
+const ACCEPT_POLL: Duration = Duration::from_millis(10);
+
+/// Configuration of a [`Transport`].
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Identifies the cluster; connections from other clusters are rejected.
+    pub cluster_id: u64,
+    /// This node's id (never 0).
+    pub node_id: NodeId,
+    /// Where to accept connections from peers (used by [`Transport::start`]).
+    pub listen: SocketAddr,
+    /// Every other member of the cluster and its listen address. Only these
+    /// ids are accepted inbound and only these can be sent to.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Largest accepted frame payload; a larger length prefix closes the
+    /// connection. Default [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
+    /// Capacity of each peer's send queue, in messages; beyond it
+    /// [`Transport::send`] drops. Default [`DEFAULT_SEND_QUEUE_LEN`].
+    pub send_queue_len: usize,
+    /// First reconnect delay after a failed attempt. Default 50 ms.
+    pub backoff_initial: Duration,
+    /// Reconnect delays double up to this. Default 1 s.
+    pub backoff_max: Duration,
+    /// Limit for establishing a TCP connection. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Limit for a handshake, for any write, and for a started frame to
+    /// finish arriving. Default 5 s.
+    pub io_timeout: Duration,
+    /// How often blocked threads wake up to notice shutdown (read timeout)
+    /// and how often an idle writer checks that its connection is alive.
+    /// Default 100 ms.
+    pub poll_interval: Duration,
+}
+
+impl TransportConfig {
+    /// A configuration with the default limits, backoff and timeouts.
+    pub fn new(cluster_id: u64, node_id: NodeId, listen: SocketAddr, peers: Vec<(NodeId, SocketAddr)>) -> Self {
+        TransportConfig {
+            cluster_id,
+            node_id,
+            listen,
+            peers,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            send_queue_len: DEFAULT_SEND_QUEUE_LEN,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        if self.node_id == 0 {
+            return invalid("node id 0 is reserved".into());
+        }
+        let mut seen = HashSet::new();
+        for &(peer, _) in &self.peers {
+            if peer == 0 || peer == self.node_id || !seen.insert(peer) {
+                return invalid(format!("invalid or duplicate peer id {peer}"));
+            }
+        }
+        if self.max_frame_bytes == 0 || u32::try_from(self.max_frame_bytes).is_err() {
+            return invalid("max_frame_bytes must be in 1..=u32::MAX".into());
+        }
+        if self.send_queue_len == 0 {
+            return invalid("send_queue_len must be positive".into());
+        }
+        // Zero durations would turn waits into busy loops, and std rejects a
+        // zero socket timeout outright.
+        let durations = [self.backoff_initial, self.connect_timeout, self.io_timeout, self.poll_interval];
+        if durations.contains(&Duration::ZERO) || self.backoff_max < self.backoff_initial {
+            return invalid("timeouts must be positive and backoff_max >= backoff_initial".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a [`Transport`] delivers the messages it receives.
+///
+/// Implemented for closures `Fn(NodeId, Message)` and for
+/// `crossbeam_channel::Sender<(NodeId, Message)>`. It is called on the
+/// connection's reader thread, so a slow sink slows (only) that peer's
+/// connection: TCP flow control then pushes back on the sender, whose queue
+/// fills and drops. It must not call [`Transport::shutdown`], which joins
+/// the reader thread.
+pub trait Inbound: Send + Sync + 'static {
+    /// Handles one message from peer `from` (already authenticated by the
+    /// handshake; the message content is still untrusted).
+    fn deliver(&self, from: NodeId, message: Message);
+}
+
+impl<F> Inbound for F
+where
+    F: Fn(NodeId, Message) + Send + Sync + 'static,
+{
+    fn deliver(&self, from: NodeId, message: Message) {
+        self(from, message);
+    }
+}
+
+impl Inbound for Sender<(NodeId, Message)> {
+    /// Blocks while a bounded channel is full (back-pressure, see
+    /// [`Inbound`]); discards the message once the receiver is gone, since
+    /// nobody is left to care.
+    fn deliver(&self, from: NodeId, message: Message) {
+        let _ = self.send((from, message));
+    }
+}
+
+/// Declares the live atomic counters and their public snapshot together so
+/// the two can never disagree.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        /// A snapshot of a [`Transport`]'s counters (see [`Transport::stats`]).
+        /// All count since start; "messages" are Raft messages, not bytes.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct TransportStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> TransportStats {
+                TransportStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages written to a peer's socket (flushed without error).
+    sent,
+    /// Messages dropped by [`Transport::send`] because the queue was full.
+    dropped_full,
+    /// Messages dropped by [`Transport::send`] for an id not in `peers`.
+    dropped_unknown_peer,
+    /// Messages dropped because the transport was shut down.
+    dropped_closed,
+    /// Queued messages discarded after a failed connection attempt (stale
+    /// by the time the peer is reachable again; Raft will resend).
+    dropped_unreachable,
+    /// Messages dropped because they encode to more than `max_frame_bytes`.
+    dropped_oversized,
+    /// Messages lost in a batch whose write failed.
+    dropped_write,
+    /// Outbound connections established (handshake accepted).
+    connects,
+    /// Outbound connection attempts that failed (TCP, I/O or timeout).
+    connect_failures,
+    /// Outbound handshakes the peer answered with a rejection.
+    handshake_refused,
+    /// Established outbound connections lost (write error or peer closed).
+    disconnects,
+    /// Inbound TCP connections accepted.
+    accepted,
+    /// Inbound connections closed for a bad handshake: garbage or wrong
+    /// magic/version, wrong cluster id, unknown sender, or not addressed to
+    /// this node, or no complete handshake within `io_timeout`.
+    handshake_rejected,
+    /// Inbound connections closed for a bad frame (length over the limit,
+    /// undecodable payload, or a frame stalled mid-way).
+    bad_frames,
+    /// Messages received and delivered to the [`Inbound`] sink.
+    received,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    // Relaxed: the counters are statistics, not synchronisation.
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// State shared by all of a transport's threads.
+struct Shared {
+    config: TransportConfig,
+    stats: Counters,
+    stopping: AtomicBool,
+    inbound: Box<dyn Inbound>,
+    /// Id of the newest accepted connection from each peer. A peer's writer
+    /// keeps one connection at a time, so when a newer one arrives the old
+    /// one is dead (e.g. the peer crashed without a FIN reaching us); its
+    /// reader notices here and exits instead of lingering forever.
+    newest_inbound: HashMap<NodeId, AtomicU64>,
+    next_connection_id: AtomicU64,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A running peer transport; see the [module documentation](self).
+///
+/// Dropping it shuts it down (see [`Transport::shutdown`]).
+pub struct Transport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    queues: HashMap<NodeId, Sender<Message>>,
+    /// Never sent on: dropping it disconnects every thread's receiver, which
+    /// wakes threads sleeping in backoff or waiting on their queue at once.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Transport {
+    /// Binds `config.listen` and starts the listener and one writer per
+    /// peer. Fails if the configuration is invalid (`InvalidInput`), the
+    /// address cannot be bound, or a thread cannot be spawned.
+    pub fn start(config: TransportConfig, inbound: impl Inbound) -> io::Result<Transport> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)?;
+        Self::start_with_listener(config, listener, inbound)
+    }
+
+    /// Like [`Transport::start`] but accepts on an already bound `listener`
+    /// (`config.listen` is ignored). Lets callers bind port 0 for every
+    /// node before any of them starts, or use an inherited socket.
+    pub fn start_with_listener(
+        config: TransportConfig,
+        listener: TcpListener,
+        inbound: impl Inbound,
+    ) -> io::Result<Transport> {
+        config.validate()?;
+        let local_addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let peers = config.peers.clone();
+        let node_id = config.node_id;
+        let shared = Arc::new(Shared {
+            newest_inbound: peers.iter().map(|&(peer, _)| (peer, AtomicU64::new(0))).collect(),
+            next_connection_id: AtomicU64::new(1),
+            stats: Counters::default(),
+            stopping: AtomicBool::new(false),
+            inbound: Box::new(inbound),
+            config,
+        });
+        // Built before spawning so that if a spawn fails, dropping it stops
+        // and joins the threads already running.
+        let mut transport = Transport {
+            shared: Arc::clone(&shared),
+            local_addr,
+            queues: HashMap::new(),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            threads: Mutex::new(Vec::new()),
+        };
+        let (shared_l, stop_l) = (Arc::clone(&shared), stop_rx.clone());
+        let listener_thread = thread::Builder::new()
+            .name(format!("raft-listen-{node_id}"))
+            .spawn(move || listen_loop(shared_l, listener, stop_l))?;
+        lock(&transport.threads).push(listener_thread);
+        for (peer, addr) in peers {
+            let (queue_tx, queue_rx) = crossbeam_channel::bounded(shared.config.send_queue_len);
+            let (shared_w, stop_w) = (Arc::clone(&shared), stop_rx.clone());
+            let writer = thread::Builder::new()
+                .name(format!("raft-send-{node_id}-{peer}"))
+                .spawn(move || writer_loop(shared_w, peer, addr, queue_rx, stop_w))?;
+            lock(&transport.threads).push(writer);
+            transport.queues.insert(peer, queue_tx);
+        }
+        tracing::debug!(node_id, %local_addr, "transport started");
+        Ok(transport)
+    }
+
+    /// Queues `message` for peer `to` without ever blocking. Returns whether
+    /// it was queued; otherwise it was dropped and counted (queue full,
+    /// unknown peer, or shut down). Queued is not delivered: a broken
+    /// connection may still lose it.
+    pub fn send(&self, to: NodeId, message: Message) -> bool {
+        let stats = &self.shared.stats;
+        let Some(queue) = self.queues.get(&to) else {
+            bump(&stats.dropped_unknown_peer, 1);
+            return false;
+        };
+        if self.shared.stopping() {
+            bump(&stats.dropped_closed, 1);
+            return false;
+        }
+        match queue.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                bump(&stats.dropped_full, 1);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                bump(&stats.dropped_closed, 1);
+                false
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The address the listener is bound to (the actual port when
+    /// `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    /// Stops all threads, closes all connections and the listener, and waits
+    /// for the threads to exit. Idempotent. Typically returns within
+    /// `poll_interval`; a writer blocked on a stalled peer may take up to
+    /// `io_timeout` (or `connect_timeout`), and a reader blocked in its
+    /// [`Inbound`] sink until the sink returns.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        drop(lock(&self.stop_tx).take());
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for thread in threads {
+            // A panicked thread has already reported itself; shutting down
+            // the rest matters more than propagating it.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("node_id", &self.shared.config.node_id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded data (a sender slot, a
+/// list of join handles) stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sleeps for `delay` unless the transport shuts down first; returns true
+/// on shutdown.
+fn sleep_or_stop(stop_rx: &Receiver<()>, delay: Duration) -> bool {
+    !matches!(stop_rx.recv_timeout(delay), Err(RecvTimeoutError::Timeout))
+}
+
+/// Exponential backoff with "equal jitter": half of each delay is fixed and
+/// half random, so peers retrying the same node spread out while the delay
+/// never collapses to almost nothing.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    rng: StdRng,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration, rng: StdRng) -> Self {
+        Backoff { initial, max, next: initial, rng }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        let half = base / 2;
+        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(self.rng.gen_range(0..=spread))
+    }
+}
+
+/// Seeds a writer's jitter from the node id, so runs are reproducible per
+/// node, mixed with the peer id so that one node's writers do not retry in
+/// lockstep with each other.
+fn jitter_seed(node_id: NodeId, peer: NodeId) -> u64 {
+    node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ peer
+}
+
+/// The body of a peer's writer thread.
+fn writer_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr, queue: Receiver<Message>, stop_rx: Receiver<()>) {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let rng = StdRng::seed_from_u64(jitter_seed(config.node_id, peer));
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, rng);
+    let mut connection: Option<TcpStream> = None;
+    let mut batch = Vec::new();
+    let mut last_check = Instant::now();
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        let Some(stream) = connection.as_mut() else {
+            match connect(&shared, peer, addr) {
+                Ok(stream) => {
+                    tracing::debug!(node_id = config.node_id, peer, %addr, "connected");
+                    bump(&stats.connects, 1);
+                    backoff.reset();
+                    last_check = Instant::now();
+                    connection = Some(stream);
+                }
+                Err(error) => {
+                    tracing::trace!(node_id = config.node_id, peer, %addr, %error, "connect failed");
+                    // What queued up while we tried is stale by the time the
+                    // peer is back; sending it then would only delay the
+                    // fresh messages behind it.
+                    let stale = queue.try_iter().count();
+                    bump(&stats.dropped_unreachable, stale as u64);
+                    if sleep_or_stop(&stop_rx, backoff.next_delay()) {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        // The peer never sends after its handshake reply, so an idle
+        // connection is only known to be dead if we look. Checking before
+        // writing avoids losing the next batch into a half-closed socket
+        // (e.g. after the peer restarted).
+        if last_check.elapsed() >= config.poll_interval {
+            last_check = Instant::now();
+            if !peer_alive(stream) {
+                tracing::debug!(node_id = config.node_id, peer, "connection closed by peer");
+                bump(&stats.disconnects, 1);
+                connection = None;
+                continue;
+            }
+        }
+        let first = select! {
+            recv(queue) -> message => match message {
+                Ok(message) => message,
+                Err(_) => return, // the transport is gone
+            },
+            recv(stop_rx) -> _ => return,
+            default(config.poll_interval) => continue, // go check liveness
+        };
+        // Drain whatever else is queued into one buffer: one write syscall
+        // and one TCP push for the lot instead of one per message. The batch
+        // buffer plays the role of a BufWriter, without its extra copy.
+        batch.clear();
+        let mut count = 0u64;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match encode_frame_into(&message, config.max_frame_bytes, &mut batch) {
+                Ok(_) => count += 1,
+                Err(error) => {
+                    tracing::warn!(node_id = config.node_id, peer, %error, "dropping unsendable message");
+                    bump(&stats.dropped_oversized, 1);
+                }
+            }
+            if batch.len() < MAX_BATCH_BYTES {
+                next = queue.try_recv().ok();
+            }
+        }
+        if count > 0 {
+            match stream.write_all(&batch).and_then(|()| stream.flush()) {
+                Ok(()) => bump(&stats.sent, count),
+                Err(error) => {
+                    // Part of the batch may have been written; the stream is
+                    // unusable now, so start over on a new connection.
+                    tracing::debug!(node_id = config.node_id, peer, %error, "write failed");
+                    bump(&stats.dropped_write, count);
+                    bump(&stats.disconnects, 1);
+                    connection = None;
+                }
+            }
+        }
+        if batch.capacity() > KEEP_BUFFER_BYTES {
+            batch = Vec::new();
+        }
+    }
+}
+
+/// Why an outbound connection attempt failed.
+enum ConnectError {
+    Io(io::Error),
+    Refused(Option<AckStatus>),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(error) => write!(f, "{error}"),
+            ConnectError::Refused(status) => write!(f, "handshake refused: {status:?}"),
+        }
+    }
+}
+
+/// Connects to `peer` and performs the handshake; counts the failure kinds.
+fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let config = &shared.config;
+    let result = (|| {
+        let stream = TcpStream::connect_timeout(&addr, config.connect_timeout).map_err(ConnectError::Io)?;
+        // Raft is latency-bound (heartbeats, vote round trips) and we batch
+        // ourselves, so Nagle's algorithm would only add delay.
+        stream.set_nodelay(true).map_err(ConnectError::Io)?;
+        stream.set_write_timeout(Some(config.io_timeout)).map_err(ConnectError::Io)?;
+        stream.set_read_timeout(Some(config.poll_interval)).map_err(ConnectError::Io)?;
+        let handshake = Handshake { cluster_id: config.cluster_id, from: config.node_id, to: peer };
+        (&stream).write_all(&handshake.encode()).map_err(ConnectError::Io)?;
+        let mut reply = [0; ACK_LEN];
+        let watch = Watch { shared, connection: None };
+        read_full(&mut &stream, &mut reply, false, config.io_timeout, &watch).map_err(|stop| {
+            ConnectError::Io(match stop {
+                Stop::Io(error) => error,
+                other => io::Error::other(format!("{other:?}")),
+            })
+        })?;
+        match AckStatus::decode(&reply) {
+            Some(AckStatus::Accepted) => Ok(stream),
+            status => Err(ConnectError::Refused(status)),
+        }
+    })();
+    match &result {
+        Ok(_) => {}
+        Err(ConnectError::Io(_)) => bump(&shared.stats.connect_failures, 1),
+        Err(ConnectError::Refused(_)) => bump(&shared.stats.handshake_refused, 1),
+    }
+    result
+}
+
+/// Whether an established outbound connection still looks usable, checked
+/// without blocking.
+fn peer_alive(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    // Anything readable means EOF, a reset, or bytes the peer should never
+    // send after its reply: the connection is unusable in every case.
+    let mut probe = [0; 1];
+    let alive = matches!(stream.peek(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && alive
+}
+
+/// The body of the listener thread.
+fn listen_loop(shared: Arc<Shared>, listener: TcpListener, stop_rx: Receiver<()>) {
+    let node_id = shared.config.node_id;
+    let mut readers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((stream, remote)) => {
+                bump(&shared.stats.accepted, 1);
+                // Forget finished readers so the list tracks live ones only.
+                readers.retain(|reader| !reader.is_finished());
+                let shared_r = Arc::clone(&shared);
+                let spawned = thread::Builder::new()
+                    .name(format!("raft-recv-{node_id}"))
+                    .spawn(move || serve_inbound(&shared_r, stream, remote));
+                match spawned {
+                    Ok(reader) => readers.push(reader),
+                    // The closure, and with it the stream, is dropped: the
+                    // connection closes and the peer will retry.
+                    Err(error) => tracing::warn!(node_id, %error, "cannot spawn reader thread"),
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if sleep_or_stop(&stop_rx, ACCEPT_POLL) {
+                    break;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                // E.g. out of file descriptors: wait rather than spin.
+                tracing::warn!(node_id, %error, "accept failed");
+                if sleep_or_stop(&stop_rx, shared.config.poll_interval) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    for reader in readers {
+        let _ = reader.join();
+    }
+}
+
+/// The body of a reader thread: handshake, then frames until the connection
+/// ends, turns bad, or the transport stops.
+fn serve_inbound(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
+    let config = &shared.config;
+    let node_id = config.node_id;
+    // Accepted sockets inherit non-blocking mode on some platforms; the read
+    // timeout is what lets this thread notice shutdown.
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(config.poll_interval)))
+        .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)));
+    if let Err(error) = setup {
+        tracing::debug!(node_id, %remote, %error, "cannot configure inbound connection");
+        return;
+    }
+    let mut raw = [0; HANDSHAKE_LEN];
+    let watch = Watch { shared, connection: None };
+    if let Err(stop) = read_full(&mut &stream, &mut raw, false, config.io_timeout, &watch) {
+        if !matches!(stop, Stop::Shutdown) {
+            tracing::debug!(node_id, %remote, ?stop, "no complete handshake");
+            bump(&shared.stats.handshake_rejected, 1);
+        }
+        return;
+    }
+    let from = match check_handshake(shared, &raw) {
+        Ok(from) => from,
+        Err(status) => {
+            tracing::warn!(node_id, %remote, ?status, "rejecting connection");
+            bump(&shared.stats.handshake_rejected, 1);
+            // Best effort: tells a misconfigured peer why, then close.
+            let _ = (&stream).write_all(&status.encode());
+            return;
+        }
+    };
+    let connection_id = shared.next_connection_id.fetch_add(1, Ordering::SeqCst);
+    if let Some(newest) = shared.newest_inbound.get(&from) {
+        newest.store(connection_id, Ordering::SeqCst);
+    }
+    if (&stream).write_all(&AckStatus::Accepted.encode()).is_err() {
+        return;
+    }
+    tracing::debug!(node_id, from, %remote, "accepted peer connection");
+
+    let watch = Watch { shared, connection: Some((from, connection_id)) };
+    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut payload = Vec::new();
+    loop {
+        // Checked per frame too: under a steady stream of frames the read
+        // timeout never fires.
+        if watch.stop().is_some() {
+            return;
+        }
+        let mut header = [0; FRAME_HEADER_LEN];
+        if let Err(stop) = read_full(&mut reader, &mut header, true, config.io_timeout, &watch) {
+            // A stall inside a header is as broken as one inside a payload.
+            if matches!(stop, Stop::Timeout) {
+                bump(&shared.stats.bad_frames, 1);
+            }
+            tracing::debug!(node_id, from, ?stop, "inbound connection ended");
+            return;
+        }
+        let len = match frame::payload_len(header, config.max_frame_bytes) {
+            Ok(len) => len,
+            Err(error) => {
+                tracing::warn!(node_id, from, %error, "closing connection");
+                bump(&shared.stats.bad_frames, 1);
+                return;
+            }
+        };
+        if let Err(stop) = read_payload(&mut reader, len, &mut payload, config.io_timeout, &watch) {
+            // A stalled frame is broken; a peer that vanished mid-frame
+            // (crash, restart) is not misbehaving.
+            if matches!(stop, Stop::Timeout) {
+                bump(&shared.stats.bad_frames, 1);
+            }
+            tracing::debug!(node_id, from, ?stop, "inbound connection ended inside a frame");
+            return;
+        }
+        let message = match decode_payload(&payload) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(node_id, from, %error, "closing connection");
+                bump(&shared.stats.bad_frames, 1);
+                return;
+            }
+        };
+        if payload.capacity() > KEEP_BUFFER_BYTES {
+            payload = Vec::new();
+        }
+        bump(&shared.stats.received, 1);
+        shared.inbound.deliver(from, message);
+    }
+}
+
+/// Validates a handshake against our configuration; returns the sender.
+fn check_handshake(shared: &Shared, raw: &[u8; HANDSHAKE_LEN]) -> Result<NodeId, AckStatus> {
+    let handshake = Handshake::decode(raw).ok_or(AckStatus::BadProtocol)?;
+    if handshake.cluster_id != shared.config.cluster_id {
+        return Err(AckStatus::WrongCluster);
+    }
+    if handshake.to != shared.config.node_id {
+        return Err(AckStatus::NotForUs);
+    }
+    if !shared.newest_inbound.contains_key(&handshake.from) {
+        return Err(AckStatus::UnknownPeer);
+    }
+    Ok(handshake.from)
+}
+
+/// Why a read gave up.
+#[derive(Debug)]
+enum Stop {
+    /// The peer closed the connection.
+    Eof,
+    /// No progress within the stall limit.
+    Timeout,
+    /// The transport is shutting down.
+    Shutdown,
+    /// A newer connection from the same peer replaced this one.
+    Superseded,
+    /// Any other socket error.
+    Io(io::Error),
+}
+
+/// What a blocked read checks each time its read timeout fires.
+struct Watch<'a> {
+    shared: &'a Shared,
+    /// `(peer, connection id)` of an authenticated inbound connection.
+    connection: Option<(NodeId, u64)>,
+}
+
+impl Watch<'_> {
+    fn stop(&self) -> Option<Stop> {
+        if self.shared.stopping() {
+            return Some(Stop::Shutdown);
+        }
+        let (peer, id) = self.connection?;
+        let newest = self.shared.newest_inbound.get(&peer)?.load(Ordering::SeqCst);
+        (newest != id).then_some(Stop::Superseded)
+    }
+}
+
+/// Fills `buf` from a reader whose read timeout is the poll interval.
+///
+/// Unlike `read_exact`, it survives timeouts without losing the bytes read
+/// so far, checks `watch` on every timeout, and gives up after `stall`
+/// without progress, except while `idle_ok` and nothing has arrived yet
+/// (waiting for the next frame of an idle connection is fine).
+fn read_full(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    idle_ok: bool,
+    stall: Duration,
+    watch: &Watch<'_>,
+) -> Result<(), Stop> {
+    let mut filled = 0;
+    let mut last_progress = Instant::now();
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => return Err(Stop::Eof),
+            Ok(n) => {
+                filled += n;
+                last_progress = Instant::now();
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if let Some(stop) = watch.stop() {
+                    return Err(stop);
+                }
+                let idle = idle_ok && filled == 0;
+                if !idle && last_progress.elapsed() >= stall {
+                    return Err(Stop::Timeout);
+                }
+            }
+            Err(error) => return Err(Stop::Io(error)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a `len`-byte payload into `buf`, growing it only as bytes arrive.
+fn read_payload(
+    reader: &mut impl Read,
+    len: usize,
+    buf: &mut Vec<u8>,
+    stall: Duration,
+    watch: &Watch<'_>,
+) -> Result<(), Stop> {
+    buf.clear();
+    while buf.len() < len {
+        let start = buf.len();
+        let end = len.min(start + READ_CHUNK);
+        buf.resize(end, 0);
+        read_full(reader, &mut buf[start..end], false, stall, watch)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Transport tests on real sockets (127.0.0.1, port 0). Every wait is
+//! bounded by a deadline so a regression fails instead of hanging.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use raft_core::{AppendEntries, Bytes, Entry, EntryKind, Message, MessageBody, NodeId, RequestVote};
+
+use super::frame::{ACK_LEN, AckStatus, Handshake};
+use super::*;
+
+const CLUSTER: u64 = 0xC1;
+/// Generous upper bound for anything that should happen "soon".
+const PATIENCE: Duration = Duration::from_secs(2);
+
+fn vote(term: u64) -> Message {
+    Message {
+        term,
+        body: MessageBody::RequestVote(RequestVote { pre_vote: false, last_log_index: term, last_log_term: 1 }),
+    }
+}
+
+fn append(term: u64, data: &'static [u8]) -> Message {
+    let entry = Entry { term, index: 1, kind: EntryKind::Normal, data: Bytes::from_static(data) };
+    Message {
+        term,
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![entry],
+            leader_commit: 0,
+        }),
+    }
+}
+
+fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// An address nothing listens on (bound once by us, then released).
+fn free_addr() -> SocketAddr {
+    bind().local_addr().unwrap()
+}
+
+/// Short timings so reconnects and shutdowns take milliseconds.
+fn config(node_id: NodeId, listen: SocketAddr, peers: Vec<(NodeId, SocketAddr)>) -> TransportConfig {
+    let mut config = TransportConfig::new(CLUSTER, node_id, listen, peers);
+    config.backoff_initial = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(100);
+    config.connect_timeout = Duration::from_millis(500);
+    config.io_timeout = Duration::from_secs(1);
+    config.poll_interval = Duration::from_millis(20);
+    config
+}
+
+type Inbox = Receiver<(NodeId, Message)>;
+
+fn start(config: TransportConfig, listener: TcpListener) -> (Transport, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (Transport::start_with_listener(config, listener, tx).expect("start transport"), rx)
+}
+
+fn recv(inbox: &Inbox) -> (NodeId, Message) {
+    inbox.recv_timeout(PATIENCE).expect("message within deadline")
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    condition()
+}
+
+/// Sends `message` every 10 ms until it arrives (lossy transport: messages
+/// sent while the peer is unreachable are dropped by design).
+fn send_until_received(from: &Transport, to: NodeId, inbox: &Inbox, message: &Message) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        from.send(to, message.clone());
+        // Earlier retries may have delivered duplicates of older messages.
+        while let Ok((sender, got)) = inbox.recv_timeout(Duration::from_millis(10)) {
+            if (sender, &got) == (from.node_id(), message) {
+                return;
+            }
+        }
+    }
+    panic!("message from {} to {to} not delivered within {PATIENCE:?}", from.node_id());
+}
+
+/// Two connected transports, nodes 1 and 2.
+fn pair() -> ((Transport, Inbox), (Transport, Inbox)) {
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    (start(config(1, a1, vec![(2, a2)]), l1), start(config(2, a2, vec![(1, a1)]), l2))
+}
+
+/// Opens a raw connection to `addr` and sends `handshake` bytes.
+fn raw_connect(addr: SocketAddr, handshake: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(handshake).unwrap();
+    stream
+}
+
+/// Asserts the other side closes `stream` (EOF or reset) within the deadline,
+/// skipping any reply bytes it sent first.
+fn assert_closed(stream: &mut TcpStream) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = [0; 64];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(_) => return, // reset: closed with our bytes unread
+        }
+    }
+    panic!("connection not closed within {PATIENCE:?}");
+}
+
+#[test]
+fn transport_frame_round_trip_and_limits() {
+    let message = append(3, b"hello");
+    let frame = encode_frame(&message, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let (decoded, used) = decode_frame(&frame, DEFAULT_MAX_FRAME_BYTES).unwrap().unwrap();
+    assert_eq!((decoded, used), (message.clone(), frame.len()));
+    // Every strict prefix is incomplete, never an error.
+    for cut in 0..frame.len() {
+        assert!(decode_frame(&frame[..cut], DEFAULT_MAX_FRAME_BYTES).unwrap().is_none());
+    }
+    // Oversized: rejected from the header alone, and refused when encoding.
+    let payload_len = frame.len() - FRAME_HEADER_LEN;
+    assert!(matches!(decode_frame(&frame[..4], payload_len - 1), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(encode_frame(&message, payload_len - 1), Err(FrameError::TooLarge { .. })));
+    // Trailing bytes inside a frame and garbage payloads are errors.
+    let mut padded = frame.clone();
+    padded.push(0);
+    padded[..4].copy_from_slice(&(payload_len as u32 + 1).to_be_bytes());
+    assert!(matches!(decode_frame(&padded, 1 << 20), Err(FrameError::TrailingBytes { extra: 1 })));
+    assert!(matches!(decode_frame(&[0, 0, 0, 2, 0xff, 0xff], 1 << 20), Err(FrameError::Decode(_))));
+}
+
+#[test]
+fn transport_invalid_config_is_rejected() {
+    let listen = free_addr();
+    let bad = [
+        config(0, listen, vec![]),
+        config(1, listen, vec![(1, listen)]),
+        config(1, listen, vec![(2, listen), (2, listen)]),
+        TransportConfig { send_queue_len: 0, ..config(1, listen, vec![]) },
+        TransportConfig { poll_interval: Duration::ZERO, ..config(1, listen, vec![]) },
+    ];
+    for config in bad {
+        let error = Transport::start(config, |_, _| {}).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    }
+}
+
+#[test]
+fn transport_exchanges_messages_both_ways() {
+    let ((t1, inbox1), (t2, inbox2)) = pair();
+    let messages: Vec<Message> = (1..=50).map(|i| if i % 2 == 0 { vote(i) } else { append(i, b"payload") }).collect();
+    for message in &messages {
+        assert!(t1.send(2, message.clone()));
+        assert!(t2.send(1, message.clone()));
+    }
+    // Both links start with a listening peer, so nothing is lost, in order.
+    for message in &messages {
+        assert_eq!(recv(&inbox2), (1, message.clone()));
+        assert_eq!(recv(&inbox1), (2, message.clone()));
+    }
+    assert!(!t1.send(9, vote(1)), "unknown peer");
+    // `sent` is counted after the flush returns, possibly after delivery.
+    assert!(eventually(|| t1.stats().sent == 50));
+    let stats = t1.stats();
+    assert_eq!((stats.received, stats.connects), (50, 1));
+    assert_eq!(stats.dropped_unknown_peer, 1);
+    assert_eq!(stats.handshake_rejected + stats.bad_frames + stats.dropped_full, 0);
+}
+
+#[test]
+fn transport_reaches_peer_started_later() {
+    let late_addr = free_addr();
+    let l1 = bind();
+    let a1 = l1.local_addr().unwrap();
+    let (t1, _inbox1) = start(config(1, a1, vec![(2, late_addr)]), l1);
+    t1.send(2, vote(1));
+    assert!(eventually(|| t1.stats().connect_failures >= 2), "writer keeps retrying");
+    let (t2, inbox2) = start(config(2, late_addr, vec![(1, a1)]), TcpListener::bind(late_addr).unwrap());
+    send_until_received(&t1, 2, &inbox2, &vote(7));
+    assert_eq!(t1.stats().connects, 1);
+    drop(t2);
+}
+
+#[test]
+fn transport_reconnects_to_restarted_peer() {
+    let ((t1, inbox1), (t2, inbox2)) = pair();
+    let a2 = t2.local_addr();
+    send_until_received(&t1, 2, &inbox2, &vote(1));
+    send_until_received(&t2, 1, &inbox1, &vote(1));
+
+    let stopping = Instant::now();
+    drop(t2);
+    assert!(stopping.elapsed() < Duration::from_secs(1), "shutdown is prompt");
+    let (t2, inbox2) = start(config(2, a2, vec![(1, t1.local_addr())]), TcpListener::bind(a2).unwrap());
+    send_until_received(&t1, 2, &inbox2, &vote(2));
+    send_until_received(&t2, 1, &inbox1, &vote(2));
+    assert!(t1.stats().connects >= 2);
+    assert!(t1.stats().disconnects >= 1);
+}
+
+#[test]
+fn transport_rejects_bad_handshakes_and_keeps_serving_peers() {
+    let ((t1, _inbox1), (t2, inbox2)) = pair();
+    let a2 = t2.local_addr();
+    let valid = Handshake { cluster_id: CLUSTER, from: 1, to: 2 };
+    let mut bad_version = valid.encode();
+    bad_version[5] ^= 0xff;
+    let attempts: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789".to_vec(), // garbage
+        bad_version.to_vec(),
+        Handshake { cluster_id: CLUSTER + 1, ..valid }.encode().to_vec(),
+        Handshake { from: 42, ..valid }.encode().to_vec(), // unknown sender
+        Handshake { to: 3, ..valid }.encode().to_vec(),    // meant for someone else
+    ];
+    for (i, bytes) in attempts.iter().enumerate() {
+        let mut stream = raw_connect(a2, bytes);
+        assert_closed(&mut stream);
+        assert_eq!(t2.stats().handshake_rejected, i as u64 + 1);
+    }
+    // A short handshake followed by EOF is rejected too.
+    let mut stream = raw_connect(a2, b"RFT");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_closed(&mut stream);
+    assert_eq!(t2.stats().handshake_rejected, 6);
+    // The rejected reply names the reason.
+    let mut stream = raw_connect(a2, &Handshake { cluster_id: 7, ..valid }.encode());
+    let mut reply = [0; ACK_LEN];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(AckStatus::decode(&reply), Some(AckStatus::WrongCluster));
+
+    send_until_received(&t1, 2, &inbox2, &vote(5));
+    assert_eq!(t2.stats().bad_frames, 0);
+}
+
+#[test]
+fn transport_bad_frames_close_only_that_connection() {
+    // Node 2 knows node 3, which is impersonated by a raw socket here.
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (t1, _inbox1) = start(config(1, a1, vec![(2, a2)]), l1);
+    let mut config2 = config(2, a2, vec![(1, a1), (3, free_addr())]);
+    config2.max_frame_bytes = 1024;
+    let (t2, inbox2) = start(config2, l2);
+    let handshake = Handshake { cluster_id: CLUSTER, from: 3, to: 2 }.encode();
+    let open = || {
+        let mut stream = raw_connect(a2, &handshake);
+        let mut reply = [0; ACK_LEN];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(AckStatus::decode(&reply), Some(AckStatus::Accepted));
+        stream
+    };
+
+    // A valid frame is delivered; then an oversized length closes the link.
+    let mut stream = open();
+    stream.write_all(&encode_frame(&vote(3), 1024).unwrap()).unwrap();
+    assert_eq!(recv(&inbox2), (3, vote(3)));
+    stream.write_all(&1025u32.to_be_bytes()).unwrap();
+    assert_closed(&mut stream);
+    assert_eq!(t2.stats().bad_frames, 1);
+
+    // An undecodable payload closes its connection too.
+    let mut stream = open();
+    stream.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+    assert_closed(&mut stream);
+    assert_eq!(t2.stats().bad_frames, 2);
+
+    // The node and its other links are unaffected.
+    send_until_received(&t1, 2, &inbox2, &vote(9));
+    assert!(t2.stats().received >= 2);
+}
+
+#[test]
+fn transport_full_queue_drops_instead_of_blocking() {
+    // The peer's socket accepts TCP (kernel backlog) but never answers the
+    // handshake, so the writer never drains its queue.
+    let silent = bind();
+    let l1 = bind();
+    let mut config1 = config(1, l1.local_addr().unwrap(), vec![(2, silent.local_addr().unwrap())]);
+    config1.send_queue_len = 4;
+    config1.io_timeout = Duration::from_secs(30);
+    let (t1, _inbox1) = start(config1, l1);
+
+    let sending = Instant::now();
+    let queued = (0..100).filter(|&i| t1.send(2, vote(i))).count();
+    assert!(sending.elapsed() < Duration::from_millis(500), "send never blocks");
+    assert_eq!(queued, 4);
+    assert_eq!(t1.stats().dropped_full, 96);
+
+    // Shutdown does not wait for the 30 s handshake timeout.
+    let stopping = Instant::now();
+    t1.shutdown();
+    assert!(stopping.elapsed() < Duration::from_secs(1));
+    assert!(!t1.send(2, vote(1)));
+    assert_eq!(t1.stats().dropped_closed, 1);
+    drop(silent);
+}
+
+#[test]
+fn transport_backoff_is_jittered_and_bounded() {
+    let rng = StdRng::seed_from_u64(jitter_seed(1, 2));
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1), rng);
+    let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+    assert!(delays[0] >= Duration::from_millis(25) && delays[0] <= Duration::from_millis(50));
+    assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+    assert!(delays[9] >= Duration::from_millis(500), "grows to the cap: {delays:?}");
+    backoff.reset();
+    assert!(backoff.next_delay() <= Duration::from_millis(50));
+}
