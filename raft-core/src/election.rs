@@ -75,7 +75,8 @@ impl Node {
             self.mark_hard_state_dirty();
             self.hard_state.term
         };
-        let req = RequestVote { pre_vote: pre, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
+        let req =
+            RequestVote { pre_vote: pre, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
         let peers: Vec<NodeId> = self.peers().collect();
         for to in peers {
             self.send_with_term(to, term, MessageBody::RequestVote(req));
@@ -86,9 +87,8 @@ impl Node {
     /// RequestVote receiver (Figure 2), with PreVote's variant.
     pub(crate) fn request_vote(&mut self, from: NodeId, term: Term, req: RequestVote) {
         let hs = self.hard_state;
-        let can_vote = hs.vote == Some(from)
-            || (hs.vote.is_none() && self.leader.is_none())
-            || (req.pre_vote && term > hs.term);
+        let can_vote =
+            hs.vote == Some(from) || (hs.vote.is_none() && self.leader.is_none()) || (req.pre_vote && term > hs.term);
         let granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);
         if req.pre_vote {
             // A granted pre-vote echoes the candidate's future term so it can
@@ -132,7 +132,8 @@ impl Node {
         let expected = match self.role {
             Role::PreCandidate => {
                 resp.pre_vote
-                    && ((resp.granted && term == self.hard_state.term + 1) || (!resp.granted && term == self.hard_state.term))
+                    && ((resp.granted && term == self.hard_state.term + 1)
+                        || (!resp.granted && term == self.hard_state.term))
             }
             Role::Candidate => !resp.pre_vote && term == self.hard_state.term,
             _ => false,

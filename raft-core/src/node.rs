@@ -237,7 +237,10 @@ impl Node {
             ),
             MessageBody::RequestVote(req) if req.pre_vote => self.send(
                 from,
-                MessageBody::RequestVoteResponse(crate::message::RequestVoteResponse { pre_vote: true, granted: false }),
+                MessageBody::RequestVoteResponse(crate::message::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: false,
+                }),
             ),
             _ => {}
         }
@@ -334,9 +337,18 @@ impl Node {
         let seq = self.next_persist_seq;
         self.next_persist_seq += 1;
         let hard_state = w.hard_state_dirty.then_some(self.hard_state);
-        let persist = Persist { seq, hard_state, truncate_from: w.truncate_from.take(), entries: core::mem::take(&mut w.entries) };
+        let persist = Persist {
+            seq,
+            hard_state,
+            truncate_from: w.truncate_from.take(),
+            entries: core::mem::take(&mut w.entries),
+        };
         w.hard_state_dirty = false;
-        self.inflight_writes.push_back(InflightWrite { seq, last_index: self.log.last_index(), hard_state: self.hard_state });
+        self.inflight_writes.push_back(InflightWrite {
+            seq,
+            last_index: self.log.last_index(),
+            hard_state: self.hard_state,
+        });
         self.out.push(Action::Persist(persist));
     }
 

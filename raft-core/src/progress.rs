@@ -33,6 +33,10 @@ pub struct Progress {
     pub(crate) inflight: VecDeque<Index>,
     /// The follower has answered since the last CheckQuorum round.
     pub(crate) recent_active: bool,
+    /// The highest commit index sent to the follower.
+    pub(crate) commit_sent: Index,
+    /// `match_index` advanced since the last heartbeat round.
+    pub(crate) recent_progress: bool,
 }
 
 impl Progress {
@@ -45,6 +49,8 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: true,
+            commit_sent: 0,
+            recent_progress: false,
         }
     }
 
@@ -53,6 +59,7 @@ impl Progress {
         let advanced = match_index > self.match_index;
         if advanced {
             self.match_index = match_index;
+            self.recent_progress = true;
         }
         self.next_index = self.next_index.max(match_index + 1);
         while self.inflight.front().is_some_and(|&last| last <= match_index) {

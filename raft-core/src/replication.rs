@@ -50,7 +50,17 @@ impl Node {
     /// they assert leadership, carry the commit index, and (through the
     /// consistency check) tell the leader if the follower lost entries.
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        let last_index = self.log.last_index();
         for i in 0..self.progress.len() {
+            let pr = &mut self.progress[i];
+            let progressed = core::mem::replace(&mut pr.recent_progress, false);
+            if pr.state == ProgressState::Replicate && pr.match_index < last_index && !progressed {
+                // Entries are outstanding but nothing was acknowledged for a
+                // whole heartbeat interval: assume the batches were lost (or
+                // the follower restarted) and resend from the match point.
+                let next = pr.match_index + 1;
+                pr.become_probe(next);
+            }
             let pr = &mut self.progress[i];
             if pr.state == ProgressState::Probe {
                 // A lost probe is retried once per heartbeat.
@@ -58,11 +68,29 @@ impl Node {
                 self.send_append(i);
                 continue;
             }
-            let (to, prev) = (pr.id, pr.match_index);
-            let Some(prev_log_term) = self.log.term(prev) else { continue };
-            let leader_commit = self.commit_index.min(prev);
-            let body = AppendEntries { prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit };
-            self.send(to, MessageBody::AppendEntries(body));
+            self.send_commit(i);
+        }
+    }
+
+    /// An empty AppendEntries at the follower's `match_index`, carrying as
+    /// much of the commit index as the follower is known to hold.
+    fn send_commit(&mut self, i: usize) {
+        let pr = &mut self.progress[i];
+        let (to, prev) = (pr.id, pr.match_index);
+        let Some(prev_log_term) = self.log.term(prev) else { return };
+        let leader_commit = self.commit_index.min(prev);
+        pr.commit_sent = pr.commit_sent.max(leader_commit);
+        let body = AppendEntries { prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit };
+        self.send(to, MessageBody::AppendEntries(body));
+    }
+
+    /// Sends new entries if there are any, else an empty AppendEntries if the
+    /// follower has not been told the commit index it can now adopt.
+    fn send_append_or_commit(&mut self, i: usize) {
+        self.send_append(i);
+        let pr = &self.progress[i];
+        if pr.commit_sent < self.commit_index.min(pr.match_index) {
+            self.send_commit(i);
         }
     }
 
@@ -86,6 +114,7 @@ impl Node {
             let leader_commit = self.commit_index.min(last);
             let to = pr.id;
             let pr = &mut self.progress[i];
+            pr.commit_sent = pr.commit_sent.max(leader_commit);
             match pr.state {
                 ProgressState::Probe => pr.probe_sent = true,
                 ProgressState::Replicate => {
@@ -116,18 +145,10 @@ impl Node {
                 }
                 let pr = &mut self.progress[i];
                 pr.recent_active = true;
-                let was_full = pr.is_paused(self.config.max_inflight_msgs);
-                let advanced = pr.ack(match_index);
-                if !advanced && was_full && pr.state == ProgressState::Replicate {
-                    // An ack that frees nothing while the window is full
-                    // (a heartbeat reply) means batches may have been lost:
-                    // free one slot so a new batch can expose the gap.
-                    pr.inflight.pop_front();
-                }
-                if advanced {
+                if pr.ack(match_index) {
                     self.maybe_commit();
                 }
-                self.send_append(i);
+                self.send_append_or_commit(i);
             }
             AppendEntriesResponse::Reject { rejected_index, conflict_term, conflict_index } => {
                 if rejected_index > last_index || conflict_index > rejected_index + 1 {
@@ -171,6 +192,11 @@ impl Node {
         let candidate = quorum_index(&mut matches);
         if candidate > self.commit_index && self.log.term(candidate) == Some(self.hard_state.term) {
             self.commit_index = candidate;
+            // Tell followers promptly so they apply without waiting for the
+            // next heartbeat; new entries carry it for free when there are any.
+            for i in 0..self.progress.len() {
+                self.send_append_or_commit(i);
+            }
         }
     }
 
@@ -223,9 +249,11 @@ impl Node {
             // Heartbeats are always answered: the leader's CheckQuorum and
             // flow control depend on it.
             self.send_ack(true);
-        } else {
+        } else if self.persisted_index >= last_new {
             self.send_ack(false);
         }
+        // Otherwise the ack goes out when the entries are durable: a partial
+        // ack now would only make the leader resend what is in flight.
     }
 
     fn reject_append(&mut self, to: NodeId, rejected_index: Index) {

@@ -1,0 +1,90 @@
+//! Compact, readable renderings of messages and actions for traces.
+
+use std::fmt::Write;
+
+use raft_core::{Action, AppendEntriesResponse, Entry, EntryKind, Message, MessageBody, NodeId, Persist};
+
+/// `idx/term` plus the payload for normal entries.
+pub fn entry(e: &Entry) -> String {
+    match e.kind {
+        EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+        EntryKind::Normal => format!("{}/{} {:?}", e.index, e.term, String::from_utf8_lossy(&e.data)),
+    }
+}
+
+/// A list of entries, abbreviated when long.
+pub fn entries(es: &[Entry]) -> String {
+    if es.len() <= 4 {
+        let v: Vec<String> = es.iter().map(entry).collect();
+        return format!("[{}]", v.join(", "));
+    }
+    format!("[{} .. {} ({} entries)]", entry(&es[0]), entry(&es[es.len() - 1]), es.len())
+}
+
+/// One message, e.g. `AppendEntries t3 prev=5/2 [6/3 noop] commit=5`.
+pub fn message(m: &Message) -> String {
+    let t = m.term;
+    match &m.body {
+        MessageBody::RequestVote(r) => {
+            let kind = if r.pre_vote { "PreVote" } else { "RequestVote" };
+            format!("{kind} t{t} last={}/{}", r.last_log_index, r.last_log_term)
+        }
+        MessageBody::RequestVoteResponse(r) => {
+            let kind = if r.pre_vote { "PreVoteResp" } else { "RequestVoteResp" };
+            let verdict = if r.granted { "granted" } else { "rejected" };
+            format!("{kind} t{t} {verdict}")
+        }
+        MessageBody::AppendEntries(a) => {
+            let mut s = format!("AppendEntries t{t} prev={}/{}", a.prev_log_index, a.prev_log_term);
+            if !a.entries.is_empty() {
+                let _ = write!(s, " {}", entries(&a.entries));
+            }
+            let _ = write!(s, " commit={}", a.leader_commit);
+            s
+        }
+        MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index }) => {
+            format!("AppendResp t{t} ok match={match_index}")
+        }
+        MessageBody::AppendEntriesResponse(AppendEntriesResponse::Reject {
+            rejected_index,
+            conflict_term,
+            conflict_index,
+        }) => {
+            let ct = conflict_term.map_or("-".to_string(), |t| t.to_string());
+            format!("AppendResp t{t} reject at {rejected_index} (conflict term {ct} from {conflict_index})")
+        }
+    }
+}
+
+/// One persist request.
+pub fn persist(p: &Persist) -> String {
+    let mut s = format!("persist #{}", p.seq);
+    if let Some(hs) = p.hard_state {
+        let vote = hs.vote.map_or("-".to_string(), |v| v.to_string());
+        let _ = write!(s, " term={} vote={vote}", hs.term);
+    }
+    if let Some(t) = p.truncate_from {
+        let _ = write!(s, " truncate>={t}");
+    }
+    if !p.entries.is_empty() {
+        let _ = write!(s, " {}", entries(&p.entries));
+    }
+    s
+}
+
+/// One action of node `id`, as one trace line.
+pub fn action(id: NodeId, a: &Action) -> String {
+    match a {
+        Action::Send { to, message: m } => format!("{id}->{to} {}", message(m)),
+        Action::Persist(p) => format!("{id} {}", persist(p)),
+        Action::Apply { entries: es } => format!("{id} apply {}", entries(es)),
+        Action::Proposed { first_index, last_index, term } => {
+            format!("{id} proposed {first_index}..={last_index} t{term}")
+        }
+        Action::ProposeRejected { error } => format!("{id} propose rejected: {error}"),
+        Action::RoleChanged { role, term, leader } => {
+            let l = leader.map_or("none".to_string(), |l| l.to_string());
+            format!("{id} is {role} t{term} leader={l}")
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! A small scenario language for driving a cluster by hand, in the style of
+//! etcd-io/raft's `testdata/*.txt`. Each script line is a command; running a
+//! script returns a readable trace (commands, messages, persists, applies)
+//! that tests pin with insta snapshots, so a protocol change shows up as a
+//! trace diff.
+//!
+//! Commands (`ID` is a node id, `[..]` optional):
+//!
+//! | command | effect |
+//! |---|---|
+//! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N]` | create voters 1..=N |
+//! | `campaign ID` | start a real election now |
+//! | `tick ID [N]` | N clock ticks on one node |
+//! | `tick-all [N]` | N ticks on every node, in id order |
+//! | `propose ID DATA` | propose a command |
+//! | `deliver [ID]` | deliver messages queued for ID (or everyone) once |
+//! | `drop [ID]` | discard messages queued for ID (or everyone) |
+//! | `persist [ID]` | complete all pending disk writes of ID (or everyone) |
+//! | `stabilize` | persist and deliver until nothing is left in flight |
+//! | `partition A B / C` | cut every link between the groups (replacing earlier cuts) |
+//! | `isolate ID` | cut every link of ID |
+//! | `heal` | restore all links |
+//! | `crash ID` | lose unsynced writes, restart from disk |
+//! | `status` | one line per node |
+//! | `log ID` | the node's log |
+//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last` match |
+//! | `expect-count KIND [<=]N` | fail unless N messages of KIND were sent since `reset-count` |
+//! | `reset-count` | zero the message counters |
+//! | `# ...` | comment, echoed |
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write;
+
+use raft_core::{Action, Bytes, Config, Event, Message, Node, NodeId, Role};
+
+use crate::disk::SimDisk;
+use crate::fmt as tfmt;
+
+/// An error in a scenario: a bad command or a failed expectation.
+#[derive(Debug)]
+pub struct ScenarioError {
+    /// 1-based line number in the script.
+    pub line: usize,
+    /// What went wrong.
+    pub message: String,
+    /// The trace up to the failure.
+    pub trace: String,
+}
+
+impl std::fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}\n--- trace so far ---\n{}", self.line, self.message, self.trace)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+struct Member {
+    node: Node,
+    disk: SimDisk,
+    config: Config,
+    restarts: u64,
+}
+
+/// A hand-driven cluster.
+#[derive(Default)]
+pub struct Scenario {
+    members: BTreeMap<NodeId, Member>,
+    /// Messages in flight, per destination, in send order.
+    inbox: BTreeMap<NodeId, VecDeque<(NodeId, Message)>>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    counts: BTreeMap<&'static str, usize>,
+    trace: String,
+}
+
+/// Runs a whole script and returns its trace.
+pub fn run(script: &str) -> Result<String, ScenarioError> {
+    let mut s = Scenario::default();
+    for (i, raw) in script.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            s.trace.push('\n');
+            continue;
+        }
+        if line.starts_with('#') {
+            let _ = writeln!(s.trace, "{line}");
+            continue;
+        }
+        let _ = writeln!(s.trace, "> {line}");
+        if let Err(message) = s.command(line) {
+            return Err(ScenarioError { line: i + 1, message, trace: s.trace });
+        }
+    }
+    Ok(s.trace)
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("bad {what}: {s:?}"))
+}
+
+fn kind_of(m: &Message) -> &'static str {
+    use raft_core::{AppendEntriesResponse as R, MessageBody as B};
+    match &m.body {
+        B::RequestVote(r) if r.pre_vote => "PreVote",
+        B::RequestVote(_) => "RequestVote",
+        B::RequestVoteResponse(r) if r.granted => "VoteGranted",
+        B::RequestVoteResponse(_) => "VoteRejected",
+        B::AppendEntries(a) if a.entries.is_empty() => "Heartbeat",
+        B::AppendEntries(_) => "AppendEntries",
+        B::AppendEntriesResponse(R::Success { .. }) => "AppendOk",
+        B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
+    }
+}
+
+impl Scenario {
+    fn command(&mut self, line: &str) -> Result<(), String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let args = &words[1..];
+        match words[0] {
+            "add-nodes" => self.add_nodes(args),
+            "campaign" => self.step(self.id(args, 0)?, Event::Campaign),
+            "tick" => {
+                let id = self.id(args, 0)?;
+                let n: usize = args.get(1).map_or(Ok(1), |s| parse(s, "count"))?;
+                for _ in 0..n {
+                    self.step(id, Event::Tick)?;
+                }
+                Ok(())
+            }
+            "tick-all" => {
+                let n: usize = args.first().map_or(Ok(1), |s| parse(s, "count"))?;
+                for _ in 0..n {
+                    for id in self.ids() {
+                        self.step(id, Event::Tick)?;
+                    }
+                }
+                Ok(())
+            }
+            "propose" => {
+                let id = self.id(args, 0)?;
+                let data = args.get(1..).ok_or("propose needs data")?.join(" ");
+                self.step(id, Event::Propose { data: Bytes::from(data) })
+            }
+            "deliver" => self.deliver(self.targets(args)?),
+            "drop" => {
+                for id in self.targets(args)? {
+                    let n = self.inbox.get_mut(&id).map_or(0, |q| q.drain(..).count());
+                    let _ = writeln!(self.trace, "dropped {n} message(s) to {id}");
+                }
+                Ok(())
+            }
+            "persist" => self.persist(self.targets(args)?),
+            "stabilize" => self.stabilize(),
+            "partition" => self.partition(args),
+            "isolate" => {
+                let id = self.id(args, 0)?;
+                for other in self.ids() {
+                    if other != id {
+                        self.cut.insert((id, other));
+                        self.cut.insert((other, id));
+                    }
+                }
+                Ok(())
+            }
+            "heal" => {
+                self.cut.clear();
+                Ok(())
+            }
+            "crash" => self.crash(self.id(args, 0)?),
+            "status" => {
+                for id in self.ids() {
+                    let line = self.status_line(id);
+                    let _ = writeln!(self.trace, "{line}");
+                }
+                Ok(())
+            }
+            "log" => {
+                let id = self.id(args, 0)?;
+                let log = tfmt::entries(self.members[&id].node.entries());
+                let _ = writeln!(self.trace, "{id} log {log}");
+                Ok(())
+            }
+            "expect" => self.expect(args),
+            "expect-count" => self.expect_count(args),
+            "reset-count" => {
+                self.counts.clear();
+                Ok(())
+            }
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    fn id(&self, args: &[&str], i: usize) -> Result<NodeId, String> {
+        let id: NodeId = parse(args.get(i).ok_or("missing node id")?, "node id")?;
+        if !self.members.contains_key(&id) {
+            return Err(format!("no node {id}"));
+        }
+        Ok(id)
+    }
+
+    fn targets(&self, args: &[&str]) -> Result<Vec<NodeId>, String> {
+        if args.is_empty() { Ok(self.ids()) } else { args.iter().map(|a| self.id(&[a], 0)).collect() }
+    }
+
+    fn add_nodes(&mut self, args: &[&str]) -> Result<(), String> {
+        let n: u64 = parse(args.first().ok_or("add-nodes needs a count")?, "count")?;
+        let voters: Vec<NodeId> = (1..=n).collect();
+        let mut template = Config::new(1, voters.clone());
+        for kv in &args[1..] {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
+            match k {
+                "pre-vote" => template.pre_vote = parse(v, k)?,
+                "check-quorum" => template.check_quorum = parse(v, k)?,
+                "election" => template.election_ticks = parse(v, k)?,
+                "heartbeat" => template.heartbeat_ticks = parse(v, k)?,
+                "max-entries" => template.max_entries_per_msg = parse(v, k)?,
+                "inflight" => template.max_inflight_msgs = parse(v, k)?,
+                _ => return Err(format!("unknown option {k:?}")),
+            }
+        }
+        for id in voters {
+            let config = Config { id, ..template.clone() };
+            let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
+            self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0 });
+        }
+        Ok(())
+    }
+
+    /// Steps one node and routes its actions.
+    fn step(&mut self, id: NodeId, event: Event) -> Result<(), String> {
+        let m = self.members.get_mut(&id).ok_or("no such node")?;
+        let actions = m.node.step(event);
+        for a in actions {
+            let _ = writeln!(self.trace, "{}", tfmt::action(id, &a));
+            match a {
+                Action::Send { to, message } => {
+                    *self.counts.entry(kind_of(&message)).or_default() += 1;
+                    if self.cut.contains(&(id, to)) {
+                        let _ = writeln!(self.trace, "  (lost: link {id}->{to} is cut)");
+                    } else {
+                        self.inbox.entry(to).or_default().push_back((id, message));
+                    }
+                }
+                Action::Persist(p) => self.members.get_mut(&id).expect("member").disk.write(p),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, ids: Vec<NodeId>) -> Result<(), String> {
+        for id in ids {
+            let msgs: Vec<_> = self.inbox.get_mut(&id).map(|q| q.drain(..).collect()).unwrap_or_default();
+            for (from, message) in msgs {
+                self.step(id, Event::Message { from, message })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, ids: Vec<NodeId>) -> Result<(), String> {
+        for id in ids {
+            let m = self.members.get_mut(&id).expect("member");
+            if let Some(seq) = m.disk.sync(None) {
+                self.step(id, Event::Persisted { seq })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> bool {
+        self.inbox.values().any(|q| !q.is_empty()) || self.members.values().any(|m| m.disk.pending_writes() > 0)
+    }
+
+    fn stabilize(&mut self) -> Result<(), String> {
+        for _ in 0..10_000 {
+            if !self.in_flight() {
+                return Ok(());
+            }
+            self.persist(self.ids())?;
+            self.deliver(self.ids())?;
+        }
+        Err("stabilize did not converge in 10000 rounds".into())
+    }
+
+    /// Replaces any earlier partition with this one.
+    fn partition(&mut self, args: &[&str]) -> Result<(), String> {
+        self.cut.clear();
+        let mut groups: Vec<Vec<NodeId>> = vec![Vec::new()];
+        for a in args {
+            if *a == "/" {
+                groups.push(Vec::new());
+            } else {
+                groups.last_mut().expect("group").push(self.id(&[a], 0)?);
+            }
+        }
+        for (i, g) in groups.iter().enumerate() {
+            for h in groups.iter().skip(i + 1) {
+                for &a in g {
+                    for &b in h {
+                        self.cut.insert((a, b));
+                        self.cut.insert((b, a));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, id: NodeId) -> Result<(), String> {
+        let m = self.members.get_mut(&id).expect("member");
+        m.disk.crash();
+        m.restarts += 1;
+        let seed = id + 1000 * m.restarts;
+        m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
+        self.inbox.remove(&id);
+        let line = self.status_line(id);
+        let _ = writeln!(self.trace, "{id} crashed and restarted: {line}");
+        Ok(())
+    }
+
+    fn status_line(&self, id: NodeId) -> String {
+        let n = &self.members[&id].node;
+        let hs = n.hard_state();
+        let vote = hs.vote.map_or("-".into(), |v| v.to_string());
+        let leader = n.leader().map_or("-".into(), |v| v.to_string());
+        format!(
+            "{id}: {} term={} vote={vote} leader={leader} last={}/{} commit={} applied={}",
+            n.role(),
+            hs.term,
+            n.last_index(),
+            n.last_term(),
+            n.commit_index(),
+            n.applied_index()
+        )
+    }
+
+    fn expect(&mut self, args: &[&str]) -> Result<(), String> {
+        let id = self.id(args, 0)?;
+        let n = &self.members[&id].node;
+        for kv in &args[1..] {
+            let (k, want) = kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
+            let got = match k {
+                "role" => n.role().to_string(),
+                "term" => n.term().to_string(),
+                "vote" => n.hard_state().vote.map_or("none".into(), |v| v.to_string()),
+                "leader" => n.leader().map_or("none".into(), |v| v.to_string()),
+                "commit" => n.commit_index().to_string(),
+                "applied" => n.applied_index().to_string(),
+                "last" => n.last_index().to_string(),
+                _ => return Err(format!("unknown expectation {k:?}")),
+            };
+            if got != want {
+                return Err(format!("node {id}: expected {k}={want}, got {k}={got}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_count(&mut self, args: &[&str]) -> Result<(), String> {
+        let kind = *args.first().ok_or("expect-count needs a kind")?;
+        let spec = *args.get(1).ok_or("expect-count needs a count")?;
+        let got = self.counts.iter().find(|(k, _)| **k == kind).map_or(0, |(_, v)| *v);
+        let ok = match spec.strip_prefix("<=") {
+            Some(max) => got <= parse::<usize>(max, "count")?,
+            None => got == parse::<usize>(spec, "count")?,
+        };
+        let _ = writeln!(self.trace, "{kind} sent: {got}");
+        if !ok {
+            return Err(format!("expected {kind} count {spec}, got {got}"));
+        }
+        Ok(())
+    }
+
+    /// The node with `id` (for tests that inspect state directly).
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.members.get(&id).map(|m| &m.node)
+    }
+
+    /// Whether any node currently believes it leads `term`.
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.members.iter().filter(|(_, m)| m.node.role() == Role::Leader).map(|(id, _)| *id).collect()
+    }
+}
