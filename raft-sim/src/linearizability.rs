@@ -1,1 +1,1246 @@
-//! (in progress)
+//! Linearizability checker for key-value client histories.
+//!
+//! The store is modelled as one independent read/write/compare-and-set register per key, each
+//! initially `None`. Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
+//! linearizable iff its restriction to every key is, so [`check`] partitions the history by key
+//! and searches each key separately. That turns one search exponential in the whole history into
+//! many small ones.
+//!
+//! Per key we run the Wing & Gong search with Lowe's memoisation (the "WGL" algorithm also used
+//! by Porcupine): invocation and response events sit in a doubly linked list ordered by time;
+//! the search repeatedly picks an operation whose invocation precedes every outstanding response,
+//! applies it to the register model, and removes it from the list, backtracking when a response
+//! is reached that no pending candidate can satisfy. Configurations already explored — the set of
+//! linearized operations plus the register value — are cached, so each is explored at most once.
+//!
+//! Operations without a response ([`Outcome::Unknown`]) get a response time of +infinity, so they
+//! can be linearized anywhere after their invocation, and the search succeeds as soon as every
+//! *completed* operation is linearized: left-over unknown operations are taken never to have
+//! happened.
+//!
+//! On top of plain WGL the search uses exact reductions (each preserves the verdict; a proptest
+//! compares against brute force): reads of never-written values are rejected up front; written
+//! values nobody observes are merged into one model state; a legal read is taken without
+//! branching; among identical candidates only the one with the earliest deadline is tried; and a
+//! write with unknown outcome is only placed directly before an operation that needs it. The
+//! last two keep timed-out writes, which otherwise double the search space each, cheap.
+//!
+//! Semantics worth knowing when producing histories:
+//! - Intervals are closed: an operation completing at tick `t` and one invoked at tick `t` are
+//!   treated as concurrent. Ticks are coarse (many events share one), so this avoids reporting
+//!   violations that merely reflect same-tick ordering; it can only hide, never invent, a bug.
+//! - The search is bounded by a [`Budget`]; when exhausted the key is reported
+//!   [`CheckResult::Undecided`] instead of hanging.
+//! - Everything is deterministic: no randomly seeded hashing, keys are checked in ascending order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::history::{OpKind, Operation, Outcome, from_json, to_json};
+
+/// Limits on the work [`check`] may do, so pathological histories cannot hang a test run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Budget {
+    /// Maximum search states explored per key: every configuration (set of linearized
+    /// operations plus register value) the search enters counts, including re-entries after
+    /// backtracking. Exceeding it makes the key (and the whole check, unless another key is a
+    /// definite violation) [`CheckResult::Undecided`]. Work per state is bounded by the number
+    /// of concurrent candidates, so this bounds time too.
+    pub max_states_per_key: u64,
+}
+
+impl Budget {
+    /// Default per-key state budget: seconds at worst, far above what realistic histories need.
+    pub const DEFAULT_STATES_PER_KEY: u64 = 1_000_000;
+
+    /// A budget of `max_states_per_key` explored states per key.
+    pub const fn new(max_states_per_key: u64) -> Self {
+        Self { max_states_per_key }
+    }
+
+    /// No limit. Only for tests of small, known histories: the search is exponential in the
+    /// worst case.
+    pub const fn unlimited() -> Self {
+        Self { max_states_per_key: u64::MAX }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_STATES_PER_KEY)
+    }
+}
+
+/// Verdict of [`check`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckResult {
+    /// Some total order of the operations respects real time and the register semantics.
+    Linearizable,
+    /// No such order exists for the operations on `key` (the first such key in ascending order).
+    NotLinearizable {
+        /// The key whose sub-history is not linearizable.
+        key: u64,
+        /// Ids of the operations at the point where the search got stuck deepest: the operation
+        /// that had to take effect by its response time plus the other candidates that could have
+        /// gone next (or the single offending operation for the fast-path checks).
+        ops: Vec<u64>,
+        /// Human-readable account of the failure, including the longest linearizable prefix.
+        explanation: String,
+    },
+    /// The [`Budget`] ran out on `key` before a verdict (and no other key was a violation).
+    Undecided {
+        /// The first key, in ascending order, whose search exceeded the budget.
+        key: u64,
+    },
+}
+
+impl CheckResult {
+    /// `true` only for [`CheckResult::Linearizable`].
+    pub fn is_linearizable(&self) -> bool {
+        matches!(self, Self::Linearizable)
+    }
+
+    /// `true` only for [`CheckResult::NotLinearizable`]: a definite consistency violation.
+    pub fn is_violation(&self) -> bool {
+        matches!(self, Self::NotLinearizable { .. })
+    }
+}
+
+/// Checks `history` for linearizability against a map of independent registers (initially
+/// `None`), key by key.
+///
+/// Malformed operations (a known outcome without a `complete_time`, a response before the
+/// invocation, or an outcome that does not fit the operation kind) make the history
+/// [`CheckResult::NotLinearizable`] with an explanation starting with "malformed": they indicate a
+/// recording bug, which must not pass silently.
+///
+/// Returns the first violating key if any; otherwise the first key that exhausted `budget`;
+/// otherwise [`CheckResult::Linearizable`].
+pub fn check(history: &[Operation], budget: Budget) -> CheckResult {
+    // BTreeMap: keys are checked (and reported) in a deterministic order.
+    let mut by_key: BTreeMap<u64, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key).or_default().push(op);
+    }
+    let mut undecided = None;
+    for (key, ops) in by_key {
+        match check_key(&ops, budget) {
+            KeyVerdict::Linearizable => {}
+            KeyVerdict::Violation { ops, explanation } => {
+                return CheckResult::NotLinearizable { key, ops, explanation: format!("key {key}: {explanation}") };
+            }
+            KeyVerdict::Undecided => {
+                undecided.get_or_insert(key);
+            }
+        }
+    }
+    match undecided {
+        Some(key) => CheckResult::Undecided { key },
+        None => CheckResult::Linearizable,
+    }
+}
+
+/// Per-key verdict; the key is added by [`check`].
+enum KeyVerdict {
+    Linearizable,
+    Violation { ops: Vec<u64>, explanation: String },
+    Undecided,
+}
+
+/// The effect of one operation on the register model, with the observed result folded in so the
+/// search only has to ask "is this legal here, and what is the new value?".
+///
+/// `V` is the register value: `Option<u64>` as recorded, or an interned `u32` during the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Step<V> {
+    Put(V),
+    Read(V),
+    /// `success: None` means the response is unknown. Only the successful branch is worth
+    /// exploring then: a failed CAS has no effect, exactly like never linearizing it.
+    Cas {
+        expected: V,
+        new: V,
+        success: Option<bool>,
+    },
+}
+
+impl<V: Copy + Eq> Step<V> {
+    /// Applies the operation to register value `state`: the new value, or `None` if the observed
+    /// result is impossible from `state`.
+    #[inline]
+    fn apply(self, state: V) -> Option<V> {
+        match self {
+            Step::Put(v) => Some(v),
+            Step::Read(v) => (state == v).then_some(state),
+            Step::Cas { expected, new, success: Some(true) | None } => (state == expected).then_some(new),
+            Step::Cas { expected, success: Some(false), .. } => (state != expected).then_some(state),
+        }
+    }
+
+    /// The value this operation may write, if any.
+    fn written(self) -> Option<V> {
+        match self {
+            Step::Put(v) => Some(v),
+            Step::Read(_) | Step::Cas { success: Some(false), .. } => None,
+            Step::Cas { new, .. } => Some(new),
+        }
+    }
+
+    /// Whether this operation, if legal, leaves the register unchanged (a read or a failed CAS).
+    fn is_observer(self) -> bool {
+        matches!(self, Step::Read(_) | Step::Cas { success: Some(false), .. })
+    }
+}
+
+/// An operation of one key, prepared for the search.
+struct KeyOp<'a> {
+    op: &'a Operation,
+    step: Step<Option<u64>>,
+    /// `false` for unknown outcomes: response at +infinity, may be left out entirely.
+    complete: bool,
+}
+
+/// Validates `op` and converts it; `Ok(None)` for operations that cannot affect the verdict.
+fn prepare(op: &Operation) -> Result<Option<KeyOp<'_>>, String> {
+    let complete = op.is_complete();
+    if complete {
+        match op.complete_time {
+            None => return Err(format!("malformed operation {op}: a known outcome needs a complete_time")),
+            Some(t) if t < op.invoke_time => {
+                return Err(format!("malformed operation {op}: completes before it is invoked"));
+            }
+            Some(_) => {}
+        }
+    }
+    let step = match (op.kind, op.outcome) {
+        // A read without a response constrains nothing and changes nothing.
+        (OpKind::Get, Outcome::Unknown) => return Ok(None),
+        (OpKind::Get, Outcome::Read { value }) => Step::Read(value),
+        (OpKind::Put { value }, Outcome::Ok | Outcome::Unknown) => Step::Put(Some(value)),
+        (OpKind::Cas { expected, new }, Outcome::Cas { success }) => {
+            Step::Cas { expected, new: Some(new), success: Some(success) }
+        }
+        (OpKind::Cas { expected, new }, Outcome::Unknown) => Step::Cas { expected, new: Some(new), success: None },
+        _ => return Err(format!("malformed operation {op}: outcome does not match the operation kind")),
+    };
+    Ok(Some(KeyOp { op, step, complete }))
+}
+
+/// Checks the operations of one key.
+fn check_key(raw: &[&Operation], budget: Budget) -> KeyVerdict {
+    let mut ops = Vec::with_capacity(raw.len());
+    for op in raw {
+        match prepare(op) {
+            Ok(Some(k)) => ops.push(k),
+            Ok(None) => {}
+            Err(explanation) => return KeyVerdict::Violation { ops: vec![op.id], explanation },
+        }
+    }
+    if let Some(v) = precheck_reads(&ops) {
+        return v;
+    }
+    drop_unobservable_writes(&mut ops);
+    if !ops.iter().any(|o| o.complete) {
+        // Only unknown-outcome operations: "none of them happened" is a valid linearization.
+        return KeyVerdict::Linearizable;
+    }
+    // Stable sort by invocation; ties keep a deterministic order via the id.
+    ops.sort_by_key(|o| (o.op.invoke_time, o.op.id));
+    // Monomorphise on the bitset width: a u128 is copied, hashed and compared far faster than a
+    // heap-allocated word vector, and most per-key histories have at most 128 operations.
+    if ops.len() <= 128 { Search::<u128>::new(&ops).run(budget) } else { Search::<Box<[u64]>>::new(&ops).run(budget) }
+}
+
+/// Cheap necessary conditions on reads, checked before the (exponential worst-case) search: a
+/// value that was never written, or whose every writer was invoked after the read returned,
+/// cannot be read. They also yield much clearer explanations than a failed search.
+fn precheck_reads(ops: &[KeyOp<'_>]) -> Option<KeyVerdict> {
+    // Earliest invocation of a potential writer per value.
+    let mut first_write: HashMap<u64, u64, FixedState> = HashMap::default();
+    for o in ops {
+        if let Some(Some(v)) = o.step.written() {
+            let t = first_write.entry(v).or_insert(u64::MAX);
+            *t = (*t).min(o.op.invoke_time);
+        }
+    }
+    for o in ops {
+        let (Step::Read(Some(v)), true) = (o.step, o.complete) else { continue };
+        let returned = o.op.complete_time.unwrap_or(u64::MAX);
+        match first_write.get(&v) {
+            None => {
+                return Some(KeyVerdict::Violation {
+                    ops: vec![o.op.id],
+                    explanation: format!("{} reads value {v}, which no operation ever wrote", o.op),
+                });
+            }
+            Some(&t) if t > returned => {
+                return Some(KeyVerdict::Violation {
+                    ops: vec![o.op.id],
+                    explanation: format!(
+                        "{} reads value {v}, but the first write of it was invoked at tick {t}, after the read returned",
+                        o.op
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Values some operation can tell apart from others: those returned by a completed read or
+/// expected by a CAS. Every other written value is indistinguishable from any other.
+fn observed_values(ops: &[KeyOp<'_>]) -> HashSet<u64, FixedState> {
+    let mut observed: HashSet<u64, FixedState> = HashSet::default();
+    for o in ops {
+        match o.step {
+            Step::Read(Some(v)) if o.complete => {
+                observed.insert(v);
+            }
+            Step::Cas { expected: Some(v), .. } => {
+                observed.insert(v);
+            }
+            _ => {}
+        }
+    }
+    observed
+}
+
+/// Removes unknown-outcome writes whose value nobody ever observes.
+///
+/// Timed-out writes are common under partitions and are the main source of search blow-up: each
+/// may be linearized anywhere after its invocation. If no read returns its value, no CAS expects
+/// it and no CAS on the key is known to have failed, then any linearization that includes such a
+/// write stays valid with the write removed (the next operation either overwrites the value or
+/// would have had to observe it), so dropping it preserves the verdict. A failed CAS is excluded
+/// because "the register does not hold X" can be satisfied by an unobserved write.
+fn drop_unobservable_writes(ops: &mut Vec<KeyOp<'_>>) {
+    if ops.iter().any(|o| matches!(o.step, Step::Cas { success: Some(false), .. })) {
+        return;
+    }
+    let observed = observed_values(ops);
+    ops.retain(|o| o.complete || o.step.written().flatten().is_none_or(|v| observed.contains(&v)));
+}
+
+/// Interned register value "never written".
+const NIL: u32 = 0;
+/// Interned register value standing for every written value nobody observes.
+const UNOBSERVED: u32 = 1;
+
+/// Maps register values to dense `u32` states for the search.
+///
+/// All unobserved written values (see [`observed_values`]) collapse into [`UNOBSERVED`]: no
+/// operation's legality or effect can tell them apart, so the collapse is exact, and it lets the
+/// memo merge the many orders of concurrent writes whose values are never read.
+fn intern(ops: &[KeyOp<'_>]) -> Vec<Step<u32>> {
+    let observed = observed_values(ops);
+    let mut index: HashMap<u64, u32, FixedState> = HashMap::default();
+    let mut id = |v: Option<u64>| -> u32 {
+        match v {
+            None => NIL,
+            Some(v) if !observed.contains(&v) => UNOBSERVED,
+            Some(v) => {
+                let fresh = u32::try_from(index.len() + 2).expect("fewer than 2^32 values per key");
+                *index.entry(v).or_insert(fresh)
+            }
+        }
+    };
+    ops.iter()
+        .map(|o| match o.step {
+            Step::Put(v) => Step::Put(id(v)),
+            Step::Read(v) => Step::Read(id(v)),
+            Step::Cas { expected, new, success } => Step::Cas { expected: id(expected), new: id(new), success },
+        })
+        .collect()
+}
+
+/// The set of linearized operations, indexed by position in the sorted per-key op list.
+trait Bits: Clone + Eq + Hash {
+    fn empty(n: usize) -> Self;
+    fn set(&mut self, i: usize);
+    fn clear(&mut self, i: usize);
+}
+
+impl Bits for u128 {
+    fn empty(n: usize) -> Self {
+        debug_assert!(n <= 128);
+        0
+    }
+    #[inline]
+    fn set(&mut self, i: usize) {
+        *self |= 1 << i;
+    }
+    #[inline]
+    fn clear(&mut self, i: usize) {
+        *self &= !(1 << i);
+    }
+}
+
+impl Bits for Box<[u64]> {
+    fn empty(n: usize) -> Self {
+        vec![0; n.div_ceil(64)].into_boxed_slice()
+    }
+    #[inline]
+    fn set(&mut self, i: usize) {
+        self[i / 64] |= 1 << (i % 64);
+    }
+    #[inline]
+    fn clear(&mut self, i: usize) {
+        self[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+/// Deterministic hasher (FxHash mixing plus a final avalanche). The standard `RandomState` is
+/// seeded per process, which would make memo iteration order, and with it anything derived from
+/// it, vary between runs; determinism is a project rule. The avalanche matters because
+/// hashbrown picks buckets from the low bits and two bitsets often differ only in high bits.
+#[derive(Default, Clone, Copy)]
+struct FixedHasher {
+    hash: u64,
+}
+
+impl FixedHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FixedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.add(i as u64);
+        self.add((i >> 64) as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_isize(&mut self, i: isize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // murmur3 fmix64
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+type FixedState = BuildHasherDefault<FixedHasher>;
+
+/// Sentinel list node in front of the first event.
+const HEAD: usize = 0;
+
+/// WGL search state for one key. Events live in arrays indexed by node: node 0 is the head
+/// sentinel, node `2n + 1` the tail sentinel, and every operation has a call and a return node.
+/// Removing ("lifting") an operation unlinks both nodes; because lifts are undone in strict LIFO
+/// order, relinking them in reverse restores the list exactly (dancing links), with no
+/// allocation on the hot path.
+struct Search<'a, B> {
+    ops: &'a [KeyOp<'a>],
+    steps: Vec<Step<u32>>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// For each event node: the operation index and whether it is the call (vs return) event.
+    node_op: Vec<usize>,
+    node_is_call: Vec<bool>,
+    /// Return node of each operation.
+    ret_node: Vec<usize>,
+    /// Symmetry class of each operation (operations with identical interned steps) and the
+    /// number of members of each class.
+    class: Vec<u32>,
+    class_size: Vec<u32>,
+    /// Lifted operations, innermost last.
+    stack: Vec<Frame>,
+    /// Register state after the lifted operations.
+    state: u32,
+    /// Completed operations not lifted yet; the search succeeds when this reaches zero.
+    remaining: usize,
+    /// Configurations entered so far, checked against the [`Budget`].
+    explored: u64,
+    _bits: std::marker::PhantomData<B>,
+}
+
+/// How an operation came to be lifted, which decides what backtracking over it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lift {
+    /// One of several alternatives at its depth; the next one is tried on backtracking.
+    Branch,
+    /// Taken by the observer rule ([`Search::forced_candidate`]): the configuration before it
+    /// fails iff the one after it does, so backtracking continues past it.
+    Forced,
+    /// A write with unknown outcome. The configuration after it is *constrained*: the next lift
+    /// must be enabled by the write (see [`Search::run`]), and it is not memoised.
+    Pending,
+}
+
+/// A lifted operation on the search stack.
+struct Frame {
+    call: usize,
+    /// Register state before the operation.
+    state: u32,
+    kind: Lift,
+}
+
+/// Where the search got stuck with the most operations linearized, for the report.
+struct Stuck {
+    prefix: Vec<usize>,
+    blocking: usize,
+    candidates: Vec<usize>,
+}
+
+impl<'a, B: Bits> Search<'a, B> {
+    fn new(ops: &'a [KeyOp<'a>]) -> Self {
+        let n = ops.len();
+        // (time, rank, op): at equal times calls come first (closed intervals: touching
+        // operations are concurrent), then finite returns; returns of unknown-outcome operations
+        // come last of all, so once the cursor reaches one, only unknown operations remain.
+        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * n);
+        for (i, o) in ops.iter().enumerate() {
+            events.push((o.op.invoke_time, 0, i));
+            match (o.complete, o.op.complete_time) {
+                (true, Some(t)) => events.push((t, 1, i)),
+                _ => events.push((u64::MAX, 2, i)),
+            }
+        }
+        events.sort_unstable();
+        let nodes = 2 * n + 2;
+        let steps = intern(ops);
+        let mut classes: HashMap<Step<u32>, u32, FixedState> = HashMap::default();
+        let mut class_size = Vec::new();
+        let class = steps
+            .iter()
+            .map(|&step| {
+                let c = *classes.entry(step).or_insert_with(|| {
+                    class_size.push(0);
+                    u32::try_from(class_size.len() - 1).expect("fewer than 2^32 classes")
+                });
+                class_size[c as usize] += 1;
+                c
+            })
+            .collect();
+        let mut s = Search {
+            ops,
+            steps,
+            next: (1..=nodes).collect(),
+            prev: (0..nodes).map(|i| i.wrapping_sub(1)).collect(),
+            node_op: vec![usize::MAX; nodes],
+            node_is_call: vec![false; nodes],
+            ret_node: vec![0; n],
+            class,
+            class_size,
+            stack: Vec::new(),
+            state: NIL,
+            remaining: ops.iter().filter(|o| o.complete).count(),
+            explored: 0,
+            _bits: std::marker::PhantomData,
+        };
+        for (k, &(_, rank, i)) in events.iter().enumerate() {
+            let node = k + 1;
+            s.node_op[node] = i;
+            s.node_is_call[node] = rank == 0;
+            if rank != 0 {
+                s.ret_node[i] = node;
+            }
+        }
+        s
+    }
+
+    #[inline]
+    fn unlink(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    #[inline]
+    fn relink(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = x;
+        self.prev[n] = x;
+    }
+
+    /// Whether operation `i` may be lifted next in register state `state`, given the state
+    /// `before` the pending write that constrains this level, if any: it must be legal now and,
+    /// when constrained, illegal without the write (see [`Search::run`]).
+    #[inline]
+    fn allowed(&self, i: usize, state: u32, before: Option<u32>) -> Option<u32> {
+        let step = self.steps[i];
+        let next = step.apply(state)?;
+        before.is_none_or(|s| step.apply(s).is_none()).then_some(next)
+    }
+
+    /// A completed observer (read or failed CAS) among the current candidates (the calls
+    /// before the first outstanding return) that is allowed in `state` (see [`Search::allowed`]).
+    ///
+    /// Such an operation can always be linearized right now: it leaves the register unchanged,
+    /// and every operation that must precede it in real time is already linearized (its return
+    /// would otherwise come first in the list). Any linearization of the rest can therefore be
+    /// rearranged to put it first, so the configuration succeeds iff the one after lifting it
+    /// does. Taking it without branching removes the factorial interleavings of concurrent
+    /// reads, which otherwise dominate refuting a violation.
+    fn forced_candidate(&self, state: u32, before: Option<u32>) -> Option<usize> {
+        let mut node = self.next[HEAD];
+        while self.node_is_call[node] {
+            let i = self.node_op[node];
+            if self.ops[i].complete && self.steps[i].is_observer() && self.allowed(i, state, before).is_some() {
+                return Some(node);
+            }
+            node = self.next[node];
+        }
+        None
+    }
+
+    /// Whether candidate `i` is the representative of its symmetry class among the current
+    /// candidates: the one whose return comes first (returns are ordered by node index).
+    ///
+    /// Operations with identical interned steps differ only in their intervals. If a
+    /// linearization from here takes a same-class candidate `x` now and the representative `y`
+    /// later (or never, which implies `y` has an unknown outcome and so does `x`), swapping
+    /// them is also valid: `y` is invoked already, and `x` is invoked and its deadline is no
+    /// earlier than `y`'s. So only the representative needs trying. This collapses, e.g., the
+    /// 2^k subsets of k timed-out writes of never-read values into k + 1 choices.
+    fn is_representative(&self, i: usize) -> bool {
+        if self.class_size[self.class[i] as usize] == 1 {
+            return true;
+        }
+        let mut node = self.next[HEAD];
+        while self.node_is_call[node] {
+            let j = self.node_op[node];
+            if j != i && self.class[j] == self.class[i] && self.ret_node[j] < self.ret_node[i] {
+                return false;
+            }
+            node = self.next[node];
+        }
+        true
+    }
+
+    /// The WGL depth-first search with three exact reductions on top of memoisation:
+    ///
+    /// - observer rule ([`Search::forced_candidate`]): legal reads are taken without branching;
+    /// - symmetry ([`Search::is_representative`]): one representative per class of identical
+    ///   candidates;
+    /// - lazy unknown writes: a write with unknown outcome is only placed directly before an
+    ///   operation it *enables* (legal after the write, illegal before it: a read of its value,
+    ///   a CAS expecting it, a failed CAS expecting the value it replaced). In any valid
+    ///   linearization, an unknown write followed by an operation legal without it can be
+    ///   swapped past that operation (if the latter leaves the register unchanged) or dropped
+    ///   (if it overwrites it, or if nothing follows), so some valid linearization has this
+    ///   shape. Without the rule every timed-out write doubles the configurations between its
+    ///   invocation and the end of the history. The pair (write, enabled op) acts as one move:
+    ///   only the configuration after both is memoised, since the constrained one in between
+    ///   has fewer options than its unconstrained namesake.
+    fn run(mut self, budget: Budget) -> KeyVerdict {
+        let ops = self.ops;
+        // Configurations (linearized set, register state) already entered. The search is still
+        // running when it meets one again, so that configuration is known to fail. `key` holds
+        // the current bitset so probing needs no clone; only insertions copy it.
+        let mut memo: HashSet<(B, u32), FixedState> = HashSet::default();
+        let mut key: (B, u32) = (B::empty(ops.len()), NIL);
+        let mut stuck: Option<Stuck> = None;
+        // `fresh`: a new configuration was just entered, so look for a forced move first.
+        let mut fresh = true;
+        let mut cursor = HEAD;
+        loop {
+            if self.explored > budget.max_states_per_key {
+                return KeyVerdict::Undecided;
+            }
+            // State before the unknown write that constrains this level, if the last lift was one.
+            let before = match self.stack.last() {
+                Some(f) if f.kind == Lift::Pending => Some(f.state),
+                _ => None,
+            };
+            let mut backtrack = false;
+            if fresh {
+                fresh = false;
+                cursor = self.next[HEAD];
+                if let Some(node) = self.forced_candidate(self.state, before) {
+                    let i = self.node_op[node];
+                    key.0.set(i);
+                    key.1 = self.state;
+                    if memo.insert(key.clone()) {
+                        if self.lift(node, i, self.state, Lift::Forced) {
+                            return KeyVerdict::Linearizable;
+                        }
+                        fresh = true;
+                        continue;
+                    }
+                    // The forced successor already failed, so this configuration fails too.
+                    key.0.clear(i);
+                    backtrack = true;
+                }
+            }
+            if !backtrack && self.node_is_call[cursor] {
+                let i = self.node_op[cursor];
+                if let Some(new_state) = self.allowed(i, self.state, before)
+                    && self.is_representative(i)
+                {
+                    if !ops[i].complete && before.is_none() {
+                        // An unknown write opening a (write, enabled op) move; one that does not
+                        // change the register enables nothing.
+                        if new_state != self.state {
+                            key.0.set(i);
+                            self.lift(cursor, i, new_state, Lift::Pending);
+                            fresh = true;
+                            continue;
+                        }
+                    } else {
+                        key.0.set(i);
+                        key.1 = new_state;
+                        if !memo.contains(&key) {
+                            memo.insert(key.clone());
+                            if self.lift(cursor, i, new_state, Lift::Branch) {
+                                return KeyVerdict::Linearizable;
+                            }
+                            fresh = true;
+                            continue;
+                        }
+                        key.0.clear(i);
+                    }
+                }
+                cursor = self.next[cursor];
+                continue;
+            }
+            if !backtrack && before.is_none() {
+                // A response is due and no candidate before it can go next.
+                // Unknown-outcome returns sort after every finite one, and a finite one remains
+                // while `remaining > 0`, so the cursor always stops at a completed operation.
+                debug_assert!(ops[self.node_op[cursor]].complete);
+                if stuck.as_ref().is_none_or(|s| self.stack.len() > s.prefix.len()) {
+                    stuck = Some(self.snapshot(cursor));
+                }
+            }
+            // Undo lifts until one that has untried alternatives (forced lifts have none).
+            loop {
+                let Some(frame) = self.stack.pop() else {
+                    return self.violation(stuck.expect("a failed search gets stuck at least once"));
+                };
+                let i = self.node_op[frame.call];
+                self.state = frame.state;
+                key.0.clear(i);
+                self.relink(self.ret_node[i]);
+                self.relink(frame.call);
+                if ops[i].complete {
+                    self.remaining += 1;
+                }
+                if frame.kind != Lift::Forced {
+                    cursor = self.next[frame.call];
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Lifts operation `i` (call node `call`) into the linearization with resulting register
+    /// value `new_state`. Returns `true` once every completed operation is linearized: the
+    /// unknown-outcome ones left over are deemed never to have happened.
+    #[inline]
+    fn lift(&mut self, call: usize, i: usize, new_state: u32, kind: Lift) -> bool {
+        self.explored += 1;
+        self.stack.push(Frame { call, state: self.state, kind });
+        self.state = new_state;
+        self.unlink(call);
+        self.unlink(self.ret_node[i]);
+        if self.ops[i].complete {
+            self.remaining -= 1;
+        }
+        self.remaining == 0
+    }
+
+    fn snapshot(&self, cursor: usize) -> Stuck {
+        let mut candidates = Vec::new();
+        let mut node = self.next[HEAD];
+        while node != cursor {
+            candidates.push(self.node_op[node]);
+            node = self.next[node];
+        }
+        Stuck {
+            prefix: self.stack.iter().map(|f| self.node_op[f.call]).collect(),
+            blocking: self.node_op[cursor],
+            candidates,
+        }
+    }
+
+    fn violation(&self, stuck: Stuck) -> KeyVerdict {
+        const TAIL: usize = 4;
+        let ops = self.ops;
+        let tail_start = stuck.prefix.len().saturating_sub(TAIL);
+        let tail: Vec<String> = stuck.prefix[tail_start..].iter().map(|&i| ops[i].op.to_string()).collect();
+        let others: Vec<String> =
+            stuck.candidates.iter().filter(|&&i| i != stuck.blocking).map(|&i| ops[i].op.to_string()).collect();
+        let blocking = ops[stuck.blocking].op;
+        // Reads and failed CASes do not write, so the last writer in the prefix set the register
+        // (interned states cannot name values nobody reads).
+        let register = stuck.prefix.iter().rev().find_map(|&i| ops[i].step.written()).flatten();
+        let register = register.map_or_else(|| "nil".to_string(), |v| v.to_string());
+        let mut explanation = format!(
+            "not linearizable. Longest linearizable prefix: {} of {} ops, leaving the register at {}",
+            stuck.prefix.len(),
+            ops.len(),
+            register
+        );
+        if !tail.is_empty() {
+            let ellipsis = if tail_start > 0 { "..., " } else { "" };
+            explanation.push_str(&format!(" (ending {ellipsis}{})", tail.join(", ")));
+        }
+        let others = if others.is_empty() { String::new() } else { format!(" [{}]", others.join(", ")) };
+        explanation.push_str(&format!(
+            ". Then {blocking} must take effect by tick {}, but neither it nor any other candidate{others} fits",
+            blocking.complete_time.unwrap_or(u64::MAX),
+        ));
+        let mut ids: Vec<u64> = stuck.candidates.iter().map(|&i| ops[i].op.id).collect();
+        if !ids.contains(&blocking.id) {
+            ids.push(blocking.id);
+        }
+        KeyVerdict::Violation { ops: ids, explanation }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn op(id: u64, key: u64, kind: OpKind, invoke: u64, complete: Option<u64>, outcome: Outcome) -> Operation {
+        Operation { id, client: id, key, kind, invoke_time: invoke, complete_time: complete, outcome }
+    }
+    fn put(id: u64, key: u64, value: u64, inv: u64, ret: u64) -> Operation {
+        op(id, key, OpKind::Put { value }, inv, Some(ret), Outcome::Ok)
+    }
+    fn get(id: u64, key: u64, value: Option<u64>, inv: u64, ret: u64) -> Operation {
+        op(id, key, OpKind::Get, inv, Some(ret), Outcome::Read { value })
+    }
+    fn put_unknown(id: u64, key: u64, value: u64, inv: u64) -> Operation {
+        op(id, key, OpKind::Put { value }, inv, None, Outcome::Unknown)
+    }
+    fn cas(id: u64, key: u64, expected: Option<u64>, new: u64, inv: u64, ret: u64, success: bool) -> Operation {
+        op(id, key, OpKind::Cas { expected, new }, inv, Some(ret), Outcome::Cas { success })
+    }
+    fn ok(h: &[Operation]) -> bool {
+        check(h, Budget::default()).is_linearizable()
+    }
+    fn bad(h: &[Operation]) -> bool {
+        check(h, Budget::default()).is_violation()
+    }
+
+    #[test]
+    fn linearizability_sequential_history() {
+        let h = [
+            get(0, 0, None, 0, 1),
+            put(1, 0, 10, 2, 3),
+            get(2, 0, Some(10), 4, 5),
+            cas(3, 0, Some(10), 11, 6, 7, true),
+            cas(4, 0, Some(10), 12, 8, 9, false),
+            get(5, 0, Some(11), 10, 11),
+        ];
+        assert_eq!(check(&h, Budget::default()), CheckResult::Linearizable);
+    }
+
+    #[test]
+    fn linearizability_concurrent_get_sees_either_value() {
+        for seen in [Some(1), Some(2)] {
+            let h = [put(0, 0, 1, 0, 5), put(1, 0, 2, 10, 20), get(2, 0, seen, 12, 18)];
+            assert!(ok(&h), "{seen:?}");
+        }
+        // Overlapping the first put as well: the initial value is also possible.
+        let h = [put(0, 0, 1, 0, 10), get(1, 0, None, 2, 4), get(2, 0, Some(1), 3, 5)];
+        assert!(ok(&h));
+    }
+
+    #[test]
+    fn linearizability_stale_read_detected() {
+        let h = [put(0, 0, 1, 0, 5), put(1, 0, 2, 6, 10), get(2, 0, Some(1), 11, 12)];
+        let r = check(&h, Budget::default());
+        let CheckResult::NotLinearizable { key, ops, explanation } = &r else { panic!("{r:?}") };
+        assert_eq!(*key, 0);
+        assert!(ops.contains(&2), "{r:?}");
+        assert!(explanation.contains("#2"), "{explanation}");
+        // Reading the initial value after a completed write is stale too.
+        assert!(bad(&[put(0, 0, 1, 0, 5), get(1, 0, None, 6, 7)]));
+    }
+
+    #[test]
+    fn linearizability_read_of_unwritten_value() {
+        let h = [put(0, 0, 1, 0, 5), get(1, 0, Some(99), 1, 6)];
+        let r = check(&h, Budget::default());
+        assert!(matches!(&r, CheckResult::NotLinearizable { ops, .. } if ops == &[1]), "{r:?}");
+        // A value written only after the read returned cannot be read either.
+        assert!(bad(&[get(0, 0, Some(1), 0, 3), put(1, 0, 1, 4, 5)]));
+    }
+
+    #[test]
+    fn linearizability_lost_write_detected() {
+        // Acknowledged write of 2 lost: readers after it still see 1, and even a later CAS on 2
+        // fails.
+        let h = [put(0, 0, 1, 0, 2), put(1, 0, 2, 3, 4), get(2, 0, Some(1), 5, 6)];
+        assert!(bad(&h));
+        let h = [put(0, 0, 1, 0, 2), put(1, 0, 2, 3, 4), cas(2, 0, Some(2), 3, 5, 6, false)];
+        assert!(bad(&h));
+        // Two readers disagreeing on order: 1 then 2 vs 2 then 1 (each read after the other).
+        let h = [
+            put(0, 0, 1, 0, 100),
+            put(1, 0, 2, 0, 100),
+            get(2, 0, Some(1), 10, 20),
+            get(3, 0, Some(2), 30, 40),
+            get(4, 0, Some(1), 50, 60),
+        ];
+        assert!(bad(&h));
+    }
+
+    #[test]
+    fn linearizability_unknown_outcome_put_both_readings() {
+        let base = [put(0, 0, 1, 0, 1), put_unknown(1, 0, 2, 2)];
+        // Took effect.
+        assert!(ok(&[base[0].clone(), base[1].clone(), get(2, 0, Some(2), 10, 11)]));
+        // Never took effect.
+        assert!(ok(&[base[0].clone(), base[1].clone(), get(2, 0, Some(1), 10, 11)]));
+        // Took effect late: old value first, then the new one.
+        assert!(ok(&[base[0].clone(), base[1].clone(), get(2, 0, Some(1), 10, 11), get(3, 0, Some(2), 12, 13)]));
+        // But it cannot take effect and then be undone.
+        assert!(bad(&[base[0].clone(), base[1].clone(), get(2, 0, Some(2), 10, 11), get(3, 0, Some(1), 12, 13)]));
+        // Nor before it was invoked.
+        assert!(bad(&[get(0, 0, Some(2), 0, 1), put_unknown(1, 0, 2, 2)]));
+        // A timed-out put with a recorded complete_time is still unknown; unknown CAS too.
+        let timed_out = op(1, 0, OpKind::Put { value: 2 }, 2, Some(3), Outcome::Unknown);
+        assert!(ok(&[timed_out, get(2, 0, Some(2), 10, 11)]));
+        let cas_unknown = op(1, 0, OpKind::Cas { expected: Some(1), new: 3 }, 2, None, Outcome::Unknown);
+        assert!(ok(&[put(0, 0, 1, 0, 1), cas_unknown.clone(), get(2, 0, Some(3), 10, 11)]));
+        assert!(ok(&[put(0, 0, 1, 0, 1), cas_unknown, get(2, 0, Some(1), 10, 11)]));
+        // Unobserved unknown write next to a failed CAS must not be dropped: it explains the failure.
+        assert!(ok(&[put_unknown(0, 0, 5, 0), cas(1, 0, None, 6, 10, 11, false)]));
+        assert!(bad(&[cas(1, 0, None, 6, 10, 11, false)]));
+    }
+
+    #[test]
+    fn linearizability_keys_are_independent() {
+        // Each key alone is fine; interleaved they would be a stale read if keys were shared.
+        let h = [put(0, 1, 1, 0, 1), put(1, 2, 2, 2, 3), get(2, 1, Some(1), 4, 5), get(3, 2, Some(2), 4, 5)];
+        assert!(ok(&h));
+        let h = [put(0, 1, 1, 0, 1), get(1, 2, None, 4, 5), put(2, 3, 3, 0, 1), get(3, 3, Some(1), 4, 5)];
+        let r = check(&h, Budget::default());
+        assert!(matches!(r, CheckResult::NotLinearizable { key: 3, .. }), "{r:?}");
+    }
+
+    #[test]
+    fn linearizability_malformed_ops_are_reported() {
+        assert!(bad(&[op(0, 0, OpKind::Get, 0, None, Outcome::Read { value: None })]));
+        assert!(bad(&[op(0, 0, OpKind::Get, 5, Some(4), Outcome::Read { value: None })]));
+        assert!(bad(&[op(0, 0, OpKind::Get, 0, Some(1), Outcome::Ok)]));
+    }
+
+    #[test]
+    fn linearizability_empty_and_pending_only() {
+        assert!(ok(&[]));
+        assert!(ok(&[put_unknown(0, 0, 1, 0), op(1, 0, OpKind::Get, 0, None, Outcome::Unknown)]));
+    }
+
+    /// One generated operation: everything random about it, so proptest can shrink.
+    #[derive(Debug, Clone, Copy)]
+    struct Spec {
+        key: u64,
+        /// 0 = put, 1 = get, 2 = cas expecting the current value, 3 = cas expecting an older one.
+        kind: u8,
+        before: u64,
+        after: u64,
+        pending: bool,
+        takes_effect: bool,
+    }
+
+    /// Builds a linearizable history: op `i` takes effect at tick `100 + 10 i` on a simulated
+    /// register, and its interval is drawn around that point. Unknown-outcome ops take effect or
+    /// not according to the spec. Values are unique per write.
+    fn generate(specs: &[Spec]) -> Vec<Operation> {
+        let mut regs: BTreeMap<u64, (Option<u64>, Vec<u64>)> = BTreeMap::new();
+        let mut next_value = 1;
+        let mut out = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let at = 100 + 10 * i as u64;
+            let (state, written) = regs.entry(s.key).or_default();
+            let applies = !s.pending || s.takes_effect;
+            let (kind, outcome) = match s.kind {
+                0 => {
+                    next_value += 1;
+                    if applies {
+                        *state = Some(next_value);
+                        written.push(next_value);
+                    }
+                    (OpKind::Put { value: next_value }, Outcome::Ok)
+                }
+                1 => (OpKind::Get, Outcome::Read { value: *state }),
+                _ => {
+                    next_value += 1;
+                    let expected = if s.kind == 2 { *state } else { written.first().copied() };
+                    let success = *state == expected;
+                    if applies && success {
+                        *state = Some(next_value);
+                        written.push(next_value);
+                    }
+                    (OpKind::Cas { expected, new: next_value }, Outcome::Cas { success })
+                }
+            };
+            let invoke = at - s.before;
+            let (complete, outcome) = if s.pending { (None, Outcome::Unknown) } else { (Some(at + s.after), outcome) };
+            out.push(op(i as u64, s.key, kind, invoke, complete, outcome));
+        }
+        // Histories are recorded by invocation, not by linearization point.
+        out.sort_by_key(|o| (o.invoke_time, o.id));
+        out
+    }
+
+    fn random_specs(rng: &mut ChaCha8Rng, n: usize, keys: u64, spread: u64, pending_pct: u32) -> Vec<Spec> {
+        (0..n)
+            .map(|_| Spec {
+                key: rng.gen_range(0..keys),
+                kind: [0, 0, 1, 1, 1, 2, 3][rng.gen_range(0..7)],
+                before: rng.gen_range(0..spread),
+                after: rng.gen_range(0..spread),
+                pending: rng.gen_range(0..100) < pending_pct,
+                takes_effect: rng.gen_bool(0.5),
+            })
+            .collect()
+    }
+
+    /// Mutates a completed get to return a value that was overwritten, by a write completed
+    /// before the get was invoked, and whose own write completed before that overwrite began.
+    fn mutate_to_stale(h: &mut [Operation]) -> u64 {
+        let puts: Vec<&Operation> =
+            h.iter().filter(|o| matches!((o.kind, o.outcome), (OpKind::Put { .. }, Outcome::Ok))).collect();
+        let mut choice = None;
+        'search: for g in h.iter().rev() {
+            let (OpKind::Get, Outcome::Read { value }) = (g.kind, g.outcome) else { continue };
+            for p in &puts {
+                let OpKind::Put { value: old } = p.kind else { unreachable!() };
+                if p.key != g.key || Some(old) == value {
+                    continue;
+                }
+                let overwritten = puts.iter().any(|q| {
+                    q.key == g.key
+                        && q.invoke_time > p.complete_time.unwrap()
+                        && q.complete_time.unwrap() < g.invoke_time
+                });
+                if overwritten {
+                    choice = Some((g.id, old));
+                    break 'search;
+                }
+            }
+        }
+        let (gid, old) = choice.expect("history has a stale candidate");
+        let g = h.iter_mut().find(|o| o.id == gid).unwrap();
+        g.outcome = Outcome::Read { value: Some(old) };
+        gid
+    }
+
+    #[test]
+    fn linearizability_large_generated_history() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for round in 0..20 {
+            let specs = random_specs(&mut rng, 600, 3, 60, 3);
+            let mut h = generate(&specs);
+            assert_eq!(check(&h, Budget::default()), CheckResult::Linearizable, "round {round}");
+            let gid = mutate_to_stale(&mut h);
+            let r = check(&h, Budget::default());
+            assert!(r.is_violation(), "round {round}: {r:?}");
+            let CheckResult::NotLinearizable { ops, .. } = r else { unreachable!() };
+            assert!(ops.contains(&gid), "round {round}: stale read #{gid} not among {ops:?}");
+        }
+        // One key with more than 128 ops exercises the heap bitset.
+        let specs = random_specs(&mut rng, 2000, 1, 80, 2);
+        let mut h = generate(&specs);
+        assert!(ok(&h));
+        mutate_to_stale(&mut h);
+        let r = check(&h, Budget::default());
+        assert!(r.is_violation(), "{r:?}");
+    }
+
+    /// The simulator checks thousands of few-hundred-op histories per run; keep that cheap.
+    #[test]
+    fn linearizability_many_small_histories() {
+        let mut rng = ChaCha8Rng::seed_from_u64(99);
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            let h = generate(&random_specs(&mut rng, 300, 4, 40, 5));
+            assert!(ok(&h));
+        }
+        eprintln!("1000 histories of 300 ops checked in {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn linearizability_pathological_history_is_undecided() {
+        // 12 concurrent writes, each observed by a concurrent read (so no write is redundant),
+        // then two later reads that contradict each other: every order of the writes must be
+        // refuted, exponentially many configurations.
+        let n = 12;
+        let mut h: Vec<Operation> = (0..n).map(|i| put(i, 0, i + 1, 0, 100)).collect();
+        h.extend((0..n).map(|i| get(n + i, 0, Some(i + 1), 0, 100)));
+        h.push(get(100, 0, Some(1), 200, 210));
+        h.push(get(101, 0, Some(2), 220, 230));
+        assert!(matches!(check(&h, Budget::new(1000)), CheckResult::Undecided { key: 0 }));
+        // Given enough budget it is decided.
+        assert!(check(&h, Budget::unlimited()).is_violation());
+        // A violation on another key still wins over an undecided one.
+        h.push(get(102, 1, Some(5), 0, 1));
+        assert!(check(&h, Budget::new(1000)).is_violation());
+    }
+
+    #[test]
+    fn linearizability_json_round_trip() {
+        let h = [
+            put(0, 0, 1, 0, 1),
+            get(1, 0, Some(1), 2, 3),
+            cas(2, 0, None, 4, 4, 5, false),
+            put_unknown(3, 1, 7, 6),
+            op(4, 1, OpKind::Get, 6, None, Outcome::Unknown),
+        ];
+        let json = to_json(&h);
+        assert_eq!(json.lines().count(), h.len() + 2, "{json}");
+        assert!(json.contains(
+            r#"{"id":2,"client":2,"key":0,"kind":{"type":"cas","expected":null,"new":4},"invoke_time":4,"complete_time":5,"outcome":{"type":"cas","success":false}}"#
+        ));
+        assert_eq!(from_json(&json).unwrap(), h);
+        assert_eq!(from_json(&to_json(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn linearizability_is_deterministic() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut h = generate(&random_specs(&mut rng, 300, 2, 50, 5));
+        mutate_to_stale(&mut h);
+        assert_eq!(check(&h, Budget::default()), check(&h, Budget::default()));
+    }
+
+    fn spec_strategy() -> impl Strategy<Value = Spec> {
+        (0..3u64, 0..4u8, 0..40u64, 0..40u64, prop::bool::weighted(0.05), any::<bool>()).prop_map(
+            |(key, kind, before, after, pending, takes_effect)| Spec {
+                key,
+                kind,
+                before,
+                after,
+                pending,
+                takes_effect,
+            },
+        )
+    }
+
+    /// Reference checker: plain backtracking over every real-time-respecting order, with
+    /// unknown-outcome operations optional. Exponential; only for tiny histories.
+    fn brute_force(h: &[Operation]) -> bool {
+        fn step(op: &Operation, state: Option<u64>) -> Option<Option<u64>> {
+            match (op.kind, op.outcome) {
+                (OpKind::Put { value }, _) => Some(Some(value)),
+                (OpKind::Get, Outcome::Read { value }) => (state == value).then_some(state),
+                (OpKind::Get, _) => Some(state),
+                (OpKind::Cas { expected, new }, Outcome::Cas { success: false }) => {
+                    let _ = new;
+                    (state != expected).then_some(state)
+                }
+                (OpKind::Cas { expected, new }, _) => (state == expected).then_some(Some(new)),
+            }
+        }
+        fn rec(h: &[Operation], done: &mut Vec<bool>, state: Option<u64>) -> bool {
+            if h.iter().zip(done.iter()).all(|(o, &d)| d || !o.is_complete()) {
+                return true;
+            }
+            for i in 0..h.len() {
+                // `i` may go next iff no other open completed op returned before `i` was invoked.
+                let blocked = (0..h.len()).any(|j| {
+                    !done[j] && j != i && h[j].is_complete() && h[j].complete_time.unwrap() < h[i].invoke_time
+                });
+                if done[i] || blocked {
+                    continue;
+                }
+                if let Some(next) = step(&h[i], state) {
+                    done[i] = true;
+                    let ok = rec(h, done, next);
+                    done[i] = false;
+                    if ok {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        let mut keys: Vec<u64> = h.iter().map(|o| o.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().all(|k| {
+            let sub: Vec<Operation> = h.iter().filter(|o| o.key == k).cloned().collect();
+            rec(&sub, &mut vec![false; sub.len()], None)
+        })
+    }
+
+    /// Arbitrary small histories (often not linearizable): values from a tiny range so they
+    /// repeat, random intervals and outcomes, some unknown.
+    fn arbitrary_history() -> impl Strategy<Value = Vec<Operation>> {
+        let value = 1..4u64;
+        let maybe = prop::option::of(value.clone());
+        let kind = prop_oneof![
+            value.clone().prop_map(|value| OpKind::Put { value }),
+            Just(OpKind::Get),
+            (maybe.clone(), value.clone()).prop_map(|(expected, new)| OpKind::Cas { expected, new }),
+        ];
+        let one = (0..2u64, kind, 0..12u64, 0..6u64, prop::bool::weighted(0.2), maybe, any::<bool>());
+        prop::collection::vec(one, 0..10).prop_map(|ops| {
+            ops.into_iter()
+                .enumerate()
+                .map(|(i, (key, kind, invoke, len, pending, read, cas_ok))| {
+                    let outcome = match kind {
+                        _ if pending => Outcome::Unknown,
+                        OpKind::Put { .. } => Outcome::Ok,
+                        OpKind::Get => Outcome::Read { value: read },
+                        OpKind::Cas { .. } => Outcome::Cas { success: cas_ok },
+                    };
+                    let complete = (!pending).then_some(invoke + len);
+                    op(i as u64, key, kind, invoke, complete, outcome)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any history derived from real linearization points is linearizable.
+        #[test]
+        fn linearizability_generated_histories_pass(specs in prop::collection::vec(spec_strategy(), 0..200)) {
+            let h = generate(&specs);
+            prop_assert_eq!(check(&h, Budget::default()), CheckResult::Linearizable);
+        }
+
+        /// The optimised search agrees with brute force on arbitrary small histories.
+        #[test]
+        fn linearizability_agrees_with_brute_force(h in arbitrary_history()) {
+            let r = check(&h, Budget::unlimited());
+            prop_assert!(!matches!(r, CheckResult::Undecided { .. }), "undecided");
+            prop_assert_eq!(r.is_linearizable(), brute_force(&h), "{:?}\n{}", r, to_json(&h));
+        }
+    }
+}
