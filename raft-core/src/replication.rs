@@ -250,7 +250,9 @@ impl Node {
             // flow control depend on it.
             self.send_ack(true);
         } else if self.persisted_index >= last_new {
-            self.send_ack(false);
+            // Already durable (a retransmission): answer even if we acked
+            // this before, since that ack may be the thing that was lost.
+            self.send_ack(true);
         }
         // Otherwise the ack goes out when the entries are durable: a partial
         // ack now would only make the leader resend what is in flight.

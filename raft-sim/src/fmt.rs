@@ -8,7 +8,22 @@ use raft_core::{Action, AppendEntriesResponse, Entry, EntryKind, Message, Messag
 pub fn entry(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
-        EntryKind::Normal => format!("{}/{} {:?}", e.index, e.term, String::from_utf8_lossy(&e.data)),
+        EntryKind::Normal => format!("{}/{} {}", e.index, e.term, payload(&e.data)),
+    }
+}
+
+/// A payload: a simulator command decoded, printable text quoted, other
+/// bytes by length.
+pub fn payload(data: &[u8]) -> String {
+    if let Some(c) = crate::workload::Command::decode(data) {
+        return match c.op {
+            crate::workload::Op::Put { key, value } => format!("c{}#{} put k{key}={value}", c.client, c.seq),
+            crate::workload::Op::Get { key } => format!("c{}#{} get k{key}", c.client, c.seq),
+        };
+    }
+    match std::str::from_utf8(data) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
+        _ => format!("<{} bytes>", data.len()),
     }
 }
 

@@ -1,7 +1,14 @@
-//! Deterministic simulator for `raft-core`.
+//! Deterministic simulator for `raft-core`: real nodes, simulated network,
+//! disks, clocks and clients, with safety invariants checked after every
+//! event and linearizability checked after every run.
 
 pub mod disk;
 pub mod fmt;
 pub mod history;
+pub mod invariants;
 pub mod linearizability;
+pub mod profile;
 pub mod scenario;
+pub mod sim;
+pub mod sweep;
+pub mod workload;

@@ -1,0 +1,250 @@
+//! Raft's safety properties, checked incrementally after every simulated
+//! event (Raft paper Figure 3, plus the durability rules of the core's
+//! contract). Each check looks only at what the event changed, so checking
+//! stays cheap enough to run on every event of every seed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+
+use raft_core::{Action, AppendEntriesResponse, Entry, HardState, Index, MessageBody, Node, NodeId, Role, Term};
+
+use crate::disk::SimDisk;
+
+/// Deterministic hashing: no per-process random seed.
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// A broken safety property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property (`election safety`, `log matching`, ...).
+    pub property: &'static str,
+    /// What exactly was seen.
+    pub detail: String,
+}
+
+fn violation(property: &'static str, detail: String) -> Result<(), Violation> {
+    Err(Violation { property, detail })
+}
+
+/// Content fingerprint of an entry (kind and payload).
+pub fn fingerprint(e: &Entry) -> u64 {
+    // FNV-1a: tiny, deterministic, good enough to tell payloads apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (e.kind as u64);
+    for &b in e.data.iter() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeWatch {
+    incarnation: u64,
+    commit: Index,
+    applied: Index,
+    durable: HardState,
+}
+
+/// Global knowledge the checks compare every node against.
+#[derive(Default)]
+pub struct Safety {
+    /// term -> the node that led it.
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) -> (fingerprint, term of the previous entry).
+    entries: FixedMap<(Index, Term), (u64, Term)>,
+    /// Committed entries by index - 1: (term, fingerprint).
+    committed: Vec<(Term, u64)>,
+    nodes: BTreeMap<NodeId, NodeWatch>,
+}
+
+impl Safety {
+    /// A checker that has seen nothing yet.
+    pub fn new() -> Safety {
+        Safety::default()
+    }
+
+    /// Number of entries known committed.
+    pub fn committed_len(&self) -> Index {
+        self.committed.len() as Index
+    }
+
+    /// The committed entry at `index` as (term, fingerprint).
+    pub fn committed_at(&self, index: Index) -> Option<(Term, u64)> {
+        self.committed.get(index.checked_sub(1)? as usize).copied()
+    }
+
+    /// Checks a node after it stepped, given the actions it produced.
+    pub fn after_step(
+        &mut self,
+        id: NodeId,
+        incarnation: u64,
+        node: &Node,
+        disk: &SimDisk,
+        actions: &[Action],
+    ) -> Result<(), Violation> {
+        for a in actions {
+            match a {
+                Action::Persist(p) => self.check_new_entries(id, node, &p.entries)?,
+                Action::Send { to, message } => self.check_send(id, *to, message, disk)?,
+                Action::Apply { entries } => self.check_apply(id, entries)?,
+                Action::RoleChanged { role: Role::Leader, term, .. } => self.check_new_leader(id, *term, node)?,
+                _ => {}
+            }
+        }
+        self.check_progress(id, incarnation, node)
+    }
+
+    /// Log matching: an (index, term) pair names one entry everywhere, with
+    /// one predecessor term. By induction this is Figure 3's Log Matching.
+    fn check_new_entries(&mut self, id: NodeId, node: &Node, entries: &[Entry]) -> Result<(), Violation> {
+        let mut prev_term = entries.first().and_then(|e| node.term_at(e.index - 1)).unwrap_or(0);
+        for e in entries {
+            let seen = *self.entries.entry((e.index, e.term)).or_insert((fingerprint(e), prev_term));
+            if seen != (fingerprint(e), prev_term) {
+                return violation(
+                    "log matching",
+                    format!(
+                        "node {id} holds entry {}/{} differing from another copy (content or predecessor term {} vs {})",
+                        e.index, e.term, prev_term, seen.1
+                    ),
+                );
+            }
+            prev_term = e.term;
+        }
+        Ok(())
+    }
+
+    /// Durability: nothing is acknowledged or voted for before it is on disk.
+    fn check_send(&self, id: NodeId, to: NodeId, m: &raft_core::Message, disk: &SimDisk) -> Result<(), Violation> {
+        let durable = disk.durable();
+        match &m.body {
+            MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index }) => {
+                if durable.hard_state.term != m.term {
+                    return violation(
+                        "ack before persist",
+                        format!("node {id} acked in term {} with durable term {}", m.term, durable.hard_state.term),
+                    );
+                }
+                if *match_index > durable.entries.len() as Index {
+                    return violation(
+                        "ack before persist",
+                        format!(
+                            "node {id} acked index {match_index} with only {} entries durable",
+                            durable.entries.len()
+                        ),
+                    );
+                }
+            }
+            MessageBody::RequestVoteResponse(r) if r.granted && !r.pre_vote => {
+                let want = HardState { term: m.term, vote: Some(to) };
+                if durable.hard_state != want {
+                    return violation(
+                        "vote before persist",
+                        format!(
+                            "node {id} granted {to} a vote in term {} with durable {:?}",
+                            m.term, durable.hard_state
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// State machine safety: no two nodes apply different entries at an index.
+    fn check_apply(&mut self, id: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        for e in entries {
+            self.record_committed(id, e.index, e.term, fingerprint(e))?;
+        }
+        Ok(())
+    }
+
+    fn record_committed(&mut self, id: NodeId, index: Index, term: Term, fp: u64) -> Result<(), Violation> {
+        let pos = (index - 1) as usize;
+        if pos < self.committed.len() {
+            if self.committed[pos] != (term, fp) {
+                let (t, _) = self.committed[pos];
+                return violation(
+                    "state machine safety",
+                    format!("node {id} committed {index}/{term} but {index}/{t} was committed before"),
+                );
+            }
+        } else if pos == self.committed.len() {
+            self.committed.push((term, fp));
+        } else {
+            return violation(
+                "commit gap",
+                format!("node {id} committed {index} with only {} known", self.committed.len()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Election safety and leader completeness.
+    fn check_new_leader(&mut self, id: NodeId, term: Term, node: &Node) -> Result<(), Violation> {
+        if let Some(&other) = self.leaders.get(&term) {
+            if other != id {
+                return violation("election safety", format!("nodes {other} and {id} both lead term {term}"));
+            }
+        }
+        self.leaders.insert(term, id);
+        for (i, &(t, _)) in self.committed.iter().enumerate() {
+            let index = i as Index + 1;
+            if node.term_at(index) != Some(t) {
+                return violation(
+                    "leader completeness",
+                    format!("leader {id} of term {term} lacks committed entry {index}/{t}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit and applied never go back (within one incarnation), and what
+    /// a node commits agrees with what everyone committed.
+    fn check_progress(&mut self, id: NodeId, incarnation: u64, node: &Node) -> Result<(), Violation> {
+        let w = self.nodes.entry(id).or_default();
+        if w.incarnation != incarnation {
+            *w = NodeWatch { incarnation, durable: w.durable, ..NodeWatch::default() };
+        }
+        let (old_commit, old_applied) = (w.commit, w.applied);
+        if node.commit_index() < old_commit || node.applied_index() < old_applied {
+            return violation(
+                "monotonic progress",
+                format!(
+                    "node {id} commit {}->{} applied {}->{}",
+                    old_commit,
+                    node.commit_index(),
+                    old_applied,
+                    node.applied_index()
+                ),
+            );
+        }
+        let w = self.nodes.get_mut(&id).expect("watch");
+        w.commit = node.commit_index();
+        w.applied = node.applied_index();
+        for index in old_commit + 1..=node.commit_index() {
+            let Some(e) = node.entries().get((index - 1) as usize).filter(|e| e.index == index) else {
+                return violation("commit beyond log", format!("node {id} commits {index} it does not hold"));
+            };
+            let fp = fingerprint(e);
+            self.record_committed(id, index, e.term, fp)?;
+        }
+        Ok(())
+    }
+
+    /// Persisted term and vote never go back.
+    pub fn after_sync(&mut self, id: NodeId, disk: &SimDisk) -> Result<(), Violation> {
+        let now = disk.durable().hard_state;
+        let w = self.nodes.entry(id).or_default();
+        let before = w.durable;
+        let ok =
+            now.term > before.term || (now.term == before.term && (before.vote.is_none() || now.vote == before.vote));
+        if !ok {
+            return violation("durable hard state", format!("node {id} durable hard state went {before:?} -> {now:?}"));
+        }
+        w.durable = now;
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! `raft-sim`: sweep seeds, replay one, or run a scenario script.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use raft_sim::profile::Profile;
+use raft_sim::sim::{RunReport, SimConfig, run};
+use raft_sim::sweep::{SweepSpec, sweep};
+
+#[derive(Parser)]
+#[command(name = "raft-sim", about = "Deterministic simulation of raft-core under faults")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a range of seeds and summarise them.
+    Run {
+        /// Seeds as A..B (B exclusive).
+        #[arg(long, default_value = "0..1000")]
+        seeds: String,
+        /// Cluster size (default: 3 or 5, by seed).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Fault profile: calm, lossy, partitions, crashes, chaos (default: by seed).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Run length in ticks (default 300).
+        #[arg(long)]
+        ticks: Option<u64>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Replay one seed exactly.
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Cluster size (must match the failing run).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Fault profile (must match the failing run).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Run length in ticks (must match the failing run).
+        #[arg(long)]
+        ticks: Option<u64>,
+        /// Print every event.
+        #[arg(long)]
+        trace: bool,
+        /// Write the client history as JSON to this file.
+        #[arg(long)]
+        history: Option<String>,
+    },
+    /// Run a scenario script and print its trace.
+    Scenario {
+        /// The script file.
+        file: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { seeds, nodes, profile, ticks, jobs } => {
+            let Some((from, to)) = parse_range(&seeds) else {
+                eprintln!("--seeds must look like A..B");
+                return ExitCode::from(2);
+            };
+            if let Some(p) = &profile {
+                if Profile::named(p).is_none() {
+                    eprintln!("unknown profile {p:?}; one of {:?}", Profile::NAMES);
+                    return ExitCode::from(2);
+                }
+            }
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let spec = SweepSpec { from, to, profile, nodes, ticks, jobs };
+            run_sweep(&spec)
+        }
+        Command::Replay { seed, nodes, profile, ticks, trace, history } => {
+            let spec = SweepSpec { from: seed, to: seed + 1, profile, nodes, ticks, jobs: 1 };
+            let mut cfg = spec.config(seed);
+            cfg.trace = trace;
+            let report = run(cfg.clone());
+            if trace {
+                for line in &report.trace {
+                    println!("{line}");
+                }
+            }
+            if let Some(path) = history {
+                if let Err(e) = std::fs::write(&path, raft_sim::history::to_json(&report.history)) {
+                    eprintln!("cannot write {path}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            print_run(&cfg, &report);
+            if report.failure.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Command::Scenario { file } => {
+            let script = match std::fs::read_to_string(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cannot read {file}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match raft_sim::scenario::run(&script) {
+                Ok(trace) => {
+                    print!("{trace}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn parse_range(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.split_once("..")?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (a < b).then_some((a, b))
+}
+
+fn run_sweep(spec: &SweepSpec) -> ExitCode {
+    let bar = ProgressBar::new(spec.to - spec.from);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} seeds {per_sec} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let events = std::sync::atomic::AtomicU64::new(0);
+    let failures = std::sync::atomic::AtomicU64::new(0);
+    let summary = sweep(spec, &|r: &RunReport| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = events.fetch_add(r.events, Relaxed) + r.events;
+        let f = failures.fetch_add(u64::from(r.failure.is_some()), Relaxed) + u64::from(r.failure.is_some());
+        bar.inc(1);
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.2}M events/s, {f} failures", e as f64 / secs / 1e6));
+    });
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    for r in &summary.failures {
+        let cfg = spec.config(r.seed);
+        print_run(&cfg, r);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} failures={} ({:.1}s, {} jobs)",
+        summary.seeds,
+        summary.events,
+        summary.events as f64 / secs.max(1e-9),
+        summary.linearizable_ops,
+        summary.undecided,
+        summary.elections,
+        summary.failures.len(),
+        secs,
+        spec.jobs
+    );
+    if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Prints a run's verdict; for a failure, the last events before it and the
+/// command that replays it.
+fn print_run(cfg: &SimConfig, r: &RunReport) {
+    let replay = format!(
+        "cargo run --release -p raft-sim -- replay --seed {} --profile {} --nodes {} --ticks {}",
+        cfg.seed, cfg.profile.name, cfg.nodes, cfg.ticks
+    );
+    let Some(f) = &r.failure else {
+        println!(
+            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed",
+            cfg.seed, cfg.nodes, cfg.profile.name, r.events, r.ops, r.completed_ops, r.elections, r.committed
+        );
+        return;
+    };
+    println!(
+        "FAIL seed {} ({} nodes, {}): {} violated at event {} ({}us)",
+        cfg.seed, cfg.nodes, cfg.profile.name, f.property, f.event, f.time_us
+    );
+    println!("  {}", f.detail);
+    let mut traced = cfg.clone();
+    traced.trace = true;
+    let again = run(traced);
+    let tail = again.trace.len().saturating_sub(25);
+    println!("  last events:");
+    for line in &again.trace[tail..] {
+        println!("    {line}");
+    }
+    println!("  replay: {replay} --trace");
+}

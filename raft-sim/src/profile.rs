@@ -1,0 +1,110 @@
+//! Fault profiles: how hostile the simulated world is.
+
+use std::fmt;
+
+/// All fault knobs of one run. Times are virtual microseconds;
+/// probabilities are per message (or per opportunity).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    /// The profile's name (`calm`, `lossy`, ...).
+    pub name: &'static str,
+    /// One-way network latency range.
+    pub latency_us: (u64, u64),
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability a message takes a long detour (up to `slow_latency_us`),
+    /// which reorders it behind later ones.
+    pub delay: f64,
+    /// Latency of a delayed message.
+    pub slow_latency_us: u64,
+    /// fsync latency range.
+    pub fsync_us: (u64, u64),
+    /// Probability an fsync is very slow (a slow disk).
+    pub slow_disk: f64,
+    /// Latency of a slow fsync.
+    pub slow_fsync_us: u64,
+    /// Mean time between partitions (0 = never).
+    pub partition_every_us: u64,
+    /// How long a partition lasts.
+    pub partition_for_us: (u64, u64),
+    /// Mean time between crashes (0 = never).
+    pub crash_every_us: u64,
+    /// How long a crashed node stays down.
+    pub down_for_us: (u64, u64),
+    /// Maximum clock drift: each node ticks at `tick * (1 ± drift)`.
+    pub clock_drift: f64,
+}
+
+impl Profile {
+    /// Every named profile, in the order `--profile` lists them.
+    pub const NAMES: [&'static str; 5] = ["calm", "lossy", "partitions", "crashes", "chaos"];
+
+    /// A named profile.
+    pub fn named(name: &str) -> Option<Profile> {
+        let calm = Profile {
+            name: "calm",
+            latency_us: (200, 2_000),
+            drop: 0.0,
+            duplicate: 0.0,
+            delay: 0.0,
+            slow_latency_us: 0,
+            fsync_us: (100, 2_000),
+            slow_disk: 0.0,
+            slow_fsync_us: 0,
+            partition_every_us: 0,
+            partition_for_us: (0, 0),
+            crash_every_us: 0,
+            down_for_us: (0, 0),
+            clock_drift: 0.0,
+        };
+        let p = match name {
+            "calm" => calm,
+            "lossy" => {
+                Profile { name: "lossy", drop: 0.05, duplicate: 0.03, delay: 0.03, slow_latency_us: 60_000, ..calm }
+            }
+            "partitions" => Profile {
+                name: "partitions",
+                drop: 0.01,
+                partition_every_us: 300_000,
+                partition_for_us: (50_000, 400_000),
+                clock_drift: 0.05,
+                ..calm
+            },
+            "crashes" => Profile {
+                name: "crashes",
+                slow_disk: 0.02,
+                slow_fsync_us: 80_000,
+                crash_every_us: 250_000,
+                down_for_us: (10_000, 300_000),
+                clock_drift: 0.05,
+                ..calm
+            },
+            "chaos" => Profile {
+                name: "chaos",
+                latency_us: (200, 8_000),
+                drop: 0.05,
+                duplicate: 0.03,
+                delay: 0.03,
+                slow_latency_us: 60_000,
+                slow_disk: 0.02,
+                slow_fsync_us: 80_000,
+                partition_every_us: 400_000,
+                partition_for_us: (50_000, 400_000),
+                crash_every_us: 400_000,
+                down_for_us: (10_000, 300_000),
+                clock_drift: 0.1,
+                ..calm
+            },
+            _ => return None,
+        };
+        Some(p)
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}

@@ -1,0 +1,103 @@
+//! Running many seeds in parallel and summarising them.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::linearizability::CheckResult;
+use crate::sim::{RunReport, SimConfig, run};
+
+/// What to sweep.
+#[derive(Clone, Debug)]
+pub struct SweepSpec {
+    /// First seed (inclusive).
+    pub from: u64,
+    /// Last seed (exclusive).
+    pub to: u64,
+    /// Force a profile (else chosen per seed).
+    pub profile: Option<String>,
+    /// Force a cluster size (else 3 or 5 per seed).
+    pub nodes: Option<usize>,
+    /// Override the run length in ticks.
+    pub ticks: Option<u64>,
+    /// Worker threads.
+    pub jobs: usize,
+}
+
+impl SweepSpec {
+    /// The configuration of one seed of this sweep.
+    pub fn config(&self, seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::for_seed(seed, self.profile.as_deref(), self.nodes);
+        if let Some(t) = self.ticks {
+            cfg.ticks = t;
+        }
+        cfg
+    }
+}
+
+/// Totals of a sweep.
+#[derive(Clone, Debug, Default)]
+pub struct SweepSummary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Events processed across all seeds.
+    pub events: u64,
+    /// Client operations in histories found linearizable.
+    pub linearizable_ops: u64,
+    /// Seeds whose linearizability check ran out of budget.
+    pub undecided: u64,
+    /// Elections won.
+    pub elections: u64,
+    /// Failing runs, by seed.
+    pub failures: Vec<RunReport>,
+}
+
+impl SweepSummary {
+    fn add(&mut self, r: RunReport) {
+        self.seeds += 1;
+        self.events += r.events;
+        self.elections += r.elections;
+        match r.linearizability {
+            CheckResult::Linearizable if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
+            CheckResult::Undecided { .. } => self.undecided += 1,
+            _ => {}
+        }
+        if r.failure.is_some() {
+            self.failures.push(r);
+        }
+    }
+}
+
+/// Runs every seed of `spec` on `spec.jobs` threads. `on_done` is called
+/// after each seed (for progress reporting) with that seed's report.
+pub fn sweep(spec: &SweepSpec, on_done: &(dyn Fn(&RunReport) + Sync)) -> SweepSummary {
+    let next = AtomicU64::new(spec.from);
+    let total = Mutex::new(SweepSummary::default());
+    std::thread::scope(|s| {
+        for _ in 0..spec.jobs.max(1) {
+            s.spawn(|| {
+                let mut local = SweepSummary::default();
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= spec.to {
+                        break;
+                    }
+                    let mut report = run(spec.config(seed));
+                    report.history.clear();
+                    report.history.shrink_to_fit();
+                    on_done(&report);
+                    local.add(report);
+                }
+                let mut t = total.lock().expect("summary lock");
+                t.seeds += local.seeds;
+                t.events += local.events;
+                t.linearizable_ops += local.linearizable_ops;
+                t.undecided += local.undecided;
+                t.elections += local.elections;
+                t.failures.extend(local.failures);
+            });
+        }
+    });
+    let mut summary = total.into_inner().expect("summary lock");
+    summary.failures.sort_by_key(|r| r.seed);
+    summary
+}
