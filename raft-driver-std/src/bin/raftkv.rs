@@ -1,1 +1,315 @@
-fn main() {}
+//! `raftkv`: a Redis-compatible key-value store replicated with Raft.
+//!
+//! - `raftkv node --id N --config cluster.toml --data-dir DIR [--no-fsync]` runs one member.
+//! - `raftkv cluster --nodes 3 [--data-dir DIR] [--port 6379]` runs a whole local cluster as child
+//!   processes (the zero-configuration demo); Ctrl-C stops it.
+//! - `raftkv inspect --data-dir DIR` prints the WAL's persisted state and health as JSON.
+//!
+//! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use raft_driver_std::config::ClusterConfig;
+use raft_driver_std::kv::KvStore;
+use raft_driver_std::node::{NodeOptions, RaftNode};
+use raft_driver_std::server::{Server, ServerOptions};
+use raft_driver_std::wal::{self, WalHealth};
+
+#[derive(Parser)]
+#[command(name = "raftkv", version, about = "A Redis-compatible key-value store replicated with Raft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one cluster member: Raft peer port plus Redis client port.
+    Node {
+        /// This node's id (as listed in the cluster file).
+        #[arg(long)]
+        id: u64,
+        /// The cluster file (TOML; see examples/cluster.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where this node keeps its WAL (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Acknowledge writes before they are fsynced: fast, but a crash can lose acknowledged writes.
+        #[arg(long)]
+        no_fsync: bool,
+        /// Milliseconds a command is retried without a leader before `-TRYAGAIN`.
+        #[arg(long, default_value_t = 2000)]
+        retry_ms: u64,
+        /// Exit when standard input reaches end of file (used by `raftkv cluster`, so that nodes do not
+        /// outlive their parent).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Start a local cluster of child processes on 127.0.0.1 and stop it on Ctrl-C.
+    Cluster {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Data directory (default: a fresh temporary directory, removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Client port of node 1; node i listens on port+i-1, its peer port is port+1000+i-1.
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// Pass --no-fsync to every node.
+        #[arg(long)]
+        no_fsync: bool,
+    },
+    /// Print the WAL's persisted term, vote, log range and health as JSON (exit 1 if corrupt).
+    Inspect {
+        /// The node's data directory (or its `wal` subdirectory).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Cmd::Node { id, config, data_dir, no_fsync, retry_ms, exit_on_stdin_eof } => {
+            run_node(id, &config, &data_dir, !no_fsync, Duration::from_millis(retry_ms), exit_on_stdin_eof)
+        }
+        Cmd::Cluster { nodes, data_dir, port, no_fsync } => run_cluster(nodes, data_dir, port, no_fsync),
+        Cmd::Inspect { data_dir } => run_inspect(&data_dir),
+    }
+}
+
+/// The WAL lives in `DATA_DIR/wal`, leaving room for snapshots and other files next to it.
+fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("raftkv: error: {message}");
+    ExitCode::FAILURE
+}
+
+fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duration, watch_stdin: bool) -> ExitCode {
+    let cluster = match ClusterConfig::load(config) {
+        Ok(cluster) => cluster,
+        Err(e) => return fail(format!("{}: {e}", config.display())),
+    };
+    let Some(me) = cluster.node(id).cloned() else {
+        return fail(format!("node {id} is not listed in {}", config.display()));
+    };
+    if let Err(e) = std::fs::create_dir_all(data_dir) {
+        return fail(format!("cannot create data directory {}: {e}", data_dir.display()));
+    }
+    // Bind the client port before touching the WAL: a second process started on the same node fails
+    // here instead of writing into the first one's log.
+    let listener = match TcpListener::bind(me.client_addr) {
+        Ok(listener) => listener,
+        Err(e) => return fail(format!("cannot listen for clients on {}: {e}", me.client_addr)),
+    };
+    let mut options = NodeOptions::new(id, cluster.cluster_id, me.peer_addr, cluster.peers_of(id), wal_dir(data_dir));
+    options.voters = cluster.voters();
+    options.timing = cluster.timing;
+    options.fsync = fsync;
+    if !fsync {
+        tracing::warn!("--no-fsync: writes are acknowledged before they are durable");
+    }
+    let node = match RaftNode::start(options, KvStore::new()) {
+        Ok(node) => node,
+        Err(e) => return fail(e),
+    };
+    let server_options = ServerOptions { retry_bound: retry, ..ServerOptions::default() };
+    let server = match Server::start(listener, node.handle(), cluster, id, server_options) {
+        Ok(server) => server,
+        Err(e) => return fail(format!("cannot start client server: {e}")),
+    };
+    tracing::info!(node = id, client = %server.local_addr(), peer = %me.peer_addr, fsync, "raftkv node ready");
+    if watch_stdin {
+        std::thread::spawn(|| {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            tracing::info!("standard input closed; exiting");
+            // The WAL is crash-safe, so exiting without a shutdown loses nothing acknowledged.
+            std::process::exit(0);
+        });
+    }
+    // The node thread only returns on a fatal error (the WAL failed).
+    let result = node.wait();
+    drop(server);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn run_inspect(data_dir: &Path) -> ExitCode {
+    let wal = wal_dir(data_dir);
+    let dir = if wal.is_dir() { wal } else { data_dir.to_path_buf() };
+    match wal::inspect(&dir) {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => return fail(format!("cannot encode report: {e}")),
+            }
+            if report.health == WalHealth::Corrupt { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Kills the children when dropped, so that no exit path leaves nodes running.
+struct Children(Vec<(u64, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+        }
+        for (_, child) in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool) -> ExitCode {
+    if nodes == 0 || nodes > 255 {
+        return fail("--nodes must be between 1 and 255");
+    }
+    let cluster = match ClusterConfig::local(nodes, port) {
+        Ok(cluster) => cluster,
+        Err(e) => return fail(e),
+    };
+    let (dir, temporary) = match data_dir {
+        Some(dir) => (dir, false),
+        None => (std::env::temp_dir().join(format!("raftkv-cluster-{}", std::process::id())), true),
+    };
+    let config_path = dir.join("cluster.toml");
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&config_path, cluster.to_toml()));
+    if let Err(e) = written {
+        return fail(format!("cannot write {}: {e}", config_path.display()));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(format!("cannot find own executable: {e}")),
+    };
+
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        return fail(format!("cannot install Ctrl-C handler: {e}"));
+    }
+
+    println!("raftkv cluster: {nodes} nodes, data in {}", dir.display());
+    let mut children = Children(Vec::new());
+    for n in &cluster.nodes {
+        let node_dir = dir.join(format!("node-{}", n.id));
+        let log_path = dir.join(format!("node-{}.log", n.id));
+        let log = match std::fs::File::create(&log_path) {
+            Ok(log) => log,
+            Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
+        };
+        let mut command = Command::new(&exe);
+        command
+            .arg("node")
+            .arg("--id")
+            .arg(n.id.to_string())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(&node_dir)
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if no_fsync {
+            command.arg("--no-fsync");
+        }
+        match command.spawn() {
+            Ok(child) => children.0.push((n.id, child)),
+            Err(e) => return fail(format!("cannot start node {}: {e}", n.id)),
+        }
+        println!(
+            "  node {}: clients {}  peers {}  log {}  pid {}",
+            n.id,
+            n.client_addr,
+            n.peer_addr,
+            log_path.display(),
+            children.0.last().map_or(0, |(_, c)| c.id())
+        );
+    }
+
+    // Wait (bounded) for an election, then show who leads.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shown = false;
+    while Instant::now() < deadline && !shown {
+        std::thread::sleep(Duration::from_millis(200));
+        let roles: Vec<(u64, Option<String>)> =
+            cluster.nodes.iter().map(|n| (n.id, info_field(n.client_addr, "role"))).collect();
+        if roles.iter().any(|(_, r)| r.as_deref() == Some("leader")) {
+            for (id, role) in roles {
+                println!("  node {id}: {}", role.as_deref().unwrap_or("unreachable"));
+            }
+            shown = true;
+        }
+    }
+    if !shown {
+        println!("  no leader elected yet; see the node logs");
+    }
+    println!("try: redis-cli -p {port} SET hello world   (Ctrl-C stops the cluster)");
+
+    let code = loop {
+        if stop_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            println!("stopping cluster");
+            break ExitCode::SUCCESS;
+        }
+        let exited = children.0.iter_mut().find_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s)));
+        if let Some((id, status)) = exited {
+            eprintln!("raftkv: node {id} exited ({status}); stopping the cluster");
+            break ExitCode::FAILURE;
+        }
+    };
+    drop(children);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    code
+}
+
+/// Reads one field of a node's `INFO` over a short-lived RESP connection (`None` if unreachable).
+fn info_field(addr: SocketAddr, field: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The reply is one bulk string; read until its announced length has arrived.
+    loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        let (header, body) = text.split_once("\r\n")?;
+        let len: usize = header.strip_prefix('$')?.parse().ok()?;
+        if body.len() >= len {
+            let prefix = format!("{field}:");
+            return body.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().to_owned());
+        }
+    }
+}

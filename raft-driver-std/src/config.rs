@@ -1,0 +1,228 @@
+//! Cluster configuration: the `cluster.toml` every node of a `raftkv` cluster reads.
+//!
+//! All nodes must be started with the same file: it is the membership (the voter list handed to
+//! `raft-core`) plus the two addresses of each member, one for Raft traffic between peers and one for
+//! Redis clients. See `examples/cluster.toml` for a documented example.
+//!
+//! ```toml
+//! cluster_id = 1
+//!
+//! [[nodes]]
+//! id = 1
+//! peer_addr = "127.0.0.1:7379"
+//! client_addr = "127.0.0.1:6379"
+//! ```
+//!
+//! An optional `[timing]` table overrides [`Timing`]'s defaults; every node should use the same values.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use raft_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The parsed and validated contents of `cluster.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Identifies the cluster in the peer handshake, so that a node of another cluster that is
+    /// accidentally pointed at our ports is refused instead of corrupting our logs.
+    pub cluster_id: u64,
+    /// Clock settings; all nodes should agree on them.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Every voting member, the node reading the file included.
+    pub nodes: Vec<NodeAddrs>,
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddrs {
+    /// The node's Raft id (non-zero, unique).
+    pub id: NodeId,
+    /// Where the node accepts Raft connections from its peers.
+    pub peer_addr: SocketAddr,
+    /// Where the node serves Redis (RESP) clients; followers also forward writes to the leader's
+    /// client address.
+    pub client_addr: SocketAddr,
+}
+
+/// How the driver's clock maps onto `raft-core`'s logical ticks.
+///
+/// The defaults follow etcd: a 50 ms tick, a heartbeat every 2 ticks (100 ms) and an election timeout
+/// of 10 ticks, which `raft-core` randomizes to 0.5–1 s. That is the same order as etcd's and
+/// hashicorp/raft's 1 s: long enough that a GC pause, a slow fsync or a loaded CI machine does not
+/// trigger spurious elections (10 missed heartbeats), yet short enough that a crashed leader is
+/// replaced — timeout, PreVote round, vote round — in well under 2 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// Length of one tick in milliseconds.
+    pub tick_ms: u64,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: u32,
+    /// Minimum election timeout in ticks (randomized up to twice this).
+    pub election_ticks: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { tick_ms: 50, heartbeat_ticks: 2, election_ticks: 10 }
+    }
+}
+
+impl Timing {
+    /// The tick length as a `Duration`.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// Why a cluster configuration was refused.
+#[derive(Debug)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    Read(std::io::Error),
+    /// The file is not valid TOML or does not have the expected fields.
+    Parse(toml::de::Error),
+    /// The values are inconsistent (duplicate ids or addresses, zero id, ...).
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigFileError::Read(e) => write!(f, "cannot read cluster configuration: {e}"),
+            ConfigFileError::Parse(e) => write!(f, "invalid cluster configuration: {e}"),
+            ConfigFileError::Invalid(why) => write!(f, "invalid cluster configuration: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+impl ClusterConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(ConfigFileError::Read)?;
+        ClusterConfig::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<ClusterConfig, ConfigFileError> {
+        let config: ClusterConfig = toml::from_str(text).map_err(ConfigFileError::Parse)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Serializes to TOML (what `raftkv cluster` writes into its data directory).
+    pub fn to_toml(&self) -> String {
+        // Serializing plain structs of integers and addresses cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks what TOML cannot express: unique non-zero ids, unique addresses, sane timing.
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        let invalid = |why: String| Err(ConfigFileError::Invalid(why));
+        if self.nodes.is_empty() {
+            return invalid("no nodes listed".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for n in &self.nodes {
+            if n.id == 0 {
+                return invalid("node id 0 is reserved".into());
+            }
+            if !ids.insert(n.id) {
+                return invalid(format!("node id {} is listed twice", n.id));
+            }
+            for addr in [n.peer_addr, n.client_addr] {
+                if !addrs.insert(addr) {
+                    return invalid(format!("address {addr} is used twice"));
+                }
+            }
+        }
+        let t = &self.timing;
+        if t.tick_ms == 0 || t.heartbeat_ticks == 0 || t.heartbeat_ticks >= t.election_ticks {
+            return invalid(format!(
+                "timing needs tick_ms > 0 and 0 < heartbeat_ticks ({}) < election_ticks ({})",
+                t.heartbeat_ticks, t.election_ticks
+            ));
+        }
+        Ok(())
+    }
+
+    /// The entry for node `id`.
+    pub fn node(&self, id: NodeId) -> Option<&NodeAddrs> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Every member's id.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// `(id, peer address)` of every member except `me`, as the transport wants them.
+    pub fn peers_of(&self, me: NodeId) -> Vec<(NodeId, SocketAddr)> {
+        self.nodes.iter().filter(|n| n.id != me).map(|n| (n.id, n.peer_addr)).collect()
+    }
+
+    /// A local cluster of `n` nodes on 127.0.0.1: client ports `port`, `port + 1`, ..., peer ports
+    /// `port + 1000 + i` (what `raftkv cluster` generates).
+    pub fn local(n: u64, port: u16) -> Result<ClusterConfig, ConfigFileError> {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let client = u16::try_from(u64::from(port) + i);
+            let peer = u16::try_from(u64::from(port) + 1000 + i);
+            let (Ok(client), Ok(peer)) = (client, peer) else {
+                return Err(ConfigFileError::Invalid(format!("ports for {n} nodes from {port} exceed 65535")));
+            };
+            nodes.push(NodeAddrs {
+                id: i + 1,
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], peer)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
+            });
+        }
+        let config = ClusterConfig { cluster_id: 1, timing: Timing::default(), nodes };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../examples/cluster.toml");
+        let config = ClusterConfig::parse(text).expect("example parses");
+        assert_eq!(config.nodes.len(), 3);
+        assert_eq!(config.timing, Timing::default());
+    }
+
+    #[test]
+    fn local_round_trips_through_toml() {
+        let config = ClusterConfig::local(3, 6379).expect("valid");
+        let again = ClusterConfig::parse(&config.to_toml()).expect("parses");
+        assert_eq!(config, again);
+        assert_eq!(again.node(2).map(|n| n.client_addr.port()), Some(6380));
+        assert_eq!(again.peers_of(1).len(), 2);
+    }
+
+    #[test]
+    fn rejects_duplicates_and_bad_timing() {
+        let dup = "cluster_id = 1\n[[nodes]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n\
+                   [[nodes]]\nid = 1\npeer_addr = \"127.0.0.1:3\"\nclient_addr = \"127.0.0.1:4\"\n";
+        assert!(matches!(ClusterConfig::parse(dup), Err(ConfigFileError::Invalid(_))));
+        let timing = "cluster_id = 1\n[timing]\nheartbeat_ticks = 10\nelection_ticks = 10\n[[nodes]]\nid = 1\n\
+                      peer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n";
+        assert!(matches!(ClusterConfig::parse(timing), Err(ConfigFileError::Invalid(_))));
+        assert!(matches!(ClusterConfig::parse("cluster_id = "), Err(ConfigFileError::Parse(_))));
+        assert!(ClusterConfig::local(3, 65535).is_err());
+    }
+}
