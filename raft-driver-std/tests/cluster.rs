@@ -1,0 +1,573 @@
+//! End-to-end tests: real `raftkv` processes on 127.0.0.1, driven with the `redis` crate.
+//!
+//! Every cluster lives in its own temporary directory and port range; every child process is killed
+//! when its [`TestCluster`] is dropped (and exits on its own if the test process dies, through
+//! `--exit-on-stdin-eof`); every wait has a deadline.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft_driver_std::config::{ClusterConfig, NodeAddrs, Timing};
+use raft_driver_std::kv::{KvOp, KvRequest, STALE_SEQUENCE_ERROR};
+use raft_driver_std::resp::Reply;
+
+const RAFTKV: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// Hands out port ranges below the Linux ephemeral range (32768+), so that no outgoing connection of
+/// a parallel test can be holding one of them; each range is checked free before use.
+fn free_ports(count: u16) -> Vec<u16> {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let salt = (std::process::id() % 50) as u16 * 200;
+    for _ in 0..200 {
+        let base = 20_000 + (salt + NEXT.fetch_add(count, Ordering::SeqCst)) % 12_000;
+        let ports: Vec<u16> = (base..base + count).collect();
+        let listeners: Vec<_> = ports.iter().map(|&p| TcpListener::bind(("127.0.0.1", p))).collect();
+        if listeners.iter().all(Result::is_ok) {
+            return ports;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// A cluster of `raftkv node` processes.
+struct TestCluster {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    config: ClusterConfig,
+    children: Vec<Option<Child>>,
+}
+
+type Info = HashMap<String, String>;
+
+impl TestCluster {
+    fn start(n: u64) -> TestCluster {
+        let ports = free_ports(2 * n as u16);
+        let nodes = (0..n as usize)
+            .map(|i| NodeAddrs {
+                id: i as u64 + 1,
+                client_addr: format!("127.0.0.1:{}", ports[i]).parse().expect("addr"),
+                peer_addr: format!("127.0.0.1:{}", ports[n as usize + i]).parse().expect("addr"),
+            })
+            .collect();
+        let config = ClusterConfig { cluster_id: 7, timing: Timing::default(), nodes };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, config.to_toml()).expect("write config");
+        let mut cluster = TestCluster { dir, config_path, config, children: (0..n).map(|_| None).collect() };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        (1..=self.children.len() as u64).collect()
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    fn stderr_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.stderr"))
+    }
+
+    fn command(&self, id: u64) -> Command {
+        let stderr =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.stderr_path(id)).expect("open stderr log");
+        let mut command = Command::new(RAFTKV);
+        command
+            .args(["node", "--id", &id.to_string(), "--exit-on-stdin-eof", "--config"])
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        command
+    }
+
+    fn spawn(&mut self, id: u64) {
+        assert!(self.children[id as usize - 1].is_none(), "node {id} already running");
+        let child = self.command(id).spawn().expect("spawn raftkv");
+        self.children[id as usize - 1] = Some(child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children[id as usize - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.children[id as usize - 1].as_ref().expect("running").id();
+        let status = Command::new("sh").arg("-c").arg(format!("kill -{signal} {pid}")).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    fn port(&self, id: u64) -> u16 {
+        self.config.node(id).expect("node").client_addr.port()
+    }
+
+    fn peer_port(&self, id: u64) -> u16 {
+        self.config.node(id).expect("node").peer_addr.port()
+    }
+
+    fn conn(&self, id: u64) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port(id)))?;
+        let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(6)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(6)))?;
+        Ok(conn)
+    }
+
+    fn info(&self, id: u64) -> Option<Info> {
+        let mut conn = self.conn(id).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let text: String = redis::cmd("INFO").query(&mut conn).ok()?;
+        Some(text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect())
+    }
+
+    /// Waits until exactly one of `among` leads and all of them agree on it and on the term.
+    fn wait_leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            let infos: Vec<Option<Info>> = among.iter().map(|&id| self.info(id)).collect();
+            if infos.iter().all(Option::is_some) {
+                let infos: Vec<Info> = infos.into_iter().flatten().collect();
+                let leaders: Vec<u64> =
+                    among.iter().zip(&infos).filter(|(_, i)| i["role"] == "leader").map(|(&id, _)| id).collect();
+                let terms: Vec<&String> = infos.iter().map(|i| &i["term"]).collect();
+                if leaders.len() == 1
+                    && infos.iter().all(|i| i["leader_id"] == leaders[0].to_string())
+                    && terms.iter().all(|t| *t == terms[0])
+                {
+                    return leaders[0];
+                }
+                last = infos.iter().map(|i| (i["role"].clone(), i["leader_id"].clone(), i["term"].clone())).collect();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no agreed leader among {among:?} within {timeout:?}; last seen {last:?}");
+    }
+
+    /// `(applied index, digest)` of node `id`'s local state machine.
+    fn digest(&self, id: u64) -> Option<(u64, String)> {
+        let mut conn = self.conn(id).ok()?;
+        redis::cmd("RAFTKV.DIGEST").query(&mut conn).ok()
+    }
+
+    /// Waits until every node in `among` reports the same state digest.
+    fn wait_converged(&self, among: &[u64], timeout: Duration) -> (u64, String) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            let digests: Vec<Option<(u64, String)>> = among.iter().map(|&id| self.digest(id)).collect();
+            if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
+                return digests[0].clone().expect("some");
+            }
+            last = digests;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodes {among:?} did not converge within {timeout:?}: {last:?}");
+    }
+
+    fn set(&self, id: u64, key: &str, value: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn(id)?;
+        redis::cmd("SET").arg(key).arg(value).query(&mut conn)
+    }
+
+    fn get(&self, id: u64, key: &str) -> redis::RedisResult<Option<String>> {
+        let mut conn = self.conn(id)?;
+        redis::cmd("GET").arg(key).query(&mut conn)
+    }
+
+    fn stderr(&self, id: u64) -> String {
+        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+    }
+}
+
+fn segments(wal_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(wal_dir)
+        .expect("read wal dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("wal-")))
+        .collect();
+    files.sort();
+    files
+}
+
+/// (1) Three nodes elect exactly one leader; a SET on any node is read on every node.
+#[test]
+fn elects_one_leader_and_serves_reads_everywhere() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let leaders: Vec<u64> =
+        cluster.ids().into_iter().filter(|&id| cluster.info(id).is_some_and(|i| i["role"] == "leader")).collect();
+    assert_eq!(leaders, vec![leader]);
+    for writer in cluster.ids() {
+        cluster.set(writer, &format!("key-{writer}"), &format!("value-{writer}")).expect("SET");
+        for reader in cluster.ids() {
+            let value = cluster.get(reader, &format!("key-{writer}")).expect("GET");
+            assert_eq!(value.as_deref(), Some(format!("value-{writer}").as_str()), "written on {writer}");
+        }
+    }
+    let info = cluster.info(leader).expect("INFO");
+    for field in ["node_id", "role", "leader_id", "term", "commit_index", "applied_index", "last_log_index"] {
+        assert!(info.contains_key(field), "INFO lacks {field}");
+    }
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(5));
+}
+
+/// Connection-level commands, pipelining and RESP3.
+#[test]
+fn resp_commands_pipelining_and_hello3() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let mut conn = cluster.conn(follower).expect("connect");
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("INCR").arg("counter").cmd("APPEND").arg("log").arg(i.to_string());
+    }
+    pipe.cmd("GET").arg("counter");
+    let replies: Vec<redis::Value> = pipe.query(&mut conn).expect("pipeline");
+    assert_eq!(replies.len(), 101);
+    assert_eq!(replies[98], redis::Value::Int(50));
+    assert_eq!(replies[100], redis::Value::BulkString(b"50".to_vec()));
+    let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
+    assert_eq!(pong, "PONG");
+    let echo: String = redis::cmd("ECHO").arg("hi").query(&mut conn).expect("ECHO");
+    assert_eq!(echo, "hi");
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut conn).expect("SELECT 0");
+    assert!(redis::cmd("SELECT").arg(1).query::<()>(&mut conn).is_err());
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("tester").query(&mut conn).expect("SETNAME");
+    let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut conn).expect("GETNAME");
+    assert_eq!(name, "tester");
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut conn).expect("CLIENT ID");
+    assert!(id > 0);
+    let _: redis::Value = redis::cmd("COMMAND").query(&mut conn).expect("COMMAND");
+
+    // HELLO 3 switches this connection to RESP3: a map reply, and later replies in RESP3 (`_` for nil).
+    let mut raw = TcpStream::connect(("127.0.0.1", cluster.port(follower))).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    raw.write_all(b"HELLO 3\r\nGET missing-key\r\nQUIT\r\n").expect("write");
+    let mut text = Vec::new();
+    raw.read_to_end(&mut text).expect("read until QUIT closes");
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("%7\r\n"), "HELLO 3 reply: {text:?}");
+    assert!(text.ends_with("_\r\n+OK\r\n"), "RESP3 null then QUIT's OK: {text:?}");
+}
+
+/// (2) kill -9 the leader: a new leader serves writes within 2 s, the old node catches up on restart,
+/// no acknowledged write is lost.
+#[test]
+fn leader_crash_fails_over_within_two_seconds() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    for i in 0..20 {
+        cluster.set(1 + i % 3, &format!("k{i}"), &format!("v{i}")).expect("SET before crash");
+    }
+    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    let mut conns: Vec<redis::Connection> = survivors.iter().map(|&id| cluster.conn(id).expect("conn")).collect();
+    cluster.kill(leader);
+    let killed = Instant::now();
+    // The survivors retry internally (same session and sequence) until a new leader takes the write.
+    let mut acked_after = None;
+    for attempt in 0..10 {
+        let conn = &mut conns[attempt % 2];
+        if redis::cmd("SET").arg("after").arg("crash").query::<()>(conn).is_ok() {
+            acked_after = Some(killed.elapsed());
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    let elapsed = acked_after.expect("a write was acknowledged after the crash");
+    assert!(elapsed < Duration::from_secs(2), "failover took {elapsed:?}");
+    eprintln!("failover: first write acknowledged {elapsed:?} after kill -9");
+
+    cluster.spawn(leader);
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    for i in 0..20 {
+        assert_eq!(cluster.get(leader, &format!("k{i}")).expect("GET").as_deref(), Some(format!("v{i}").as_str()));
+    }
+    assert_eq!(cluster.get(leader, "after").expect("GET").as_deref(), Some("crash"));
+}
+
+/// (3) A stopped follower does not stop writes, and catches up when restarted.
+#[test]
+fn follower_restart_catches_up() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let other = cluster.ids().into_iter().find(|&id| id != leader && id != follower).expect("other");
+    cluster.set(follower, "early", "1").expect("SET");
+    cluster.kill(follower);
+    for i in 0..30 {
+        let via = if i % 2 == 0 { leader } else { other };
+        cluster.set(via, &format!("k{i}"), &format!("v{i}")).expect("writes continue with one follower down");
+    }
+    cluster.spawn(follower);
+    let (applied, _) = cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    assert!(applied >= 31, "applied index {applied}");
+    for i in 0..30 {
+        assert_eq!(cluster.get(follower, &format!("k{i}")).expect("GET").as_deref(), Some(format!("v{i}").as_str()));
+    }
+}
+
+/// (4) A leader frozen with SIGSTOP past the election timeout is replaced; after SIGCONT it steps down,
+/// and a write it received while frozen is either acknowledged and everywhere, or not acknowledged.
+#[test]
+fn frozen_leader_steps_down_and_nothing_uncommitted_is_applied() {
+    let cluster = TestCluster::start(3);
+    let old = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    cluster.set(old, "x", "before").expect("SET");
+    let old_term: u64 = cluster.info(old).expect("info")["term"].parse().expect("term");
+
+    let mut frozen_conn = cluster.conn(old).expect("conn");
+    frozen_conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    cluster.signal(old, "STOP");
+    // Sent while the leader is frozen: it is processed (or not) when the process resumes.
+    let result = Arc::new(Mutex::new(None));
+    let writer = {
+        let result = Arc::clone(&result);
+        std::thread::spawn(move || {
+            let r: redis::RedisResult<()> = redis::cmd("SET").arg("x").arg("from-frozen").query(&mut frozen_conn);
+            *result.lock().expect("lock") = Some(r);
+        })
+    };
+
+    let new = cluster.wait_leader(&others, Duration::from_secs(5));
+    assert_ne!(new, old);
+    cluster.set(others[0], "y", "new-leader").expect("SET on the new leader");
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.signal(old, "CONT");
+
+    writer.join().expect("writer thread");
+    let outcome = result.lock().expect("lock").take().expect("writer finished");
+    // The old leader steps down and follows the new term.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = cluster.info(old);
+        if let Some(info) = info {
+            let term: u64 = info["term"].parse().expect("term");
+            if info["role"] != "leader" && term > old_term {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "old leader did not step down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    let values: Vec<Option<String>> = cluster.ids().into_iter().map(|id| cluster.get(id, "x").expect("GET")).collect();
+    match outcome {
+        Ok(()) => assert!(values.iter().all(|v| v.as_deref() == Some("from-frozen")), "{values:?}"),
+        Err(e) => {
+            assert_eq!(e.code(), Some("TRYAGAIN"), "unexpected error {e}");
+            // Not acknowledged: either value is allowed, but every node agrees.
+            assert!(values.iter().all(|v| *v == values[0]), "{values:?}");
+        }
+    }
+    assert_eq!(cluster.get(old, "y").expect("GET").as_deref(), Some("new-leader"));
+}
+
+/// (5) With two of three nodes down, commands fail with -TRYAGAIN within the bound; restarting one
+/// restores service with nothing lost or diverged.
+#[test]
+fn minority_refuses_writes_then_recovers() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    cluster.set(leader, "k1", "before").expect("SET");
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    cluster.kill(followers[0]);
+    cluster.kill(followers[1]);
+    for key in ["k2", "k3"] {
+        let started = Instant::now();
+        let err = cluster.set(leader, key, "during").expect_err("no quorum: must fail");
+        let elapsed = started.elapsed();
+        assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+        assert!(elapsed < Duration::from_millis(2600), "TRYAGAIN after {elapsed:?}");
+    }
+    let err = cluster.get(leader, "k1").expect_err("reads need a quorum too");
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+
+    cluster.spawn(followers[0]);
+    let survivors = [leader, followers[0]];
+    cluster.wait_leader(&survivors, Duration::from_secs(10));
+    cluster.set(followers[0], "k4", "after").expect("service restored");
+    assert_eq!(cluster.get(leader, "k1").expect("GET").as_deref(), Some("before"));
+    assert_eq!(cluster.get(followers[0], "k4").expect("GET").as_deref(), Some("after"));
+    cluster.wait_converged(&survivors, Duration::from_secs(10));
+}
+
+/// (6) kill -9 of every node under write load loses no acknowledged write.
+#[test]
+fn crash_of_all_nodes_under_load_keeps_acknowledged_writes() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = cluster
+        .ids()
+        .into_iter()
+        .flat_map(|id| [(id, 0), (id, 1)])
+        .map(|(id, n)| {
+            let conn = cluster.conn(id).expect("conn");
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut acked = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let key = format!("w{id}-{n}-{i}");
+                    match redis::cmd("SET").arg(&key).arg(i).query::<()>(&mut conn) {
+                        Ok(()) => acked.push((key, i)),
+                        Err(_) => break,
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<(String, u64)> = writers.into_iter().flat_map(|w| w.join().expect("writer")).collect();
+    assert!(acked.len() > 20, "load too small: {} writes", acked.len());
+
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let mut conn = cluster.conn(1).expect("conn");
+    for chunk in acked.chunks(200) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query(&mut conn).expect("MGET");
+        for ((key, expected), value) in chunk.iter().zip(values) {
+            assert_eq!(value, Some(*expected), "acknowledged write {key} lost");
+        }
+    }
+    eprintln!("{} acknowledged writes survived kill -9 of all nodes", acked.len());
+}
+
+/// (7) Garbage on the client and peer ports closes only that connection; a torn WAL tail is recovered;
+/// a corrupt record in the middle of the WAL is refused at startup naming file and offset.
+#[test]
+fn garbage_input_and_wal_damage() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    for i in 0..10 {
+        cluster.set(leader, &format!("k{i}"), "v").expect("SET");
+    }
+
+    // Client port: malformed and oversized requests get a protocol error and a closed connection.
+    for garbage in
+        [&b"*abc\r\n"[..], b"*1\r\n$99999999999\r\n", b"*2\r\n$3\r\nGET\r\n:1\r\n", b"\xff\x00*-\r\n\r\n*x\r\n"]
+    {
+        let mut raw = TcpStream::connect(("127.0.0.1", cluster.port(leader))).expect("connect");
+        raw.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        raw.write_all(garbage).expect("write");
+        let mut reply = Vec::new();
+        raw.read_to_end(&mut reply).expect("connection closed by the server");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.contains("-ERR Protocol error"), "reply to {garbage:?}: {reply:?}");
+    }
+    // Peer port: a bad handshake is refused and the connection closed.
+    let mut raw = TcpStream::connect(("127.0.0.1", cluster.peer_port(leader))).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    raw.write_all(&[0xAB; 200]).expect("write");
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink); // EOF or reset: either way closed
+    cluster.set(leader, "still", "serving").expect("node keeps serving after garbage");
+
+    // Torn tail: half a record at the end of a follower's last segment is cut off on restart.
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    cluster.kill(follower);
+    let wal_dir = cluster.data_dir(follower).join("wal");
+    let last = segments(&wal_dir).pop().expect("a segment");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&last).expect("open segment");
+    // A record header announcing 1000 bytes followed by only a few of them.
+    file.write_all(&[0xE8, 0x03, 0, 0, 1, 2, 3, 4, 3, 9, 9, 9]).expect("append");
+    drop(file);
+    let inspect = Command::new(RAFTKV).arg("inspect").arg("--data-dir").arg(cluster.data_dir(follower)).output();
+    let inspect = inspect.expect("run inspect");
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect prints JSON");
+    assert_eq!(report["health"], "torn_tail", "{report}");
+    cluster.spawn(follower);
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    assert!(cluster.stderr(follower).contains("torn tail"), "{}", cluster.stderr(follower));
+
+    // Corruption in the middle: the node refuses to start, naming file and offset.
+    cluster.kill(follower);
+    let first = segments(&wal_dir).remove(0);
+    let mut bytes = std::fs::read(&first).expect("read segment");
+    bytes[16 + 8] ^= 0x5A; // the kind byte of the first record: its CRC no longer matches
+    std::fs::write(&first, &bytes).expect("write segment");
+    let output = cluster.command(follower).stderr(Stdio::piped()).output().expect("run node");
+    assert!(!output.status.success(), "a corrupt WAL must be refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file_name = first.file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(stderr.contains(file_name) && stderr.contains("offset 16"), "stderr: {stderr}");
+    let inspect = Command::new(RAFTKV).arg("inspect").arg("--data-dir").arg(cluster.data_dir(follower)).output();
+    let inspect = inspect.expect("run inspect");
+    assert!(!inspect.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect prints JSON");
+    assert_eq!(report["health"], "corrupt");
+    assert_eq!(report["corrupt_offset"], 16);
+    // The two healthy nodes still form a majority.
+    cluster.set(leader, "after-corruption", "ok").expect("SET");
+}
+
+/// (8) The same `(session, seq)` forwarded twice is applied once; an older sequence is refused.
+#[test]
+fn duplicated_forwarded_request_applies_once() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let mut conn = cluster.conn(leader).expect("conn");
+    let request = |seq: u64| {
+        KvRequest { session: 0x00AB_CDEF, seq, now_ms: 1, op: KvOp::IncrBy { key: "ctr".into(), delta: 1 } }
+            .encode()
+            .to_vec()
+    };
+    let mut forward = |seq: u64| -> Reply {
+        let bytes: Vec<u8> = redis::cmd("RAFTKV.FORWARD").arg(request(seq)).query(&mut conn).expect("FORWARD");
+        Reply::from_postcard(&bytes).expect("postcard reply")
+    };
+    assert_eq!(forward(1), Reply::Integer(1));
+    assert_eq!(forward(1), Reply::Integer(1), "duplicate answered from the session cache");
+    assert_eq!(forward(2), Reply::Integer(2));
+    assert_eq!(forward(1), Reply::error(STALE_SEQUENCE_ERROR));
+    for id in cluster.ids() {
+        assert_eq!(cluster.get(id, "ctr").expect("GET").as_deref(), Some("2"));
+    }
+    // A follower does not forward a forwarded request again: it asks the sender to retry.
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let mut conn = cluster.conn(follower).expect("conn");
+    let err = redis::cmd("RAFTKV.FORWARD").arg(request(3)).query::<Vec<u8>>(&mut conn).expect_err("not leader");
+    assert_eq!(err.code(), Some("TRYAGAIN"));
+}
