@@ -245,10 +245,10 @@ impl Sim {
         };
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
         let voters: Vec<NodeId> = (1..=n).collect();
+        let template = sim.random_config(voters.clone());
+        sim.note(|| format!("config: {template:?}"));
         for id in 1..=n {
-            let mut config = Config::new(id, voters.clone());
-            config.max_entries_per_msg = 64;
-            config.max_inflight_msgs = 16;
+            let config = Config { id, ..template.clone() };
             let node_seed = sim.rng.r#gen::<u64>();
             let node = Node::new(config.clone(), node_seed).expect("valid config");
             let tick_us = sim.drifted_tick();
@@ -291,6 +291,20 @@ impl Sim {
         }
         sim.push(sim.faults_end_us(), Ev::EndFaults);
         sim
+    }
+
+    /// Protocol settings vary by seed: small batches and windows make old
+    /// entries travel apart from new ones (the Figure 8 shapes), and turning
+    /// PreVote/CheckQuorum off keeps stale leaders around for longer.
+    fn random_config(&mut self, voters: Vec<NodeId>) -> Config {
+        let mut c = Config::new(1, voters);
+        c.pre_vote = self.rng.gen_bool(0.75);
+        c.check_quorum = self.rng.gen_bool(0.75);
+        c.max_entries_per_msg = *[1, 2, 8, 64].choose(&mut self.rng).expect("choice");
+        c.max_inflight_msgs = *[1, 2, 16].choose(&mut self.rng).expect("choice");
+        c.election_ticks = self.rng.gen_range(6..=12);
+        c.heartbeat_ticks = self.rng.gen_range(1..=2);
+        c
     }
 
     fn end_us(&self) -> u64 {
@@ -421,11 +435,17 @@ impl Sim {
         actions.clear();
         let n = self.nodes.get_mut(&id).expect("node");
         let Some(node) = n.node.as_mut() else { return };
+        let commit_before = node.commit_index();
         node.step_into(event, &mut actions);
         let inc = n.inc;
         let node = n.node.as_ref().expect("node");
-        if let Err(v) = self.safety.after_step(id, inc, node, &n.disk, &actions) {
+        let checked = self.safety.after_step(id, inc, node, &n.disk, &actions);
+        let leader_committed = node.role() == Role::Leader && node.commit_index() > commit_before;
+        if let Err(v) = checked {
             self.fail_violation(v);
+        }
+        if leader_committed {
+            self.check_leader_commit(id);
         }
         for a in actions.drain(..) {
             self.execute(id, a);
@@ -489,6 +509,31 @@ impl Sim {
                     self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
                 }
             }
+        }
+    }
+
+    /// The commit rule of Figure 2, checked from outside: a leader advances
+    /// its commit index only to an entry of its own term, and only once that
+    /// entry is durable on a majority (judged by the simulated disks, not by
+    /// what the leader believes).
+    fn check_leader_commit(&mut self, id: NodeId) {
+        let leader = self.nodes[&id].node.as_ref().expect("leader");
+        let (commit, term) = (leader.commit_index(), leader.term());
+        let entry_term = leader.term_at(commit);
+        if entry_term != Some(term) {
+            let detail =
+                format!("leader {id} of term {term} advanced commit to {commit}, an entry of term {entry_term:?}");
+            self.fail("commit rule", detail);
+            return;
+        }
+        let durable = self
+            .nodes
+            .values()
+            .filter(|n| n.disk.durable().entries.get((commit - 1) as usize).is_some_and(|e| e.term == term))
+            .count();
+        if durable < self.nodes.len() / 2 + 1 {
+            let detail = format!("leader {id} committed {commit}/{term} while only {durable} disks hold it");
+            self.fail("commit rule", detail);
         }
     }
 

@@ -1,0 +1,38 @@
+//! Arbitrary event sequences (messages decoded from fuzz bytes) into one
+//! node: it must never panic, and its invariants must hold after every step.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use raft_core::{Action, Bytes, Config, Event, Message, Node};
+
+fuzz_target!(|data: &[u8]| {
+    let mut node = Node::new(Config::new(1, vec![1, 2, 3]), 7).expect("config");
+    let mut last_seq = 0;
+    let mut rest = data;
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let event = match op % 6 {
+            0 => Event::Tick,
+            1 => Event::Propose { data: Bytes::from_static(b"x") },
+            2 => Event::Persisted { seq: last_seq },
+            3 => Event::Campaign,
+            _ => {
+                let Some((&len, tail)) = rest.split_first() else { break };
+                let len = (len as usize).min(tail.len());
+                let (chunk, tail) = tail.split_at(len);
+                rest = tail;
+                let Ok(message) = postcard::from_bytes::<Message>(chunk) else { continue };
+                Event::Message { from: u64::from(op % 4), message }
+            }
+        };
+        let term = node.term();
+        for action in node.step(event) {
+            if let Action::Persist(p) = action {
+                last_seq = p.seq;
+            }
+        }
+        assert!(node.term() >= term);
+        assert!(node.commit_index() <= node.last_index());
+        assert!(node.applied_index() <= node.persisted_index());
+    }
+});

@@ -1,0 +1,34 @@
+# Shortcuts over plain cargo. Every recipe is one cargo command you can run by hand.
+
+# Run the whole test suite (what CI runs after fmt and clippy).
+test:
+    cargo test --workspace
+
+# Sweep simulated seeds: `just sim 0..100000 chaos`.
+sim seeds="0..10000" profile="":
+    cargo run --release -p raft-sim -- run --seeds {{seeds}} {{ if profile != "" { "--profile " + profile } else { "" } }}
+
+# Replay one seed with a per-event trace.
+replay seed profile nodes="3":
+    cargo run --release -p raft-sim -- replay --seed {{seed}} --profile {{profile}} --nodes {{nodes}} --trace
+
+# Simulator and server benchmarks (see docs/benchmarks.md).
+bench:
+    cargo run --release -p raft-sim -- run --seeds 0..2000 --profile chaos --nodes 3 --jobs 1
+    cargo run --release -p raft-sim --example core_bench -- 1000000 128 64
+
+# Fuzz one target (needs nightly and cargo-fuzz): `just fuzz step`.
+fuzz target="step":
+    cd fuzz && cargo +nightly fuzz run {{target}}
+
+# A local 3-node raftkv cluster on ports 6379-6381.
+cluster nodes="3":
+    cargo run --release -p raft-driver-std --bin raftkv -- cluster --nodes {{nodes}}
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Everything CI does.
+all: lint test
