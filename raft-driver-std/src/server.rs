@@ -314,9 +314,11 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Resu
 impl Conn<'_> {
     fn dispatch(&mut self, args: &[Bytes], out: &mut BytesMut) -> Next {
         let mut next = Next::Continue;
-        let reply = if args[0].eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
+        // The parser never yields an empty request; an empty name matches nothing below anyway.
+        let name = args.first().map_or(&b""[..], |n| &n[..]);
+        let reply = if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
             self.forwarded(&args[1..])
-        } else if args[0].eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
+        } else if name.eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
             self.digest()
         } else {
             match kv::parse_command(args) {

@@ -571,3 +571,71 @@ fn duplicated_forwarded_request_applies_once() {
     let err = redis::cmd("RAFTKV.FORWARD").arg(request(3)).query::<Vec<u8>>(&mut conn).expect_err("not leader");
     assert_eq!(err.code(), Some("TRYAGAIN"));
 }
+
+/// The zero-configuration demo: `raftkv cluster` starts the nodes, reports a leader, serves clients,
+/// and stops every node on SIGINT.
+#[test]
+fn cluster_subcommand_runs_and_stops_on_sigint() {
+    use std::io::BufRead;
+    // Client ports base..base+3 and peer ports base+1000..base+1003 must all be free.
+    let base = (0..100)
+        .map(|_| free_ports(3)[0])
+        .find(|&b| (b + 1000..b + 1003).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .expect("free ports");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut parent = Command::new(RAFTKV)
+        .args(["cluster", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cluster");
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = parent.stdout.take().expect("stdout");
+    let mut parent = KillOnDrop(parent);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("redis-cli")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("cluster did not report readiness: {lines:?}"),
+        }
+    }
+    assert_eq!(lines.iter().filter(|l| l.ends_with(": leader")).count(), 1, "{lines:?}");
+    assert!(dir.path().join("cluster.toml").exists());
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", base + 2)).expect("client");
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _: () = redis::cmd("SET").arg("demo").arg("1").query(&mut conn).expect("SET");
+
+    let pid = parent.0.id();
+    let status = Command::new("sh").arg("-c").arg(format!("kill -INT {pid}")).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while parent.0.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "cluster did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every node is gone: its client port refuses connections.
+    for port in base..base + 3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "node on port {port} still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
