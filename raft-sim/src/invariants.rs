@@ -55,6 +55,8 @@ pub struct Safety {
     /// Committed entries by index - 1: (term, fingerprint).
     committed: Vec<(Term, u64)>,
     nodes: BTreeMap<NodeId, NodeWatch>,
+    /// Each node's log, as terms by index - 1, mirrored from its writes.
+    shadow: BTreeMap<NodeId, Vec<Term>>,
 }
 
 impl Safety {
@@ -84,7 +86,14 @@ impl Safety {
     ) -> Result<(), Violation> {
         for a in actions {
             match a {
-                Action::Persist(p) => self.check_new_entries(id, node, &p.entries)?,
+                Action::Persist(p) => {
+                    if let Some(from) = p.truncate_from {
+                        self.check_truncation(id, from)?;
+                    }
+                    let shadow = self.shadow.entry(id).or_default();
+                    shadow.extend(p.entries.iter().map(|e| e.term));
+                    self.check_new_entries(id, node, &p.entries)?
+                }
                 Action::Send { to, message } => self.check_send(id, *to, message, disk)?,
                 Action::Apply { entries } => self.check_apply(id, entries)?,
                 Action::RoleChanged { role: Role::Leader, term, .. } => self.check_new_leader(id, *term, node)?,
@@ -92,6 +101,32 @@ impl Safety {
             }
         }
         self.check_progress(id, incarnation, node)
+    }
+
+    /// No node ever removes a committed entry it holds (a follower may drop
+    /// its own divergent entries at committed indexes, never the committed
+    /// ones themselves).
+    fn check_truncation(&mut self, id: NodeId, from: Index) -> Result<(), Violation> {
+        let shadow = self.shadow.entry(id).or_default();
+        let keep = (from - 1) as usize;
+        for (pos, &term) in shadow.iter().enumerate().skip(keep) {
+            if let Some(&(t, _)) = self.committed.get(pos) {
+                if t == term {
+                    let index = pos + 1;
+                    return violation(
+                        "committed entry truncated",
+                        format!("node {id} truncates from {from}, removing committed entry {index}/{term}"),
+                    );
+                }
+            }
+        }
+        shadow.truncate(keep);
+        Ok(())
+    }
+
+    /// A restarted node's log is what its disk held.
+    pub fn on_restart(&mut self, id: NodeId, durable: &[Entry]) {
+        self.shadow.insert(id, durable.iter().map(|e| e.term).collect());
     }
 
     /// Log matching: an (index, term) pair names one entry everywhere, with

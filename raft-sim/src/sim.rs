@@ -846,6 +846,7 @@ impl Sim {
         let seed = self.rng.r#gen::<u64>();
         let tick_us = self.drifted_tick();
         let n = self.nodes.get_mut(&id).expect("node");
+        self.safety.on_restart(id, &n.disk.durable().entries);
         match Node::restore(n.config.clone(), n.disk.durable().clone(), seed) {
             Ok(node) => n.node = Some(node),
             Err(e) => {

@@ -29,10 +29,12 @@ fn assert_clean(spec: &SweepSpec) -> u64 {
     summary.seeds
 }
 
-/// 10,000 seeds, every profile, 3- and 5-node clusters.
+/// 10,000 seeds, every profile, 3- and 5-node clusters. `RAFT_SIM_SEEDS`
+/// overrides the count (e.g. for mutation testing, where speed matters more).
 #[test]
 fn ten_thousand_seeds_all_profiles() {
-    let spec = SweepSpec { from: 0, to: 10_000, profile: None, nodes: None, ticks: None, jobs: jobs() };
+    let seeds = std::env::var("RAFT_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let spec = SweepSpec { from: 0, to: seeds, profile: None, nodes: None, ticks: None, jobs: jobs() };
     assert_clean(&spec);
 }
 
