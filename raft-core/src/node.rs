@@ -305,9 +305,13 @@ impl Node {
     }
 
     /// Appends entries to the log and to this step's write.
-    pub(crate) fn append_to_log(&mut self, entries: &[Entry]) {
-        self.log.append(entries);
-        self.pending_write.entries.extend_from_slice(entries);
+    pub(crate) fn append_to_log(&mut self, entries: Vec<Entry>) {
+        self.log.append(&entries);
+        if self.pending_write.entries.is_empty() {
+            self.pending_write.entries = entries;
+        } else {
+            self.pending_write.entries.extend(entries);
+        }
     }
 
     pub(crate) fn push_to_log(&mut self, entry: Entry) {

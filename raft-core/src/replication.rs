@@ -203,7 +203,7 @@ impl Node {
     // ----- follower side -----------------------------------------------
 
     /// AppendEntries receiver (Figure 2).
-    pub(crate) fn append_entries(&mut self, from: NodeId, req: AppendEntries) {
+    pub(crate) fn append_entries(&mut self, from: NodeId, mut req: AppendEntries) {
         if self.role == Role::Leader {
             // Two leaders in one term is impossible for correct peers.
             self.stats.dropped_malformed += 1;
@@ -240,7 +240,7 @@ impl Node {
             break;
         }
         if new_from < req.entries.len() {
-            self.append_to_log(&req.entries[new_from..]);
+            self.append_to_log(req.entries.split_off(new_from));
         }
         self.matched_index = self.matched_index.max(last_new);
         self.leader_commit = self.leader_commit.max(req.leader_commit);
