@@ -220,6 +220,7 @@ impl Node {
             return;
         }
         let last_new = req.prev_log_index + req.entries.len() as Index;
+        let heartbeat = req.entries.is_empty();
         // Skip entries we already have; truncate at the first conflict.
         let mut new_from = req.entries.len();
         for (k, e) in req.entries.iter().enumerate() {
@@ -245,7 +246,7 @@ impl Node {
         self.matched_index = self.matched_index.max(last_new);
         self.leader_commit = self.leader_commit.max(req.leader_commit);
         self.advance_follower_commit();
-        if req.entries.is_empty() {
+        if heartbeat {
             // Heartbeats are always answered: the leader's CheckQuorum and
             // flow control depend on it.
             self.send_ack(true);
