@@ -9,7 +9,8 @@
 //! # Exactly-once writes across leader changes
 //!
 //! Each connection is a client *session* with an id unique across nodes and restarts (see
-//! [`SessionIds`]) and a sequence number incremented per command. A command is retried with the same
+//! [`SessionIds`]) and a sequence number incremented per command (read-only commands carry no session:
+//! running them twice is harmless). A command is retried with the same
 //! `(session, seq)` until it succeeds or the retry bound (default 2 s) passes, whichever node ends up
 //! leading; the store applies each `(session, seq)` once and answers retries from its reply cache. The
 //! store caches only the last reply per session, which is why a connection keeps at most one command in
@@ -364,9 +365,21 @@ impl Conn<'_> {
     }
 
     /// A data command from this connection's client: next sequence number, then through the log.
+    ///
+    /// Read-only commands go without a session: applying a read twice is harmless, and the store then
+    /// does not cache (possibly large) read replies in the session table.
     fn replicate(&mut self, op: KvOp) -> Reply {
-        self.seq += 1;
-        let mut request = KvRequest { session: self.session, seq: self.seq, now_ms: 0, op };
+        let read_only = matches!(
+            op,
+            KvOp::Get { .. } | KvOp::Exists { .. } | KvOp::Strlen { .. } | KvOp::MGet { .. } | KvOp::DbSize
+        );
+        let (session, seq) = if read_only {
+            (0, 0)
+        } else {
+            self.seq += 1;
+            (self.session, self.seq)
+        };
+        let mut request = KvRequest { session, seq, now_ms: 0, op };
         execute(self.shared, &mut self.forwarder, &mut request)
     }
 
