@@ -123,7 +123,7 @@ pub enum Action {
         /// applied index.
         entries: Vec<Entry>,
     },
-    /// The proposal was appended at `index` (the last one, for a batch).
+    /// The proposal was appended at `first_index..=last_index`.
     Proposed {
         /// Index of the first entry of the proposal.
         first_index: Index,

@@ -255,11 +255,18 @@ impl Node {
             self.matched_index = 0;
             self.acked_index = 0;
         }
+        // Figure 2: the timer restarts on hearing from a leader (or granting
+        // a vote, see `request_vote`), and when leaving candidacy or
+        // leadership. A follower that merely learns a newer term from a vote
+        // request it refuses keeps counting: otherwise a candidate with a
+        // stale log could keep the up-to-date nodes from ever timing out.
+        if self.role != Role::Follower || leader.is_some() {
+            self.reset_election_timer();
+        }
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
-        self.reset_election_timer();
     }
 
     pub(crate) fn reset_election_timer(&mut self) {

@@ -216,6 +216,8 @@ pub struct Sim {
     elections: u64,
     /// The client command being proposed in the current step.
     proposing: Option<Command>,
+    /// Some node was leader at some point after the faults stopped.
+    leader_since_heal: bool,
 }
 
 impl Sim {
@@ -241,6 +243,7 @@ impl Sim {
             max_acked_index: 0,
             elections: 0,
             proposing: None,
+            leader_since_heal: false,
             cfg,
         };
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
@@ -416,6 +419,7 @@ impl Sim {
             }
             Ev::EndFaults => {
                 self.faults_active = false;
+                self.leader_since_heal = self.current_leader().is_some();
                 self.note(|| "faults end: heal and restart everything".into());
                 self.apply_fault(Fault::Heal);
                 let down: Vec<NodeId> =
@@ -490,6 +494,7 @@ impl Sim {
             Action::RoleChanged { role, .. } => {
                 if role == Role::Leader {
                     self.elections += 1;
+                    self.leader_since_heal |= !self.faults_active;
                 } else {
                     // Proposals in flight may never commit; clients retry.
                     self.nodes.get_mut(&id).expect("node").waiting.clear();
@@ -865,14 +870,11 @@ impl Sim {
     /// After the faults heal: a leader exists, every node applied every
     /// acknowledged write, and all state machines agree.
     fn check_liveness(&mut self) {
-        let leaders: Vec<(Term, NodeId)> = self
-            .nodes
-            .iter()
-            .filter_map(|(id, n)| n.node.as_ref().filter(|x| x.role() == Role::Leader).map(|x| (x.term(), *id)))
-            .collect();
-        let max_term = self.nodes.values().filter_map(|n| n.node.as_ref().map(|x| x.term())).max().unwrap_or(0);
-        if !leaders.iter().any(|&(t, _)| t == max_term) {
-            self.fail("liveness", format!("no leader of the latest term {max_term} after faults healed"));
+        // Message loss goes on after the heal (it is part of the profile), so
+        // an election may be under way at the very end; what must hold is
+        // that a leader emerged once the partitions and crashes stopped.
+        if !self.leader_since_heal {
+            self.fail("liveness", "no leader emerged after the faults healed".to_string());
             return;
         }
         for (id, n) in &self.nodes {
