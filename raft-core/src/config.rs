@@ -26,6 +26,9 @@ pub struct Config {
     /// Most AppendEntries messages in flight to one follower while it is
     /// being replicated to optimistically (pipelining window).
     pub max_inflight_msgs: usize,
+    /// Largest single command accepted by `Propose`. An entry is always sent
+    /// whole, so this (plus headers) must fit the transport's frame limit.
+    pub max_entry_bytes: usize,
     /// Most entries the leader holds uncommitted before refusing proposals
     /// with [`crate::ProposeError::Backpressure`].
     pub max_uncommitted_entries: usize,
@@ -49,6 +52,7 @@ impl Config {
             max_entries_per_msg: 4096,
             max_bytes_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_entry_bytes: 16 << 20,
             max_uncommitted_entries: 1 << 20,
             pre_vote: true,
             check_quorum: true,
@@ -81,7 +85,7 @@ impl Config {
         if self.max_entries_per_msg == 0 || self.max_bytes_per_msg == 0 || self.max_inflight_msgs == 0 {
             return Err(ConfigError::ZeroLimit);
         }
-        if self.max_uncommitted_entries == 0 {
+        if self.max_uncommitted_entries == 0 || self.max_entry_bytes == 0 {
             return Err(ConfigError::ZeroLimit);
         }
         Ok(self)

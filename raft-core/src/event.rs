@@ -92,6 +92,14 @@ pub enum ProposeError {
     },
     /// The leader's unapplied log is over its configured limit; retry later.
     Backpressure,
+    /// One command is larger than `Config::max_entry_bytes`; it would never
+    /// fit a message to the followers. Nothing was appended.
+    EntryTooLarge {
+        /// The command's size in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -100,6 +108,9 @@ impl fmt::Display for ProposeError {
             ProposeError::NotLeader { leader: Some(id) } => write!(f, "not the leader; try node {id}"),
             ProposeError::NotLeader { leader: None } => f.write_str("not the leader; no leader known"),
             ProposeError::Backpressure => f.write_str("too many uncommitted entries; retry later"),
+            ProposeError::EntryTooLarge { size, max } => {
+                write!(f, "entry of {size} bytes exceeds the {max}-byte limit")
+            }
         }
     }
 }

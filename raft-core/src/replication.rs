@@ -15,7 +15,12 @@ impl Node {
     // ----- leader side -------------------------------------------------
 
     /// Appends client commands to the leader's log and starts replicating.
-    pub(crate) fn propose_batch(&mut self, data: impl Iterator<Item = Bytes>) {
+    pub(crate) fn propose_batch(&mut self, data: impl Iterator<Item = Bytes> + Clone) {
+        let max = self.config.max_entry_bytes;
+        if let Some(size) = data.clone().map(|d| d.len()).find(|&len| len > max) {
+            self.out.push(Action::ProposeRejected { error: ProposeError::EntryTooLarge { size, max } });
+            return;
+        }
         if self.role != Role::Leader {
             let error = ProposeError::NotLeader { leader: self.leader };
             self.out.push(Action::ProposeRejected { error });

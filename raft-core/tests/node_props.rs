@@ -226,3 +226,26 @@ fn corrupt_persisted_state_is_rejected() {
         raft_core::PersistedState { hard_state: raft_core::HardState { term: 1, vote: None }, entries: vec![e(1, 2)] };
     assert!(Node::restore(Config::new(1, vec![1, 2, 3]), future, 1).is_err());
 }
+
+/// A command larger than `max_entry_bytes` is refused before anything is
+/// appended (it could never be sent to a follower).
+#[test]
+fn oversized_proposal_is_refused() {
+    let mut config = Config::new(1, vec![1]);
+    config.max_entry_bytes = 8;
+    let mut node = Node::new(config, 1).expect("config");
+    node.step(Event::Campaign);
+    for _ in 0..3 {
+        node.step(Event::Persisted { seq: 1 });
+    }
+    assert_eq!(node.role(), raft_core::Role::Leader);
+    let last = node.last_index();
+    let actions = node.step(Event::Propose { data: Bytes::from(vec![0u8; 9]) });
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::ProposeRejected { error: raft_core::ProposeError::EntryTooLarge { size: 9, max: 8 } }
+    )));
+    assert_eq!(node.last_index(), last);
+    let actions = node.step(Event::Propose { data: Bytes::from(vec![0u8; 8]) });
+    assert!(actions.iter().any(|a| matches!(a, Action::Proposed { .. })));
+}

@@ -154,15 +154,22 @@ pub enum ProposalError {
     LeadershipLost,
     /// No result within the caller's timeout; the entry may still commit.
     Timeout,
+    /// The command exceeds the configured entry size limit. Nothing was appended.
+    TooLarge {
+        /// The command's size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The node has stopped.
     Stopped,
 }
 
 impl ProposalError {
-    /// Whether retrying (with the same session and sequence number) can succeed. Only a stopped node is
-    /// final.
+    /// Whether retrying (with the same session and sequence number) can succeed. A stopped node or
+    /// an oversized command is final.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ProposalError::Stopped)
+        !matches!(self, ProposalError::Stopped | ProposalError::TooLarge { .. })
     }
 }
 
@@ -174,6 +181,7 @@ impl fmt::Display for ProposalError {
             ProposalError::Backpressure => f.write_str("too many uncommitted entries"),
             ProposalError::LeadershipLost => f.write_str("leadership lost before the entry was applied"),
             ProposalError::Timeout => f.write_str("timed out waiting for the entry to be applied"),
+            ProposalError::TooLarge { size, max } => write!(f, "command of {size} bytes exceeds the {max}-byte limit"),
             ProposalError::Stopped => f.write_str("node stopped"),
         }
     }
@@ -621,6 +629,7 @@ impl<S: StateMachine> Driver<S> {
                     let error = match error {
                         raft_core::ProposeError::NotLeader { leader } => ProposalError::NotLeader { leader },
                         raft_core::ProposeError::Backpressure => ProposalError::Backpressure,
+                        raft_core::ProposeError::EntryTooLarge { size, max } => ProposalError::TooLarge { size, max },
                     };
                     for reply in self.proposing.drain(..) {
                         let _ = reply.send(Err(error.clone()));

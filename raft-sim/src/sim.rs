@@ -509,7 +509,7 @@ impl Sim {
                 if let Some(cmd) = self.proposing {
                     let hint = match error {
                         ProposeError::NotLeader { leader } => leader,
-                        ProposeError::Backpressure => Some(id),
+                        ProposeError::Backpressure | ProposeError::EntryTooLarge { .. } => Some(id),
                     };
                     self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
                 }
