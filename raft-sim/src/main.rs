@@ -178,8 +178,16 @@ fn print_run(cfg: &SimConfig, r: &RunReport) {
     );
     let Some(f) = &r.failure else {
         println!(
-            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed",
-            cfg.seed, cfg.nodes, cfg.profile.name, r.events, r.ops, r.completed_ops, r.elections, r.committed
+            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed, {} duplicate applications suppressed",
+            cfg.seed,
+            cfg.nodes,
+            cfg.profile.name,
+            r.events,
+            r.ops,
+            r.completed_ops,
+            r.elections,
+            r.committed,
+            r.duplicates_suppressed
         );
         return;
     };

@@ -126,6 +126,9 @@ pub struct RunReport {
     pub elections: u64,
     /// Entries committed by the end.
     pub committed: Index,
+    /// Applications of a command that had already taken effect (retries
+    /// that reached the log twice), answered from the session instead.
+    pub duplicates_suppressed: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +184,9 @@ struct SimNode {
     sm: KvMachine,
     /// index -> (client, seq, term) of proposals this node made as leader.
     waiting: BTreeMap<Index, (u64, u64, Term)>,
+    /// (client, seq) of every command that took effect on this node's
+    /// state machine since it (re)started: the exactly-once check.
+    took_effect: BTreeSet<(u64, u64)>,
 }
 
 struct Client {
@@ -218,6 +224,9 @@ pub struct Sim {
     proposing: Option<Command>,
     /// Some node was leader at some point after the faults stopped.
     leader_since_heal: bool,
+    /// Log entries whose command had already taken effect (a retry that
+    /// reached the log twice), suppressed by the client session.
+    duplicates_suppressed: u64,
 }
 
 impl Sim {
@@ -244,6 +253,7 @@ impl Sim {
             elections: 0,
             proposing: None,
             leader_since_heal: false,
+            duplicates_suppressed: 0,
             cfg,
         };
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
@@ -266,6 +276,7 @@ impl Sim {
                     sync_pending: false,
                     sm: KvMachine::default(),
                     waiting: BTreeMap::new(),
+                    took_effect: BTreeSet::new(),
                 },
             );
             let first = sim.rng.gen_range(0..tick_us);
@@ -392,6 +403,7 @@ impl Sim {
             trace: self.trace,
             elections: self.elections,
             committed: self.safety.committed_len(),
+            duplicates_suppressed: self.duplicates_suppressed,
         }
     }
 
@@ -481,7 +493,17 @@ impl Sim {
                         continue;
                     };
                     let n = self.nodes.get_mut(&id).expect("node");
+                    let effects_before = n.sm.effects;
                     let result = n.sm.apply(&cmd);
+                    if n.sm.effects > effects_before {
+                        if !n.took_effect.insert((cmd.client, cmd.seq)) {
+                            let detail = format!("node {id} applied client {} seq {} twice", cmd.client, cmd.seq);
+                            self.fail("exactly-once", detail);
+                        }
+                    } else {
+                        self.duplicates_suppressed += 1;
+                    }
+                    let n = self.nodes.get_mut(&id).expect("node");
                     let waiter = n.waiting.remove(&e.index);
                     if let (Some(result), Some((client, seq, term))) = (result, waiter) {
                         if term == e.term && client == cmd.client && seq == cmd.seq {
@@ -860,6 +882,7 @@ impl Sim {
             }
         }
         n.sm = KvMachine::default();
+        n.took_effect.clear();
         n.tick_us = tick_us;
         let inc = n.inc;
         self.push(self.now + tick_us, Ev::Tick { node: id, inc });
