@@ -17,6 +17,21 @@ struct Cli {
     command: Command,
 }
 
+/// The knobs that decide what one seed's run looks like. A replay must
+/// repeat exactly those of the failing run.
+#[derive(clap::Args, Clone)]
+struct RunShape {
+    /// Cluster size (default: 3 or 5, by seed).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Fault profile: calm, lossy, partitions, crashes, chaos (default: by seed).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Run length in ticks (default 300).
+    #[arg(long)]
+    ticks: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a range of seeds and summarise them.
@@ -24,15 +39,8 @@ enum Command {
         /// Seeds as A..B (B exclusive).
         #[arg(long, default_value = "0..1000")]
         seeds: String,
-        /// Cluster size (default: 3 or 5, by seed).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Fault profile: calm, lossy, partitions, crashes, chaos (default: by seed).
-        #[arg(long)]
-        profile: Option<String>,
-        /// Run length in ticks (default 300).
-        #[arg(long)]
-        ticks: Option<u64>,
+        #[command(flatten)]
+        shape: RunShape,
         /// Worker threads (default: all cores).
         #[arg(long)]
         jobs: Option<usize>,
@@ -42,15 +50,8 @@ enum Command {
         /// The seed.
         #[arg(long)]
         seed: u64,
-        /// Cluster size (must match the failing run).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Fault profile (must match the failing run).
-        #[arg(long)]
-        profile: Option<String>,
-        /// Run length in ticks (must match the failing run).
-        #[arg(long)]
-        ticks: Option<u64>,
+        #[command(flatten)]
+        shape: RunShape,
         /// Print every event.
         #[arg(long)]
         trace: bool,
@@ -66,23 +67,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Run { seeds, nodes, profile, ticks, jobs } => {
+    let cli = Cli::parse();
+    let profile = match &cli.command {
+        Command::Run { shape, .. } | Command::Replay { shape, .. } => shape.profile.as_deref(),
+        Command::Scenario { .. } => None,
+    };
+    if let Some(p) = profile.filter(|p| Profile::named(p).is_none()) {
+        eprintln!("unknown profile {p:?}; one of {:?}", Profile::NAMES);
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Run { seeds, shape: RunShape { nodes, profile, ticks }, jobs } => {
             let Some((from, to)) = parse_range(&seeds) else {
                 eprintln!("--seeds must look like A..B");
                 return ExitCode::from(2);
             };
-            if let Some(p) = &profile {
-                if Profile::named(p).is_none() {
-                    eprintln!("unknown profile {p:?}; one of {:?}", Profile::NAMES);
-                    return ExitCode::from(2);
-                }
-            }
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let spec = SweepSpec { from, to, profile, nodes, ticks, jobs };
             run_sweep(&spec)
         }
-        Command::Replay { seed, nodes, profile, ticks, trace, history } => {
+        Command::Replay { seed, shape: RunShape { nodes, profile, ticks }, trace, history } => {
             let spec = SweepSpec { from: seed, to: seed + 1, profile, nodes, ticks, jobs: 1 };
             let mut cfg = spec.config(seed);
             cfg.trace = trace;
