@@ -224,6 +224,8 @@ pub struct Sim {
     proposing: Option<Command>,
     /// Some node was leader at some point after the faults stopped.
     leader_since_heal: bool,
+    /// Seeds the per-link latency factors.
+    link_salt: u64,
     /// Log entries whose command had already taken effect (a retry that
     /// reached the log twice), suppressed by the client session.
     duplicates_suppressed: u64,
@@ -254,8 +256,10 @@ impl Sim {
             proposing: None,
             leader_since_heal: false,
             duplicates_suppressed: 0,
+            link_salt: 0,
             cfg,
         };
+        sim.link_salt = sim.rng.r#gen::<u64>();
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
         let voters: Vec<NodeId> = (1..=n).collect();
         let template = sim.random_config(voters.clone());
@@ -608,13 +612,26 @@ impl Sim {
             return;
         }
         let copies = if dup > 0.0 && self.rng.gen_bool(dup) { 2 } else { 1 };
+        let link_factor = self.link_factor(from, to);
         for _ in 0..copies {
-            let mut latency = self.rng.gen_range(lo..=hi);
+            let mut latency = (self.rng.gen_range(lo..=hi) as f64 * link_factor) as u64;
             if delay_p > 0.0 && self.rng.gen_bool(delay_p) {
                 latency += self.rng.gen_range(0..=slow);
             }
             self.push(self.now + latency, Ev::Deliver { from, to, msg: msg.clone() });
         }
+    }
+
+    /// Each directed link has its own speed for the whole run (0.5x to 2x
+    /// the profile's latency), so some paths are consistently slower, as in
+    /// a real network; derived from the seed, not drawn per message.
+    fn link_factor(&self, from: u64, to: u64) -> f64 {
+        let mut x = self.link_salt ^ from.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ to.rotate_left(32);
+        // splitmix64 finaliser: a well-mixed, deterministic hash.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        0.5 + 1.5 * (x as f64 / u64::MAX as f64)
     }
 
     fn deliver(&mut self, from: u64, to: u64, msg: NetMsg) {
