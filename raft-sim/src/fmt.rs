@@ -71,6 +71,22 @@ pub fn message(m: &Message) -> String {
     }
 }
 
+/// A message's kind in one word (`Heartbeat` is an AppendEntries with no
+/// entries): the vocabulary of `expect-count` and of the SVG timeline.
+pub fn kind(m: &Message) -> &'static str {
+    use raft_core::{AppendEntriesResponse as R, MessageBody as B};
+    match &m.body {
+        B::RequestVote(r) if r.pre_vote => "PreVote",
+        B::RequestVote(_) => "RequestVote",
+        B::RequestVoteResponse(r) if r.granted => "VoteGranted",
+        B::RequestVoteResponse(_) => "VoteRejected",
+        B::AppendEntries(a) if a.entries.is_empty() => "Heartbeat",
+        B::AppendEntries(_) => "AppendEntries",
+        B::AppendEntriesResponse(R::Success { .. }) => "AppendOk",
+        B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
+    }
+}
+
 /// One persist request.
 pub fn persist(p: &Persist) -> String {
     let mut s = format!("persist #{}", p.seq);

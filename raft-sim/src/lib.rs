@@ -11,4 +11,5 @@ pub mod profile;
 pub mod scenario;
 pub mod sim;
 pub mod sweep;
+pub mod timeline;
 pub mod workload;

@@ -58,6 +58,13 @@ enum Command {
         /// Write the client history as JSON to this file.
         #[arg(long)]
         history: Option<String>,
+        /// Write an SVG timeline (lanes per node, an arrow per message) to this file.
+        #[arg(long)]
+        svg: Option<String>,
+        /// The timeline's window in virtual microseconds, A..B (default: the
+        /// 300 ms before a failure, else the first 300 ms).
+        #[arg(long)]
+        window: Option<String>,
     },
     /// Run a scenario script and print its trace.
     Scenario {
@@ -86,11 +93,29 @@ fn main() -> ExitCode {
             let spec = SweepSpec { from, to, profile, nodes, ticks, jobs };
             run_sweep(&spec)
         }
-        Command::Replay { seed, shape: RunShape { nodes, profile, ticks }, trace, history } => {
+        Command::Replay { seed, shape: RunShape { nodes, profile, ticks }, trace, history, svg, window } => {
             let spec = SweepSpec { from: seed, to: seed + 1, profile, nodes, ticks, jobs: 1 };
             let mut cfg = spec.config(seed);
             cfg.trace = trace;
+            cfg.timeline = svg.is_some();
             let report = run(cfg.clone());
+            if let Some(path) = svg {
+                let (from, to) = match window.as_deref().map(parse_range) {
+                    Some(Some(w)) => w,
+                    Some(None) => {
+                        eprintln!("--window must look like A..B");
+                        return ExitCode::from(2);
+                    }
+                    None => {
+                        report.failure.as_ref().map_or((0, 300_000), |f| (f.time_us.saturating_sub(300_000), f.time_us))
+                    }
+                };
+                let picture = raft_sim::timeline::svg(&report.timeline, cfg.nodes as u64, from, to);
+                if let Err(e) = std::fs::write(&path, picture) {
+                    eprintln!("cannot write {path}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             if trace {
                 for line in &report.trace {
                     println!("{line}");

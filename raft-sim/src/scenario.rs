@@ -98,20 +98,6 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("bad {what}: {s:?}"))
 }
 
-fn kind_of(m: &Message) -> &'static str {
-    use raft_core::{AppendEntriesResponse as R, MessageBody as B};
-    match &m.body {
-        B::RequestVote(r) if r.pre_vote => "PreVote",
-        B::RequestVote(_) => "RequestVote",
-        B::RequestVoteResponse(r) if r.granted => "VoteGranted",
-        B::RequestVoteResponse(_) => "VoteRejected",
-        B::AppendEntries(a) if a.entries.is_empty() => "Heartbeat",
-        B::AppendEntries(_) => "AppendEntries",
-        B::AppendEntriesResponse(R::Success { .. }) => "AppendOk",
-        B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
-    }
-}
-
 impl Scenario {
     fn command(&mut self, line: &str) -> Result<(), String> {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -238,7 +224,7 @@ impl Scenario {
             let _ = writeln!(self.trace, "{}", tfmt::action(id, &a));
             match a {
                 Action::Send { to, message } => {
-                    *self.counts.entry(kind_of(&message)).or_default() += 1;
+                    *self.counts.entry(tfmt::kind(&message)).or_default() += 1;
                     if self.cut.contains(&(id, to)) {
                         let _ = writeln!(self.trace, "  (lost: link {id}->{to} is cut)");
                     } else {

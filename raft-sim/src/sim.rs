@@ -42,6 +42,8 @@ pub struct SimConfig {
     pub schedule: Option<Vec<ScheduledFault>>,
     /// Record a human-readable line per event.
     pub trace: bool,
+    /// Record messages, roles and faults for an SVG timeline.
+    pub timeline: bool,
 }
 
 impl SimConfig {
@@ -58,6 +60,7 @@ impl SimConfig {
             keys: 3,
             schedule: None,
             trace: false,
+            timeline: false,
         }
     }
 }
@@ -122,6 +125,8 @@ pub struct RunReport {
     pub history: Vec<Operation>,
     /// Per-event trace lines (only with `trace`).
     pub trace: Vec<String>,
+    /// Timeline marks (only with `timeline`).
+    pub timeline: Vec<crate::timeline::Mark>,
     /// Elections won during the run.
     pub elections: u64,
     /// Entries committed by the end.
@@ -226,6 +231,7 @@ pub struct Sim {
     leader_since_heal: bool,
     /// Seeds the per-link latency factors.
     link_salt: u64,
+    timeline: Vec<crate::timeline::Mark>,
     /// Log entries whose command had already taken effect (a retry that
     /// reached the log twice), suppressed by the client session.
     duplicates_suppressed: u64,
@@ -257,6 +263,7 @@ impl Sim {
             leader_since_heal: false,
             duplicates_suppressed: 0,
             link_salt: 0,
+            timeline: Vec::new(),
             cfg,
         };
         sim.link_salt = sim.rng.r#gen::<u64>();
@@ -405,6 +412,7 @@ impl Sim {
             failure: self.failure,
             history: self.history,
             trace: self.trace,
+            timeline: self.timeline,
             elections: self.elections,
             committed: self.safety.committed_len(),
             duplicates_suppressed: self.duplicates_suppressed,
@@ -517,7 +525,10 @@ impl Sim {
                     }
                 }
             }
-            Action::RoleChanged { role, .. } => {
+            Action::RoleChanged { role, term, .. } => {
+                if self.cfg.timeline {
+                    self.timeline.push(crate::timeline::Mark::Role { node: id, at_us: self.now, role, term });
+                }
                 if role == Role::Leader {
                     self.elections += 1;
                     self.leader_since_heal |= !self.faults_active;
@@ -602,13 +613,26 @@ impl Sim {
     }
 
     fn send(&mut self, from: u64, to: u64, msg: NetMsg) {
+        let mark = self.cfg.timeline && from < CLIENT_BASE && to < CLIENT_BASE;
+        let kind = match (&msg, mark) {
+            (NetMsg::Raft(m), true) => Some(crate::fmt::kind(m)),
+            _ => None,
+        };
+        let sent_us = self.now;
+        let record = |sim: &mut Sim, arrive_us: Option<u64>| {
+            if let Some(kind) = kind {
+                sim.timeline.push(crate::timeline::Mark::Message { from, to, sent_us, arrive_us, kind });
+            }
+        };
         if self.cut.contains(&(from, to)) {
+            record(self, None);
             return;
         }
         let p = &self.cfg.profile;
         let (drop, dup, delay_p, slow) = (p.drop, p.duplicate, p.delay, p.slow_latency_us);
         let (lo, hi) = p.latency_us;
         if drop > 0.0 && self.rng.gen_bool(drop) {
+            record(self, None);
             return;
         }
         let copies = if dup > 0.0 && self.rng.gen_bool(dup) { 2 } else { 1 };
@@ -618,6 +642,7 @@ impl Sim {
             if delay_p > 0.0 && self.rng.gen_bool(delay_p) {
                 latency += self.rng.gen_range(0..=slow);
             }
+            record(self, Some(self.now + latency));
             self.push(self.now + latency, Ev::Deliver { from, to, msg: msg.clone() });
         }
     }
@@ -831,6 +856,9 @@ impl Sim {
 
     fn apply_fault(&mut self, f: Fault) {
         self.note(|| format!("fault: {f:?}"));
+        if self.cfg.timeline {
+            self.timeline.push(crate::timeline::Mark::Fault { at_us: self.now, label: format!("{f:?}") });
+        }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         match f {
             Fault::Heal => self.cut.clear(),
@@ -876,6 +904,9 @@ impl Sim {
         n.disk.crash();
         n.node = None;
         n.inc += 1;
+        if self.cfg.timeline {
+            self.timeline.push(crate::timeline::Mark::Power { node: id, at_us: self.now, up: false });
+        }
         n.sync_pending = false;
         n.waiting.clear();
         if let Err(v) = self.safety.after_sync(id, &self.nodes[&id].disk) {
@@ -900,6 +931,9 @@ impl Sim {
         }
         n.sm = KvMachine::default();
         n.took_effect.clear();
+        if self.cfg.timeline {
+            self.timeline.push(crate::timeline::Mark::Power { node: id, at_us: self.now, up: true });
+        }
         n.tick_us = tick_us;
         let inc = n.inc;
         self.push(self.now + tick_us, Ev::Tick { node: id, inc });
