@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The std-thread runtime for `raft-core`: TCP transport between peers, a
 //! crash-safe write-ahead log, a key-value state machine with exactly-once
 //! client sessions, and a RESP (Redis protocol) server.

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Deterministic simulator for `raft-core`: real nodes, simulated network,
 //! disks, clocks and clients, with safety invariants checked after every
 //! event and linearizability checked after every run.
