@@ -364,3 +364,42 @@ fn generator_reaches_leader_follower_and_commit_paths() {
     assert!(accepted >= 100, "only {accepted}/300 sequences had entries accepted from a peer");
     assert!(committed >= 100, "only {committed}/300 sequences applied anything");
 }
+
+/// Hostile input is dropped and counted, and changes nothing else.
+#[test]
+fn hostile_messages_are_dropped_and_counted() {
+    let e = |index, term| Entry { term, index, kind: EntryKind::Normal, data: Bytes::new() };
+    let append = |term, prev_log_index, prev_log_term, entries: Vec<Entry>, leader_commit| Message {
+        term,
+        body: MessageBody::AppendEntries(AppendEntries { prev_log_index, prev_log_term, entries, leader_commit }),
+    };
+    let mut node = new_node(1);
+    // A legitimate leader 2 in term 3 gives the node one entry.
+    node.step(Event::Message { from: 2, message: append(3, 0, 0, vec![e(1, 3)], 0) });
+    node.step(Event::Persisted { seq: 1 });
+    let before = (node.term(), node.last_index(), node.commit_index(), node.hard_state());
+
+    node.step(Event::Message { from: 9, message: append(4, 1, 3, vec![e(2, 4)], 2) });
+    assert_eq!(node.stats().dropped_unknown_sender, 1, "unknown sender");
+    node.step(Event::Message { from: 1, message: append(4, 1, 3, vec![e(2, 4)], 2) });
+    assert_eq!(node.stats().dropped_unknown_sender, 2, "a message claiming to be from ourselves");
+
+    node.step(Event::Message { from: 2, message: append(3, 1, 3, vec![e(2, 3), e(4, 3)], 0) });
+    assert_eq!(node.stats().dropped_malformed, 1, "index gap");
+    node.step(Event::Message { from: 2, message: append(3, 1, 3, vec![e(2, 3)], 9) });
+    assert_eq!(node.stats().dropped_malformed, 2, "commit beyond the entries carried");
+    node.step(Event::Message { from: 2, message: append(3, 1, 3, vec![e(2, 5)], 0) });
+    assert_eq!(node.stats().dropped_malformed, 3, "entry from a future term");
+    node.step(Event::Message { from: 3, message: append(2, 0, 0, vec![e(1, 2)], 0) });
+    assert_eq!(node.stats().dropped_stale_term, 1, "stale term");
+    let vote = Message {
+        term: 0,
+        body: MessageBody::RequestVote(RequestVote { pre_vote: false, last_log_index: 9, last_log_term: 9 }),
+    };
+    node.step(Event::Message { from: 3, message: vote });
+    assert_eq!(node.stats().dropped_malformed, 4, "term 0");
+    node.step(Event::Persisted { seq: 99 });
+    assert_eq!(node.stats().dropped_bad_persisted, 1, "persisted seq never issued");
+
+    assert_eq!(before, (node.term(), node.last_index(), node.commit_index(), node.hard_state()));
+}
