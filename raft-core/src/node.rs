@@ -200,9 +200,10 @@ impl Node {
     fn step_higher_term(&mut self, from: NodeId, message: &Message) -> bool {
         match &message.body {
             MessageBody::RequestVote(req) => {
-                if self.in_leader_lease() {
+                if self.in_leader_lease() || (req.pre_vote && self.heard_from_leader_recently()) {
                     // A leader is alive: a candidate that could not hear it
-                    // must not depose it (thesis §4.2.3).
+                    // must not depose it (thesis §4.2.3). For pre-votes this
+                    // holds whether or not CheckQuorum is on (§9.6).
                     self.stats.dropped_in_lease += 1;
                     return false;
                 }
@@ -297,7 +298,13 @@ impl Node {
     /// True while this follower has heard from a live leader within the
     /// minimum election timeout.
     pub(crate) fn in_leader_lease(&self) -> bool {
-        self.config.check_quorum && self.leader.is_some() && self.election_elapsed < self.config.election_ticks
+        self.config.check_quorum && self.heard_from_leader_recently()
+    }
+
+    /// A leader (possibly this node) was heard from within the minimum
+    /// election timeout.
+    pub(crate) fn heard_from_leader_recently(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.config.election_ticks
     }
 
     /// The current hard state has been acknowledged durable.
