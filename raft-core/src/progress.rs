@@ -35,8 +35,8 @@ pub struct Progress {
     pub(crate) recent_active: bool,
     /// The highest commit index sent to the follower.
     pub(crate) commit_sent: Index,
-    /// `match_index` advanced since the last heartbeat round.
-    pub(crate) recent_progress: bool,
+    /// A gap probe was sent in this heartbeat interval (at most one).
+    pub(crate) gap_probe_sent: bool,
 }
 
 impl Progress {
@@ -50,7 +50,7 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: true,
             commit_sent: 0,
-            recent_progress: false,
+            gap_probe_sent: false,
         }
     }
 
@@ -59,7 +59,6 @@ impl Progress {
         let advanced = match_index > self.match_index;
         if advanced {
             self.match_index = match_index;
-            self.recent_progress = true;
         }
         self.next_index = self.next_index.max(match_index + 1);
         while self.inflight.front().is_some_and(|&last| last <= match_index) {

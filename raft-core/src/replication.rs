@@ -55,18 +55,9 @@ impl Node {
     /// they assert leadership, carry the commit index, and (through the
     /// consistency check) tell the leader if the follower lost entries.
     pub(crate) fn broadcast_heartbeat(&mut self) {
-        let last_index = self.log.last_index();
         for i in 0..self.progress.len() {
             let pr = &mut self.progress[i];
-            let progressed = core::mem::replace(&mut pr.recent_progress, false);
-            if pr.state == ProgressState::Replicate && pr.match_index < last_index && !progressed {
-                // Entries are outstanding but nothing was acknowledged for a
-                // whole heartbeat interval: assume the batches were lost (or
-                // the follower restarted) and resend from the match point.
-                let next = pr.match_index + 1;
-                pr.become_probe(next);
-            }
-            let pr = &mut self.progress[i];
+            pr.gap_probe_sent = false;
             if pr.state == ProgressState::Probe {
                 // A lost probe is retried once per heartbeat.
                 pr.probe_sent = false;
@@ -152,6 +143,8 @@ impl Node {
                 pr.recent_active = true;
                 if pr.ack(match_index) {
                     self.maybe_commit();
+                } else {
+                    self.probe_for_gap(i);
                 }
                 self.send_append_or_commit(i);
             }
@@ -164,6 +157,34 @@ impl Node {
                 self.backtrack(i, rejected_index, conflict_term, conflict_index);
             }
         }
+    }
+
+    /// An answer that acknowledges nothing new (typically to a heartbeat)
+    /// while entries are outstanding: the batches in flight may have been
+    /// lost, or the follower restarted. Once per heartbeat interval, free a
+    /// pipeline slot and send an AppendEntries at `next_index - 1`: if the
+    /// follower lacks that entry it rejects, and backtracking resends what
+    /// is missing. Being driven by answers, this adapts to the round-trip
+    /// time (etcd-io/raft frees a slot on heartbeat responses the same way).
+    fn probe_for_gap(&mut self, i: usize) {
+        let last_index = self.log.last_index();
+        let pr = &mut self.progress[i];
+        if pr.state != ProgressState::Replicate || pr.match_index >= last_index || pr.gap_probe_sent {
+            return;
+        }
+        pr.gap_probe_sent = true;
+        pr.inflight.pop_front();
+        let prev = pr.next_index - 1;
+        if prev < last_index {
+            // There are unsent entries: a real batch probes just as well.
+            self.send_append(i);
+            return;
+        }
+        let to = pr.id;
+        let Some(prev_log_term) = self.log.term(prev) else { return };
+        let leader_commit = self.commit_index.min(prev);
+        let body = AppendEntries { prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit };
+        self.send(to, MessageBody::AppendEntries(body));
     }
 
     /// Fast log backtracking (thesis §5.3): skip the follower's whole
