@@ -52,8 +52,8 @@ impl Node {
     }
 
     /// Heartbeats are empty AppendEntries at the follower's `match_index`:
-    /// they assert leadership, carry the commit index, and (through the
-    /// consistency check) tell the leader if the follower lost entries.
+    /// they assert leadership, carry the commit index, and their answers
+    /// drive CheckQuorum and the gap probe (`probe_for_gap`).
     pub(crate) fn broadcast_heartbeat(&mut self) {
         for i in 0..self.progress.len() {
             let pr = &mut self.progress[i];
