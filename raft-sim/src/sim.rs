@@ -82,6 +82,8 @@ pub enum Fault {
     IsolateLeader,
     /// Restore every link.
     Heal,
+    /// Restore the links from one node to the others (not back to it).
+    HealOutbound(NodeId),
     /// Crash a node (unsynced writes may be lost).
     Crash(NodeId),
     /// Restart a crashed node from its disk.
@@ -235,6 +237,9 @@ pub struct Sim {
     leader_since_heal: bool,
     /// Seeds the per-link latency factors.
     link_salt: u64,
+    /// The message being delivered comes from a term older than the
+    /// receiver's.
+    stale_delivery: bool,
     timeline: Vec<crate::timeline::Mark>,
     /// Log entries whose command had already taken effect (a retry that
     /// reached the log twice), suppressed by the client session.
@@ -267,6 +272,7 @@ impl Sim {
             leader_since_heal: false,
             duplicates_suppressed: 0,
             link_salt: 0,
+            stale_delivery: false,
             timeline: Vec::new(),
             cfg,
         };
@@ -493,6 +499,9 @@ impl Sim {
         match action {
             Action::Send { to, message } => self.send(id, to, NetMsg::Raft(message)),
             Action::Persist(p) => {
+                if self.stale_delivery && (!p.entries.is_empty() || p.truncate_from.is_some()) {
+                    self.fail("stale term", format!("node {id} changed its log on a message from an older term"));
+                }
                 let n = self.nodes.get_mut(&id).expect("node");
                 n.disk.write(p);
                 if !n.sync_pending {
@@ -670,9 +679,14 @@ impl Sim {
         }
         match msg {
             NetMsg::Raft(message) => {
-                if self.nodes.get(&to).is_some_and(|n| n.node.is_some()) {
-                    self.step(to, Event::Message { from, message });
-                }
+                let Some(term) = self.nodes.get(&to).and_then(|n| n.node.as_ref()).map(|n| n.term()) else {
+                    return;
+                };
+                // Figure 2: a message from an older term is refused; it
+                // must never change the receiver's log.
+                self.stale_delivery = message.term < term;
+                self.step(to, Event::Message { from, message });
+                self.stale_delivery = false;
             }
             NetMsg::Request(cmd) => self.request(to, cmd),
             NetMsg::Reply { client, seq, result } => self.client_reply(client, seq, result),
@@ -833,6 +847,13 @@ impl Sim {
             return Fault::Crash(victim);
         }
         if !self.cut.is_empty() {
+            // Sometimes a partition heals in one direction first: a node
+            // that was cut off can talk again but not yet hear (a stale
+            // leader keeps sending in its old term).
+            if self.rng.gen_bool(0.3) {
+                let senders: Vec<NodeId> = self.cut.iter().map(|&(a, _)| a).collect();
+                return Fault::HealOutbound(*senders.choose(&mut self.rng).expect("cut"));
+            }
             return Fault::Heal;
         }
         let heal_after = self.rng.gen_range(p.partition_for_us.0..=p.partition_for_us.1);
@@ -870,6 +891,7 @@ impl Sim {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         match f {
             Fault::Heal => self.cut.clear(),
+            Fault::HealOutbound(a) => self.cut.retain(|&(from, _)| from != a),
             Fault::Isolate(a) => self.isolate(&ids, &[a]),
             Fault::Split(side) => self.isolate(&ids, &side),
             Fault::OneWay(a, b) => {

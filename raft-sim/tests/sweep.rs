@@ -94,6 +94,7 @@ fn fault(nodes: u64) -> impl Strategy<Value = Fault> {
         (id.clone(), id.clone()).prop_map(|(a, b)| Fault::OneWay(a, b)),
         Just(Fault::IsolateLeader),
         Just(Fault::Heal),
+        id.clone().prop_map(Fault::HealOutbound),
         id.clone().prop_map(Fault::Crash),
         id.prop_map(Fault::Restart),
     ]
