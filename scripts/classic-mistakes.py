@@ -35,6 +35,12 @@ MISTAKES = {
         "let PersistedState { hard_state, entries } = persisted;",
         "let PersistedState { hard_state, entries } = persisted;\n"
         "        let hard_state = HardState { term: entries.last().map_or(0, |e| e.term), vote: None };"),
+    "apply_unpersisted": ("node.rs",
+        "let upto = self.commit_index.min(self.persisted_index);",
+        "let upto = self.commit_index;"),
+    "truncate_keeps_durability": ("node.rs",
+        "self.persisted_index = self.persisted_index.min(keep);",
+        "let _ = keep;"),
 }
 
 def main():

@@ -59,6 +59,11 @@ impl Node {
 
     /// Starts a PreVote round (`pre = true`) or a real election.
     fn campaign(&mut self, pre: bool) {
+        if self.hard_state.term >= crate::node::MAX_TERM {
+            // Unreachable from well-formed input (such terms are refused);
+            // never let a term wrap around.
+            return;
+        }
         self.votes.clear();
         self.reset_election_timer();
         self.leader = None;

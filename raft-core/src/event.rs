@@ -28,6 +28,8 @@ pub enum Event {
         data: Bytes,
     },
     /// Append several commands at once; cheaper than one `Propose` each.
+    /// Same results as `Propose` (one action for the whole batch); an empty
+    /// batch produces none.
     ProposeBatch {
         /// The commands, in order.
         data: Vec<Bytes>,
@@ -90,7 +92,8 @@ pub enum ProposeError {
         /// The leader this node last heard from in its current term.
         leader: Option<NodeId>,
     },
-    /// The leader's unapplied log is over its configured limit; retry later.
+    /// The leader holds more uncommitted entries than its configured limit
+    /// (checked once per proposal or batch); retry later.
     Backpressure,
     /// One command is larger than `Config::max_entry_bytes`; it would never
     /// fit a message to the followers. Nothing was appended.

@@ -84,6 +84,9 @@ pub enum AppendEntriesResponse {
         conflict_term: Option<Term>,
         /// The first index of `conflict_term` in the follower's log, or the
         /// follower's last index + 1 when `conflict_term` is `None`.
+        ///
+        /// (The answer to an AppendEntries from an older term only carries
+        /// the newer term, so the stale leader steps down; its fields are 0.)
         conflict_index: Index,
     },
 }

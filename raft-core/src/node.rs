@@ -68,7 +68,9 @@ pub struct Node {
     /// A vote granted in this term whose reply waits for the vote to be durable.
     pub(crate) vote_reply_pending: Option<NodeId>,
 
-    // Follower state (reset on every term change).
+    // Follower state. `matched_index` and `acked_index` are reset on every
+    // term change; `leader_commit` is not: a commit index, once learned, stays
+    // true, and it is only ever used capped by `matched_index`.
     /// Highest index verified to match the current leader's log.
     pub(crate) matched_index: Index,
     /// Highest commit index learned from the leader, never beyond what was
@@ -82,6 +84,8 @@ pub struct Node {
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Action>,
+    /// Reused by the commit rule so counting a quorum allocates nothing.
+    pub(crate) match_scratch: Vec<Index>,
 }
 
 impl Node {
@@ -126,6 +130,7 @@ impl Node {
             progress: Vec::new(),
             stats: Stats::default(),
             out: Vec::new(),
+            match_scratch: Vec::new(),
             config,
         };
         node.reset_election_timer();
@@ -140,15 +145,16 @@ impl Node {
     }
 
     /// Like [`Node::step`] but appends the actions to a caller-owned buffer,
-    /// so a hot loop allocates nothing per event.
+    /// so a hot loop reuses one action vector instead of allocating one per
+    /// event.
     pub fn step_into(&mut self, event: Event, out: &mut Vec<Action>) {
         core::mem::swap(&mut self.out, out);
         let before = (self.role, self.hard_state.term, self.leader);
         match event {
             Event::Tick => self.tick(),
             Event::Message { from, message } => self.step_message(from, message),
-            Event::Propose { data } => self.propose_batch(core::iter::once(data)),
-            Event::ProposeBatch { data } => self.propose_batch(data.into_iter()),
+            Event::Propose { data } => self.propose_one(data),
+            Event::ProposeBatch { data } => self.propose_batch(data),
             Event::Persisted { seq } => self.on_persisted(seq),
             Event::Campaign => self.campaign_now(),
         }
@@ -497,13 +503,16 @@ impl Node {
 }
 
 fn validate_persisted_log(hard_state: &HardState, entries: &[Entry]) -> Result<(), ConfigError> {
-    let mut prev_term = 0;
+    if hard_state.term > MAX_TERM {
+        return Err(ConfigError::CorruptState("term is impossibly large"));
+    }
+    let mut prev_term = 1;
     for (i, e) in entries.iter().enumerate() {
         if e.index != i as Index + 1 {
             return Err(ConfigError::CorruptState("log is not contiguous from index 1"));
         }
         if e.term < prev_term || e.term > hard_state.term {
-            return Err(ConfigError::CorruptState("log terms decrease or exceed the persisted term"));
+            return Err(ConfigError::CorruptState("log terms are 0, decrease, or exceed the persisted term"));
         }
         prev_term = e.term;
     }
@@ -512,8 +521,14 @@ fn validate_persisted_log(hard_state: &HardState, entries: &[Entry]) -> Result<(
 
 /// Structural checks that need no state: a message that fails them cannot
 /// come from a correct peer.
+/// The largest term a peer may claim. Terms grow by about one per election,
+/// so nothing near `u64::MAX` can come from a correct peer; refusing such
+/// terms keeps `term + 1` from ever overflowing (a hostile `u64::MAX` would
+/// otherwise wrap the whole cluster's term back to 0).
+pub(crate) const MAX_TERM: Term = u64::MAX / 2;
+
 fn message_is_well_formed(message: &Message) -> bool {
-    if message.term == 0 {
+    if message.term == 0 || message.term > MAX_TERM {
         return false;
     }
     match &message.body {
@@ -531,7 +546,8 @@ fn message_is_well_formed(message: &Message) -> bool {
             if req.leader_commit > last {
                 return false;
             }
-            let mut term = req.prev_log_term;
+            // Every entry has a term of at least 1 (term 0 has no leader).
+            let mut term = req.prev_log_term.max(1);
             for (i, e) in req.entries.iter().enumerate() {
                 if e.index != req.prev_log_index + 1 + i as Index || e.term < term || e.term > message.term {
                     return false;

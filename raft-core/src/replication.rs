@@ -15,9 +15,22 @@ impl Node {
     // ----- leader side -------------------------------------------------
 
     /// Appends client commands to the leader's log and starts replicating.
-    pub(crate) fn propose_batch(&mut self, data: impl Iterator<Item = Bytes> + Clone) {
+    pub(crate) fn propose_batch(&mut self, data: Vec<Bytes>) {
         let max = self.config.max_entry_bytes;
-        if let Some(size) = data.clone().map(|d| d.len()).find(|&len| len > max) {
+        let oversize = data.iter().map(Bytes::len).find(|&len| len > max);
+        self.propose_entries(oversize, data.into_iter());
+    }
+
+    /// `Event::Propose`: one command, without a `Vec` around it.
+    pub(crate) fn propose_one(&mut self, data: Bytes) {
+        let oversize = (data.len() > self.config.max_entry_bytes).then_some(data.len());
+        self.propose_entries(oversize, core::iter::once(data));
+    }
+
+    /// Appends commands unless one of them is `oversize` (its length).
+    fn propose_entries(&mut self, oversize: Option<usize>, data: impl Iterator<Item = Bytes>) {
+        if let Some(size) = oversize {
+            let max = self.config.max_entry_bytes;
             self.out.push(Action::ProposeRejected { error: ProposeError::EntryTooLarge { size, max } });
             return;
         }
@@ -212,10 +225,12 @@ impl Node {
     /// but only through an entry of the current term (§5.4.2): counting
     /// replicas of an older entry is exactly the Figure 8 mistake.
     pub(crate) fn maybe_commit(&mut self) {
-        let mut matches: Vec<Index> = Vec::with_capacity(self.progress.len() + 1);
+        let mut matches = core::mem::take(&mut self.match_scratch);
+        matches.clear();
         matches.push(self.persisted_index);
         matches.extend(self.progress.iter().map(|p| p.match_index));
         let candidate = quorum_index(&mut matches);
+        self.match_scratch = matches;
         if candidate > self.commit_index && self.log.term(candidate) == Some(self.hard_state.term) {
             self.commit_index = candidate;
             // Tell followers promptly so they apply without waiting for the
@@ -267,7 +282,8 @@ impl Node {
             break;
         }
         if new_from < req.entries.len() {
-            self.append_to_log(req.entries.split_off(new_from));
+            let new = if new_from == 0 { core::mem::take(&mut req.entries) } else { req.entries.split_off(new_from) };
+            self.append_to_log(new);
         }
         self.matched_index = self.matched_index.max(last_new);
         self.leader_commit = self.leader_commit.max(req.leader_commit);

@@ -13,8 +13,8 @@ pub struct Stats {
     /// Structurally impossible messages: index gaps, terms from the future,
     /// a commit index beyond the entries carried, acks beyond our log.
     pub dropped_malformed: u64,
-    /// Vote requests ignored because a leader was heard from recently
-    /// (CheckQuorum lease, thesis §4.2.3).
+    /// Vote requests ignored because a leader was heard from recently: real
+    /// votes with CheckQuorum on (thesis §4.2.3), pre-votes always (§9.6).
     pub dropped_in_lease: u64,
     /// Messages that do not fit the current role (e.g. a vote response
     /// after the election ended); harmless.

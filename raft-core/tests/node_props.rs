@@ -410,3 +410,38 @@ fn hostile_messages_are_dropped_and_counted() {
 
     assert_eq!(before, (node.term(), node.last_index(), node.commit_index(), node.hard_state()));
 }
+
+/// Terms near `u64::MAX` and entries of term 0 cannot come from a correct
+/// peer: they are refused, so a hostile term can never wrap a cluster's term
+/// around (and term 0 entries can never make a node unelectable).
+#[test]
+fn impossible_terms_are_refused() {
+    let mut node = new_node(1);
+    let huge = Message {
+        term: u64::MAX,
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![],
+            leader_commit: 0,
+        }),
+    };
+    node.step(Event::Message { from: 2, message: huge });
+    assert_eq!(node.term(), 0);
+    assert_eq!(node.stats().dropped_malformed, 1);
+    node.step(Event::Campaign);
+    assert_eq!(node.term(), 1, "campaigning still works and the term moves forward");
+
+    let zero_term_entry = Message {
+        term: 2,
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![Entry { term: 0, index: 1, kind: EntryKind::Normal, data: Bytes::new() }],
+            leader_commit: 0,
+        }),
+    };
+    node.step(Event::Message { from: 2, message: zero_term_entry });
+    assert_eq!(node.stats().dropped_malformed, 2);
+    assert_eq!(node.last_index(), 0);
+}

@@ -84,6 +84,8 @@ impl Safety {
         disk: &SimDisk,
         actions: &[Action],
     ) -> Result<(), Violation> {
+        let w = self.nodes.entry(id).or_default();
+        let mut applied = if w.incarnation == incarnation { w.applied } else { 0 };
         for a in actions {
             match a {
                 Action::Persist(p) => {
@@ -94,8 +96,12 @@ impl Safety {
                     shadow.extend(p.entries.iter().map(|e| e.term));
                     self.check_new_entries(id, node, &p.entries)?
                 }
-                Action::Send { to, message } => self.check_send(id, *to, message, disk)?,
-                Action::Apply { entries } => self.check_apply(id, entries)?,
+                Action::Send { to, message } => self.check_send(id, *to, message, node, disk)?,
+                Action::Apply { entries } => {
+                    self.check_apply_durable(id, applied, entries, disk)?;
+                    applied = entries.last().map_or(applied, |e| e.index);
+                    self.check_apply(id, entries)?
+                }
                 Action::RoleChanged { role: Role::Leader, term, .. } => self.check_new_leader(id, *term, node)?,
                 _ => {}
             }
@@ -150,7 +156,14 @@ impl Safety {
     }
 
     /// Durability: nothing is acknowledged or voted for before it is on disk.
-    fn check_send(&self, id: NodeId, to: NodeId, m: &raft_core::Message, disk: &SimDisk) -> Result<(), Violation> {
+    fn check_send(
+        &self,
+        id: NodeId,
+        to: NodeId,
+        m: &raft_core::Message,
+        node: &Node,
+        disk: &SimDisk,
+    ) -> Result<(), Violation> {
         let durable = disk.durable();
         match &m.body {
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index }) => {
@@ -160,12 +173,16 @@ impl Safety {
                         format!("node {id} acked in term {} with durable term {}", m.term, durable.hard_state.term),
                     );
                 }
-                if *match_index > durable.entries.len() as Index {
+                let on_disk = match_index.checked_sub(1).map(|i| durable.entries.get(i as usize).map(|e| e.term));
+                let in_log = node.term_at(*match_index);
+                // The acked entry must be on disk, and be the same entry the
+                // node holds (not an older one a truncation is replacing).
+                if *match_index > 0 && on_disk.flatten() != in_log {
                     return violation(
                         "ack before persist",
                         format!(
-                            "node {id} acked index {match_index} with only {} entries durable",
-                            durable.entries.len()
+                            "node {id} acked index {match_index} (term {in_log:?}) with {:?} durable there",
+                            on_disk.flatten()
                         ),
                     );
                 }
@@ -183,6 +200,34 @@ impl Safety {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Apply hands over entries in order, right after the last applied one,
+    /// and never beyond what is durable on this node's disk.
+    fn check_apply_durable(
+        &self,
+        id: NodeId,
+        applied: Index,
+        entries: &[Entry],
+        disk: &SimDisk,
+    ) -> Result<(), Violation> {
+        let durable = &disk.durable().entries;
+        for (k, e) in entries.iter().enumerate() {
+            if e.index != applied + 1 + k as Index {
+                return violation(
+                    "apply order",
+                    format!("node {id} applied {} after {}", e.index, applied + k as Index),
+                );
+            }
+            let on_disk = durable.get((e.index - 1) as usize).map(|d| d.term);
+            if on_disk != Some(e.term) {
+                return violation(
+                    "apply before persist",
+                    format!("node {id} applied {}/{} while its disk holds {on_disk:?} there", e.index, e.term),
+                );
+            }
         }
         Ok(())
     }

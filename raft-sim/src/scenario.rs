@@ -71,6 +71,7 @@ pub struct Scenario {
     cut: BTreeSet<(NodeId, NodeId)>,
     counts: BTreeMap<&'static str, usize>,
     trace: String,
+    safety: crate::invariants::Safety,
 }
 
 /// Runs a whole script and returns its trace.
@@ -220,6 +221,8 @@ impl Scenario {
     fn step(&mut self, id: NodeId, event: Event) -> Result<(), String> {
         let m = self.members.get_mut(&id).ok_or("no such node")?;
         let actions = m.node.step(event);
+        // The simulator's safety checks run on scripted clusters too.
+        let checked = self.safety.after_step(id, m.restarts, &m.node, &m.disk, &actions);
         for a in actions {
             let _ = writeln!(self.trace, "{}", tfmt::action(id, &a));
             match a {
@@ -235,7 +238,7 @@ impl Scenario {
                 _ => {}
             }
         }
-        Ok(())
+        checked.map_err(|v| format!("{} violated: {}", v.property, v.detail))
     }
 
     fn deliver(&mut self, ids: Vec<NodeId>) -> Result<(), String> {
@@ -251,7 +254,9 @@ impl Scenario {
     fn persist(&mut self, ids: Vec<NodeId>) -> Result<(), String> {
         for id in ids {
             let m = self.members.get_mut(&id).expect("member");
-            if let Some(seq) = m.disk.sync(None) {
+            let synced = m.disk.sync(None);
+            self.safety.after_sync(id, &m.disk).map_err(|v| format!("{} violated: {}", v.property, v.detail))?;
+            if let Some(seq) = synced {
                 self.step(id, Event::Persisted { seq })?;
             }
         }
@@ -302,6 +307,7 @@ impl Scenario {
         m.disk.crash();
         m.restarts += 1;
         let seed = id + 1000 * m.restarts;
+        self.safety.on_restart(id, &m.disk.durable().entries);
         m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
         self.inbox.remove(&id);
         let line = self.status_line(id);

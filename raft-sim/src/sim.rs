@@ -235,6 +235,8 @@ pub struct Sim {
     proposing: Option<Command>,
     /// Some node was leader at some point after the faults stopped.
     leader_since_heal: bool,
+    /// The highest term any node had when the faults stopped.
+    heal_term: Term,
     /// Seeds the per-link latency factors.
     link_salt: u64,
     /// The message being delivered comes from a term older than the
@@ -270,6 +272,7 @@ impl Sim {
             elections: 0,
             proposing: None,
             leader_since_heal: false,
+            heal_term: 0,
             duplicates_suppressed: 0,
             link_salt: 0,
             stale_delivery: false,
@@ -453,7 +456,13 @@ impl Sim {
             }
             Ev::EndFaults => {
                 self.faults_active = false;
-                self.leader_since_heal = self.current_leader().is_some();
+                // A leader counts only if no node has seen a newer term: a
+                // stale leader cut off in a minority does not.
+                self.heal_term =
+                    self.nodes.values().filter_map(|n| n.node.as_ref().map(|x| x.term())).max().unwrap_or(0);
+                self.leader_since_heal = self
+                    .current_leader()
+                    .is_some_and(|l| self.nodes[&l].node.as_ref().is_some_and(|x| x.term() >= self.heal_term));
                 self.note(|| "faults end: heal and restart everything".into());
                 self.apply_fault(Fault::Heal);
                 let down: Vec<NodeId> =
@@ -544,7 +553,7 @@ impl Sim {
                 }
                 if role == Role::Leader {
                     self.elections += 1;
-                    self.leader_since_heal |= !self.faults_active;
+                    self.leader_since_heal |= !self.faults_active && term >= self.heal_term;
                 } else {
                     // Proposals in flight may never commit; clients retry.
                     self.nodes.get_mut(&id).expect("node").waiting.clear();
