@@ -132,3 +132,50 @@ impl fmt::Display for ConfigError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    fn base() -> Config {
+        Config::new(1, vec![3, 1, 2, 2])
+    }
+
+    #[test]
+    fn valid_config_is_normalised() {
+        let c = base().validate().expect("valid");
+        assert_eq!(c.voters, vec![1, 2, 3], "voters sorted and deduplicated");
+    }
+
+    #[test]
+    fn election_ticks_limit_is_exact() {
+        let ok = Config { election_ticks: u32::MAX / 2, ..base() };
+        assert!(ok.validate().is_ok(), "the largest timeout whose doubling fits in u32");
+        let too_big = Config { election_ticks: u32::MAX / 2 + 1, ..base() };
+        assert_eq!(too_big.validate(), Err(ConfigError::ElectionTicksTooLarge));
+    }
+
+    #[test]
+    fn each_zero_limit_is_refused_on_its_own() {
+        let cases = [
+            Config { max_entries_per_msg: 0, ..base() },
+            Config { max_bytes_per_msg: 0, ..base() },
+            Config { max_inflight_msgs: 0, ..base() },
+            Config { max_uncommitted_entries: 0, ..base() },
+            Config { max_entry_bytes: 0, ..base() },
+        ];
+        for c in cases {
+            assert_eq!(c.clone().validate(), Err(ConfigError::ZeroLimit), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn errors_explain_themselves() {
+        let e = Config { heartbeat_ticks: 10, ..base() }.validate().expect_err("invalid");
+        assert_eq!(e.to_string(), "heartbeat_ticks (10) must be at least 1 and below election_ticks (10)");
+        assert_eq!(ConfigError::NotAVoter { id: 4 }.to_string(), "node 4 is not in the voter list");
+        assert!(ConfigError::CorruptState("gap").to_string().contains("gap"));
+    }
+}

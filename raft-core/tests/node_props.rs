@@ -445,3 +445,41 @@ fn impossible_terms_are_refused() {
     assert_eq!(node.stats().dropped_malformed, 2);
     assert_eq!(node.last_index(), 0);
 }
+
+/// Batches respect the byte limit: with 100-byte commands and a 300-byte
+/// limit (each entry counts its payload plus a fixed header), a message
+/// carries two entries, never all of them.
+#[test]
+fn batches_respect_the_byte_limit() {
+    let mut config = Config::new(1, vec![1, 2]);
+    config.max_bytes_per_msg = 300;
+    config.pre_vote = false;
+    let mut node = Node::new(config, 1).expect("config");
+    node.step(Event::Campaign);
+    node.step(Event::Persisted { seq: 1 });
+    let grant = Message {
+        term: 1,
+        body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: true }),
+    };
+    node.step(Event::Message { from: 2, message: grant });
+    assert_eq!(node.role(), raft_core::Role::Leader);
+    // The follower acknowledges the no-op, so it moves to Replicate.
+    let ack = Message {
+        term: 1,
+        body: MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index: 1 }),
+    };
+    node.step(Event::Message { from: 2, message: ack });
+    let data: Vec<Bytes> = (0..6).map(|_| Bytes::from(vec![7u8; 100])).collect();
+    let actions = node.step(Event::ProposeBatch { data });
+    let sizes: Vec<usize> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message: Message { body: MessageBody::AppendEntries(ae), .. }, .. } => {
+                Some(ae.entries.len())
+            }
+            _ => None,
+        })
+        .filter(|&n| n > 0)
+        .collect();
+    assert_eq!(sizes, vec![2, 2, 2], "two 124-byte entries fit in 300 bytes, three do not");
+}
