@@ -37,6 +37,11 @@ pub struct Progress {
     pub(crate) commit_sent: Index,
     /// A gap probe was sent in this heartbeat interval (at most one).
     pub(crate) gap_probe_sent: bool,
+    /// Heartbeat rounds in a row without progress while entries were
+    /// outstanding.
+    pub(crate) stalled_rounds: u8,
+    /// `match_index` at the previous heartbeat round.
+    pub(crate) match_at_heartbeat: Index,
 }
 
 impl Progress {
@@ -51,6 +56,8 @@ impl Progress {
             recent_active: true,
             commit_sent: 0,
             gap_probe_sent: false,
+            stalled_rounds: 0,
+            match_at_heartbeat: 0,
         }
     }
 

@@ -68,9 +68,13 @@ impl Node {
     /// they assert leadership, carry the commit index, and their answers
     /// drive CheckQuorum and the gap probe (`probe_for_gap`).
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        let last_index = self.log.last_index();
         for i in 0..self.progress.len() {
             let pr = &mut self.progress[i];
             pr.gap_probe_sent = false;
+            let stalled = pr.match_index == pr.match_at_heartbeat && pr.match_index < last_index;
+            pr.stalled_rounds = if stalled { pr.stalled_rounds.saturating_add(1) } else { 0 };
+            pr.match_at_heartbeat = pr.match_index;
             if pr.state == ProgressState::Probe {
                 // A lost probe is retried once per heartbeat.
                 pr.probe_sent = false;
@@ -94,11 +98,12 @@ impl Node {
     }
 
     /// Sends new entries if there are any, else an empty AppendEntries if the
-    /// follower has not been told the commit index it can now adopt.
+    /// follower has not been told the commit index it can now adopt (not
+    /// while batches are in flight to it: their acks bring the next one).
     fn send_append_or_commit(&mut self, i: usize) {
         self.send_append(i);
         let pr = &self.progress[i];
-        if pr.commit_sent < self.commit_index.min(pr.match_index) {
+        if pr.inflight.is_empty() && pr.commit_sent < self.commit_index.min(pr.match_index) {
             self.send_commit(i);
         }
     }
@@ -173,16 +178,22 @@ impl Node {
     }
 
     /// An answer that acknowledges nothing new (typically to a heartbeat)
-    /// while entries are outstanding: the batches in flight may have been
-    /// lost, or the follower restarted. Once per heartbeat interval, free a
-    /// pipeline slot and send an AppendEntries at `next_index - 1`: if the
-    /// follower lacks that entry it rejects, and backtracking resends what
-    /// is missing. Being driven by answers, this adapts to the round-trip
-    /// time (etcd-io/raft frees a slot on heartbeat responses the same way).
+    /// while entries have been outstanding without progress for two
+    /// heartbeat rounds: the batches in flight may have been lost, or the
+    /// follower restarted. Once per heartbeat interval, free a pipeline slot
+    /// and send an AppendEntries at `next_index - 1`: if the follower lacks
+    /// that entry it rejects, and backtracking resends what is missing.
+    /// Waiting for an answer *and* two quiet rounds keeps a slow link (a
+    /// round trip longer than the heartbeat interval) from triggering
+    /// needless resends (etcd-io/raft frees a slot on heartbeat responses).
     fn probe_for_gap(&mut self, i: usize) {
         let last_index = self.log.last_index();
         let pr = &mut self.progress[i];
-        if pr.state != ProgressState::Replicate || pr.match_index >= last_index || pr.gap_probe_sent {
+        if pr.state != ProgressState::Replicate
+            || pr.match_index >= last_index
+            || pr.gap_probe_sent
+            || pr.stalled_rounds < 2
+        {
             return;
         }
         pr.gap_probe_sent = true;

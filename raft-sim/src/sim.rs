@@ -25,6 +25,10 @@ pub const TICK_US: u64 = 10_000;
 /// before the end of the run must be applied on every node by the end.
 pub const LIVENESS_BOUND_US: u64 = 30 * TICK_US;
 
+/// Extra time after the end of a run for lagging nodes to catch up (with no
+/// new client operations and no faults) before liveness fails.
+pub const DRAIN_US: u64 = 200 * TICK_US;
+
 /// How a run is set up.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -394,6 +398,21 @@ impl Sim {
         let end = self.end_us();
         while let Some(q) = self.queue.pop() {
             if q.time > end || self.failure.is_some() {
+                self.queue.push(q);
+                break;
+            }
+            self.now = q.time;
+            self.events += 1;
+            self.handle(q.ev);
+        }
+        // Drain: no new client operations, no faults; a node still catching
+        // up gets a bounded extra time (a slow configuration is not a stuck
+        // one). Liveness is judged when everyone has caught up, or at the
+        // bound.
+        let drain_end = end + DRAIN_US;
+        while !self.caught_up() && self.failure.is_none() {
+            let Some(q) = self.queue.pop() else { break };
+            if q.time > drain_end {
                 break;
             }
             self.now = q.time;
@@ -979,6 +998,11 @@ impl Sim {
     }
 
     // ----- end of run --------------------------------------------------
+
+    /// Every live node has applied every acknowledged write.
+    fn caught_up(&self) -> bool {
+        self.nodes.values().all(|n| n.node.as_ref().is_none_or(|x| x.applied_index() >= self.max_acked_index))
+    }
 
     /// After the faults heal: a leader exists, every node applied every
     /// acknowledged write, and all state machines agree.
