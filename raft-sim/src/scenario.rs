@@ -15,6 +15,7 @@
 //! | `propose ID DATA` | propose a command |
 //! | `deliver [ID]` | deliver messages queued for ID (or everyone) once |
 //! | `drop [ID]` | discard messages queued for ID (or everyone) |
+//! | `duplicate [ID]` | queue a second copy of every message queued for ID (or everyone) |
 //! | `persist [ID]` | complete all pending disk writes of ID (or everyone) |
 //! | `stabilize` | persist and deliver until nothing is left in flight |
 //! | `partition A B / C` | cut every link between the groups (replacing earlier cuts) |
@@ -129,6 +130,16 @@ impl Scenario {
                 self.step(id, Event::Propose { data: Bytes::from(data) })
             }
             "deliver" => self.deliver(self.targets(args)?),
+            "duplicate" => {
+                for id in self.targets(args)? {
+                    let q = self.inbox.entry(id).or_default();
+                    let copies: Vec<_> = q.iter().cloned().collect();
+                    let n = copies.len();
+                    q.extend(copies);
+                    let _ = writeln!(self.trace, "duplicated {n} message(s) to {id}");
+                }
+                Ok(())
+            }
             "drop" => {
                 for id in self.targets(args)? {
                     let n = self.inbox.get_mut(&id).map_or(0, |q| q.drain(..).count());
