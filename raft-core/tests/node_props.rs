@@ -483,3 +483,46 @@ fn batches_respect_the_byte_limit() {
         .collect();
     assert_eq!(sizes, vec![2, 2, 2], "two 124-byte entries fit in 300 bytes, three do not");
 }
+
+/// A leader refuses proposals once `max_uncommitted_entries` are waiting
+/// for commit, and an oversized command inside a batch refuses the batch.
+#[test]
+fn backpressure_and_oversized_batches() {
+    let mut config = Config::new(1, vec![1, 2, 3]);
+    config.max_uncommitted_entries = 3;
+    config.max_entry_bytes = 8;
+    config.pre_vote = false;
+    let mut node = Node::new(config, 1).expect("config");
+    node.step(Event::Campaign);
+    node.step(Event::Persisted { seq: 1 });
+    let grant = Message {
+        term: 1,
+        body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: true }),
+    };
+    node.step(Event::Message { from: 2, message: grant });
+    assert_eq!(node.role(), raft_core::Role::Leader);
+    // The no-op is uncommitted: two more fit under the limit of three.
+    let rejected = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::ProposeRejected { error } => Some(*error),
+            _ => None,
+        })
+    };
+    let one = || Bytes::from_static(b"x");
+    assert_eq!(rejected(&node.step(Event::ProposeBatch { data: vec![one(), one()] })), None);
+    assert_eq!(rejected(&node.step(Event::Propose { data: one() })), Some(raft_core::ProposeError::Backpressure));
+    assert_eq!(node.last_index(), 3);
+
+    let mut config = Config::new(1, vec![1]);
+    config.max_entry_bytes = 8;
+    let mut solo = Node::new(config, 1).expect("config");
+    solo.step(Event::Campaign);
+    solo.step(Event::Persisted { seq: 1 });
+    let batch = vec![Bytes::from(vec![0u8; 8]), Bytes::from(vec![0u8; 9])];
+    assert_eq!(
+        rejected(&solo.step(Event::ProposeBatch { data: batch })),
+        Some(raft_core::ProposeError::EntryTooLarge { size: 9, max: 8 })
+    );
+    assert_eq!(solo.last_index(), 1, "nothing of the batch was appended");
+    assert_eq!(rejected(&solo.step(Event::ProposeBatch { data: vec![Bytes::from(vec![0u8; 8])] })), None);
+}
