@@ -446,13 +446,9 @@ fn impossible_terms_are_refused() {
     assert_eq!(node.last_index(), 0);
 }
 
-/// Batches respect the byte limit: with 100-byte commands and a 300-byte
-/// limit (each entry counts its payload plus a fixed header), a message
-/// carries two entries, never all of them.
-#[test]
-fn batches_respect_the_byte_limit() {
-    let mut config = Config::new(1, vec![1, 2]);
-    config.max_bytes_per_msg = 300;
+/// Node 1 as leader of term 1: it campaigns, its vote becomes durable and
+/// node 2 grants its vote.
+fn elected_leader(mut config: Config) -> Node {
     config.pre_vote = false;
     let mut node = Node::new(config, 1).expect("config");
     node.step(Event::Campaign);
@@ -463,6 +459,17 @@ fn batches_respect_the_byte_limit() {
     };
     node.step(Event::Message { from: 2, message: grant });
     assert_eq!(node.role(), raft_core::Role::Leader);
+    node
+}
+
+/// Batches respect the byte limit: with 100-byte commands and a 300-byte
+/// limit (each entry counts its payload plus a fixed header), a message
+/// carries two entries, never all of them.
+#[test]
+fn batches_respect_the_byte_limit() {
+    let mut config = Config::new(1, vec![1, 2]);
+    config.max_bytes_per_msg = 300;
+    let mut node = elected_leader(config);
     // The follower acknowledges the no-op, so it moves to Replicate.
     let ack = Message {
         term: 1,
@@ -491,16 +498,7 @@ fn backpressure_and_oversized_batches() {
     let mut config = Config::new(1, vec![1, 2, 3]);
     config.max_uncommitted_entries = 3;
     config.max_entry_bytes = 8;
-    config.pre_vote = false;
-    let mut node = Node::new(config, 1).expect("config");
-    node.step(Event::Campaign);
-    node.step(Event::Persisted { seq: 1 });
-    let grant = Message {
-        term: 1,
-        body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: true }),
-    };
-    node.step(Event::Message { from: 2, message: grant });
-    assert_eq!(node.role(), raft_core::Role::Leader);
+    let mut node = elected_leader(config);
     // The no-op is uncommitted: two more fit under the limit of three.
     let rejected = |actions: &[Action]| {
         actions.iter().find_map(|a| match a {

@@ -678,13 +678,16 @@ impl Sim {
         }
         let copies = if dup > 0.0 && self.rng.gen_bool(dup) { 2 } else { 1 };
         let link_factor = self.link_factor(from, to);
-        for _ in 0..copies {
+        let mut msg = Some(msg);
+        for copy in 0..copies {
             let mut latency = (self.rng.gen_range(lo..=hi) as f64 * link_factor) as u64;
             if delay_p > 0.0 && self.rng.gen_bool(delay_p) {
                 latency += self.rng.gen_range(0..=slow);
             }
             record(self, Some(self.now + latency));
-            self.push(self.now + latency, Ev::Deliver { from, to, msg: msg.clone() });
+            // Clone only for a duplicate; the last copy takes the message.
+            let msg = if copy + 1 == copies { msg.take() } else { msg.clone() }.expect("message");
+            self.push(self.now + latency, Ev::Deliver { from, to, msg });
         }
     }
 
