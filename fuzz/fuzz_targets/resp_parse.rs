@@ -3,12 +3,12 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use raft_driver_std::resp::RequestParser;
+use raft_driver_std::raftkv::resp::RequestParser;
 
 fuzz_target!(|data: &[u8]| {
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::from(data);
     while let Ok(Some(args)) = parser.parse(&mut buf) {
-        let _ = raft_driver_std::kv::parse_command(&args);
+        let _ = raft_driver_std::raftkv::command::parse_command(&args);
     }
 });

@@ -1,16 +1,29 @@
 #![warn(missing_docs)]
-//! The std-thread runtime for `raft-core`: TCP transport between peers, a
-//! crash-safe write-ahead log, a key-value state machine with exactly-once
-//! client sessions, and a RESP (Redis protocol) server.
+//! The std-thread runtime for `raft-core`, in two layers.
 //!
-//! [`node::RaftNode`] is the generic driver (any [`kv::StateMachine`]);
-//! [`server::Server`] puts the Redis protocol in front of a [`kv::KvStore`]
-//! replicated by it, which is what the `raftkv` binary runs.
+//! **The generic driver** runs any [`StateMachine`] on real threads, disks and sockets:
+//! [`node::RaftNode`] (the node loop), [`proposals`] (which client waits for which entry, shared with
+//! the simulator), [`timing`] and [`limits`] (the settings that feed the core), [`wal`] (a segmented,
+//! CRC-checked, group-committed write-ahead log) and [`transport`] (TCP between peers). It never
+//! imports the application: build with `default-features = false` to get just this.
+//!
+//! **The raftkv application** (`raftkv`, behind the default `raftkv` feature) is a replicated
+//! key-value store that speaks the Redis protocol: the store, its commands, the RESP codec, the server
+//! with follower forwarding, the cluster file, and the `raftkv` binary.
 
-pub mod config;
-pub mod kv;
+pub mod limits;
 pub mod node;
-pub mod resp;
-pub mod server;
+pub mod proposals;
+pub mod state_machine;
+pub mod timing;
 pub mod transport;
 pub mod wal;
+
+#[cfg(feature = "raftkv")]
+pub mod raftkv;
+
+pub use limits::Limits;
+pub use node::{NodeOptions, RaftHandle, RaftNode};
+pub use proposals::{ProposalError, ProposalTracker};
+pub use state_machine::StateMachine;
+pub use timing::Timing;

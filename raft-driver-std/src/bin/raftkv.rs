@@ -14,10 +14,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use raft_driver_std::config::ClusterConfig;
-use raft_driver_std::kv::KvStore;
 use raft_driver_std::node::{NodeOptions, RaftNode};
-use raft_driver_std::server::{Server, ServerOptions};
+use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
+use raft_driver_std::raftkv::server::{Server, ServerOptions};
+use raft_driver_std::raftkv::store::KvStore;
 use raft_driver_std::wal::{self, WalHealth};
 
 #[derive(Parser)]
@@ -123,6 +123,7 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
     let mut options = NodeOptions::new(id, cluster.cluster_id, me.peer_addr, cluster.peers_of(id), wal_dir(data_dir));
     options.voters = cluster.voters();
     options.timing = cluster.timing;
+    options.limits = cluster.limits;
     options.fsync = fsync;
     if !fsync {
         tracing::warn!("--no-fsync: writes are acknowledged before they are durable");
@@ -131,7 +132,7 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
         Ok(node) => node,
         Err(e) => return fail(e),
     };
-    let server_options = ServerOptions { retry_bound: retry, ..ServerOptions::default() };
+    let server_options = ServerOptions { retry_bound: retry, limits: cluster.limits, ..ServerOptions::default() };
     let server = match Server::start(listener, node.handle(), cluster, id, server_options) {
         Ok(server) => server,
         Err(e) => return fail(format!("cannot start client server: {e}")),
@@ -202,61 +203,67 @@ fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool)
     if let Err(e) = written {
         return fail(format!("cannot write {}: {e}", config_path.display()));
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => return fail(format!("cannot find own executable: {e}")),
-    };
-
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     }) {
         return fail(format!("cannot install Ctrl-C handler: {e}"));
     }
-
     println!("raftkv cluster: {nodes} nodes, data in {}", dir.display());
     let mut children = Children(Vec::new());
     for n in &cluster.nodes {
-        let node_dir = dir.join(format!("node-{}", n.id));
-        let log_path = dir.join(format!("node-{}.log", n.id));
-        let log = match std::fs::File::create(&log_path) {
-            Ok(log) => log,
-            Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
-        };
-        let mut command = Command::new(&exe);
-        command
-            .arg("node")
-            .arg("--id")
-            .arg(n.id.to_string())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(&node_dir)
-            .arg("--exit-on-stdin-eof")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if no_fsync {
-            command.arg("--no-fsync");
-        }
-        match command.spawn() {
+        match spawn_node(n, &dir, &config_path, no_fsync) {
             Ok(child) => children.0.push((n.id, child)),
-            Err(e) => return fail(format!("cannot start node {}: {e}", n.id)),
+            Err(e) => return fail(e),
         }
-        println!(
-            "  node {}: clients {}  peers {}  log {}  pid {}",
-            n.id,
-            n.client_addr,
-            n.peer_addr,
-            log_path.display(),
-            children.0.last().map_or(0, |(_, c)| c.id())
-        );
     }
+    show_leader(&cluster);
+    println!("try: redis-cli -p {port} SET hello world   (Ctrl-C stops the cluster)");
+    let code = supervise(&mut children, &stop_rx);
+    drop(children);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    code
+}
 
-    // Wait (bounded) for an election, then show who leads.
+/// Starts `raftkv node` for `n` as a child process logging to `DIR/node-N.log`.
+fn spawn_node(n: &NodeAddrs, dir: &Path, config_path: &Path, no_fsync: bool) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let log_path = dir.join(format!("node-{}.log", n.id));
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("node")
+        .arg("--id")
+        .arg(n.id.to_string())
+        .arg("--config")
+        .arg(config_path)
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{}", n.id)))
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if no_fsync {
+        command.arg("--no-fsync");
+    }
+    let child = command.spawn().map_err(|e| format!("cannot start node {}: {e}", n.id))?;
+    println!(
+        "  node {}: clients {}  peers {}  log {}  pid {}",
+        n.id,
+        n.client_addr,
+        n.peer_addr,
+        log_path.display(),
+        child.id()
+    );
+    Ok(child)
+}
+
+/// Waits (bounded) for an election, then shows who leads.
+fn show_leader(cluster: &ClusterConfig) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut shown = false;
-    while Instant::now() < deadline && !shown {
+    while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         let roles: Vec<(u64, Option<String>)> =
             cluster.nodes.iter().map(|n| (n.id, info_field(n.client_addr, "role"))).collect();
@@ -264,30 +271,25 @@ fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool)
             for (id, role) in roles {
                 println!("  node {id}: {}", role.as_deref().unwrap_or("unreachable"));
             }
-            shown = true;
+            return;
         }
     }
-    if !shown {
-        println!("  no leader elected yet; see the node logs");
-    }
-    println!("try: redis-cli -p {port} SET hello world   (Ctrl-C stops the cluster)");
+    println!("  no leader elected yet; see the node logs");
+}
 
-    let code = loop {
-        if stop_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+/// Runs until Ctrl-C/SIGTERM (success) or until a node exits on its own (failure).
+fn supervise(children: &mut Children, stop: &crossbeam_channel::Receiver<()>) -> ExitCode {
+    loop {
+        if stop.recv_timeout(Duration::from_millis(200)).is_ok() {
             println!("stopping cluster");
-            break ExitCode::SUCCESS;
+            return ExitCode::SUCCESS;
         }
         let exited = children.0.iter_mut().find_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s)));
         if let Some((id, status)) = exited {
             eprintln!("raftkv: node {id} exited ({status}); stopping the cluster");
-            break ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
-    };
-    drop(children);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
     }
-    code
 }
 
 /// Reads one field of a node's `INFO` over a short-lived RESP connection (`None` if unreachable).

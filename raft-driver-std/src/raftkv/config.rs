@@ -13,16 +13,20 @@
 //! client_addr = "127.0.0.1:6379"
 //! ```
 //!
-//! An optional `[timing]` table overrides [`Timing`]'s defaults; every node should use the same values.
+//! An optional `[timing]` table overrides [`Timing`]'s defaults and an optional `[limits]` table
+//! [`Limits`]' (e.g. `max_entry_bytes`, the largest command a client may send); every node should use
+//! the same values.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+use crate::timing::Timing;
 
 /// The parsed and validated contents of `cluster.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,9 @@ pub struct ClusterConfig {
     /// Clock settings; all nodes should agree on them.
     #[serde(default)]
     pub timing: Timing,
+    /// Size limits; all nodes should agree on them.
+    #[serde(default)]
+    pub limits: Limits,
     /// Every voting member, the node reading the file included.
     pub nodes: Vec<NodeAddrs>,
 }
@@ -49,37 +56,6 @@ pub struct NodeAddrs {
     /// Where the node serves Redis (RESP) clients; followers also forward writes to the leader's
     /// client address.
     pub client_addr: SocketAddr,
-}
-
-/// How the driver's clock maps onto `raft-core`'s logical ticks.
-///
-/// The defaults follow etcd: a 50 ms tick, a heartbeat every 2 ticks (100 ms) and an election timeout
-/// of 10 ticks, which `raft-core` randomizes to 0.5–1 s. That is the same order as etcd's and
-/// hashicorp/raft's 1 s: long enough that a GC pause, a slow fsync or a loaded CI machine does not
-/// trigger spurious elections (10 missed heartbeats), yet short enough that a crashed leader is
-/// replaced — timeout, PreVote round, vote round — in well under 2 s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Timing {
-    /// Length of one tick in milliseconds.
-    pub tick_ms: u64,
-    /// Ticks between leader heartbeats.
-    pub heartbeat_ticks: u32,
-    /// Minimum election timeout in ticks (randomized up to twice this).
-    pub election_ticks: u32,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing { tick_ms: 50, heartbeat_ticks: 2, election_ticks: 10 }
-    }
-}
-
-impl Timing {
-    /// The tick length as a `Duration`.
-    pub fn tick(&self) -> Duration {
-        Duration::from_millis(self.tick_ms)
-    }
 }
 
 /// Why a cluster configuration was refused.
@@ -146,13 +122,8 @@ impl ClusterConfig {
                 }
             }
         }
-        let t = &self.timing;
-        if t.tick_ms == 0 || t.heartbeat_ticks == 0 || t.heartbeat_ticks >= t.election_ticks {
-            return invalid(format!(
-                "timing needs tick_ms > 0 and 0 < heartbeat_ticks ({}) < election_ticks ({})",
-                t.heartbeat_ticks, t.election_ticks
-            ));
-        }
+        self.timing.validate().map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+        self.limits.validate().map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -187,7 +158,7 @@ impl ClusterConfig {
                 client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
             });
         }
-        let config = ClusterConfig { cluster_id: 1, timing: Timing::default(), nodes };
+        let config = ClusterConfig { cluster_id: 1, timing: Timing::default(), limits: Limits::default(), nodes };
         config.validate()?;
         Ok(config)
     }
@@ -199,7 +170,7 @@ mod tests {
 
     #[test]
     fn example_file_parses() {
-        let text = include_str!("../examples/cluster.toml");
+        let text = include_str!("../../examples/cluster.toml");
         let config = ClusterConfig::parse(text).expect("example parses");
         assert_eq!(config.nodes.len(), 3);
         assert_eq!(config.timing, Timing::default());
@@ -223,6 +194,12 @@ mod tests {
                       peer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n";
         assert!(matches!(ClusterConfig::parse(timing), Err(ConfigFileError::Invalid(_))));
         assert!(matches!(ClusterConfig::parse("cluster_id = "), Err(ConfigFileError::Parse(_))));
+        let limits = "cluster_id = 1\n[limits]\nmax_entry_bytes = 0\n[[nodes]]\nid = 1\n\
+                      peer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n";
+        let Err(ConfigFileError::Invalid(why)) = ClusterConfig::parse(limits) else { panic!("zero limit accepted") };
+        assert!(why.contains("max_entry_bytes"), "{why}");
+        let custom = limits.replace("max_entry_bytes = 0", "max_entry_bytes = 4096");
+        assert_eq!(ClusterConfig::parse(&custom).expect("valid").limits.max_entry_bytes, 4096);
         assert!(ClusterConfig::local(3, 65535).is_err());
     }
 }

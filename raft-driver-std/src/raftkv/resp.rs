@@ -14,6 +14,8 @@ use std::fmt;
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+pub use super::int::parse_i64;
+
 /// Which RESP dialect a connection speaks. Every connection starts in RESP2 and may switch with `HELLO 3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum Protocol {
@@ -297,20 +299,6 @@ fn read_number_line(buf: &[u8]) -> Result<Option<(Option<i64>, usize)>, RespErro
     }
 }
 
-/// Strict decimal `i64` parsing with Redis' `string2ll` rules: optional `-`, digits only, no `+`, no
-/// leading zeros (except `0` itself), no surrounding whitespace. Rust's `str::parse` is more lenient
-/// (accepts `+5`, `007`), which would make `INCR` accept values Redis rejects.
-pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    let digits = s.strip_prefix(b"-").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if digits[0] == b'0' && (digits.len() > 1 || digits.len() != s.len()) {
-        return None; // leading zero, or "-0"
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
-}
-
 /// Splits an inline command line like Redis' `sdssplitargs`: whitespace separates arguments; `"..."`
 /// supports `\n \r \t \b \a \\ \"` and `\xHH` escapes; `'...'` supports `\'`; a closing quote must be
 /// followed by whitespace or the end of the line.
@@ -397,9 +385,9 @@ pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
 }
 
 /// A protocol-neutral reply value. Build replies as `Reply`s and let [`encode`] pick the wire form for
-/// each connection's protocol. `Serialize`/`Deserialize` let the replicated state machine return replies
-/// through the log (see [`Reply::to_postcard`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// each connection's protocol. Replies never enter the log: the store answers with its own result type,
+/// and the server turns that into a `Reply`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// A simple status string such as `OK` or `PONG` (`+OK`). Must not contain CR/LF; any found are
     /// replaced by spaces when encoding so they cannot break framing.
@@ -456,16 +444,6 @@ impl Reply {
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_))
-    }
-
-    /// Serializes the reply with postcard (the protocol-neutral form the state machine returns).
-    pub fn to_postcard(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("serializing a Reply into a Vec cannot fail"))
-    }
-
-    /// Inverse of [`Reply::to_postcard`].
-    pub fn from_postcard(bytes: &[u8]) -> Result<Reply, postcard::Error> {
-        postcard::from_bytes(bytes)
     }
 }
 
@@ -603,8 +581,6 @@ mod tests {
             "RESP3 {reply:?}: {}",
             enc(&reply, Protocol::Resp3).escape_ascii()
         );
-        // The protocol-neutral form round-trips too.
-        assert_eq!(Reply::from_postcard(&reply.to_postcard()).unwrap(), reply);
     }
 
     fn same(reply: Reply, both: &[u8]) {

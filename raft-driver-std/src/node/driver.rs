@@ -1,0 +1,304 @@
+//! The node thread: steps the core and carries out its actions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, select};
+use raft_core::{Action, Entry, EntryKind, Event, Node, NodeId, Role};
+
+use super::{DriverError, Input, NodeOptions, ReplyTx, Status};
+use crate::proposals::{ProposalError, ProposalTracker, Settled};
+use crate::state_machine::StateMachine;
+use crate::transport::Transport;
+use crate::wal::{Wal, WalError, WalWriter};
+
+/// Most proposals stepped as one `ProposeBatch`. Draining what queued up while the node was busy turns
+/// many small appends (and AppendEntries messages) into one under load.
+const MAX_PROPOSE_BATCH: usize = 512;
+
+/// How the WAL writer's thread reports to the node thread without ever blocking on it.
+struct WalProgress {
+    durable_seq: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+    wake: Receiver<()>,
+}
+
+impl WalProgress {
+    /// Spawns the writer with a callback that records progress and pokes a capacity-1 channel.
+    fn spawn(wal: Wal, queue_len: usize) -> Result<(WalWriter, WalProgress), DriverError> {
+        let durable_seq = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let error = Arc::new(Mutex::new(None::<String>));
+        let (wake_tx, wake) = crossbeam_channel::bounded::<()>(1);
+        let (seq, fail, err) = (Arc::clone(&durable_seq), Arc::clone(&failed), Arc::clone(&error));
+        let writer = WalWriter::spawn(wal, queue_len, move |result: Result<u64, &WalError>| {
+            match result {
+                Ok(s) => {
+                    seq.fetch_max(s, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    *err.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                    fail.store(true, Ordering::Release);
+                }
+            }
+            // Never blocks: one pending wake-up is enough, the node reads the latest seq.
+            let _ = wake_tx.try_send(());
+        })
+        .map_err(DriverError::Wal)?;
+        Ok((writer, WalProgress { durable_seq, failed, error, wake }))
+    }
+
+    /// The failure the writer reported, if any.
+    fn failure(&self) -> Option<DriverError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let error = self.error.lock().unwrap_or_else(PoisonError::into_inner).take();
+        Some(DriverError::WalFailed(error.unwrap_or_else(|| "unknown error".into())))
+    }
+}
+
+/// The state owned by the node thread.
+pub(super) struct Driver<S: StateMachine> {
+    node: Node,
+    state_machine: S,
+    /// Reused for every step so that the hot loop does not allocate.
+    actions: Vec<Action>,
+    inputs: Receiver<Input<S>>,
+    writer: WalWriter,
+    wal: WalProgress,
+    /// The highest seq already stepped as `Persisted`.
+    reported_seq: u64,
+    fsync: bool,
+    transport: Arc<Transport>,
+    status: Arc<Mutex<Status>>,
+    proposals: ProposalTracker<ReplyTx<S>>,
+    tick: Duration,
+    stopping: bool,
+}
+
+impl<S: StateMachine> Driver<S> {
+    pub(super) fn new(
+        options: &NodeOptions,
+        node: Node,
+        state_machine: S,
+        wal: Wal,
+        inputs: Receiver<Input<S>>,
+        transport: Arc<Transport>,
+    ) -> Result<Driver<S>, DriverError> {
+        let (writer, wal) = WalProgress::spawn(wal, options.wal_queue_len)?;
+        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats())));
+        Ok(Driver {
+            node,
+            state_machine,
+            actions: Vec::with_capacity(256),
+            inputs,
+            writer,
+            wal,
+            reported_seq: 0,
+            fsync: options.fsync,
+            transport,
+            status,
+            proposals: ProposalTracker::new(),
+            tick: options.timing.tick(),
+            stopping: false,
+        })
+    }
+
+    /// The status cell the handle reads.
+    pub(super) fn status(&self) -> Arc<Mutex<Status>> {
+        Arc::clone(&self.status)
+    }
+
+    pub(super) fn run(&mut self) -> Result<(), DriverError> {
+        let ticker = crossbeam_channel::tick(self.tick);
+        while !self.stopping {
+            select! {
+                recv(self.inputs) -> input => match input {
+                    Ok(input) => self.handle(input)?,
+                    Err(_) => break,
+                },
+                recv(self.wal.wake) -> _ => self.on_wal_progress()?,
+                recv(ticker) -> _ => self.step(Event::Tick)?,
+            }
+            self.publish_status();
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, input: Input<S>) -> Result<(), DriverError> {
+        match input {
+            Input::Message(from, message) => self.step(Event::Message { from, message }),
+            Input::Propose(data, reply) => self.propose(data, reply),
+            Input::Inspect(f) => {
+                f(&self.state_machine);
+                Ok(())
+            }
+            Input::Campaign => self.step(Event::Campaign),
+            Input::Shutdown => {
+                self.stopping = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Steps `data` together with every proposal already queued behind it (up to
+    /// [`MAX_PROPOSE_BATCH`]) as one batch, then handles the first other input it drained.
+    fn propose(&mut self, data: Bytes, reply: ReplyTx<S>) -> Result<(), DriverError> {
+        let mut batch = vec![data];
+        self.proposals.queue(reply);
+        let mut other = None;
+        while batch.len() < MAX_PROPOSE_BATCH {
+            match self.inputs.try_recv() {
+                Ok(Input::Propose(data, reply)) => {
+                    batch.push(data);
+                    self.proposals.queue(reply);
+                }
+                Ok(input) => {
+                    other = Some(input);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let event = if batch.len() == 1 {
+            Event::Propose { data: batch.swap_remove(0) }
+        } else {
+            Event::ProposeBatch { data: batch }
+        };
+        self.step(event)?;
+        self.proposals.settle_unclaimed(answer);
+        match other {
+            Some(input) => self.handle(input),
+            None => Ok(()),
+        }
+    }
+
+    fn on_wal_progress(&mut self) -> Result<(), DriverError> {
+        if let Some(error) = self.wal.failure() {
+            return Err(error);
+        }
+        if !self.fsync {
+            // Writes were acknowledged when queued.
+            return Ok(());
+        }
+        let seq = self.wal.durable_seq.load(Ordering::Acquire);
+        if seq > self.reported_seq {
+            self.reported_seq = seq;
+            self.step(Event::Persisted { seq })?;
+        }
+        Ok(())
+    }
+
+    /// Steps one event and executes the resulting actions. Without fsync, the writes of a step are
+    /// acknowledged right away, which takes another step.
+    fn step(&mut self, event: Event) -> Result<(), DriverError> {
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.node.step_into(event, &mut actions);
+            let result = self.execute(&mut actions);
+            actions.clear();
+            self.actions = actions;
+            if let Some(seq) = result? {
+                if !self.fsync {
+                    next = Some(Event::Persisted { seq });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes actions in order; returns the seq of the last `Persist` submitted.
+    fn execute(&mut self, actions: &mut Vec<Action>) -> Result<Option<u64>, DriverError> {
+        let mut last_persist = None;
+        for action in actions.drain(..) {
+            self.proposals.on_action(&action, answer);
+            match action {
+                Action::Send { to, message } => {
+                    self.transport.send(to, message);
+                }
+                Action::Persist(persist) => {
+                    let seq = persist.seq;
+                    self.writer.submit(persist).map_err(|e| DriverError::WalFailed(e.to_string()))?;
+                    last_persist = Some(seq);
+                }
+                Action::Apply { entries } => {
+                    for entry in entries {
+                        self.apply(&entry);
+                    }
+                }
+                Action::RoleChanged { role, term, leader } => {
+                    tracing::info!(node = self.node.id(), %role, term, ?leader, "role changed");
+                }
+                Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
+            }
+        }
+        Ok(last_persist)
+    }
+
+    /// Applies one committed entry and answers the proposal waiting for it, if any.
+    fn apply(&mut self, entry: &Entry) {
+        let mut response = match entry.kind {
+            EntryKind::Normal => Some(self.state_machine.apply(entry.index, &entry.data)),
+            EntryKind::Noop => None,
+        };
+        match self.proposals.applied(entry, answer) {
+            Some(Settled::Applied(reply)) => match response.take() {
+                Some(r) => {
+                    let _ = reply.send(Ok(r));
+                }
+                None => {
+                    let _ = reply.send(Err(ProposalError::Overwritten));
+                }
+            },
+            Some(failed) => answer(failed),
+            None => {}
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = Status::of(&self.node, self.proposals.pending(), self.writer.stats());
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// Runs when the loop ends for any reason.
+    pub(super) fn stop(&mut self) {
+        self.proposals.fail_all(&ProposalError::Stopped, answer);
+        self.transport.shutdown();
+        // Fail proposals still queued; later ones see the closed channel.
+        while let Ok(input) = self.inputs.try_recv() {
+            if let Input::Propose(_, reply) = input {
+                let _ = reply.send(Err(ProposalError::Stopped));
+            }
+        }
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.running = false;
+        status.role = Role::Follower;
+        status.leader = None;
+    }
+}
+
+/// Answers a settled proposal's waiting client. Only failures reach here without a response; an
+/// `Applied` without one (cannot happen: the tracker answers `Applied` only at the apply that produces
+/// the response) is reported as overwritten rather than dropped.
+fn answer<R>(settled: Settled<crossbeam_channel::Sender<Result<R, ProposalError>>>) {
+    let (reply, error) = match settled {
+        Settled::Failed(reply, error) => (reply, error),
+        Settled::Applied(reply) => (reply, ProposalError::Overwritten),
+    };
+    let _ = reply.send(Err(error));
+}
+
+/// A seed that differs per node and per start.
+pub(super) fn time_seed(id: NodeId) -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()) << 32;
+    // splitmix64 finalizer
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}

@@ -1,0 +1,430 @@
+//! The driver: one thread that owns a [`raft_core::Node`] and turns its actions into network sends,
+//! WAL writes and state-machine applies.
+//!
+//! `raft-core` is sans-IO: it only says what to do. [`RaftNode`] is the std-thread runtime that does it.
+//! Everything reaches the node thread as an event:
+//!
+//! - peer messages, delivered by the [`Transport`]'s reader threads into the bounded input channel;
+//! - client proposals ([`RaftHandle::propose`]), each with a channel for its result, on the same channel;
+//! - `Persisted { seq }`, reported by the [`WalWriter`]'s group-commit thread: the callback only stores the
+//!   seq in an atomic and pokes a capacity-1 wake-up channel, so the WAL thread can never block on a busy
+//!   node (the node thread blocks on the WAL queue when the disk is slow; the reverse would deadlock);
+//! - ticks from a [`crossbeam_channel::tick`] timer (which drops ticks the node is too busy to take, so a
+//!   stalled node does not replay a burst of timeouts when it wakes up).
+//!
+//! The thread steps the node with [`Node::step_into`] and a reused action buffer, then executes the
+//! actions in order: `Send` goes to the transport (never blocks; Raft retransmits what it drops),
+//! `Persist` to the WAL writer (durable before the `Persisted` that releases it), `Apply` to the
+//! [`StateMachine`], and `Proposed`/`ProposeRejected`/`RoleChanged` settle the waiting proposals.
+//! The thread itself lives in `driver.rs`; this module is the API around it.
+//!
+//! # Answering proposals
+//!
+//! `Proposed` tells at which `(index, term)` a proposal was appended. When the entry at that index is
+//! applied, the proposal succeeded iff the applied entry's term is the same: a different term means a new
+//! leader overwrote it and the command was lost. Proposals are also failed as soon as this node stops
+//! being the leader, since it can no longer tell whether they will commit. Both failures are
+//! [retryable](ProposalError::is_retryable). The bookkeeping is [`ProposalTracker`], the same code the
+//! simulator runs; see [`crate::proposals`] for which failures leave the outcome unknown.
+//!
+//! # Limits
+//!
+//! [`NodeOptions::limits`] feeds the core configuration and the transport's frame bound, and a command
+//! larger than an entry may be is refused by [`RaftHandle::propose`] at once, before it reaches the
+//! node thread (where it would fail the whole batch it was drained into).
+
+mod driver;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use raft_core::{Config, ConfigError, Index, Message, Node, NodeId, ProposeError, Role, Term};
+use serde::Serialize;
+
+use crate::limits::{Limits, LimitsError};
+use crate::proposals::ProposalError;
+#[cfg(doc)]
+use crate::proposals::ProposalTracker;
+use crate::state_machine::StateMachine;
+use crate::timing::{Timing, TimingError};
+use crate::transport::{Transport, TransportConfig, TransportStats};
+#[cfg(doc)]
+use crate::wal::WalWriter;
+use crate::wal::{RecoveryReport, Wal, WalError, WalOptions, WalWriterStats};
+
+/// Capacity of the node's input channel. Bounded so that a node that cannot keep up pushes back on the
+/// transport's reader threads (TCP flow control then slows the peers) and on clients, instead of
+/// buffering without limit.
+const INPUT_QUEUE_LEN: usize = 8192;
+
+/// Everything needed to start a [`RaftNode`].
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every voting member (this node included).
+    pub voters: Vec<NodeId>,
+    /// Cluster id checked in the peer handshake.
+    pub cluster_id: u64,
+    /// Where to accept peer connections.
+    pub peer_listen: SocketAddr,
+    /// `(id, peer address)` of every other member.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// The node's WAL directory.
+    pub wal_dir: PathBuf,
+    /// Tick length and the election/heartbeat timeouts in ticks.
+    pub timing: Timing,
+    /// Size limits: the core's entry and batch bounds and the transport's frame bound derive from them.
+    pub limits: Limits,
+    /// `true` (the default): a write is acknowledged to `raft-core` only after its fsync, which is what
+    /// Raft's safety argument assumes. `false` acknowledges writes as soon as they are queued for the WAL
+    /// (still written and fsynced in the background): much faster, but a crash of a majority can lose
+    /// acknowledged writes. For benchmarks and throwaway clusters only.
+    pub fsync: bool,
+    /// Capacity of the WAL writer's queue (and the largest group sharing one fsync).
+    pub wal_queue_len: usize,
+    /// Seed for the election-timeout jitter; `None` derives one from the id and the clock. The driver is
+    /// not the deterministic part (the simulator is), so a time-based seed is fine.
+    pub seed: Option<u64>,
+}
+
+impl NodeOptions {
+    /// Options with the defaults: etcd-like [`Timing`], `raft-core`'s [`Limits`], fsync on.
+    pub fn new(
+        id: NodeId,
+        cluster_id: u64,
+        peer_listen: SocketAddr,
+        peers: Vec<(NodeId, SocketAddr)>,
+        wal_dir: impl Into<PathBuf>,
+    ) -> NodeOptions {
+        let mut voters: Vec<NodeId> = peers.iter().map(|&(p, _)| p).collect();
+        voters.push(id);
+        NodeOptions {
+            id,
+            voters,
+            cluster_id,
+            peer_listen,
+            peers,
+            wal_dir: wal_dir.into(),
+            timing: Timing::default(),
+            limits: Limits::default(),
+            fsync: true,
+            wal_queue_len: 1024,
+            seed: None,
+        }
+    }
+
+    /// The `raft-core` configuration these options describe: the voters, [`Timing`] and [`Limits`].
+    pub fn core_config(&self) -> Config {
+        let mut config = Config::new(self.id, self.voters.clone());
+        self.timing.apply_to(&mut config);
+        self.limits.apply_to(&mut config);
+        config
+    }
+
+    /// The transport configuration: the peers, and the frame bound from [`Limits`].
+    pub fn transport_config(&self) -> TransportConfig {
+        let mut config = TransportConfig::new(self.cluster_id, self.id, self.peer_listen, self.peers.clone());
+        config.max_frame_bytes = self.limits.max_frame_bytes();
+        config
+    }
+}
+
+/// Why a node could not start or stopped.
+#[derive(Debug)]
+pub enum DriverError {
+    /// Opening the WAL failed. A [`WalError::Corrupt`] names the segment file and byte offset.
+    Wal(WalError),
+    /// The configuration or the persisted state was refused by `raft-core`.
+    Config(ConfigError),
+    /// [`NodeOptions::timing`] is inconsistent.
+    Timing(TimingError),
+    /// [`NodeOptions::limits`] is inconsistent.
+    Limits(LimitsError),
+    /// The peer listener could not be bound (or a thread could not be spawned).
+    Io(std::io::Error),
+    /// A WAL write or fsync failed while running: nothing written since can be trusted, so the node
+    /// stopped; restart it to recover from what is durable.
+    WalFailed(String),
+    /// The node thread panicked.
+    Panicked,
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::Wal(e) => write!(f, "cannot open WAL: {e}"),
+            DriverError::Config(e) => write!(f, "cannot start raft node: {e}"),
+            DriverError::Timing(e) => write!(f, "cannot start raft node: {e}"),
+            DriverError::Limits(e) => write!(f, "cannot start raft node: {e}"),
+            DriverError::Io(e) => write!(f, "cannot start node: {e}"),
+            DriverError::WalFailed(e) => write!(f, "WAL failed, node stopped: {e}"),
+            DriverError::Panicked => f.write_str("node thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+/// The result of a proposal: the state machine's response, or why there is none.
+pub type ProposalResult<R> = Result<R, ProposalError>;
+
+/// A snapshot of the node's Raft state, for `INFO` and for routing client requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its role in the current term.
+    pub role: Role,
+    /// The leader of the current term, if known (this node's id when it leads).
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: Term,
+    /// Highest index known committed.
+    pub commit_index: Index,
+    /// Highest index applied to the state machine.
+    pub applied_index: Index,
+    /// Index of the last log entry (durable or not).
+    pub last_log_index: Index,
+    /// Highest index confirmed durable.
+    pub persisted_index: Index,
+    /// Proposals waiting for their entry to be applied.
+    pub pending_proposals: usize,
+    /// WAL writer counters.
+    pub wal: WalWriterStats,
+    /// Whether the node thread is still running.
+    pub running: bool,
+}
+
+impl Status {
+    fn of(node: &Node, pending: usize, wal: WalWriterStats) -> Status {
+        Status {
+            id: node.id(),
+            role: node.role(),
+            leader: node.leader(),
+            term: node.term(),
+            commit_index: node.commit_index(),
+            applied_index: node.applied_index(),
+            last_log_index: node.last_index(),
+            persisted_index: node.persisted_index(),
+            pending_proposals: pending,
+            wal,
+            running: true,
+        }
+    }
+}
+
+/// A closure run on the node thread with the state machine (see [`RaftHandle::inspect`]).
+type InspectFn<S> = Box<dyn FnOnce(&S) + Send>;
+
+/// The reply channel of one proposal.
+type ReplyTx<S> = Sender<ProposalResult<<S as StateMachine>::Response>>;
+
+/// What reaches the node thread.
+enum Input<S: StateMachine> {
+    Message(NodeId, Message),
+    Propose(Bytes, ReplyTx<S>),
+    Inspect(InspectFn<S>),
+    Campaign,
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to a running node: propose commands, read its status.
+pub struct RaftHandle<S: StateMachine> {
+    inputs: Sender<Input<S>>,
+    status: Arc<Mutex<Status>>,
+    transport: Arc<Transport>,
+    max_entry_bytes: usize,
+}
+
+impl<S: StateMachine> Clone for RaftHandle<S> {
+    fn clone(&self) -> Self {
+        RaftHandle {
+            inputs: self.inputs.clone(),
+            status: Arc::clone(&self.status),
+            transport: Arc::clone(&self.transport),
+            max_entry_bytes: self.max_entry_bytes,
+        }
+    }
+}
+
+impl<S: StateMachine> fmt::Debug for RaftHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftHandle").field("status", &self.status()).finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> RaftHandle<S> {
+    /// Proposes `command`; the returned channel receives exactly one result: the state machine's
+    /// response once the entry is committed and applied here, or the reason it will not come. A command
+    /// over [`Limits::max_entry_bytes`] is refused at once with
+    /// [`ProposeError::EntryTooLarge`]. Blocks only while the node's input queue is full.
+    pub fn propose(&self, command: Bytes) -> Receiver<ProposalResult<S::Response>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if command.len() > self.max_entry_bytes {
+            let error = ProposeError::EntryTooLarge { size: command.len(), max: self.max_entry_bytes };
+            let _ = tx.send(Err(ProposalError::Refused(error)));
+            return rx;
+        }
+        if let Err(crossbeam_channel::SendError(Input::Propose(_, tx))) = self.inputs.send(Input::Propose(command, tx))
+        {
+            let _ = tx.send(Err(ProposalError::Stopped));
+        }
+        rx
+    }
+
+    /// Proposes `command` and waits at most `timeout` for its result.
+    pub fn propose_wait(&self, command: Bytes, timeout: Duration) -> ProposalResult<S::Response> {
+        match self.propose(command).recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ProposalError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(ProposalError::Stopped),
+        }
+    }
+
+    /// The largest command [`propose`](Self::propose) accepts ([`Limits::max_entry_bytes`]).
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+
+    /// The node's current Raft state.
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Runs `f` on the node thread with the state machine (between two events, so it sees a consistent
+    /// applied state) and returns its result, or `None` if the node stopped or `timeout` passed. Meant
+    /// for diagnostics such as a digest of the state; keep `f` short, the node waits for it.
+    pub fn inspect<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static, timeout: Duration) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job: InspectFn<S> = Box::new(move |sm| {
+            let _ = tx.send(f(sm));
+        });
+        self.inputs.send(Input::Inspect(job)).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Starts an election now, skipping PreVote (for operators and tests).
+    pub fn campaign(&self) {
+        let _ = self.inputs.send(Input::Campaign);
+    }
+
+    /// The peer transport's counters.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.transport.stats()
+    }
+}
+
+/// A running Raft node: the node thread plus its WAL writer and transport. See the [module docs](self).
+pub struct RaftNode<S: StateMachine> {
+    handle: RaftHandle<S>,
+    thread: Option<JoinHandle<Result<(), DriverError>>>,
+    recovery: RecoveryReport,
+}
+
+impl<S: StateMachine> fmt::Debug for RaftNode<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftNode").field("handle", &self.handle).finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Recovers the WAL in `options.wal_dir` (cutting a torn tail, refusing corruption), restores the
+    /// Raft node from it, and starts the WAL writer, the transport and the node thread.
+    ///
+    /// `state_machine` must be empty: the whole log is re-applied on startup (there are no snapshots
+    /// yet), as entries become known committed again.
+    pub fn start(options: NodeOptions, state_machine: S) -> Result<RaftNode<S>, DriverError> {
+        options.timing.validate().map_err(DriverError::Timing)?;
+        options.limits.validate().map_err(DriverError::Limits)?;
+        let (wal, persisted, recovery) =
+            Wal::open(&options.wal_dir, WalOptions::default()).map_err(DriverError::Wal)?;
+        tracing::info!(
+            node = options.id,
+            term = recovery.term,
+            vote = ?recovery.vote,
+            first_index = recovery.first_index,
+            last_index = recovery.last_index,
+            torn_tail_bytes = recovery.torn_tail_bytes,
+            "WAL recovered"
+        );
+        let seed = options.seed.unwrap_or_else(|| driver::time_seed(options.id));
+        let node = Node::restore(options.core_config(), persisted, seed).map_err(DriverError::Config)?;
+        let (input_tx, input_rx) = crossbeam_channel::bounded::<Input<S>>(INPUT_QUEUE_LEN);
+        let inbound_tx = input_tx.clone();
+        let transport = Transport::start(options.transport_config(), move |from, message| {
+            // Blocks while the node is behind: back-pressure onto this peer's connection.
+            let _ = inbound_tx.send(Input::Message(from, message));
+        })
+        .map_err(DriverError::Io)?;
+        let transport = Arc::new(transport);
+        let mut driver = driver::Driver::new(&options, node, state_machine, wal, input_rx, Arc::clone(&transport))?;
+        let handle = RaftHandle {
+            inputs: input_tx,
+            status: driver.status(),
+            transport,
+            max_entry_bytes: options.limits.max_entry_bytes,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-node-{}", options.id))
+            .spawn(move || {
+                let result = driver.run();
+                driver.stop();
+                result
+            })
+            .map_err(DriverError::Io)?;
+        Ok(RaftNode { handle, thread: Some(thread), recovery })
+    }
+
+    /// A handle for proposing and reading status.
+    pub fn handle(&self) -> RaftHandle<S> {
+        self.handle.clone()
+    }
+
+    /// What WAL recovery found at startup.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Whether the node thread has exited (after a WAL failure or [`RaftNode::shutdown`]).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits for the node thread to exit on its own (it only does after a fatal error) and returns why.
+    pub fn wait(mut self) -> Result<(), DriverError> {
+        self.join()
+    }
+
+    /// Stops the node: fails pending proposals with [`ProposalError::Stopped`], waits until queued WAL
+    /// writes are durable, and stops the transport.
+    pub fn shutdown(mut self) -> Result<(), DriverError> {
+        let _ = self.handle.inputs.send(Input::Shutdown);
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), DriverError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(DriverError::Panicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for RaftNode<S> {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.handle.inputs.send(Input::Shutdown);
+            let _ = self.join();
+        }
+    }
+}

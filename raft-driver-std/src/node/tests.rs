@@ -1,0 +1,156 @@
+//! The driver on real threads, disks and sockets: one-node clusters commit, recover, refuse.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft_core::{ProposeError, Role};
+
+use super::*;
+use crate::timing::Timing;
+
+/// Waits until `cond` holds or `timeout` passes, polling every few milliseconds; returns whether it held.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+/// Appends every command to a list and replies with the list's length.
+#[derive(Default)]
+struct Log(Vec<Bytes>);
+
+impl StateMachine for Log {
+    type Response = Bytes;
+
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Bytes {
+        self.0.push(Bytes::copy_from_slice(command));
+        Bytes::from(self.0.len().to_string())
+    }
+}
+
+fn options(dir: &std::path::Path, fsync: bool) -> NodeOptions {
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut options = NodeOptions::new(1, 9, listen, Vec::new(), dir.join("wal"));
+    options.timing = Timing { tick_ms: 5, heartbeat_ticks: 1, election_ticks: 4 };
+    options.fsync = fsync;
+    options.seed = Some(7);
+    options
+}
+
+fn wait_leader(handle: &RaftHandle<Log>) {
+    assert!(wait_until(Duration::from_secs(5), || handle.status().role == Role::Leader), "no leader");
+}
+
+#[test]
+fn single_node_commits_applies_and_recovers() {
+    for fsync in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = RaftNode::start(options(dir.path(), fsync), Log::default()).expect("start");
+        let handle = node.handle();
+        wait_leader(&handle);
+        // Many concurrent proposals exercise batching; each gets its own reply.
+        let receivers: Vec<_> = (0..100).map(|i| handle.propose(Bytes::from(format!("c{i}")))).collect();
+        let mut replies: Vec<u64> = receivers
+            .into_iter()
+            .map(|rx| {
+                let reply = rx.recv_timeout(Duration::from_secs(5)).expect("reply").expect("applied");
+                std::str::from_utf8(&reply).expect("utf8").parse().expect("number")
+            })
+            .collect();
+        replies.sort_unstable();
+        assert_eq!(replies, (1..=100).collect::<Vec<u64>>());
+        let status = handle.status();
+        assert!(status.applied_index >= 101 && status.commit_index == status.applied_index, "{status:?}");
+        assert_eq!(handle.inspect(|log: &Log| log.0.len(), Duration::from_secs(1)), Some(100));
+        node.shutdown().expect("clean shutdown");
+        assert_eq!(
+            handle.propose_wait(Bytes::from_static(b"late"), Duration::from_secs(1)),
+            Err(ProposalError::Stopped)
+        );
+
+        // Restart: the log is replayed into a fresh state machine once committed again.
+        let node = RaftNode::start(options(dir.path(), fsync), Log::default()).expect("restart");
+        assert_eq!(node.recovery().last_index, 101);
+        let handle = node.handle();
+        wait_leader(&handle);
+        let reply = handle.propose_wait(Bytes::from_static(b"again"), Duration::from_secs(5)).expect("applied");
+        assert_eq!(&reply[..], b"101");
+    }
+}
+
+#[test]
+fn follower_rejects_proposals_as_retryable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Peer 2 never answers, so node 1 can never win an election.
+    let mut opts = options(dir.path(), true);
+    opts.peers = vec![(2, SocketAddr::from(([127, 0, 0, 1], 9)))];
+    opts.voters = vec![1, 2];
+    let node = RaftNode::start(opts, Log::default()).expect("start");
+    let result = node.handle().propose_wait(Bytes::from_static(b"x"), Duration::from_secs(5));
+    let error = result.expect_err("not leader");
+    assert!(matches!(error, ProposalError::Refused(ProposeError::NotLeader { leader: None })), "{error:?}");
+    assert!(error.is_retryable());
+}
+
+#[test]
+fn corrupt_wal_is_refused_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = RaftNode::start(options(dir.path(), true), Log::default()).expect("start");
+    let handle = node.handle();
+    wait_leader(&handle);
+    for _ in 0..3 {
+        handle.propose_wait(Bytes::from_static(b"x"), Duration::from_secs(5)).expect("applied");
+    }
+    node.shutdown().expect("shutdown");
+    let segment = dir.path().join("wal").join("wal-0000000000000001.log");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[16 + 8] ^= 0xFF;
+    std::fs::write(&segment, &bytes).expect("write");
+    let error = RaftNode::start(options(dir.path(), true), Log::default()).expect_err("corrupt");
+    let text = error.to_string();
+    assert!(text.contains("wal-0000000000000001.log") && text.contains("offset 16"), "{text}");
+}
+
+#[test]
+fn oversized_commands_are_refused_at_once_and_do_not_fail_their_neighbours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), true);
+    opts.limits.max_entry_bytes = 100;
+    let node = RaftNode::start(opts, Log::default()).expect("start");
+    let handle = node.handle();
+    wait_leader(&handle);
+    assert_eq!(handle.max_entry_bytes(), 100);
+    // Interleave fitting and oversized commands so that they would share a batch in the node thread.
+    let receivers: Vec<_> = (0..40).map(|i| handle.propose(Bytes::from(vec![b'x'; 90 + i % 20]))).collect();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let result = rx.recv_timeout(Duration::from_secs(5)).expect("answered");
+        if 90 + i % 20 <= 100 {
+            assert!(result.is_ok(), "command {i} of {} bytes: {result:?}", 90 + i % 20);
+        } else {
+            let error = result.expect_err("too large");
+            assert_eq!(error, ProposalError::Refused(ProposeError::EntryTooLarge { size: 90 + i % 20, max: 100 }));
+            assert!(!error.is_retryable() && !error.may_have_taken_effect());
+        }
+    }
+    assert_eq!(handle.inspect(|log: &Log| log.0.len(), Duration::from_secs(1)), Some(22));
+}
+
+#[test]
+fn inconsistent_options_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path(), true);
+    opts.limits.max_batch_entries = 0;
+    let error = RaftNode::start(opts, Log::default()).expect_err("refused");
+    assert!(error.to_string().contains("max_batch_entries"), "{error}");
+    let mut opts = options(dir.path(), true);
+    opts.timing.heartbeat_ticks = opts.timing.election_ticks;
+    assert!(matches!(RaftNode::start(opts, Log::default()), Err(DriverError::Timing(_))));
+    assert!(!dir.path().join("wal").exists(), "no WAL was created for refused options");
+}

@@ -1,0 +1,348 @@
+//! Running a request through the log from any node: proposing it on the leader, forwarding it from a
+//! follower, retrying until the bound, and saying what the client may conclude when it gives up.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use raft_core::{NodeId, ProposeError, Role};
+
+use super::{FORWARD_COMMAND, Shared, TRYAGAIN_NO_LEADER, UNCERTAIN, result_reply};
+use crate::proposals::ProposalError;
+use crate::raftkv::resp::{self, Reply};
+use crate::raftkv::store::{KvRequest, KvResult};
+use crate::raftkv::unix_ms;
+
+/// How one attempt to run a request ended.
+enum Attempt {
+    /// The answer for the client (a result, or a final error).
+    Done(Reply),
+    /// Try again (the same `(session, seq)`); `may_have_applied` says whether this attempt may have
+    /// taken effect.
+    Retry { why: String, may_have_applied: bool },
+}
+
+impl Attempt {
+    fn retry(why: impl Into<String>, may_have_applied: bool) -> Attempt {
+        Attempt::Retry { why: why.into(), may_have_applied }
+    }
+}
+
+/// The client's answer for a proposal error: final errors as themselves, the rest as an attempt to
+/// retry. This and [`ProposalError::is_retryable`] are the only places that decide it.
+fn proposal_attempt(error: ProposalError) -> Attempt {
+    if error.is_retryable() {
+        let may_have_applied = error.may_have_taken_effect();
+        return Attempt::retry(error.to_string(), may_have_applied);
+    }
+    Attempt::Done(final_error_reply(&error))
+}
+
+/// The reply for an error that retrying cannot fix, saying whether the command may have taken effect.
+fn final_error_reply(error: &ProposalError) -> Reply {
+    if error.may_have_taken_effect() {
+        Reply::error(format!("{UNCERTAIN} {error}; the command may or may not have been applied"))
+    } else {
+        Reply::error(format!("ERR {error}; nothing was applied"))
+    }
+}
+
+/// The reply when the retry bound passed: `-TRYAGAIN` only if no attempt may have taken effect (a read
+/// never takes effect).
+fn give_up_reply(request: &KvRequest, may_have_applied: bool) -> Reply {
+    if may_have_applied && !request.op.is_read_only() {
+        Reply::error(format!(
+            "{UNCERTAIN} no leader confirmed the command within the retry bound; it may or may not have been applied"
+        ))
+    } else {
+        Reply::error(TRYAGAIN_NO_LEADER)
+    }
+}
+
+/// Runs `request` through the log via whichever node leads, retrying with the same `(session, seq)`
+/// until it gets a reply or the retry bound passes.
+pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest) -> Reply {
+    let deadline = Instant::now() + shared.options.retry_bound;
+    let mut delay = Duration::from_millis(5);
+    let mut may_have_applied = false;
+    loop {
+        match attempt(shared, forwarder, request, deadline) {
+            Attempt::Done(reply) => return reply,
+            Attempt::Retry { why, may_have_applied: maybe } => {
+                may_have_applied |= maybe;
+                tracing::debug!(session = request.session, seq = request.seq, %why, maybe, "retrying command");
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return give_up_reply(request, may_have_applied);
+        }
+        std::thread::sleep(delay.min(deadline - now));
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// One attempt: propose on this node if it leads, else forward to the leader it knows.
+fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, deadline: Instant) -> Attempt {
+    let status = shared.node.status();
+    if !status.running {
+        return Attempt::Done(final_error_reply(&ProposalError::Stopped));
+    }
+    request.now_ms = unix_ms();
+    let encoded = request.encode();
+    if status.role == Role::Leader {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        return match shared.node.propose_wait(encoded, remaining) {
+            Ok(result) => Attempt::Done(result_reply(result)),
+            Err(error) => proposal_attempt(error),
+        };
+    }
+    let max = shared.node.max_entry_bytes();
+    if encoded.len() > max {
+        // Refused here, as the leader would: the same error, without a round trip.
+        return proposal_attempt(ProposalError::Refused(ProposeError::EntryTooLarge { size: encoded.len(), max }));
+    }
+    let Some(leader) = status.leader else { return Attempt::retry("no leader known", false) };
+    match shared.cluster.node(leader) {
+        Some(addrs) => forwarder.forward(shared, leader, addrs.client_addr, &encoded, deadline),
+        None => Attempt::retry(format!("leader {leader} is not in the cluster configuration"), false),
+    }
+}
+
+/// `RAFTKV.FORWARD <request> [timeout ms]` from a follower: propose as-is and answer with the postcard
+/// [`KvResult`] as a bulk string, or an error: `-TRYAGAIN` (certainly not applied) or `-UNCERTAIN` (may
+/// have been applied) for the follower to retry, `-ERR` for a final refusal.
+pub(super) fn forwarded(shared: &Shared, args: &[Bytes]) -> Reply {
+    let (Some(payload), true) = (args.first(), args.len() <= 2) else {
+        return Reply::error(format!("ERR wrong number of arguments for '{FORWARD_COMMAND}' command"));
+    };
+    let timeout = match args.get(1) {
+        None => shared.options.retry_bound,
+        Some(ms) => match resp::parse_i64(ms) {
+            Some(ms) if ms >= 0 => Duration::from_millis(ms as u64).min(shared.options.retry_bound),
+            _ => return Reply::error("ERR invalid timeout"),
+        },
+    };
+    if KvRequest::decode(payload).is_err() {
+        return Reply::error("ERR malformed forwarded request");
+    }
+    if shared.node.status().role != Role::Leader {
+        return Reply::error(format!("TRYAGAIN node {} is not the leader", shared.node_id));
+    }
+    // Copy: the argument shares the connection's read buffer, and log entries live long.
+    match shared.node.propose_wait(Bytes::copy_from_slice(payload), timeout) {
+        Ok(result) => Reply::Bulk(result.encode()),
+        // The follower may find another leader: a stopped one is not final for it.
+        Err(ProposalError::Stopped) => Reply::error(format!("{UNCERTAIN} leader {} stopped", shared.node_id)),
+        Err(error) => match proposal_attempt(error) {
+            Attempt::Done(reply) => reply,
+            Attempt::Retry { why, may_have_applied: false } => Reply::error(format!("TRYAGAIN {why}")),
+            Attempt::Retry { why, may_have_applied: true } => Reply::error(format!("{UNCERTAIN} {why}")),
+        },
+    }
+}
+
+/// A connection to the leader's client port, kept across commands of one client connection.
+#[derive(Default)]
+pub(super) struct Forwarder {
+    conn: Option<(NodeId, TcpStream)>,
+    buf: Vec<u8>,
+}
+
+/// How often a forwarded request's wait re-checks whether the leader changed.
+const FORWARD_POLL: Duration = Duration::from_millis(50);
+
+/// Bytes a forwarded reply may take beyond the largest value (its framing and the result's encoding).
+const FORWARD_REPLY_SLACK_BYTES: usize = 64 * 1024;
+
+impl Forwarder {
+    /// Sends `request` (encoded) to `leader` and waits for its answer.
+    fn forward(
+        &mut self,
+        shared: &Shared,
+        leader: NodeId,
+        addr: SocketAddr,
+        request: &Bytes,
+        deadline: Instant,
+    ) -> Attempt {
+        if let Err(why) = self.connect(leader, addr, deadline) {
+            // Nothing was sent: this attempt certainly did not take effect.
+            self.conn = None;
+            return Attempt::retry(why, false);
+        }
+        match self.exchange(shared, leader, request, deadline) {
+            Ok(attempt) => attempt,
+            Err(why) => {
+                // After any failure the stream may hold a late reply: never reuse it. The request may
+                // have reached the leader.
+                self.conn = None;
+                Attempt::retry(why, true)
+            }
+        }
+    }
+
+    fn connect(&mut self, leader: NodeId, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
+        if self.conn.as_ref().is_some_and(|(id, _)| *id == leader) {
+            return Ok(());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = remaining.clamp(Duration::from_millis(1), Duration::from_millis(500));
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(FORWARD_POLL)).map_err(|e| e.to_string())?;
+        self.conn = Some((leader, stream));
+        Ok(())
+    }
+
+    /// Writes the request and reads the leader's answer; `Err` is a failure of the connection.
+    fn exchange(
+        &mut self,
+        shared: &Shared,
+        leader: NodeId,
+        request: &Bytes,
+        deadline: Instant,
+    ) -> Result<Attempt, String> {
+        let Some((_, stream)) = self.conn.as_mut() else { return Err("no connection".into()) };
+        // Leave the leader time to answer before our own deadline.
+        let budget = deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(50));
+        let mut out = BytesMut::with_capacity(request.len() + 64);
+        resp::encode_request(
+            &[FORWARD_COMMAND.as_bytes(), request.as_ref(), budget.as_millis().to_string().as_bytes()],
+            &mut out,
+        );
+        stream.write_all(&out).map_err(|e| format!("write to leader {leader}: {e}"))?;
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        let hard_deadline = deadline + Duration::from_millis(200);
+        let max_reply = shared.node.max_entry_bytes().saturating_add(FORWARD_REPLY_SLACK_BYTES);
+        loop {
+            if let Some((attempt, _)) = parse_forward_reply(&self.buf)? {
+                return Ok(attempt);
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(format!("leader {leader} closed the connection")),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if self.buf.len() > max_reply {
+                        return Err("oversized reply from leader".into());
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if Instant::now() >= hard_deadline {
+                        return Err(format!("no reply from leader {leader} in time"));
+                    }
+                    // A stopped or partitioned leader never answers: give up on it as soon as we learn of
+                    // another one.
+                    if shared.node.status().leader != Some(leader) {
+                        return Err(format!("leader changed from {leader} while waiting"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read from leader {leader}: {e}")),
+            }
+        }
+    }
+}
+
+/// Parses one forwarded reply from the front of `buf`: `$<len>` carrying a postcard [`KvResult`], or an
+/// error line (`-TRYAGAIN` and `-UNCERTAIN` mean retry). Returns `Ok(None)` while incomplete, `Err` on
+/// anything else (the connection is dropped).
+fn parse_forward_reply(buf: &[u8]) -> Result<Option<(Attempt, usize)>, String> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return if buf.len() > 64 * 1024 { Err("unterminated reply line".into()) } else { Ok(None) };
+    };
+    if line_end == 0 {
+        return Err("empty reply line".into());
+    }
+    let line = &buf[1..line_end];
+    match buf.first() {
+        Some(b'$') => {
+            let len = resp::parse_i64(line).filter(|&n| n >= 0).ok_or("bad bulk length in forwarded reply")? as usize;
+            let start = line_end + 2;
+            let Some(end) = start.checked_add(len) else { return Err("bulk length overflow".into()) };
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            let result = KvResult::decode(&buf[start..end]).map_err(|e| format!("undecodable forwarded reply: {e}"))?;
+            Ok(Some((Attempt::Done(result_reply(result)), end + 2)))
+        }
+        Some(b'-') => {
+            let text = String::from_utf8_lossy(line).into_owned();
+            let attempt = if text.starts_with("TRYAGAIN") {
+                Attempt::retry(text, false)
+            } else if text.starts_with(UNCERTAIN) {
+                Attempt::retry(text, true)
+            } else {
+                Attempt::Done(Reply::Error(text))
+            };
+            Ok(Some((attempt, line_end + 2)))
+        }
+        _ => Err("unexpected reply to forwarded request".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(parsed: Result<Option<(Attempt, usize)>, String>) -> Option<(&'static str, usize)> {
+        match parsed {
+            Ok(Some((Attempt::Done(_), used))) => Some(("done", used)),
+            Ok(Some((Attempt::Retry { may_have_applied: false, .. }, used))) => Some(("certainly-not", used)),
+            Ok(Some((Attempt::Retry { may_have_applied: true, .. }, used))) => Some(("maybe", used)),
+            Ok(None) => None,
+            Err(_) => Some(("broken", 0)),
+        }
+    }
+
+    #[test]
+    fn forward_replies_parse() {
+        let result = KvResult::Integer(7).encode();
+        let mut wire = format!("${}\r\n", result.len()).into_bytes();
+        wire.extend_from_slice(&result);
+        wire.extend_from_slice(b"\r\n");
+        for cut in 0..wire.len() {
+            assert!(matches!(parse_forward_reply(&wire[..cut]), Ok(None)), "cut at {cut}");
+        }
+        let Ok(Some((Attempt::Done(r), used))) = parse_forward_reply(&wire) else { panic!("complete reply") };
+        assert_eq!((r, used), (Reply::Integer(7), wire.len()));
+        assert_eq!(kind(parse_forward_reply(b"-TRYAGAIN x\r\n")), Some(("certainly-not", 13)));
+        assert_eq!(kind(parse_forward_reply(b"-UNCERTAIN x\r\n")), Some(("maybe", 14)));
+        assert_eq!(kind(parse_forward_reply(b"-ERR x\r\n")), Some(("done", 8)));
+        assert_eq!(kind(parse_forward_reply(b"+OK\r\n")), Some(("broken", 0)));
+        assert_eq!(kind(parse_forward_reply(b"$-5\r\n")), Some(("broken", 0)));
+        assert_eq!(kind(parse_forward_reply(b"\r\n")), Some(("broken", 0)));
+    }
+
+    #[test]
+    fn every_proposal_error_says_whether_it_may_have_applied() {
+        let text = |a: Attempt| match a {
+            Attempt::Done(Reply::Error(text)) => format!("final {text}"),
+            Attempt::Done(other) => panic!("not an error: {other:?}"),
+            Attempt::Retry { may_have_applied, .. } => format!("retry maybe={may_have_applied}"),
+        };
+        let too_large = ProposalError::Refused(ProposeError::EntryTooLarge { size: 20 << 20, max: 16 << 20 });
+        let reply = text(proposal_attempt(too_large));
+        assert!(reply.starts_with("final ERR command of 20971520 bytes exceeds the max_entry_bytes limit"), "{reply}");
+        assert!(reply.ends_with("nothing was applied"), "{reply}");
+        assert_eq!(text(proposal_attempt(ProposalError::Stopped)).split(' ').nth(1), Some(UNCERTAIN));
+        let not_leader = ProposalError::Refused(ProposeError::NotLeader { leader: None });
+        assert_eq!(text(proposal_attempt(not_leader)), "retry maybe=false");
+        assert_eq!(text(proposal_attempt(ProposalError::Overwritten)), "retry maybe=false");
+        assert_eq!(text(proposal_attempt(ProposalError::LeadershipLost)), "retry maybe=true");
+        assert_eq!(text(proposal_attempt(ProposalError::Timeout)), "retry maybe=true");
+    }
+
+    #[test]
+    fn giving_up_says_tryagain_only_when_nothing_may_have_applied() {
+        use crate::raftkv::store::KvOp;
+        let write = KvRequest { session: 1, seq: 1, now_ms: 0, op: KvOp::IncrBy { key: "k".into(), delta: 1 } };
+        let read = KvRequest { session: 0, seq: 0, now_ms: 0, op: KvOp::Get { key: "k".into() } };
+        assert_eq!(give_up_reply(&write, false), Reply::error(TRYAGAIN_NO_LEADER));
+        let Reply::Error(uncertain) = give_up_reply(&write, true) else { panic!("error") };
+        assert!(uncertain.starts_with(UNCERTAIN), "{uncertain}");
+        assert_eq!(give_up_reply(&read, true), Reply::error(TRYAGAIN_NO_LEADER), "a read never takes effect");
+    }
+}

@@ -1,0 +1,89 @@
+//! The `INFO` command's text.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Shared;
+
+/// `INFO` text: `# Server`, `# Clients`, `# Replication`, `# Persistence` and `# Stats` sections
+/// (all unless specific ones are asked for).
+pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
+    let want = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|s| {
+                s.eq_ignore_ascii_case(name.as_bytes())
+                    || s.eq_ignore_ascii_case(b"all")
+                    || s.eq_ignore_ascii_case(b"default")
+                    || s.eq_ignore_ascii_case(b"everything")
+            })
+    };
+    let status = shared.node.status();
+    let mut text = String::new();
+    let mut section = |name: &str, lines: Vec<(&str, String)>| {
+        if !want(name) {
+            return;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        text.push_str(&format!("# {name}\r\n"));
+        for (key, value) in lines {
+            text.push_str(&format!("{key}:{value}\r\n"));
+        }
+    };
+    section(
+        "Server",
+        vec![
+            ("redis_version", "7.2.0".into()),
+            ("raftkv_version", env!("CARGO_PKG_VERSION").into()),
+            ("redis_mode", "standalone".into()),
+            ("node_id", shared.node_id.to_string()),
+            ("cluster_id", shared.cluster.cluster_id.to_string()),
+            ("process_id", std::process::id().to_string()),
+            ("tcp_port", shared.local_addr.port().to_string()),
+            ("uptime_in_seconds", shared.started.elapsed().as_secs().to_string()),
+        ],
+    );
+    section("Clients", vec![("connected_clients", shared.clients.load(Ordering::Relaxed).to_string())]);
+    let leader_addr =
+        status.leader.and_then(|id| shared.cluster.node(id)).map_or(String::new(), |n| n.client_addr.to_string());
+    let voters: Vec<String> = shared.cluster.voters().iter().map(ToString::to_string).collect();
+    section(
+        "Replication",
+        vec![
+            ("role", status.role.to_string()),
+            ("leader_id", status.leader.map_or("none".to_owned(), |id| id.to_string())),
+            ("leader_addr", leader_addr),
+            ("term", status.term.to_string()),
+            ("commit_index", status.commit_index.to_string()),
+            ("applied_index", status.applied_index.to_string()),
+            ("last_log_index", status.last_log_index.to_string()),
+            ("persisted_index", status.persisted_index.to_string()),
+            ("pending_proposals", status.pending_proposals.to_string()),
+            ("voters", voters.join(",")),
+        ],
+    );
+    section(
+        "Persistence",
+        vec![
+            ("wal_persists", status.wal.persists.to_string()),
+            ("wal_groups", status.wal.groups.to_string()),
+            ("wal_fsyncs", status.wal.fsyncs.to_string()),
+            ("wal_durable_seq", status.wal.durable_seq.to_string()),
+        ],
+    );
+    let t = shared.node.transport_stats();
+    section(
+        "Stats",
+        vec![
+            ("peer_messages_sent", t.sent.to_string()),
+            ("peer_messages_received", t.received.to_string()),
+            ("peer_messages_dropped", (t.dropped_full + t.dropped_unreachable + t.dropped_write).to_string()),
+            ("peer_connects", t.connects.to_string()),
+            ("peer_handshakes_rejected", t.handshake_rejected.to_string()),
+            ("peer_bad_frames", t.bad_frames.to_string()),
+        ],
+    );
+    text
+}

@@ -1,0 +1,505 @@
+//! The `raftkv` RESP server: Redis clients on the client port, every data command through the Raft log.
+//!
+//! One thread per connection reads requests with the incremental [`RequestParser`], so pipelined
+//! requests are answered in order and replies to a pipeline are written together. Connection-local
+//! commands (`PING`, `HELLO`, `CLIENT`, `INFO`, ...) are answered on the spot; everything in
+//! [`KvOp`] (reads included, which makes them linearizable) becomes a [`KvRequest`] that is
+//! committed through Raft and applied by the [`KvStore`]. The store answers with a
+//! [`KvResult`]; [`result_reply`] is the one place that turns it into RESP.
+//!
+//! # Exactly-once writes across leader changes
+//!
+//! Each connection is a client *session* with an id unique across nodes and restarts (see
+//! [`SessionIds`]) and a sequence number incremented per command (read-only commands carry no session:
+//! running them twice is harmless). A command is retried with the same
+//! `(session, seq)` until it succeeds or the retry bound (default 2 s) passes, whichever node ends up
+//! leading; the store applies each `(session, seq)` once and answers retries from its reply cache. The
+//! store caches only the last reply per session, which is why a connection keeps at most one command in
+//! flight (pipelined commands are processed one after another).
+//!
+//! # Any node accepts any command
+//!
+//! The leader proposes commands itself. A follower forwards them to the leader's client address over a
+//! RESP connection it keeps per client connection, as `RAFTKV.FORWARD <postcard KvRequest> <timeout ms>`.
+//! The leader proposes the request as-is and answers with a bulk string holding the postcard-encoded
+//! [`KvResult`] (relayed to the client in the client's own protocol), or with an
+//! error saying whether the attempt may have taken effect; the follower then retries. With no leader
+//! known, the server waits and retries.
+//!
+//! # What an error tells the client
+//!
+//! Every error says whether the command may have taken effect:
+//! - `-TRYAGAIN ...`: it certainly did not (no attempt was appended to any log, or every attempt was
+//!   overwritten); sending it again is safe.
+//! - `-UNCERTAIN ...`: an attempt was appended but no leader confirmed it within the retry bound; it may
+//!   still be applied. Read the state before retrying a non-idempotent command.
+//! - `-ERR ...`: the command was refused for what it is (syntax, type, a value over
+//!   [`Limits::max_entry_bytes`]); it did not take effect.
+//!
+//! Malformed or oversized requests get the `-ERR Protocol error...` reply and that connection is closed;
+//! nothing a client sends reaches the node thread except well-formed, size-checked commands.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use raft_core::NodeId;
+use raft_core::Role;
+
+mod forward;
+mod info;
+#[cfg(test)]
+mod tests;
+
+use super::command::{self, ConnCommand, ParsedCommand};
+use super::config::ClusterConfig;
+use super::resp::{self, ParserLimits, Protocol, Reply, RequestParser, RespError};
+use super::store::{KvOp, KvRequest, KvResult, KvStore};
+use super::unix_ms;
+use crate::limits::Limits;
+use crate::node::RaftHandle;
+use forward::{Forwarder, execute};
+
+/// The internal command a follower uses to hand a client's request to the leader.
+pub const FORWARD_COMMAND: &str = "RAFTKV.FORWARD";
+/// Replies `[applied index, digest]` of this node's local state machine, without going through the log:
+/// replicas that applied the same log must report the same digest (used by tests to detect divergence).
+pub const DIGEST_COMMAND: &str = "RAFTKV.DIGEST";
+/// The reply when no leader could take the command within the retry bound and no attempt was appended
+/// anywhere: the command certainly did not take effect.
+pub const TRYAGAIN_NO_LEADER: &str = "TRYAGAIN no leader available";
+/// The error code when an attempt was appended but its outcome is unknown: the command may or may not
+/// have taken effect.
+pub const UNCERTAIN: &str = "UNCERTAIN";
+
+/// How a [`Server`] behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// How long a command is retried (no leader, leader change) before `-TRYAGAIN` or `-UNCERTAIN`.
+    pub retry_bound: Duration,
+    /// The size limits; the RESP parser's bounds and the largest command derive from them, so that a
+    /// value that could never fit a log entry is refused while it is parsed, naming the limit.
+    pub limits: Limits,
+    /// Most concurrent client connections (each is a thread).
+    pub max_clients: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { retry_bound: Duration::from_secs(2), limits: Limits::default(), max_clients: 10_000 }
+    }
+}
+
+/// Bytes a RESP request may need beyond the encoded command: a multibulk header and `$<len>\r\n` and
+/// `\r\n` per argument (RESP spends ~6 bytes per argument where postcard spends 1 to 5).
+const RESP_OVERHEAD_PER_ARG: usize = 16;
+
+/// Most arguments in one request (an `MSET` of half a million pairs).
+pub const MAX_ARGS: usize = 1 << 20;
+
+impl ServerOptions {
+    /// The RESP parser's bounds: no bulk larger than a log entry may be, at most [`MAX_ARGS`] arguments,
+    /// and inline commands (telnet-style) up to 64 KiB.
+    pub fn parser_limits(&self) -> ParserLimits {
+        let max_entry_bytes = self.limits.max_entry_bytes;
+        ParserLimits { max_bulk_bytes: max_entry_bytes, max_args: MAX_ARGS, max_inline_bytes: 64 * 1024 }
+    }
+
+    /// Most bytes one request may occupy while it is received (all its arguments with their RESP
+    /// framing); a connection exceeding it gets a protocol error and is closed.
+    pub fn max_request_bytes(&self) -> usize {
+        let limits = self.parser_limits();
+        limits.max_bulk_bytes.saturating_add(limits.max_args.saturating_mul(RESP_OVERHEAD_PER_ARG))
+    }
+}
+
+/// Allocates client session ids that are unique across the nodes of a cluster and across restarts.
+///
+/// An id is `node_id` (low 8 bits) in the top byte, then a 56-bit counter that starts at the process
+/// start time in milliseconds shifted left by 20. A later process of the same node therefore starts above
+/// every id an earlier one handed out unless that one opened more than 2^20 (a million) connections per
+/// millisecond it ran. The millisecond field wraps after ~2.2 years, and node ids are unique only modulo
+/// 256; both are far beyond what the store's LRU session table remembers.
+#[derive(Debug)]
+pub struct SessionIds {
+    node_byte: u64,
+    start: u64,
+    next: AtomicU64,
+}
+
+impl SessionIds {
+    /// Ids for `node_id`, for a process that started at `start_ms` (Unix milliseconds).
+    pub fn new(node_id: NodeId, start_ms: u64) -> SessionIds {
+        SessionIds { node_byte: (node_id & 0xFF) << 56, start: start_ms << 20, next: AtomicU64::new(0) }
+    }
+
+    /// A fresh session id (never 0, which means "no session").
+    pub fn next(&self) -> u64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = self.node_byte | (self.start.wrapping_add(n) & ((1 << 56) - 1));
+        id.max(1)
+    }
+}
+
+/// What every connection thread shares.
+struct Shared {
+    node: RaftHandle<KvStore>,
+    cluster: ClusterConfig,
+    node_id: NodeId,
+    options: ServerOptions,
+    sessions: SessionIds,
+    next_client_id: AtomicU64,
+    clients: AtomicUsize,
+    started: Instant,
+    local_addr: SocketAddr,
+    stopping: AtomicBool,
+}
+
+/// A running RESP server (accept thread plus one thread per connection).
+pub struct Server {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.shared.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Serves clients on `listener` for the node behind `node`. `cluster` maps leader ids to client
+    /// addresses for forwarding.
+    pub fn start(
+        listener: TcpListener,
+        node: RaftHandle<KvStore>,
+        cluster: ClusterConfig,
+        node_id: NodeId,
+        options: ServerOptions,
+    ) -> io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            node,
+            cluster,
+            node_id,
+            options,
+            sessions: SessionIds::new(node_id, unix_ms()),
+            next_client_id: AtomicU64::new(1),
+            clients: AtomicUsize::new(0),
+            started: Instant::now(),
+            local_addr,
+            stopping: AtomicBool::new(false),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let accept = std::thread::Builder::new()
+            .name(format!("raftkv-accept-{node_id}"))
+            .spawn(move || accept_loop(&accept_shared, &listener))?;
+        Ok(Server { shared, accept: Some(accept) })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Stops accepting connections (open ones are served until their clients disconnect).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.shared.local_addr, Duration::from_millis(200));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.options.max_clients {
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+            let mut out = BytesMut::new();
+            resp::encode(&Reply::error("ERR max number of clients reached"), Protocol::Resp2, &mut out);
+            let _ = (&stream).write_all(&out);
+            continue;
+        }
+        let conn_shared = Arc::clone(shared);
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new().name(format!("raftkv-client-{id}")).spawn(move || {
+            let peer = stream.peer_addr().ok();
+            if let Err(error) = serve_connection(&conn_shared, stream, id) {
+                tracing::debug!(client = id, ?peer, %error, "client connection ended");
+            }
+            conn_shared.clients.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(error) = spawned {
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(%error, "cannot spawn connection thread");
+        }
+    }
+}
+
+/// What to do after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+/// Per-connection state.
+struct Conn<'a> {
+    shared: &'a Shared,
+    id: u64,
+    session: u64,
+    seq: u64,
+    protocol: Protocol,
+    name: Option<Bytes>,
+    forwarder: Forwarder,
+}
+
+/// A connection's buffers: what was received and not yet parsed, and replies not yet written.
+struct Buffers {
+    input: BytesMut,
+    out: BytesMut,
+    chunk: Vec<u8>,
+    /// Bytes received since the last complete request: bounds what one request can make us buffer.
+    request_bytes: usize,
+}
+
+fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    // A client that stops reading must not pin this thread forever.
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut conn = Conn {
+        shared,
+        id,
+        session: shared.sessions.next(),
+        seq: 0,
+        protocol: Protocol::Resp2,
+        name: None,
+        forwarder: Forwarder::default(),
+    };
+    let mut parser = RequestParser::new(shared.options.parser_limits());
+    let mut buf = Buffers {
+        input: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+        chunk: vec![0u8; 16 * 1024],
+        request_bytes: 0,
+    };
+    loop {
+        if let Next::Close = conn.answer_parsed(&mut parser, &mut buf, &mut stream)? {
+            stream.write_all(&buf.out)?;
+            lingering_close(&mut stream);
+            return Ok(());
+        }
+        let n = match stream.read(&mut buf.chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.input.extend_from_slice(&buf.chunk[..n]);
+        buf.request_bytes += n;
+    }
+}
+
+/// Most bytes and time a closing connection is drained for.
+const LINGER_BYTES_MAX: usize = 64 << 20;
+const LINGER_TIME_MAX: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose client may still be sending (an oversized value, a pipeline behind a
+/// protocol error): stop writing, then read and discard what arrives, bounded in bytes and time. Closing
+/// at once would answer the client's remaining bytes with a TCP reset, which can destroy our error reply
+/// before the client reads it.
+fn lingering_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let started = Instant::now();
+    let mut sink = [0u8; 64 * 1024];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES_MAX && started.elapsed() < LINGER_TIME_MAX {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+impl Conn<'_> {
+    /// Answers every complete request in `buf.input`, writing replies in batches (a pipeline's replies
+    /// go out together). Returns `Close` (with the last reply still in `buf.out`) after `QUIT`, a
+    /// protocol error or an oversized request.
+    fn answer_parsed(
+        &mut self,
+        parser: &mut RequestParser,
+        buf: &mut Buffers,
+        stream: &mut TcpStream,
+    ) -> io::Result<Next> {
+        loop {
+            match parser.parse(&mut buf.input) {
+                Ok(Some(args)) => {
+                    buf.request_bytes = buf.input.len();
+                    if let Next::Close = self.dispatch(&args, &mut buf.out) {
+                        return Ok(Next::Close);
+                    }
+                    if buf.out.len() >= 64 * 1024 {
+                        stream.write_all(&buf.out)?;
+                        buf.out.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(client = self.id, %error, "protocol error; closing connection");
+                    resp::encode(&self.protocol_error_reply(&error), self.protocol, &mut buf.out);
+                    return Ok(Next::Close);
+                }
+            }
+        }
+        if !buf.out.is_empty() {
+            stream.write_all(&buf.out)?;
+            buf.out.clear();
+        }
+        let max = self.shared.options.max_request_bytes();
+        if buf.request_bytes > max {
+            let reply = Reply::error(format!("ERR Protocol error: request exceeds {max} bytes"));
+            resp::encode(&reply, self.protocol, &mut buf.out);
+            return Ok(Next::Close);
+        }
+        Ok(Next::Continue)
+    }
+
+    /// A value too large for any log entry is named as such: the limit to raise is `max_entry_bytes`.
+    fn protocol_error_reply(&self, error: &RespError) -> Reply {
+        match error {
+            RespError::BulkTooLarge { len, max } => Reply::error(format!(
+                "ERR Protocol error: bulk of {len} bytes exceeds the max_entry_bytes limit of {max} bytes; \
+                 nothing was applied"
+            )),
+            other => other.to_reply(),
+        }
+    }
+
+    fn dispatch(&mut self, args: &[Bytes], out: &mut BytesMut) -> Next {
+        let mut next = Next::Continue;
+        // The parser never yields an empty request; an empty name matches nothing below anyway.
+        let name = args.first().map_or(&b""[..], |n| &n[..]);
+        let reply = if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
+            forward::forwarded(self.shared, &args[1..])
+        } else if name.eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
+            self.digest()
+        } else {
+            match command::parse_command(args) {
+                Err(reply) => reply,
+                Ok(ParsedCommand::Reply(reply)) => reply,
+                Ok(ParsedCommand::Replicate(op)) => self.replicate(op),
+                Ok(ParsedCommand::Connection(command)) => {
+                    if matches!(command, ConnCommand::Quit) {
+                        next = Next::Close;
+                    }
+                    self.connection_command(command)
+                }
+            }
+        };
+        resp::encode(&reply, self.protocol, out);
+        next
+    }
+
+    fn connection_command(&mut self, command: ConnCommand) -> Reply {
+        match command {
+            ConnCommand::Hello { protocol, auth: _, setname } => {
+                // No authentication is configured, so like Redis' default user any credentials pass.
+                if let Some(protocol) = protocol {
+                    self.protocol = protocol;
+                }
+                if let Some(name) = setname {
+                    self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
+                }
+                let role = if self.shared.node.status().role == Role::Leader { "master" } else { "replica" };
+                command::hello_reply(self.protocol, self.id, role)
+            }
+            ConnCommand::ClientSetName(name) => {
+                self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
+                Reply::ok()
+            }
+            ConnCommand::ClientGetName => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ConnCommand::ClientId => Reply::Integer(self.id as i64),
+            ConnCommand::Info { sections } => {
+                Reply::Verbatim { format: *b"txt", text: Bytes::from(info::info_text(self.shared, &sections)) }
+            }
+            ConnCommand::Quit => Reply::ok(),
+        }
+    }
+
+    /// A data command from this connection's client: next sequence number, then through the log.
+    ///
+    /// Read-only commands go without a session: applying a read twice is harmless, and the store then
+    /// does not cache (possibly large) read replies in the session table.
+    fn replicate(&mut self, op: KvOp) -> Reply {
+        let (session, seq) = if op.is_read_only() {
+            (0, 0)
+        } else {
+            self.seq += 1;
+            (self.session, self.seq)
+        };
+        let mut request = KvRequest { session, seq, now_ms: 0, op };
+        execute(self.shared, &mut self.forwarder, &mut request)
+    }
+
+    fn digest(&self) -> Reply {
+        let result = self.shared.node.inspect(
+            |kv: &KvStore| {
+                let snapshot = kv.snapshot();
+                (kv.last_applied(), crc32c::crc32c(&snapshot), snapshot.len())
+            },
+            Duration::from_secs(5),
+        );
+        match result {
+            Some((applied, crc, len)) => {
+                Reply::Array(vec![Reply::Integer(applied as i64), Reply::Bulk(Bytes::from(format!("{crc:08x}-{len}")))])
+            }
+            None => Reply::error("ERR node stopped"),
+        }
+    }
+}
+
+/// The RESP form of a store result: the one place where the store's answers meet the wire.
+pub fn result_reply(result: KvResult) -> Reply {
+    match result {
+        KvResult::Ok => Reply::ok(),
+        KvResult::Nil => Reply::Null,
+        KvResult::Value(v) => Reply::Bulk(v),
+        KvResult::Integer(n) => Reply::Integer(n),
+        KvResult::Values(values) => {
+            Reply::Array(values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect())
+        }
+        KvResult::Error(e) => Reply::error(e.to_string()),
+    }
+}

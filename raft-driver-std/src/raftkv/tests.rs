@@ -1,0 +1,497 @@
+//! The store through the command parser, as the server drives it: parse, wrap, encode, apply, and the
+//! result in Redis terms.
+
+use bytes::Bytes;
+
+use super::command::{ConnCommand, ParsedCommand, hello_reply, parse_command};
+use super::resp::{Protocol, Reply};
+use super::server::result_reply;
+use super::store::*;
+use crate::state_machine::StateMachine;
+use proptest::prelude::*;
+
+fn args(words: &[&str]) -> Vec<Bytes> {
+    words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn err(s: &str) -> Reply {
+    Reply::error(s)
+}
+
+/// Drives a store the way the server would: parse, wrap, encode, apply, decode.
+struct Harness {
+    kv: KvStore,
+    index: u64,
+    now_ms: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness { kv: KvStore::new(), index: 0, now_ms: 1_000_000 }
+    }
+
+    fn apply_raw(&mut self, command: &[u8]) -> Reply {
+        self.index += 1;
+        result_reply(self.kv.apply(self.index, command))
+    }
+
+    fn request(&mut self, session: u64, seq: u64, words: &[&str]) -> Result<KvRequest, Reply> {
+        match parse_command(&args(words))? {
+            ParsedCommand::Replicate(op) => Ok(KvRequest { session, seq, now_ms: self.now_ms, op }),
+            other => panic!("{words:?} is not replicated: {other:?}"),
+        }
+    }
+
+    /// Runs a command without a session; parse errors are returned as the reply.
+    fn run(&mut self, words: &[&str]) -> Reply {
+        self.run_session(0, 0, words)
+    }
+
+    fn run_session(&mut self, session: u64, seq: u64, words: &[&str]) -> Reply {
+        match self.request(session, seq, words) {
+            Ok(req) => self.apply_raw(&req.encode()),
+            Err(e) => e,
+        }
+    }
+}
+
+#[test]
+fn set_get_basic() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["GET", "k"]), Reply::Null);
+    assert_eq!(h.run(&["SET", "k", "v"]), Reply::ok());
+    assert_eq!(h.run(&["get", "k"]), bulk("v"));
+    assert_eq!(h.run(&["SeT", "k", "w"]), Reply::ok());
+    assert_eq!(h.run(&["GET", "k"]), bulk("w"));
+    // Binary-safe keys and values.
+    let key = Bytes::from_static(b"\0\xff\r\n");
+    let op = KvOp::Set {
+        key: key.clone(),
+        value: key.clone(),
+        condition: SetCondition::Always,
+        expiry: SetExpiry::Clear,
+        get: false,
+    };
+    h.apply_raw(&KvRequest { session: 0, seq: 0, now_ms: 0, op }.encode());
+    let get = KvRequest { session: 0, seq: 0, now_ms: 0, op: KvOp::Get { key: key.clone() } };
+    assert_eq!(h.apply_raw(&get.encode()), Reply::Bulk(key));
+}
+
+#[test]
+fn set_nx_xx_get() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["SET", "k", "1", "XX"]), Reply::Null);
+    assert_eq!(h.run(&["GET", "k"]), Reply::Null);
+    assert_eq!(h.run(&["SET", "k", "1", "nx"]), Reply::ok());
+    assert_eq!(h.run(&["SET", "k", "2", "NX"]), Reply::Null);
+    assert_eq!(h.run(&["GET", "k"]), bulk("1"));
+    assert_eq!(h.run(&["SET", "k", "3", "XX"]), Reply::ok());
+    assert_eq!(h.run(&["GET", "k"]), bulk("3"));
+    // GET returns the old value whether or not the write happened.
+    assert_eq!(h.run(&["SET", "k", "4", "GET"]), bulk("3"));
+    assert_eq!(h.run(&["SET", "k", "5", "NX", "GET"]), bulk("4"));
+    assert_eq!(h.run(&["SET", "new", "x", "GET"]), Reply::Null);
+    assert_eq!(h.run(&["SET", "absent", "x", "XX", "GET"]), Reply::Null);
+    assert_eq!(h.run(&["GET", "absent"]), Reply::Null);
+    assert_eq!(h.run(&["GET", "k"]), bulk("4"));
+}
+
+#[test]
+fn set_expiry_follows_logged_time() {
+    let mut h = Harness::new();
+    let t0 = h.now_ms;
+    assert_eq!(h.run(&["SET", "ex", "v", "EX", "10"]), Reply::ok());
+    assert_eq!(h.run(&["SET", "px", "v", "px", "500"]), Reply::ok());
+    assert_eq!(h.run(&["SET", "exat", "v", "EXAT", &((t0 / 1000) + 20).to_string()]), Reply::ok());
+    assert_eq!(h.run(&["SET", "pxat", "v", "PXAT", &(t0 + 700).to_string()]), Reply::ok());
+    assert_eq!(h.run(&["DBSIZE"]), Reply::Integer(4));
+
+    h.now_ms = t0 + 500; // exactly at the expiry instant the key still exists (as in Redis)
+    assert_eq!(h.run(&["GET", "px"]), bulk("v"));
+    h.now_ms = t0 + 501;
+    assert_eq!(h.run(&["GET", "px"]), Reply::Null);
+    assert_eq!(h.run(&["EXISTS", "pxat", "ex"]), Reply::Integer(2));
+    h.now_ms = t0 + 701;
+    assert_eq!(h.run(&["DBSIZE"]), Reply::Integer(2));
+    h.now_ms = t0 + 10_001;
+    assert_eq!(h.run(&["MGET", "ex", "exat"]), Reply::Array(vec![Reply::Null, bulk("v")]));
+    h.now_ms = t0 + 20_001;
+    assert_eq!(h.run(&["DBSIZE"]), Reply::Integer(0));
+
+    // A plain SET or MSET clears the TTL; KEEPTTL, INCR and APPEND keep it. (A fresh store, because the
+    // logged clock is monotonic.)
+    let mut h2 = Harness::new();
+    h2.run(&["SET", "a", "1", "PX", "100"]);
+    h2.run(&["SET", "a", "2", "KEEPTTL"]);
+    h2.run(&["INCR", "a"]);
+    assert_eq!(h2.run(&["APPEND", "a", "0"]), Reply::Integer(2));
+    h2.run(&["SET", "b", "1", "PX", "100"]);
+    h2.run(&["SET", "b", "2"]);
+    h2.run(&["SET", "c", "1", "PX", "100"]);
+    h2.run(&["MSET", "c", "2"]);
+    h2.now_ms += 101;
+    assert_eq!(h2.run(&["MGET", "a", "b", "c"]), Reply::Array(vec![Reply::Null, bulk("2"), bulk("2")]));
+
+    // An absolute expiry in the past deletes the key.
+    let mut h3 = Harness::new();
+    h3.run(&["SET", "k", "v"]);
+    assert_eq!(h3.run(&["SET", "k", "w", "PXAT", "5", "GET"]), bulk("v"));
+    assert_eq!(h3.run(&["EXISTS", "k"]), Reply::Integer(0));
+}
+
+#[test]
+fn clock_never_goes_backwards() {
+    let mut h = Harness::new();
+    h.run(&["SET", "k", "v", "PX", "100"]);
+    h.now_ms += 200;
+    h.run(&["DBSIZE"]);
+    // A new leader with a clock 10 s behind must not resurrect the key.
+    h.now_ms -= 10_000;
+    assert_eq!(h.run(&["GET", "k"]), Reply::Null);
+    assert_eq!(h.run(&["SET", "k2", "v", "PX", "100"]), Reply::ok());
+    assert_eq!(h.run(&["GET", "k2"]), bulk("v"));
+}
+
+#[test]
+fn set_option_errors() {
+    let mut h = Harness::new();
+    let syntax = err("ERR syntax error");
+    let invalid = err("ERR invalid expire time in 'set' command");
+    for bad in [
+        &["SET", "k", "v", "NX", "XX"][..],
+        &["SET", "k", "v", "EX", "1", "PX", "1"],
+        &["SET", "k", "v", "EX", "1", "KEEPTTL"],
+        &["SET", "k", "v", "KEEPTTL", "PXAT", "1"],
+        &["SET", "k", "v", "EX"],
+        &["SET", "k", "v", "FOO"],
+        &["SET", "k", "v", "EX", "x", "BAR"],
+    ] {
+        assert_eq!(h.run(bad), syntax, "{bad:?}");
+    }
+    assert_eq!(h.run(&["SET", "k", "v", "EX", "x"]), err("ERR value is not an integer or out of range"));
+    assert_eq!(h.run(&["SET", "k", "v", "EX", "1.5"]), err("ERR value is not an integer or out of range"));
+    assert_eq!(h.run(&["SET", "k", "v", "EX", "0"]), invalid);
+    assert_eq!(h.run(&["SET", "k", "v", "PX", "-1"]), invalid);
+    assert_eq!(h.run(&["SET", "k", "v", "EX", "9223372036854775807"]), invalid);
+    // Overflow only detectable once now_ms is known: an error at apply time, key untouched.
+    assert_eq!(h.run(&["SET", "k", "v", "PX", "9223372036854775807"]), invalid);
+    assert_eq!(h.run(&["EXISTS", "k"]), Reply::Integer(0));
+    // Repeating an option is fine.
+    assert_eq!(h.run(&["SET", "k", "v", "NX", "nx", "EX", "5", "ex", "10", "GET", "get"]), Reply::Null);
+    assert_eq!(h.run(&["SET", "k", "v", "KEEPTTL", "keepttl"]), Reply::ok());
+}
+
+#[test]
+fn del_exists() {
+    let mut h = Harness::new();
+    h.run(&["MSET", "a", "1", "b", "2", "c", "3"]);
+    assert_eq!(h.run(&["EXISTS", "a", "a", "b", "zz"]), Reply::Integer(3));
+    assert_eq!(h.run(&["DEL", "a", "a", "zz", "b"]), Reply::Integer(2));
+    assert_eq!(h.run(&["EXISTS", "a", "b", "c"]), Reply::Integer(1));
+    assert_eq!(h.run(&["DBSIZE"]), Reply::Integer(1));
+    assert_eq!(h.run(&["DEL", "a"]), Reply::Integer(0));
+    assert_eq!(h.run(&["FLUSHALL"]), Reply::ok());
+    assert_eq!(h.run(&["DBSIZE"]), Reply::Integer(0));
+}
+
+#[test]
+fn incr_decr() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["INCR", "n"]), Reply::Integer(1));
+    assert_eq!(h.run(&["INCRBY", "n", "41"]), Reply::Integer(42));
+    assert_eq!(h.run(&["DECR", "n"]), Reply::Integer(41));
+    assert_eq!(h.run(&["DECRBY", "n", "-9"]), Reply::Integer(50));
+    assert_eq!(h.run(&["DECRBY", "m", "5"]), Reply::Integer(-5));
+    assert_eq!(h.run(&["GET", "n"]), bulk("50"));
+
+    let not_int = err("ERR value is not an integer or out of range");
+    h.run(&["MSET", "s", "abc", "sp", " 1", "plus", "+1", "zero", "01", "big", "9223372036854775808"]);
+    for key in ["s", "sp", "plus", "zero", "big"] {
+        assert_eq!(h.run(&["INCR", key]), not_int, "{key}");
+    }
+    assert_eq!(h.run(&["INCRBY", "n", "x"]), not_int);
+    assert_eq!(h.run(&["INCRBY", "n", "1.0"]), not_int);
+
+    let overflow = err("ERR increment or decrement would overflow");
+    h.run(&["SET", "max", "9223372036854775807"]);
+    assert_eq!(h.run(&["INCR", "max"]), overflow);
+    assert_eq!(h.run(&["GET", "max"]), bulk("9223372036854775807"));
+    h.run(&["SET", "min", "-9223372036854775808"]);
+    assert_eq!(h.run(&["DECR", "min"]), overflow);
+    assert_eq!(h.run(&["INCRBY", "min", "-1"]), overflow);
+    assert_eq!(h.run(&["DECRBY", "n", "-9223372036854775808"]), err("ERR decrement would overflow"));
+    assert_eq!(h.run(&["INCRBY", "min", "9223372036854775807"]), Reply::Integer(-1));
+}
+
+#[test]
+fn mset_mget_append_strlen() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["MSET", "a", "1", "b", "2", "a", "3"]), Reply::ok());
+    assert_eq!(h.run(&["MGET", "a", "x", "b"]), Reply::Array(vec![bulk("3"), Reply::Null, bulk("2")]));
+    assert_eq!(h.run(&["APPEND", "a", "45"]), Reply::Integer(3));
+    assert_eq!(h.run(&["APPEND", "new", "xy"]), Reply::Integer(2));
+    assert_eq!(h.run(&["GET", "a"]), bulk("345"));
+    assert_eq!(h.run(&["STRLEN", "a"]), Reply::Integer(3));
+    assert_eq!(h.run(&["STRLEN", "nope"]), Reply::Integer(0));
+}
+
+#[test]
+fn duplicate_request_applies_once() {
+    let mut h = Harness::new();
+    let incr = h.request(7, 1, &["INCR", "n"]).unwrap().encode();
+    assert_eq!(h.apply_raw(&incr), Reply::Integer(1));
+    // The client retried (e.g. after a leader change) and the command was logged twice.
+    assert_eq!(h.apply_raw(&incr), Reply::Integer(1));
+    assert_eq!(h.run(&["GET", "n"]), bulk("1"));
+
+    assert_eq!(h.run_session(7, 2, &["INCR", "n"]), Reply::Integer(2));
+    assert_eq!(h.run_session(7, 2, &["INCR", "n"]), Reply::Integer(2));
+    // An older sequence number is refused, never re-applied.
+    assert_eq!(h.apply_raw(&incr), err(STALE_SEQUENCE_ERROR));
+    assert_eq!(h.run(&["GET", "n"]), bulk("2"));
+    // Sequence numbers may skip (a request whose proposal was lost).
+    assert_eq!(h.run_session(7, 5, &["INCR", "n"]), Reply::Integer(3));
+    assert_eq!(h.run_session(7, 4, &["INCR", "n"]), err(STALE_SEQUENCE_ERROR));
+    // Error replies are cached too; another session is independent.
+    h.run(&["SET", "s", "x"]);
+    assert_eq!(h.run_session(7, 6, &["INCR", "s"]), err("ERR value is not an integer or out of range"));
+    h.run(&["SET", "s", "1"]);
+    assert_eq!(h.run_session(7, 6, &["INCR", "s"]), err("ERR value is not an integer or out of range"));
+    assert_eq!(h.run_session(8, 6, &["INCR", "s"]), Reply::Integer(2));
+    // Session 0 / seq 0 always applies.
+    assert_eq!(h.run_session(0, 9, &["INCR", "n"]), Reply::Integer(4));
+    assert_eq!(h.run_session(0, 9, &["INCR", "n"]), Reply::Integer(5));
+    assert_eq!(h.run_session(9, 0, &["INCR", "n"]), Reply::Integer(6));
+    assert_eq!(h.run_session(9, 0, &["INCR", "n"]), Reply::Integer(7));
+    assert_eq!(h.kv.session_count(), 2);
+}
+
+#[test]
+fn sessions_evicted_least_recently_used() {
+    let mut h = Harness { kv: KvStore::with_max_sessions(2), ..Harness::new() };
+    h.run_session(1, 1, &["INCR", "n"]);
+    h.run_session(2, 1, &["INCR", "n"]);
+    h.run_session(1, 1, &["INCR", "n"]); // retry touches session 1
+    h.run_session(3, 1, &["INCR", "n"]); // evicts session 2
+    assert_eq!(h.kv.session_count(), 2);
+    assert_eq!(h.run(&["GET", "n"]), bulk("3"));
+    assert_eq!(h.run_session(1, 1, &["INCR", "n"]), Reply::Integer(1)); // still deduplicated
+    // Session 2 was forgotten, so its retry is applied again (documented limitation).
+    assert_eq!(h.run_session(2, 1, &["INCR", "n"]), Reply::Integer(4));
+    assert_eq!(h.kv.session_count(), 2);
+}
+
+#[test]
+fn malformed_log_entry_is_an_error_reply() {
+    let mut h = Harness::new();
+    assert_eq!(h.apply_raw(b"\xff\xff\xff"), err("ERR malformed command in log"));
+    assert_eq!(h.apply_raw(b""), err("ERR malformed command in log"));
+    assert_eq!(h.kv.last_applied(), 2);
+}
+
+#[test]
+fn snapshot_restore_round_trip() {
+    let mut h = Harness::new();
+    h.run(&["SET", "a", "1", "PX", "1000"]);
+    h.run_session(4, 1, &["MSET", "b", "2", "c", "3"]);
+    let snap = h.kv.snapshot();
+    let mut copy = KvStore::new();
+    copy.restore(&snap).unwrap();
+    assert_eq!(copy.snapshot(), snap);
+    assert_eq!(copy.last_applied(), h.kv.last_applied());
+    assert!(copy.restore(b"\xff").is_err());
+    assert_eq!(copy.snapshot(), snap);
+    // The restored copy behaves identically, including expiry and dedup.
+    let mut h2 = Harness { kv: copy, index: h.index, now_ms: h.now_ms };
+    for hh in [&mut h, &mut h2] {
+        assert_eq!(hh.run_session(4, 1, &["MSET", "b", "x"]), Reply::ok());
+        hh.now_ms += 1001;
+        assert_eq!(hh.run(&["MGET", "a", "b"]), Reply::Array(vec![Reply::Null, bulk("2")]));
+    }
+    assert_eq!(h.kv.snapshot(), h2.kv.snapshot());
+}
+
+#[test]
+fn parse_arity_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["GET"], "get"),
+        (&["get", "a", "b"], "get"),
+        (&["SET", "k"], "set"),
+        (&["DEL"], "del"),
+        (&["EXISTS"], "exists"),
+        (&["INCR"], "incr"),
+        (&["DECR", "a", "b"], "decr"),
+        (&["INCRBY", "a"], "incrby"),
+        (&["DECRBY", "a", "1", "2"], "decrby"),
+        (&["MSET"], "mset"),
+        (&["MSET", "a"], "mset"),
+        (&["MSET", "a", "1", "b"], "mset"),
+        (&["MGET"], "mget"),
+        (&["DBSIZE", "x"], "dbsize"),
+        (&["APPEND", "a"], "append"),
+        (&["STRLEN"], "strlen"),
+        (&["PING", "a", "b"], "ping"),
+        (&["ECHO"], "echo"),
+        (&["SELECT"], "select"),
+        (&["CLIENT"], "client"),
+        (&["CLIENT", "SETNAME"], "client|setname"),
+        (&["client", "getname", "x"], "client|getname"),
+        (&["CLIENT", "ID", "x"], "client|id"),
+        (&["CONFIG"], "config"),
+        (&["CONFIG", "GET"], "config|get"),
+        (&["FLUSHALL", "ASYNC", "x"], "flushall"),
+    ];
+    for (words, name) in cases {
+        let expected = err(&format!("ERR wrong number of arguments for '{name}' command"));
+        assert_eq!(parse_command(&args(words)), Err(expected), "{words:?}");
+    }
+}
+
+#[test]
+fn parse_other_errors() {
+    assert_eq!(
+        parse_command(&args(&["FOO", "a", "b"])),
+        Err(err("ERR unknown command 'FOO', with args beginning with: 'a' 'b' "))
+    );
+    assert_eq!(parse_command(&args(&["foo"])), Err(err("ERR unknown command 'foo', with args beginning with: ")));
+    let long = "x".repeat(300);
+    let Err(Reply::Error(msg)) = parse_command(&args(&["nope", &long, "more"])) else { panic!() };
+    assert!(msg.len() < 200 && !msg.contains("more"), "{msg}");
+    assert_eq!(parse_command(&[]), Err(err("ERR empty command")));
+    assert_eq!(parse_command(&args(&["INCRBY", "k", "1x"])), Err(err("ERR value is not an integer or out of range")));
+    assert_eq!(parse_command(&args(&["SELECT", "1"])), Err(err("ERR DB index is out of range")));
+    assert_eq!(parse_command(&args(&["SELECT", "x"])), Err(err("ERR value is not an integer or out of range")));
+    assert_eq!(parse_command(&args(&["FLUSHDB", "now"])), Err(err("ERR syntax error")));
+    assert_eq!(parse_command(&args(&["CLIENT", "KILL"])), Err(err("ERR unknown subcommand 'KILL'. Try CLIENT HELP.")));
+    assert_eq!(
+        parse_command(&args(&["CONFIG", "REWRITE"])),
+        Err(err("ERR unknown subcommand 'REWRITE'. Try CONFIG HELP."))
+    );
+    assert_eq!(
+        parse_command(&args(&["CLIENT", "SETNAME", "a b"])),
+        Err(err("ERR Client names cannot contain spaces, newlines or special characters."))
+    );
+    assert_eq!(parse_command(&args(&["HELLO", "4"])), Err(err("NOPROTO unsupported protocol version")));
+    assert_eq!(
+        parse_command(&args(&["HELLO", "three"])),
+        Err(err("ERR Protocol version is not an integer or out of range"))
+    );
+    assert_eq!(parse_command(&args(&["HELLO", "3", "AUTH", "u"])), Err(err("ERR Syntax error in HELLO option 'AUTH'")));
+    assert_eq!(parse_command(&args(&["CLIENT", "SETINFO", "x", "y"])), Err(err("ERR Unrecognized option 'x'")));
+}
+
+#[test]
+fn parse_local_commands() {
+    let reply = |words: &[&str]| match parse_command(&args(words)) {
+        Ok(ParsedCommand::Reply(r)) => r,
+        other => panic!("{words:?}: {other:?}"),
+    };
+    let conn = |words: &[&str]| match parse_command(&args(words)) {
+        Ok(ParsedCommand::Connection(c)) => c,
+        other => panic!("{words:?}: {other:?}"),
+    };
+    assert_eq!(reply(&["PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(reply(&["ping", "hi"]), bulk("hi"));
+    assert_eq!(reply(&["EcHo", "x"]), bulk("x"));
+    assert_eq!(reply(&["COMMAND"]), Reply::Array(vec![]));
+    assert_eq!(reply(&["COMMAND", "DOCS"]), Reply::Array(vec![]));
+    assert_eq!(reply(&["COMMAND", "COUNT"]), Reply::Integer(0));
+    assert_eq!(reply(&["CONFIG", "GET", "save"]), Reply::Map(vec![]));
+    assert_eq!(reply(&["SELECT", "0"]), Reply::ok());
+    assert_eq!(reply(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]), Reply::ok());
+    assert_eq!(conn(&["QUIT"]), ConnCommand::Quit);
+    assert_eq!(conn(&["CLIENT", "ID"]), ConnCommand::ClientId);
+    assert_eq!(conn(&["client", "GetName"]), ConnCommand::ClientGetName);
+    assert_eq!(conn(&["CLIENT", "SETNAME", "worker-1"]), ConnCommand::ClientSetName(Bytes::from_static(b"worker-1")));
+    assert_eq!(conn(&["CLIENT", "SETNAME", ""]), ConnCommand::ClientSetName(Bytes::new()));
+    assert_eq!(conn(&["INFO", "server"]), ConnCommand::Info { sections: args(&["server"]) });
+    assert_eq!(conn(&["HELLO"]), ConnCommand::Hello { protocol: None, auth: None, setname: None });
+    assert_eq!(
+        conn(&["hello", "3", "auth", "default", "pw", "SETNAME", "me"]),
+        ConnCommand::Hello {
+            protocol: Some(Protocol::Resp3),
+            auth: Some((Bytes::from_static(b"default"), Bytes::from_static(b"pw"))),
+            setname: Some(Bytes::from_static(b"me")),
+        }
+    );
+    assert_eq!(
+        conn(&["HELLO", "2"]),
+        ConnCommand::Hello { protocol: Some(Protocol::Resp2), auth: None, setname: None }
+    );
+    let Reply::Map(fields) = hello_reply(Protocol::Resp3, 7, "master") else { panic!() };
+    assert!(fields.contains(&(bulk("proto"), Reply::Integer(3))));
+    assert!(fields.contains(&(bulk("id"), Reply::Integer(7))));
+    // Replicated commands parse case-insensitively into ops.
+    assert_eq!(
+        parse_command(&args(&["set", "k", "v", "px", "5", "xx"])),
+        Ok(ParsedCommand::Replicate(KvOp::Set {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            condition: SetCondition::IfPresent,
+            expiry: SetExpiry::AfterMs(5),
+            get: false,
+        }))
+    );
+}
+
+/// Random command scripts over a small key space, so commands collide and expiries trigger.
+fn command_strategy() -> impl Strategy<Value = (u64, u64, u64, Vec<String>)> {
+    let key = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(str::to_owned);
+    let val = prop_oneof![Just("1".to_owned()), Just("x".to_owned()), (-5i64..5).prop_map(|n| n.to_string())];
+    let cmd = prop_oneof![
+        (key.clone(), val.clone()).prop_map(|(k, v)| vec!["SET".into(), k, v]),
+        (key.clone(), val.clone(), 1u64..50).prop_map(|(k, v, ms)| vec![
+            "SET".into(),
+            k,
+            v,
+            "PX".into(),
+            ms.to_string()
+        ]),
+        (key.clone(), val.clone()).prop_map(|(k, v)| vec!["SET".into(), k, v, "NX".into(), "GET".into()]),
+        key.clone().prop_map(|k| vec!["INCR".into(), k]),
+        key.clone().prop_map(|k| vec!["GET".into(), k]),
+        (key.clone(), key.clone()).prop_map(|(a, b)| vec!["DEL".into(), a, b]),
+        (key.clone(), val.clone()).prop_map(|(k, v)| vec!["APPEND".into(), k, v]),
+        (key.clone(), val).prop_map(|(k, v)| vec!["MSET".into(), k, v]),
+        Just(vec!["DBSIZE".to_owned()]),
+    ];
+    // (session, seq, time step, command): few sessions and seqs so duplicates and stale ones happen.
+    (0u64..4, 0u64..6, 0u64..20, cmd)
+}
+
+proptest! {
+    #[test]
+    fn replicas_stay_identical(script in prop::collection::vec(command_strategy(), 1..80)) {
+        let mut log = Vec::new();
+        let mut now = 1_000u64;
+        for (session, seq, step, words) in &script {
+            now += step;
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let ParsedCommand::Replicate(op) = parse_command(&args(&words)).unwrap() else { unreachable!() };
+            log.push(KvRequest { session: *session, seq: *seq, now_ms: now, op }.encode());
+        }
+        let mut a = KvStore::with_max_sessions(3);
+        let mut b = KvStore::with_max_sessions(3);
+        let mut restored = KvStore::with_max_sessions(3);
+        let half = log.len() / 2;
+        for (i, cmd) in log.iter().enumerate() {
+            let index = i as u64 + 1;
+            let ra = a.apply(index, cmd);
+            prop_assert_eq!(&ra, &b.apply(index, cmd));
+            if i == half {
+                // A replica catching up from a snapshot converges too.
+                restored.restore(&a.snapshot()).unwrap();
+            } else if i > half {
+                prop_assert_eq!(&ra, &restored.apply(index, cmd));
+            }
+            prop_assert_eq!(a.snapshot(), b.snapshot());
+        }
+        if log.len() > 1 {
+            prop_assert_eq!(a.snapshot(), restored.snapshot());
+        }
+    }
+}
