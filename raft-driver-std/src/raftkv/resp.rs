@@ -143,7 +143,7 @@ const MAX_PREALLOC_ARGS: usize = 64;
 ///
 /// ```
 /// # use bytes::BytesMut;
-/// # use raft_driver_std::resp::RequestParser;
+/// # use raft_driver_std::raftkv::resp::RequestParser;
 /// let mut parser = RequestParser::default();
 /// let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r"[..]);
 /// assert_eq!(parser.parse(&mut buf).unwrap(), None); // need more bytes

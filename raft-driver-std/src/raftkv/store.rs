@@ -213,6 +213,22 @@ pub struct KvStore {
     last_applied: u64,
     /// Configuration, not state: every replica must use the same value.
     max_sessions: usize,
+    /// Counters since this store was created (not replicated state, not in the snapshot).
+    stats: StoreStats,
+}
+
+/// What the store did with the commands it was given, counted since it was created. Operators read
+/// them in `INFO`; the simulator uses them to check exactly-once application against the real store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Commands executed (that changed or read the data).
+    pub executed: u64,
+    /// Retries of a session's last request, answered from the session cache without executing.
+    pub deduplicated: u64,
+    /// Requests older than their session's last one, refused without executing.
+    pub stale: u64,
+    /// Log entries that were not decodable requests.
+    pub malformed: u64,
 }
 
 impl Default for KvStore {
@@ -255,7 +271,13 @@ impl KvStore {
             clock_ms: 0,
             last_applied: 0,
             max_sessions: max_sessions.max(1),
+            stats: StoreStats::default(),
         }
+    }
+
+    /// The counters of what this store did with its commands.
+    pub fn stats(&self) -> StoreStats {
+        self.stats
     }
 
     /// The index of the last applied command (0 if none).
@@ -475,16 +497,23 @@ impl StateMachine for KvStore {
         debug_assert!(index > self.last_applied, "apply index {index} after {}", self.last_applied);
         self.last_applied = index;
         let Ok(req) = KvRequest::decode(command) else {
+            self.stats.malformed += 1;
             return KvResult::Error(KvError::MalformedCommand);
         };
         self.clock_ms = self.clock_ms.max(req.now_ms);
         self.sweep_expired(EXPIRE_SWEEP_PER_APPLY);
         if req.session == 0 || req.seq == 0 {
+            self.stats.executed += 1;
             return self.execute(req.op);
         }
         if let Some(result) = self.cached(index, &req) {
+            match result {
+                KvResult::Error(KvError::StaleSequence) => self.stats.stale += 1,
+                _ => self.stats.deduplicated += 1,
+            }
             return result;
         }
+        self.stats.executed += 1;
         let result = self.execute(req.op.clone());
         self.remember(index, &req, &result);
         result

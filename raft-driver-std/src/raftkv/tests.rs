@@ -268,6 +268,10 @@ fn duplicate_request_applies_once() {
     assert_eq!(h.run_session(9, 0, &["INCR", "n"]), Reply::Integer(6));
     assert_eq!(h.run_session(9, 0, &["INCR", "n"]), Reply::Integer(7));
     assert_eq!(h.kv.session_count(), 2);
+    // What the store did, as operators see it in INFO and the simulator checks it.
+    let stats = h.kv.stats();
+    assert_eq!((stats.deduplicated, stats.stale, stats.malformed), (3, 2, 0), "{stats:?}");
+    assert_eq!(stats.executed, 13, "{stats:?}");
 }
 
 #[test]

@@ -2,7 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use bytes::Bytes;
+
+use crate::raftkv::store::KvStore;
 
 use super::Shared;
 
@@ -74,6 +78,7 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
         ],
     );
     let t = shared.node.transport_stats();
+    let store = shared.node.inspect(|kv: &KvStore| kv.stats(), Duration::from_secs(1)).unwrap_or_default();
     section(
         "Stats",
         vec![
@@ -83,6 +88,10 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("peer_connects", t.connects.to_string()),
             ("peer_handshakes_rejected", t.handshake_rejected.to_string()),
             ("peer_bad_frames", t.bad_frames.to_string()),
+            ("store_commands_executed", store.executed.to_string()),
+            ("store_retries_deduplicated", store.deduplicated.to_string()),
+            ("store_stale_requests", store.stale.to_string()),
+            ("store_malformed_entries", store.malformed.to_string()),
         ],
     );
     text
