@@ -1,0 +1,84 @@
+//! Checks made from outside the nodes, against the simulated disks and the
+//! client history: the commit rule, catch-up, liveness after the faults
+//! stop, and linearizability at the end of a run. (The per-event safety
+//! invariants live in `crate::invariants`.)
+
+use raft_core::NodeId;
+
+use super::Sim;
+use crate::history::Operation;
+use crate::linearizability::{Budget, CheckResult, check};
+
+impl Sim {
+    /// The commit rule of Figure 2, checked from outside: a leader advances
+    /// its commit index only to an entry of its own term, and only once that
+    /// entry is durable on a majority (judged by the simulated disks, not by
+    /// what the leader believes).
+    pub(super) fn check_leader_commit(&mut self, id: NodeId) {
+        let leader = self.nodes[&id].node.as_ref().expect("leader");
+        let (commit, term) = (leader.commit_index(), leader.term());
+        let entry_term = leader.term_at(commit);
+        if entry_term != Some(term) {
+            let detail =
+                format!("leader {id} of term {term} advanced commit to {commit}, an entry of term {entry_term:?}");
+            self.fail("commit rule", detail);
+            return;
+        }
+        let durable = self
+            .nodes
+            .values()
+            .filter(|n| n.disk.durable().entries.get((commit - 1) as usize).is_some_and(|e| e.term == term))
+            .count();
+        if durable < self.nodes.len() / 2 + 1 {
+            let detail = format!("leader {id} committed {commit}/{term} while only {durable} disks hold it");
+            self.fail("commit rule", detail);
+        }
+    }
+
+    /// Every live node has applied every acknowledged write.
+    pub(super) fn caught_up(&self) -> bool {
+        let acked = self.clients.max_acked_index();
+        self.nodes.values().all(|n| n.node.as_ref().is_none_or(|x| x.applied_index() >= acked))
+    }
+
+    /// After the faults heal: a leader exists, every node applied every
+    /// acknowledged write, and no client operation is stuck.
+    pub(super) fn check_liveness(&mut self) {
+        if let Some(detail) = self.liveness_problem() {
+            self.fail("liveness", detail);
+        }
+    }
+
+    /// The first liveness property that does not hold, if any.
+    fn liveness_problem(&self) -> Option<String> {
+        // Message loss goes on after the heal (it is part of the profile), so
+        // an election may be under way at the very end; what must hold is
+        // that a leader emerged once the partitions and crashes stopped.
+        if !self.faults.leader_since_heal {
+            return Some("no leader emerged after the faults healed".to_string());
+        }
+        let acked = self.clients.max_acked_index();
+        for (id, n) in &self.nodes {
+            let Some(node) = n.node.as_ref() else { continue };
+            if node.applied_index() < acked {
+                return Some(format!(
+                    "node {id} applied {} < acknowledged index {acked} by the end",
+                    node.applied_index()
+                ));
+            }
+        }
+        let (client, pos) = self.clients.overdue(self.ops_end_us())?;
+        Some(format!("client {client} operation {pos} never completed"))
+    }
+
+    /// Checks the history for linearizability (unless the run already
+    /// failed: a broken run's history proves nothing more).
+    pub(super) fn check_linearizability(&mut self, history: &[Operation]) -> CheckResult {
+        let result = if self.failure.is_none() { check(history, Budget::default()) } else { CheckResult::Linearizable };
+        if let CheckResult::NotLinearizable { key, explanation, .. } = &result {
+            let detail = format!("key {key}: {explanation}");
+            self.fail("linearizability", detail);
+        }
+        result
+    }
+}

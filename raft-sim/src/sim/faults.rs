@@ -1,0 +1,246 @@
+//! Fault injection: the fault type, the explicit schedule or the profile's
+//! random faults (partitions, one-way links, isolating the leader, healing
+//! in one direction first, crashes and restarts), and the end of faults.
+
+use raft_core::{Node, NodeId, Term};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use super::Sim;
+use super::queue::Ev;
+use crate::timeline::Mark;
+
+/// A fault the simulator injects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut every link of one node.
+    Isolate(NodeId),
+    /// Cut every link between `side` and the other nodes.
+    Split(Vec<NodeId>),
+    /// Cut the link `from -> to` only.
+    OneWay(NodeId, NodeId),
+    /// Cut the current leader away.
+    IsolateLeader,
+    /// Restore every link.
+    Heal,
+    /// Restore the links from one node to the others (not back to it).
+    HealOutbound(NodeId),
+    /// Crash a node (unsynced writes may be lost).
+    Crash(NodeId),
+    /// Restart a crashed node from its disk.
+    Restart(NodeId),
+}
+
+/// A fault at a virtual time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledFault {
+    /// When, in virtual microseconds.
+    pub at_us: u64,
+    /// What.
+    pub fault: Fault,
+}
+
+/// Whether faults are still being injected, and what liveness needs to know
+/// about the time since they stopped.
+pub(super) struct FaultState {
+    /// Random faults are still being injected.
+    pub(super) active: bool,
+    /// The highest term any node had when the faults stopped.
+    pub(super) heal_term: Term,
+    /// Some node was leader at some point after the faults stopped.
+    pub(super) leader_since_heal: bool,
+}
+
+impl FaultState {
+    /// Faults on, nothing healed yet.
+    pub(super) fn new() -> FaultState {
+        FaultState { active: true, heal_term: 0, leader_since_heal: false }
+    }
+
+    /// A node became leader in `term`: it counts for liveness if the faults
+    /// have stopped and no node had seen a newer term by then.
+    pub(super) fn on_leader(&mut self, term: Term) {
+        self.leader_since_heal |= !self.active && term >= self.heal_term;
+    }
+}
+
+impl Sim {
+    /// Queues the explicit schedule, or the first random fault; and the end
+    /// of faults either way.
+    pub(super) fn schedule_faults(&mut self) {
+        let end = self.end_us();
+        match self.cfg.schedule.clone() {
+            Some(schedule) => {
+                for f in schedule {
+                    self.push(f.at_us.min(end), Ev::Fault(f.fault));
+                }
+            }
+            None => {
+                if self.cfg.profile.partition_every_us > 0 || self.cfg.profile.crash_every_us > 0 {
+                    let at = self.next_fault_delay();
+                    self.push(at, Ev::RandomFault);
+                }
+            }
+        }
+        self.push(self.faults_end_us(), Ev::EndFaults);
+    }
+
+    fn next_fault_delay(&mut self) -> u64 {
+        let p = &self.cfg.profile;
+        let mean = match (p.partition_every_us, p.crash_every_us) {
+            (0, c) => c,
+            (pt, 0) => pt,
+            (pt, c) => pt.min(c),
+        };
+        self.rng.gen_range(mean / 2..=mean * 3 / 2)
+    }
+
+    /// Time for a random fault: inject one and queue the next, unless the
+    /// faults have stopped.
+    pub(super) fn random_fault_due(&mut self) {
+        if self.faults.active {
+            let f = self.random_fault();
+            self.apply_fault(f);
+            let at = self.now + self.next_fault_delay();
+            self.push(at, Ev::RandomFault);
+        }
+    }
+
+    /// Picks a random fault allowed by the profile, queueing its undoing
+    /// (the restart, or the heal) where it has one.
+    fn random_fault(&mut self) -> Fault {
+        let p = &self.cfg.profile;
+        let (can_partition, can_crash) = (p.partition_every_us > 0, p.crash_every_us > 0);
+        let crash = can_crash && (!can_partition || self.rng.gen_bool(0.5));
+        if crash {
+            return self.random_crash();
+        }
+        if self.net.is_partitioned() {
+            // Sometimes a partition heals in one direction first: a node
+            // that was cut off can talk again but not yet hear (a stale
+            // leader keeps sending in its old term).
+            if self.rng.gen_bool(0.3) {
+                let senders = self.net.cut_senders();
+                return Fault::HealOutbound(*senders.choose(&mut self.rng).expect("cut"));
+            }
+            return Fault::Heal;
+        }
+        let (lo, hi) = self.cfg.profile.partition_for_us;
+        let heal_after = self.rng.gen_range(lo..=hi);
+        self.push(self.now + heal_after, Ev::Fault(Fault::Heal));
+        self.random_partition()
+    }
+
+    /// Restarts a crashed node, or crashes one (the leader more often than
+    /// its share) and queues its restart.
+    fn random_crash(&mut self) -> Fault {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let down = self.down_nodes();
+        if !down.is_empty() && self.rng.gen_bool(0.5) {
+            return Fault::Restart(*down.choose(&mut self.rng).expect("down"));
+        }
+        let leader = self.current_leader();
+        let victim = match leader {
+            Some(l) if self.rng.gen_bool(0.4) => l,
+            _ => *ids.choose(&mut self.rng).expect("ids"),
+        };
+        let (lo, hi) = self.cfg.profile.down_for_us;
+        let down_for = self.rng.gen_range(lo..=hi);
+        self.push(self.now + down_for, Ev::Fault(Fault::Restart(victim)));
+        Fault::Crash(victim)
+    }
+
+    /// One of the partition shapes, at random.
+    fn random_partition(&mut self) -> Fault {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        match self.rng.gen_range(0..4) {
+            0 => Fault::IsolateLeader,
+            1 => {
+                let a = *ids.choose(&mut self.rng).expect("ids");
+                let b = *ids.choose(&mut self.rng).expect("ids");
+                Fault::OneWay(a, b)
+            }
+            2 => Fault::Isolate(*ids.choose(&mut self.rng).expect("ids")),
+            _ => {
+                let mut shuffled = ids.clone();
+                shuffled.shuffle(&mut self.rng);
+                let k = self.rng.gen_range(1..ids.len().max(2));
+                Fault::Split(shuffled[..k.min(ids.len())].to_vec())
+            }
+        }
+    }
+
+    /// The faults stop: note the newest term (a leader counts for liveness
+    /// only if no node has seen a newer one, so a stale leader cut off in a
+    /// minority does not), heal every link and restart every crashed node.
+    pub(super) fn end_faults(&mut self) {
+        self.faults.active = false;
+        let heal_term = self.nodes.values().filter_map(|n| n.node.as_ref().map(|x| x.term())).max().unwrap_or(0);
+        self.faults.heal_term = heal_term;
+        self.faults.leader_since_heal =
+            self.current_leader().is_some_and(|l| self.nodes[&l].node.as_ref().is_some_and(|x| x.term() >= heal_term));
+        self.note(|| "faults end: heal and restart everything".into());
+        self.apply_fault(Fault::Heal);
+        for id in self.down_nodes() {
+            self.apply_fault(Fault::Restart(id));
+        }
+    }
+
+    /// Injects `f`.
+    pub(super) fn apply_fault(&mut self, f: Fault) {
+        self.note(|| format!("fault: {f:?}"));
+        let now = self.now;
+        self.rec.mark(|| Mark::Fault { at_us: now, label: format!("{f:?}") });
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        match f {
+            Fault::Heal => self.net.heal(),
+            Fault::HealOutbound(a) => self.net.heal_outbound(a),
+            Fault::Isolate(a) => self.net.isolate(&ids, &[a]),
+            Fault::Split(side) => self.net.isolate(&ids, &side),
+            Fault::OneWay(a, b) => self.net.cut_one_way(a, b),
+            Fault::IsolateLeader => {
+                if let Some(l) = self.current_leader() {
+                    self.net.isolate(&ids, &[l]);
+                }
+            }
+            Fault::Crash(id) => self.crash(id),
+            Fault::Restart(id) => self.restart(id),
+        }
+    }
+
+    /// Crashes a running node: writes whose fsync never returned are lost,
+    /// except a random prefix of them that reached the platter anyway.
+    fn crash(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else { return };
+        let survive = self.rng.gen_range(0..=n.disk.pending_writes());
+        n.power_off(survive);
+        let now = self.now;
+        self.rec.mark(|| Mark::Power { node: id, at_us: now, up: false });
+        if let Err(v) = self.safety.after_sync(id, &n.disk) {
+            self.fail_violation(v);
+        }
+    }
+
+    /// Restarts a crashed node from what its disk holds.
+    fn restart(&mut self, id: NodeId) {
+        if self.nodes.get(&id).is_none_or(|n| n.node.is_some()) {
+            return;
+        }
+        let seed = self.rng.r#gen::<u64>();
+        let tick_us = self.drifted_tick();
+        let n = self.nodes.get_mut(&id).expect("node");
+        self.safety.on_restart(id, &n.disk.durable().entries);
+        let node = match Node::restore(n.config.clone(), n.disk.durable().clone(), seed) {
+            Ok(node) => node,
+            Err(e) => {
+                self.fail("restart", format!("node {id} could not restore from its disk: {e}"));
+                return;
+            }
+        };
+        n.power_on(node, tick_us);
+        let inc = n.inc;
+        let now = self.now;
+        self.rec.mark(|| Mark::Power { node: id, at_us: now, up: true });
+        self.push(now + tick_us, Ev::Tick { node: id, inc });
+    }
+}

@@ -1,0 +1,323 @@
+//! The simulation engine: virtual time, a seeded RNG, an event queue ordered
+//! by (time, sequence), simulated network, disks, clocks and clients around
+//! real `raft_core::Node`s. One seed is one exact run.
+//!
+//! This module holds the configuration, the report, the world ([`Sim`]) and
+//! its run loop; each concern of the world lives in a submodule:
+//! `queue` (the event queue), `network` (sending, delivery, cut links),
+//! `faults` (what is injected, and when), `node` (stepping nodes and
+//! carrying out their actions), `clients` (the client workload driver),
+//! `checks` (commit rule, catch-up, liveness, linearizability) and `record`
+//! (trace and timeline).
+
+mod checks;
+mod clients;
+mod faults;
+mod network;
+mod node;
+mod queue;
+mod record;
+
+use std::collections::BTreeMap;
+
+use raft_core::{Config, Index, NodeId};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+use self::clients::Clients;
+use self::faults::FaultState;
+pub use self::faults::{Fault, ScheduledFault};
+use self::network::Network;
+use self::node::{SimNode, StepContext};
+use self::queue::{Ev, EventQueue};
+use self::record::Recorder;
+use crate::history::{Operation, Outcome};
+use crate::invariants::{Safety, Violation};
+use crate::linearizability::CheckResult;
+use crate::profile::Profile;
+
+/// Virtual length of one base tick.
+pub const TICK_US: u64 = 10_000;
+
+/// Liveness bound: once faults have stopped, a write acknowledged this long
+/// before the end of the run must be applied on every node by the end.
+pub const LIVENESS_BOUND_US: u64 = 30 * TICK_US;
+
+/// Extra time after the end of a run for lagging nodes to catch up (with no
+/// new client operations and no faults) before liveness fails.
+pub const DRAIN_US: u64 = 200 * TICK_US;
+
+/// How a run is set up.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: everything random in the run derives from it.
+    pub seed: u64,
+    /// Cluster size (1 to 7).
+    pub nodes: usize,
+    /// The fault profile.
+    pub profile: Profile,
+    /// Run length in base ticks. Faults stop at 60%, new client operations
+    /// at 70%; the rest is for the liveness check.
+    pub ticks: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Size of the key space (small, so operations conflict).
+    pub keys: u64,
+    /// Explicit fault schedule; replaces the profile's random partitions
+    /// and crashes when set.
+    pub schedule: Option<Vec<ScheduledFault>>,
+    /// Record a human-readable line per event.
+    pub trace: bool,
+    /// Record messages, roles and faults for an SVG timeline.
+    pub timeline: bool,
+}
+
+impl SimConfig {
+    /// The default configuration for `seed`: 3 or 5 nodes (by seed) and, if
+    /// `profile` is `None`, a profile chosen by seed too.
+    pub fn for_seed(seed: u64, profile: Option<&str>, nodes: Option<usize>) -> SimConfig {
+        let profile_name = profile.unwrap_or(Profile::NAMES[(seed % Profile::NAMES.len() as u64) as usize]);
+        SimConfig {
+            seed,
+            nodes: nodes.unwrap_or(if (seed / 5) % 2 == 0 { 3 } else { 5 }),
+            profile: Profile::named(profile_name).unwrap_or_else(|| Profile::named("calm").expect("calm")),
+            ticks: 300,
+            clients: 3,
+            keys: 3,
+            schedule: None,
+            trace: false,
+            timeline: false,
+        }
+    }
+}
+
+/// A safety or liveness failure of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The property violated.
+    pub property: String,
+    /// What was seen.
+    pub detail: String,
+    /// The event number at which it was detected.
+    pub event: u64,
+    /// Virtual time of detection.
+    pub time_us: u64,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The configuration that ran.
+    pub seed: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Client operations recorded.
+    pub ops: usize,
+    /// Operations with a known outcome.
+    pub completed_ops: usize,
+    /// The linearizability verdict.
+    pub linearizability: CheckResult,
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+    /// The client history.
+    pub history: Vec<Operation>,
+    /// Per-event trace lines (only with `trace`).
+    pub trace: Vec<String>,
+    /// Timeline marks (only with `timeline`).
+    pub timeline: Vec<crate::timeline::Mark>,
+    /// Elections won during the run.
+    pub elections: u64,
+    /// Entries committed by the end.
+    pub committed: Index,
+    /// Applications of a command that had already taken effect (retries
+    /// that reached the log twice), answered from the session instead.
+    pub duplicates_suppressed: u64,
+}
+
+/// Counters reported at the end of a run.
+#[derive(Default)]
+struct Stats {
+    /// Events processed.
+    events: u64,
+    /// Elections won.
+    elections: u64,
+    /// Log entries whose command had already taken effect (a retry that
+    /// reached the log twice), suppressed by the client session.
+    duplicates_suppressed: u64,
+}
+
+/// One simulated world.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    /// Virtual time, in microseconds.
+    now: u64,
+    queue: EventQueue,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Network,
+    faults: FaultState,
+    clients: Clients,
+    safety: Safety,
+    /// About the node step in progress.
+    stepping: StepContext,
+    stats: Stats,
+    rec: Recorder,
+    /// The first failure.
+    failure: Option<Failure>,
+}
+
+impl Sim {
+    /// Builds the world for `cfg`.
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let link_salt = rng.r#gen::<u64>();
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            queue: EventQueue::default(),
+            nodes: BTreeMap::new(),
+            net: Network::new(link_salt),
+            faults: FaultState::new(),
+            clients: Clients::new(),
+            safety: Safety::new(),
+            stepping: StepContext::default(),
+            stats: Stats::default(),
+            rec: Recorder::new(cfg.trace, cfg.timeline),
+            failure: None,
+            cfg,
+        };
+        let n = sim.cfg.nodes.clamp(1, 7) as u64;
+        let voters: Vec<NodeId> = (1..=n).collect();
+        let template = sim.random_config(voters);
+        sim.note(|| format!("config: {template:?}"));
+        for id in 1..=n {
+            sim.add_node(Config { id, ..template.clone() });
+        }
+        sim.start_clients(n);
+        sim.schedule_faults();
+        sim
+    }
+
+    /// Protocol settings vary by seed: small batches and windows make old
+    /// entries travel apart from new ones (the Figure 8 shapes), and turning
+    /// PreVote/CheckQuorum off keeps stale leaders around for longer.
+    fn random_config(&mut self, voters: Vec<NodeId>) -> Config {
+        let mut c = Config::new(1, voters);
+        c.pre_vote = self.rng.gen_bool(0.75);
+        c.check_quorum = self.rng.gen_bool(0.75);
+        c.max_entries_per_msg = *[1, 2, 8, 64].choose(&mut self.rng).expect("choice");
+        c.max_inflight_msgs = *[1, 2, 16].choose(&mut self.rng).expect("choice");
+        c.election_ticks = self.rng.gen_range(6..=12);
+        c.heartbeat_ticks = self.rng.gen_range(1..=2);
+        c
+    }
+
+    /// The end of the run proper (before the drain).
+    fn end_us(&self) -> u64 {
+        self.cfg.ticks * TICK_US
+    }
+
+    /// When the faults stop.
+    fn faults_end_us(&self) -> u64 {
+        self.end_us() * 6 / 10
+    }
+
+    /// When clients stop starting new operations.
+    fn ops_end_us(&self) -> u64 {
+        self.end_us() * 7 / 10
+    }
+
+    /// Schedules `ev` at virtual time `time`.
+    fn push(&mut self, time: u64, ev: Ev) {
+        self.queue.push(time, ev);
+    }
+
+    /// Draws whether something of probability `p` happens; never draws
+    /// when `p` is zero.
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.gen_bool(p)
+    }
+
+    /// Adds a trace line (formatted only when tracing).
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        self.rec.note(self.now, line);
+    }
+
+    /// Records a failure, unless one was recorded already.
+    fn fail(&mut self, property: &str, detail: String) {
+        if self.failure.is_none() {
+            self.failure =
+                Some(Failure { property: property.to_string(), detail, event: self.stats.events, time_us: self.now });
+        }
+    }
+
+    fn fail_violation(&mut self, v: Violation) {
+        self.fail(v.property, v.detail);
+    }
+
+    /// Runs to the end (or the first failure) and checks the run.
+    pub fn run(mut self) -> RunReport {
+        let end = self.end_us();
+        self.process(end, false);
+        // Drain: no new client operations, no faults; a node still catching
+        // up gets a bounded extra time (a slow configuration is not a stuck
+        // one). Liveness is judged when everyone has caught up, or at the
+        // bound.
+        self.process(end + DRAIN_US, true);
+        if self.failure.is_none() {
+            self.check_liveness();
+        }
+        let history = self.clients.finish();
+        let linearizability = self.check_linearizability(&history);
+        self.report(history, linearizability)
+    }
+
+    /// Handles events due by `limit` until the first failure (and, when
+    /// `drain`, until every node has caught up).
+    fn process(&mut self, limit: u64, drain: bool) {
+        while self.failure.is_none() && !(drain && self.caught_up()) {
+            let Some((time, ev)) = self.queue.pop_due(limit) else { break };
+            self.now = time;
+            self.stats.events += 1;
+            self.handle(ev);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick { node, inc } => self.tick(node, inc),
+            Ev::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Ev::Sync { node, inc, count } => self.sync(node, inc, count),
+            Ev::Fault(f) => self.apply_fault(f),
+            Ev::RandomFault => self.random_fault_due(),
+            Ev::EndFaults => self.end_faults(),
+            Ev::ClientWake { client } => self.client_wake(client),
+            Ev::ClientTimeout { client, seq, attempt } => self.client_timeout(client, seq, attempt),
+        }
+    }
+
+    fn report(self, history: Vec<Operation>, linearizability: CheckResult) -> RunReport {
+        let completed_ops = history.iter().filter(|o| o.outcome != Outcome::Unknown).count();
+        RunReport {
+            seed: self.cfg.seed,
+            events: self.stats.events,
+            ops: history.len(),
+            completed_ops,
+            linearizability,
+            failure: self.failure,
+            history,
+            trace: self.rec.trace,
+            timeline: self.rec.timeline,
+            elections: self.stats.elections,
+            committed: self.safety.committed_len(),
+            duplicates_suppressed: self.stats.duplicates_suppressed,
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run(cfg: SimConfig) -> RunReport {
+    Sim::new(cfg).run()
+}

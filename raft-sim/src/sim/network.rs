@@ -1,0 +1,168 @@
+//! The simulated network: sending (loss, duplication, latency with a fixed
+//! speed per directed link, long detours that reorder), delivery, and the
+//! set of cut links that partitions are made of.
+
+use std::collections::BTreeSet;
+
+use raft_core::{Event, Index, Message, NodeId};
+use rand::Rng;
+
+use super::Sim;
+use super::queue::Ev;
+use crate::timeline::Mark;
+use crate::workload::{Command, OpResult};
+
+/// Client ids live above node ids so both share one address space.
+pub(super) const CLIENT_BASE: u64 = 1000;
+
+/// What travels over the network.
+#[derive(Clone, Debug)]
+pub(super) enum NetMsg {
+    /// Raft traffic between nodes.
+    Raft(Message),
+    /// A client's request to a node.
+    Request(Command),
+    /// A node's answer to a client: the result and the log index it was
+    /// applied at, or a refusal with a hint of who the leader is.
+    Reply { client: u64, seq: u64, result: Result<(OpResult, Index), Option<NodeId>> },
+}
+
+/// Which links are cut, and the speed of each link.
+pub(super) struct Network {
+    /// Cut directed links `(from, to)`.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Seeds the per-link latency factors.
+    link_salt: u64,
+}
+
+impl Network {
+    /// A network with every link up; `link_salt` fixes the link speeds.
+    pub(super) fn new(link_salt: u64) -> Network {
+        Network { cut: BTreeSet::new(), link_salt }
+    }
+
+    /// Whether the link `from -> to` is cut.
+    pub(super) fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.cut.contains(&(from, to))
+    }
+
+    /// Whether any link is cut.
+    pub(super) fn is_partitioned(&self) -> bool {
+        !self.cut.is_empty()
+    }
+
+    /// The sending side of every cut link, in link order.
+    pub(super) fn cut_senders(&self) -> Vec<NodeId> {
+        self.cut.iter().map(|&(a, _)| a).collect()
+    }
+
+    /// Restores every link.
+    pub(super) fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Restores the links from `a` to the others (not those back to it).
+    pub(super) fn heal_outbound(&mut self, a: NodeId) {
+        self.cut.retain(|&(from, _)| from != a);
+    }
+
+    /// Cuts the link `a -> b` only (a node is never cut from itself).
+    pub(super) fn cut_one_way(&mut self, a: NodeId, b: NodeId) {
+        if a != b {
+            self.cut.insert((a, b));
+        }
+    }
+
+    /// Cuts every link, both ways, between `side` and the rest of `ids`.
+    pub(super) fn isolate(&mut self, ids: &[NodeId], side: &[NodeId]) {
+        for &a in side {
+            for &b in ids {
+                if !side.contains(&b) {
+                    self.cut.insert((a, b));
+                    self.cut.insert((b, a));
+                }
+            }
+        }
+    }
+
+    /// Each directed link has its own speed for the whole run (0.5x to 2x
+    /// the profile's latency), so some paths are consistently slower, as in
+    /// a real network; derived from the seed, not drawn per message.
+    fn link_factor(&self, from: u64, to: u64) -> f64 {
+        let mut x = self.link_salt ^ from.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ to.rotate_left(32);
+        // splitmix64 finaliser: a well-mixed, deterministic hash.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        0.5 + 1.5 * (x as f64 / u64::MAX as f64)
+    }
+}
+
+impl Sim {
+    /// Sends `msg` from `from` to `to` (node or client ids): lost on a cut
+    /// link or by the profile's loss rate, otherwise delivered once or twice
+    /// after a random latency.
+    pub(super) fn send(&mut self, from: u64, to: u64, msg: NetMsg) {
+        let kind = match &msg {
+            NetMsg::Raft(m) if self.rec.timeline_on() && from < CLIENT_BASE && to < CLIENT_BASE => {
+                Some(crate::fmt::kind(m))
+            }
+            _ => None,
+        };
+        if self.net.is_cut(from, to) || self.chance(self.cfg.profile.drop) {
+            self.mark_message(kind, from, to, None);
+            return;
+        }
+        let copies = if self.chance(self.cfg.profile.duplicate) { 2 } else { 1 };
+        let link_factor = self.net.link_factor(from, to);
+        let mut msg = Some(msg);
+        for copy in 0..copies {
+            let arrive_us = self.now + self.latency(link_factor);
+            self.mark_message(kind, from, to, Some(arrive_us));
+            // Clone only for a duplicate; the last copy takes the message.
+            let msg = if copy + 1 == copies { msg.take() } else { msg.clone() }.expect("message");
+            self.push(arrive_us, Ev::Deliver { from, to, msg });
+        }
+    }
+
+    /// One copy's latency on a link of speed `link_factor`, sometimes with a
+    /// long detour.
+    fn latency(&mut self, link_factor: f64) -> u64 {
+        let (lo, hi) = self.cfg.profile.latency_us;
+        let mut latency = (self.rng.gen_range(lo..=hi) as f64 * link_factor) as u64;
+        if self.chance(self.cfg.profile.delay) {
+            latency += self.rng.gen_range(0..=self.cfg.profile.slow_latency_us);
+        }
+        latency
+    }
+
+    /// Marks a message between nodes on the timeline (`kind` is `None` for
+    /// anything else, or when there is no timeline).
+    fn mark_message(&mut self, kind: Option<&'static str>, from: u64, to: u64, arrive_us: Option<u64>) {
+        if let Some(kind) = kind {
+            self.rec.timeline.push(Mark::Message { from, to, sent_us: self.now, arrive_us, kind });
+        }
+    }
+
+    /// A message arrives.
+    pub(super) fn deliver(&mut self, from: u64, to: u64, msg: NetMsg) {
+        // A partition that started while the message was in flight drops it.
+        if self.net.is_cut(from, to) {
+            return;
+        }
+        match msg {
+            NetMsg::Raft(message) => {
+                let Some(term) = self.nodes.get(&to).and_then(|n| n.node.as_ref()).map(|n| n.term()) else {
+                    return;
+                };
+                // Figure 2: a message from an older term is refused; it
+                // must never change the receiver's log.
+                self.stepping.stale_delivery = message.term < term;
+                self.step(to, Event::Message { from, message });
+                self.stepping.stale_delivery = false;
+            }
+            NetMsg::Request(cmd) => self.request(to, cmd),
+            NetMsg::Reply { client, seq, result } => self.client_reply(client, seq, result),
+        }
+    }
+}

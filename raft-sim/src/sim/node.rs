@@ -1,0 +1,289 @@
+//! The simulated nodes: a real `raft_core::Node` with its disk, clock and
+//! state machine; stepping it and carrying out its actions (sends, writes,
+//! fsyncs, applies, role changes, proposals), and the server side of the
+//! client protocol (requests in, replies out).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft_core::{Action, Config, Entry, EntryKind, Event, Index, Node, NodeId, Persist, ProposeError, Role, Term};
+use rand::Rng;
+
+use super::network::NetMsg;
+use super::queue::Ev;
+use super::{Sim, TICK_US};
+use crate::disk::SimDisk;
+use crate::timeline::Mark;
+use crate::workload::{Command, KvMachine};
+
+/// One node of the cluster, up or down.
+pub(super) struct SimNode {
+    pub(super) config: Config,
+    /// The protocol core; `None` while crashed.
+    pub(super) node: Option<Node>,
+    pub(super) disk: SimDisk,
+    /// Incarnation: bumped by a crash, so events of an earlier life are
+    /// ignored.
+    pub(super) inc: u64,
+    /// The length of this node's tick (its clock drifts).
+    tick_us: u64,
+    /// An fsync is in progress.
+    sync_pending: bool,
+    sm: KvMachine,
+    /// index -> (client, seq, term) of proposals this node made as leader.
+    waiting: BTreeMap<Index, (u64, u64, Term)>,
+    /// (client, seq) of every command that took effect on this node's
+    /// state machine since it (re)started: the exactly-once check.
+    took_effect: BTreeSet<(u64, u64)>,
+}
+
+impl SimNode {
+    fn new(config: Config, node: Node, tick_us: u64) -> SimNode {
+        SimNode {
+            config,
+            node: Some(node),
+            disk: SimDisk::new(),
+            inc: 0,
+            tick_us,
+            sync_pending: false,
+            sm: KvMachine::default(),
+            waiting: BTreeMap::new(),
+            took_effect: BTreeSet::new(),
+        }
+    }
+
+    /// Crashes the node: the first `survive` pending writes reach the disk,
+    /// the rest are lost, and everything in memory goes.
+    pub(super) fn power_off(&mut self, survive: usize) {
+        self.disk.sync(Some(survive));
+        self.disk.crash();
+        self.node = None;
+        self.inc += 1;
+        self.sync_pending = false;
+        self.waiting.clear();
+    }
+
+    /// Brings the node back as `node` (restored from its disk) with a
+    /// fresh state machine and a clock ticking every `tick_us`.
+    pub(super) fn power_on(&mut self, node: Node, tick_us: u64) {
+        self.node = Some(node);
+        self.sm = KvMachine::default();
+        self.took_effect.clear();
+        self.tick_us = tick_us;
+    }
+}
+
+/// What the step in progress is about, for the actions it produces.
+#[derive(Default)]
+pub(super) struct StepContext {
+    /// The action buffer, reused from step to step.
+    actions: Vec<Action>,
+    /// The client command being proposed in the current step.
+    proposing: Option<Command>,
+    /// The message being delivered comes from a term older than the
+    /// receiver's.
+    pub(super) stale_delivery: bool,
+}
+
+impl Sim {
+    /// Adds a node with `config` and queues its first tick.
+    pub(super) fn add_node(&mut self, config: Config) {
+        let id = config.id;
+        let node_seed = self.rng.r#gen::<u64>();
+        let node = Node::new(config.clone(), node_seed).expect("valid config");
+        let tick_us = self.drifted_tick();
+        self.nodes.insert(id, SimNode::new(config, node, tick_us));
+        let first = self.rng.gen_range(0..tick_us);
+        self.push(first, Ev::Tick { node: id, inc: 0 });
+    }
+
+    /// A tick length with the profile's clock drift.
+    pub(super) fn drifted_tick(&mut self) -> u64 {
+        let d = self.cfg.profile.clock_drift;
+        if d <= 0.0 {
+            return TICK_US;
+        }
+        let f = 1.0 + self.rng.gen_range(-d..d);
+        (TICK_US as f64 * f) as u64
+    }
+
+    /// The crashed nodes, by id.
+    pub(super) fn down_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| *id).collect()
+    }
+
+    /// The leader of the highest term among the running nodes.
+    pub(super) fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.node.as_ref().filter(|x| x.role() == Role::Leader).map(|x| (x.term(), *id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// A node's clock ticks (unless it crashed since the tick was queued).
+    pub(super) fn tick(&mut self, id: NodeId, inc: u64) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        if n.inc != inc || n.node.is_none() {
+            return;
+        }
+        let next = self.now + n.tick_us;
+        self.push(next, Ev::Tick { node: id, inc });
+        self.step(id, Event::Tick);
+    }
+
+    /// Steps a node and carries out its actions.
+    pub(super) fn step(&mut self, id: NodeId, event: Event) {
+        let mut actions = std::mem::take(&mut self.stepping.actions);
+        actions.clear();
+        let n = self.nodes.get_mut(&id).expect("node");
+        let Some(node) = n.node.as_mut() else { return };
+        let commit_before = node.commit_index();
+        node.step_into(event, &mut actions);
+        let inc = n.inc;
+        let node = n.node.as_ref().expect("node");
+        let checked = self.safety.after_step(id, inc, node, &n.disk, &actions);
+        let leader_committed = node.role() == Role::Leader && node.commit_index() > commit_before;
+        if let Err(v) = checked {
+            self.fail_violation(v);
+        }
+        if leader_committed {
+            self.check_leader_commit(id);
+        }
+        for a in actions.drain(..) {
+            self.execute(id, a);
+        }
+        self.stepping.actions = actions;
+    }
+
+    fn execute(&mut self, id: NodeId, action: Action) {
+        let now = self.now;
+        self.rec.note(now, || crate::fmt::action(id, &action));
+        match action {
+            Action::Send { to, message } => self.send(id, to, NetMsg::Raft(message)),
+            Action::Persist(p) => self.persist(id, p),
+            Action::Apply { entries } => {
+                for e in &entries {
+                    self.apply_entry(id, e);
+                }
+            }
+            Action::RoleChanged { role, term, .. } => self.role_changed(id, role, term),
+            Action::Proposed { first_index, term, .. } => {
+                if let Some(cmd) = self.stepping.proposing {
+                    self.nodes.get_mut(&id).expect("node").waiting.insert(first_index, (cmd.client, cmd.seq, term));
+                }
+            }
+            Action::ProposeRejected { error } => {
+                if let Some(cmd) = self.stepping.proposing {
+                    let hint = match error {
+                        ProposeError::NotLeader { leader } => leader,
+                        ProposeError::Backpressure | ProposeError::EntryTooLarge { .. } => Some(id),
+                    };
+                    self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
+                }
+            }
+        }
+    }
+
+    /// A write to the node's disk, volatile until an fsync covers it.
+    fn persist(&mut self, id: NodeId, p: Persist) {
+        if self.stepping.stale_delivery && (!p.entries.is_empty() || p.truncate_from.is_some()) {
+            self.fail("stale term", format!("node {id} changed its log on a message from an older term"));
+        }
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.disk.write(p);
+        if !n.sync_pending {
+            self.schedule_sync(id);
+        }
+    }
+
+    /// Applies one committed entry to the node's state machine, checks
+    /// exactly-once, and answers the client if this node proposed it.
+    fn apply_entry(&mut self, id: NodeId, e: &Entry) {
+        if e.kind != EntryKind::Normal {
+            return;
+        }
+        let Some(cmd) = Command::decode(&e.data) else {
+            self.fail("state machine", format!("node {id} applied undecodable entry {}", e.index));
+            return;
+        };
+        let n = self.nodes.get_mut(&id).expect("node");
+        let effects_before = n.sm.effects;
+        let result = n.sm.apply(&cmd);
+        if n.sm.effects > effects_before {
+            if !n.took_effect.insert((cmd.client, cmd.seq)) {
+                let detail = format!("node {id} applied client {} seq {} twice", cmd.client, cmd.seq);
+                self.fail("exactly-once", detail);
+            }
+        } else {
+            self.stats.duplicates_suppressed += 1;
+        }
+        let n = self.nodes.get_mut(&id).expect("node");
+        let waiter = n.waiting.remove(&e.index);
+        if let (Some(result), Some((client, seq, term))) = (result, waiter) {
+            if term == e.term && client == cmd.client && seq == cmd.seq {
+                let reply = NetMsg::Reply { client, seq, result: Ok((result, e.index)) };
+                self.send(id, client, reply);
+            }
+        }
+    }
+
+    fn role_changed(&mut self, id: NodeId, role: Role, term: Term) {
+        let now = self.now;
+        self.rec.mark(|| Mark::Role { node: id, at_us: now, role, term });
+        if role == Role::Leader {
+            self.stats.elections += 1;
+            self.faults.on_leader(term);
+        } else {
+            // Proposals in flight may never commit; clients retry.
+            self.nodes.get_mut(&id).expect("node").waiting.clear();
+        }
+    }
+
+    /// A node receives a client request: a leader proposes it, anyone else
+    /// refuses with a hint.
+    pub(super) fn request(&mut self, id: NodeId, cmd: Command) {
+        let Some(node) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else { return };
+        if node.role() != Role::Leader {
+            let hint = node.leader();
+            self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
+            return;
+        }
+        self.stepping.proposing = Some(cmd);
+        self.step(id, Event::Propose { data: cmd.encode() });
+        self.stepping.proposing = None;
+    }
+
+    fn schedule_sync(&mut self, id: NodeId) {
+        let (lo, hi) = self.cfg.profile.fsync_us;
+        let mut delay = self.rng.gen_range(lo..=hi);
+        if self.chance(self.cfg.profile.slow_disk) {
+            delay += self.cfg.profile.slow_fsync_us;
+        }
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.sync_pending = true;
+        // Group commit: this fsync covers what is written now; later writes
+        // wait for the next one.
+        let count = n.disk.pending_writes();
+        let inc = n.inc;
+        self.push(self.now + delay, Ev::Sync { node: id, inc, count });
+    }
+
+    /// An fsync completes (unless the node crashed since it started).
+    pub(super) fn sync(&mut self, id: NodeId, inc: u64, count: usize) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.inc != inc || n.node.is_none() {
+            return;
+        }
+        n.sync_pending = false;
+        let synced = n.disk.sync(Some(count));
+        if let Err(v) = self.safety.after_sync(id, &self.nodes[&id].disk) {
+            self.fail_violation(v);
+        }
+        if self.nodes[&id].disk.pending_writes() > 0 {
+            self.schedule_sync(id);
+        }
+        if let Some(seq) = synced {
+            self.step(id, Event::Persisted { seq });
+        }
+    }
+}
