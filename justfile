@@ -1,6 +1,6 @@
 # Shortcuts over plain cargo. Every recipe is one cargo command you can run by hand.
 
-# Run the whole test suite (what CI runs after fmt and clippy).
+# Run the whole test suite (what CI runs last, after the checks below).
 test:
     cargo test --workspace
 
@@ -26,9 +26,32 @@ cluster nodes="3":
     cargo run --release -p raft-driver-std --bin raftkv -- cluster --nodes {{nodes}}
 
 # Formatting and lints, as CI checks them.
-lint:
+lint: fmt clippy
+
+# Formatting, both workspaces.
+fmt:
     cargo fmt --all --check
+    cargo fmt --manifest-path raft-core/no-std-check/Cargo.toml --check
+
+# Lints, warnings denied.
+clippy:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Everything CI does.
-all: lint test
+# Prove raft-core is no_std: link it into a no_std binary and run it (raft-core/no-std-check).
+nostd:
+    cargo run --release --manifest-path raft-core/no-std-check/Cargo.toml
+
+# The same for a bare-metal target (needs `rustup target add x86_64-unknown-none`).
+nostd-bare-metal:
+    cargo build --release --manifest-path raft-core/no-std-check/Cargo.toml --target x86_64-unknown-none
+
+# The driver without its default features.
+driver-minimal:
+    cargo build -p raft-driver-std --no-default-features
+
+# API docs, broken intra-doc links and other rustdoc warnings denied.
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Everything CI does, in CI's order (CI adds nostd-bare-metal where it can).
+all: fmt nostd driver-minimal clippy doc test
