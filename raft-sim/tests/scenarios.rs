@@ -2,22 +2,70 @@
 //! the scenario language and its trace is pinned with an insta snapshot.
 //! Scripts also carry `expect` lines, so a broken core fails even if someone
 //! blindly accepts a new snapshot.
+//!
+//! One test per script, named after its file, so a failure names the script
+//! and `cargo test -p raft-sim 09_figure8` runs just that one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata")
+}
+
+/// Runs `testdata/<name>.txt` and compares its trace with the snapshot
+/// `scenarios__<name>.snap`.
+fn scenario(name: &str) {
+    let path = testdata().join(format!("{name}.txt"));
+    let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let trace = match raft_sim::scenario::run(&script) {
+        Ok(trace) => trace,
+        Err(e) => panic!("scenario {name} failed at {e}"),
+    };
+    insta::assert_snapshot!(name, trace);
+}
+
+/// One `#[test]` per script, and the list of every script they cover.
+macro_rules! scenarios {
+    ($($test:ident => $name:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                scenario($name);
+            }
+        )*
+        const SCRIPTS: &[&str] = &[$($name),*];
+    };
+}
+
+scenarios! {
+    scenario_01_election => "01_election",
+    scenario_02_split_vote => "02_split_vote",
+    scenario_03_prevote => "03_prevote",
+    scenario_04_prevote_off_disrupts => "04_prevote_off_disrupts",
+    scenario_05_check_quorum => "05_check_quorum",
+    scenario_06_replication => "06_replication",
+    scenario_07_conflict_truncation => "07_conflict_truncation",
+    scenario_08_backtracking => "08_backtracking",
+    scenario_09_figure8 => "09_figure8",
+    scenario_10_restart => "10_restart",
+    scenario_11_unpersisted_no_ack => "11_unpersisted_no_ack",
+    scenario_12_prevote_without_check_quorum => "12_prevote_without_check_quorum",
+    scenario_13_check_quorum_lease => "13_check_quorum_lease",
+    scenario_14_duplicate_prevote_grants => "14_duplicate_prevote_grants",
+}
+
+/// Every script in `testdata` has a test above (and every test a script),
+/// so a new script cannot be silently skipped.
 #[test]
-fn scenarios() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).expect("testdata").map(|e| e.expect("entry").path()).collect();
-    paths.sort();
-    assert!(paths.len() >= 10, "expected the scenario files, found {}", paths.len());
-    for path in paths {
-        let name = path.file_stem().expect("stem").to_string_lossy().to_string();
-        let script = std::fs::read_to_string(&path).expect("read script");
-        let trace = match raft_sim::scenario::run(&script) {
-            Ok(trace) => trace,
-            Err(e) => panic!("scenario {name} failed at {e}"),
-        };
-        insta::assert_snapshot!(name, trace);
-    }
+fn every_script_has_a_test() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(testdata())
+        .expect("testdata")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .map(|p| p.file_stem().expect("stem").to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = SCRIPTS.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "tests/testdata and the scenarios! list differ: add a line for each new script");
 }
