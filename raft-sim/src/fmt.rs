@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use raft_core::{Action, AppendEntriesResponse, Entry, EntryKind, Message, MessageBody, NodeId, Persist};
+use raft_driver_std::raftkv::store::{KvOp, KvRequest, SetCondition};
 
 /// `idx/term` plus the payload for normal entries.
 pub fn entry(e: &Entry) -> String {
@@ -12,18 +13,30 @@ pub fn entry(e: &Entry) -> String {
     }
 }
 
-/// A payload: a simulator command decoded, printable text quoted, other
+/// A payload: a raftkv request decoded (`s4294967296#3 set k1=5 nx`), printable text quoted, other
 /// bytes by length.
 pub fn payload(data: &[u8]) -> String {
-    if let Some(c) = crate::workload::Command::decode(data) {
-        return match c.op {
-            crate::workload::Op::Put { key, value } => format!("c{}#{} put k{key}={value}", c.client, c.seq),
-            crate::workload::Op::Get { key } => format!("c{}#{} get k{key}", c.client, c.seq),
-        };
+    if let Ok(req) = KvRequest::decode(data) {
+        return format!("s{}#{} {}", req.session, req.seq, kv_op(&req.op));
     }
     match std::str::from_utf8(data) {
         Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
         _ => format!("<{} bytes>", data.len()),
+    }
+}
+
+/// The ops the workload issues, compactly; anything else in Debug form.
+fn kv_op(op: &KvOp) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match op {
+        KvOp::Set { key, value, condition: SetCondition::IfAbsent, .. } => {
+            format!("set {}={} nx", text(key), text(value))
+        }
+        KvOp::Set { key, value, .. } => format!("set {}={}", text(key), text(value)),
+        KvOp::Get { key } => format!("get {}", text(key)),
+        KvOp::IncrBy { key, delta: 1 } => format!("incr {}", text(key)),
+        KvOp::Del { keys } if keys.len() == 1 => format!("del {}", text(&keys[0])),
+        other => format!("{other:?}"),
     }
 }
 

@@ -61,10 +61,13 @@ pub struct SimConfig {
     /// Run length in base ticks. Faults stop at 60%, new client operations
     /// at 70%; the rest is for the liveness check.
     pub ticks: u64,
-    /// Concurrent clients.
+    /// Concurrent clients (1 to 10 by seed).
     pub clients: usize,
-    /// Size of the key space (small, so operations conflict).
+    /// Size of the key space (1 to 10 by seed: small, so operations conflict).
     pub keys: u64,
+    /// The session bound of every node's store (`KvStore::with_max_sessions`): small enough that
+    /// clients which reconnect make the store evict sessions.
+    pub max_sessions: usize,
     /// Explicit fault schedule; replaces the profile's random partitions
     /// and crashes when set.
     pub schedule: Option<Vec<ScheduledFault>>,
@@ -79,13 +82,19 @@ impl SimConfig {
     /// `profile` is `None`, a profile chosen by seed too.
     pub fn for_seed(seed: u64, profile: Option<&str>, nodes: Option<usize>) -> SimConfig {
         let profile_name = profile.unwrap_or(Profile::NAMES[(seed % Profile::NAMES.len() as u64) as usize]);
+        // The workload's shape comes from its own stream of the seed, so that it does not shift the
+        // run's RNG: 1 to 10 clients on 1 to 10 keys.
+        let mut shape = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_C11E_7500_0000);
+        let clients = shape.gen_range(1..=10);
+        let keys = shape.gen_range(1..=10);
         SimConfig {
             seed,
             nodes: nodes.unwrap_or(if (seed / 5) % 2 == 0 { 3 } else { 5 }),
             profile: Profile::named(profile_name).unwrap_or_else(|| Profile::named("calm").expect("calm")),
             ticks: 300,
-            clients: 3,
-            keys: 3,
+            clients,
+            keys,
+            max_sessions: 4 * clients + 4,
             schedule: None,
             trace: false,
             timeline: false,

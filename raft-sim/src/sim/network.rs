@@ -8,9 +8,11 @@ use raft_core::{Event, Index, Message, NodeId};
 use rand::Rng;
 
 use super::Sim;
+use super::node::Request;
 use super::queue::Ev;
 use crate::timeline::Mark;
-use crate::workload::{Command, OpResult};
+use raft_driver_std::proposals::ProposalError;
+use raft_driver_std::raftkv::store::KvResult;
 
 /// Client ids live above node ids so both share one address space.
 pub(super) const CLIENT_BASE: u64 = 1000;
@@ -21,10 +23,10 @@ pub(super) enum NetMsg {
     /// Raft traffic between nodes.
     Raft(Message),
     /// A client's request to a node.
-    Request(Command),
-    /// A node's answer to a client: the result and the log index it was
-    /// applied at, or a refusal with a hint of who the leader is.
-    Reply { client: u64, seq: u64, result: Result<(OpResult, Index), Option<NodeId>> },
+    Request(Request),
+    /// A node's answer to a client: the store's result and the log index it
+    /// was applied at, or why there is none (the driver's error).
+    Reply { client: u64, seq: u64, result: Result<(KvResult, Index), ProposalError> },
 }
 
 /// Which links are cut, and the speed of each link.

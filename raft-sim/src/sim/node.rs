@@ -3,9 +3,12 @@
 //! fsyncs, applies, role changes, proposals), and the server side of the
 //! client protocol (requests in, replies out).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use raft_core::{Action, Config, Entry, EntryKind, Event, Index, Node, NodeId, Persist, ProposeError, Role, Term};
+use raft_core::{Action, Bytes, Config, Entry, EntryKind, Event, Node, NodeId, Persist, Role, Term};
+use raft_driver_std::StateMachine;
+use raft_driver_std::proposals::{ProposalTracker, Settled};
+use raft_driver_std::raftkv::store::{KvRequest, KvStore};
 use rand::Rng;
 
 use super::network::NetMsg;
@@ -13,7 +16,21 @@ use super::queue::Ev;
 use super::{Sim, TICK_US};
 use crate::disk::SimDisk;
 use crate::timeline::Mark;
-use crate::workload::{Command, KvMachine};
+
+/// Who waits for a proposal: the client and its operation's sequence number. The driver's
+/// [`ProposalTracker`] keeps these exactly as the real node thread keeps reply channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Waiter {
+    pub(super) client: u64,
+    pub(super) seq: u64,
+}
+
+/// A client request as it reaches a node: the encoded [`KvRequest`] and who waits for it.
+#[derive(Clone, Debug)]
+pub(super) struct Request {
+    pub(super) waiter: Waiter,
+    pub(super) data: Bytes,
+}
 
 /// One node of the cluster, up or down.
 pub(super) struct SimNode {
@@ -28,16 +45,19 @@ pub(super) struct SimNode {
     tick_us: u64,
     /// An fsync is in progress.
     sync_pending: bool,
-    sm: KvMachine,
-    /// index -> (client, seq, term) of proposals this node made as leader.
-    waiting: BTreeMap<Index, (u64, u64, Term)>,
-    /// (client, seq) of every command that took effect on this node's
+    /// The real raftkv store, driven through the driver's `StateMachine` trait.
+    sm: KvStore,
+    /// The session bound every replica's store uses.
+    max_sessions: usize,
+    /// The driver's proposal bookkeeping: which client waits for which entry.
+    proposals: ProposalTracker<Waiter>,
+    /// (session, seq) of every command that took effect on this node's
     /// state machine since it (re)started: the exactly-once check.
     took_effect: BTreeSet<(u64, u64)>,
 }
 
 impl SimNode {
-    fn new(config: Config, node: Node, tick_us: u64) -> SimNode {
+    fn new(config: Config, node: Node, tick_us: u64, max_sessions: usize) -> SimNode {
         SimNode {
             config,
             node: Some(node),
@@ -45,8 +65,9 @@ impl SimNode {
             inc: 0,
             tick_us,
             sync_pending: false,
-            sm: KvMachine::default(),
-            waiting: BTreeMap::new(),
+            sm: KvStore::with_max_sessions(max_sessions),
+            max_sessions,
+            proposals: ProposalTracker::new(),
             took_effect: BTreeSet::new(),
         }
     }
@@ -59,14 +80,15 @@ impl SimNode {
         self.node = None;
         self.inc += 1;
         self.sync_pending = false;
-        self.waiting.clear();
+        // The process is gone, and with it every waiting client's connection.
+        self.proposals = ProposalTracker::new();
     }
 
     /// Brings the node back as `node` (restored from its disk) with a
     /// fresh state machine and a clock ticking every `tick_us`.
     pub(super) fn power_on(&mut self, node: Node, tick_us: u64) {
         self.node = Some(node);
-        self.sm = KvMachine::default();
+        self.sm = KvStore::with_max_sessions(self.max_sessions);
         self.took_effect.clear();
         self.tick_us = tick_us;
     }
@@ -77,8 +99,6 @@ impl SimNode {
 pub(super) struct StepContext {
     /// The action buffer, reused from step to step.
     actions: Vec<Action>,
-    /// The client command being proposed in the current step.
-    proposing: Option<Command>,
     /// The message being delivered comes from a term older than the
     /// receiver's.
     pub(super) stale_delivery: bool,
@@ -91,7 +111,7 @@ impl Sim {
         let node_seed = self.rng.r#gen::<u64>();
         let node = Node::new(config.clone(), node_seed).expect("valid config");
         let tick_us = self.drifted_tick();
-        self.nodes.insert(id, SimNode::new(config, node, tick_us));
+        self.nodes.insert(id, SimNode::new(config, node, tick_us, self.cfg.max_sessions));
         let first = self.rng.gen_range(0..tick_us);
         self.push(first, Ev::Tick { node: id, inc: 0 });
     }
@@ -158,6 +178,9 @@ impl Sim {
     fn execute(&mut self, id: NodeId, action: Action) {
         let now = self.now;
         self.rec.note(now, || crate::fmt::action(id, &action));
+        let mut settled = Vec::new();
+        self.nodes.get_mut(&id).expect("node").proposals.on_action(&action, |s| settled.push(s));
+        self.answer(id, settled);
         match action {
             Action::Send { to, message } => self.send(id, to, NetMsg::Raft(message)),
             Action::Persist(p) => self.persist(id, p),
@@ -167,18 +190,20 @@ impl Sim {
                 }
             }
             Action::RoleChanged { role, term, .. } => self.role_changed(id, role, term),
-            Action::Proposed { first_index, term, .. } => {
-                if let Some(cmd) = self.stepping.proposing {
-                    self.nodes.get_mut(&id).expect("node").waiting.insert(first_index, (cmd.client, cmd.seq, term));
+            Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
+        }
+    }
+
+    /// Sends the failures among `settled` to their clients. (Successes are answered by
+    /// [`Sim::apply_entry`], which has the store's result.)
+    fn answer(&mut self, id: NodeId, settled: Vec<Settled<Waiter>>) {
+        for s in settled {
+            match s {
+                Settled::Failed(w, error) => {
+                    self.send(id, w.client, NetMsg::Reply { client: w.client, seq: w.seq, result: Err(error) });
                 }
-            }
-            Action::ProposeRejected { error } => {
-                if let Some(cmd) = self.stepping.proposing {
-                    let hint = match error {
-                        ProposeError::NotLeader { leader } => leader,
-                        ProposeError::Backpressure | ProposeError::EntryTooLarge { .. } => Some(id),
-                    };
-                    self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
+                Settled::Applied(w) => {
+                    self.fail("proposal tracking", format!("node {id}: {w:?} settled as applied outside an apply"))
                 }
             }
         }
@@ -196,34 +221,62 @@ impl Sim {
         }
     }
 
-    /// Applies one committed entry to the node's state machine, checks
-    /// exactly-once, and answers the client if this node proposed it.
+    /// Applies one committed entry to the node's real store, checks exactly-once against the store's
+    /// own counters, and answers the client if this node proposed it.
     fn apply_entry(&mut self, id: NodeId, e: &Entry) {
-        if e.kind != EntryKind::Normal {
-            return;
-        }
-        let Some(cmd) = Command::decode(&e.data) else {
-            self.fail("state machine", format!("node {id} applied undecodable entry {}", e.index));
+        let n = self.nodes.get_mut(&id).expect("node");
+        let mut lower = Vec::new();
+        let settled = n.proposals.applied(e, |s| lower.push(s));
+        let result = (e.kind == EntryKind::Normal).then(|| {
+            let before = n.sm.stats();
+            let result = n.sm.apply(e.index, &e.data);
+            (before, n.sm.stats(), result)
+        });
+        self.answer(id, lower);
+        let Some((before, after, result)) = result else {
+            if let Some(s) = settled {
+                self.answer(id, vec![s]);
+            }
             return;
         };
-        let n = self.nodes.get_mut(&id).expect("node");
-        let effects_before = n.sm.effects;
-        let result = n.sm.apply(&cmd);
-        if n.sm.effects > effects_before {
-            if !n.took_effect.insert((cmd.client, cmd.seq)) {
-                let detail = format!("node {id} applied client {} seq {} twice", cmd.client, cmd.seq);
-                self.fail("exactly-once", detail);
+        self.check_effect(id, e, before, after);
+        match settled {
+            Some(Settled::Applied(w)) => {
+                let reply = NetMsg::Reply { client: w.client, seq: w.seq, result: Ok((result, e.index)) };
+                self.send(id, w.client, reply);
             }
-        } else {
+            Some(failed) => self.answer(id, vec![failed]),
+            None => {}
+        }
+    }
+
+    /// Exactly-once, judged by the store's own counters: a command the store executed (rather than
+    /// answering from its session cache) must not have been executed before on this node.
+    fn check_effect(
+        &mut self,
+        id: NodeId,
+        e: &Entry,
+        before: raft_driver_std::raftkv::store::StoreStats,
+        after: raft_driver_std::raftkv::store::StoreStats,
+    ) {
+        if after.malformed > before.malformed {
+            self.fail("state machine", format!("node {id} applied undecodable entry {}", e.index));
+            return;
+        }
+        if after.deduplicated > before.deduplicated {
             self.stats.duplicates_suppressed += 1;
         }
+        if after.executed == before.executed {
+            return;
+        }
+        let Ok(req) = KvRequest::decode(&e.data) else { return };
+        if req.session == 0 {
+            return;
+        }
         let n = self.nodes.get_mut(&id).expect("node");
-        let waiter = n.waiting.remove(&e.index);
-        if let (Some(result), Some((client, seq, term))) = (result, waiter) {
-            if term == e.term && client == cmd.client && seq == cmd.seq {
-                let reply = NetMsg::Reply { client, seq, result: Ok((result, e.index)) };
-                self.send(id, client, reply);
-            }
+        if !n.took_effect.insert((req.session, req.seq)) {
+            let detail = format!("node {id} applied session {} seq {} twice", req.session, req.seq);
+            self.fail("exactly-once", detail);
         }
     }
 
@@ -233,24 +286,20 @@ impl Sim {
         if role == Role::Leader {
             self.stats.elections += 1;
             self.faults.on_leader(term);
-        } else {
-            // Proposals in flight may never commit; clients retry.
-            self.nodes.get_mut(&id).expect("node").waiting.clear();
         }
     }
 
-    /// A node receives a client request: a leader proposes it, anyone else
-    /// refuses with a hint.
-    pub(super) fn request(&mut self, id: NodeId, cmd: Command) {
-        let Some(node) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else { return };
-        if node.role() != Role::Leader {
-            let hint = node.leader();
-            self.send(id, cmd.client, NetMsg::Reply { client: cmd.client, seq: cmd.seq, result: Err(hint) });
-            return;
+    /// A node receives a client request and proposes it, as the driver's node thread does: the
+    /// tracker learns who waits, and the core accepts or refuses.
+    pub(super) fn request(&mut self, id: NodeId, request: Request) {
+        let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else { return };
+        n.proposals.queue(request.waiter);
+        self.step(id, Event::Propose { data: request.data });
+        let mut settled = Vec::new();
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.proposals.settle_unclaimed(|s| settled.push(s));
         }
-        self.stepping.proposing = Some(cmd);
-        self.step(id, Event::Propose { data: cmd.encode() });
-        self.stepping.proposing = None;
+        self.answer(id, settled);
     }
 
     fn schedule_sync(&mut self, id: NodeId) {
