@@ -57,8 +57,8 @@ impl SweepSummary {
         self.events += r.events;
         self.elections += r.elections;
         match r.linearizability {
-            CheckResult::Linearizable if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
-            CheckResult::Undecided { .. } => self.undecided += 1,
+            Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
+            Some(CheckResult::Undecided { .. }) => self.undecided += 1,
             _ => {}
         }
         if r.failure.is_some() {

@@ -128,3 +128,45 @@ proptest! {
         prop_assert!(r.failure.is_none(), "{:?}", r.failure);
     }
 }
+
+/// The workload exercises what the checker can judge: over a few hundred seeds of the default sweep,
+/// the client and key counts span 1 to 10, every operation kind occurs, conditional writes both apply
+/// and fail, and impatient clients leave operations whose outcome is unknown in histories that are
+/// still checked and found linearizable.
+#[test]
+fn workload_varies_and_leaves_unknown_outcomes_to_the_checker() {
+    use raft_sim::history::{OpKind, Outcome};
+    use raft_sim::linearizability::CheckResult;
+    let (mut clients, mut keys) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let (mut kinds, mut nx_applied, mut nx_refused, mut unknown_in_checked) =
+        (std::collections::BTreeSet::new(), 0, 0, 0);
+    for seed in 0..300 {
+        let cfg = SimConfig::for_seed(seed, None, None);
+        clients.insert(cfg.clients);
+        keys.insert(cfg.keys);
+        let report = run(cfg);
+        assert!(report.failure.is_none(), "seed {seed}: {:?}", report.failure);
+        assert!(matches!(report.linearizability, Some(CheckResult::Linearizable)), "seed {seed}");
+        for op in &report.history {
+            kinds.insert(match op.kind {
+                OpKind::Put { .. } => "set",
+                OpKind::SetNx { .. } => "set_nx",
+                OpKind::Get => "get",
+                OpKind::Incr => "incr",
+                OpKind::Del => "del",
+                OpKind::Cas { .. } => "cas",
+            });
+            match (op.kind, op.outcome) {
+                (OpKind::SetNx { .. }, Outcome::Written { applied: true }) => nx_applied += 1,
+                (OpKind::SetNx { .. }, Outcome::Written { applied: false }) => nx_refused += 1,
+                (_, Outcome::Unknown) => unknown_in_checked += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(clients, (1..=10).collect(), "client counts");
+    assert_eq!(keys, (1..=10).collect(), "key counts");
+    assert_eq!(kinds.len(), 5, "SET, SET NX, GET, INCR and DEL all issued");
+    assert!(nx_applied > 20 && nx_refused > 20, "SET NX applied {nx_applied}, refused {nx_refused}");
+    assert!(unknown_in_checked > 20, "only {unknown_in_checked} unknown outcomes in checked histories");
+}

@@ -126,8 +126,9 @@ pub struct RunReport {
     pub ops: usize,
     /// Operations with a known outcome.
     pub completed_ops: usize,
-    /// The linearizability verdict.
-    pub linearizability: CheckResult,
+    /// The linearizability verdict; `None` when it was not checked because the run had already
+    /// failed (a broken run's history proves nothing more, and must not count as linearizable).
+    pub linearizability: Option<CheckResult>,
     /// The first failure, if any.
     pub failure: Option<Failure>,
     /// The client history.
@@ -307,7 +308,7 @@ impl Sim {
         }
     }
 
-    fn report(self, history: Vec<Operation>, linearizability: CheckResult) -> RunReport {
+    fn report(self, history: Vec<Operation>, linearizability: Option<CheckResult>) -> RunReport {
         let completed_ops = history.iter().filter(|o| o.outcome != Outcome::Unknown).count();
         RunReport {
             seed: self.cfg.seed,
