@@ -52,7 +52,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use raft_core::{HardState, Index, Persist, PersistedState};
+use raft_core::{Entry, HardState, Index, Persist, PersistedState};
 
 use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
@@ -222,7 +222,9 @@ impl Wal {
     /// Returns the WAL ready for appending, the state to pass to
     /// `Node::restore`, and what recovery found. A torn tail is cut off
     /// (and the cut fsynced) before this returns; corruption is refused
-    /// with [`WalError::Corrupt`] and nothing is modified.
+    /// with [`WalError::Corrupt`], and a segment of a format version this
+    /// build cannot read with [`WalError::UnsupportedVersion`]; in both
+    /// cases nothing is modified.
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, PersistedState, RecoveryReport), WalError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| WalError::io("create directory", &dir, e))?;
@@ -230,43 +232,13 @@ impl Wal {
         if let Some(corruption) = replay.corruption {
             return Err(corruption);
         }
-        match &replay.tail {
-            Some(recovery::TornTail::Cut { path, keep }) => {
-                let f = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io("open", path, e))?;
-                f.set_len(*keep).map_err(|e| WalError::io("truncate torn tail of", path, e))?;
-                // The cut must be durable before new records go after it:
-                // otherwise a crash could resurrect the torn bytes between
-                // valid records, which the next recovery would call corrupt.
-                f.sync_all().map_err(|e| WalError::io("fsync", path, e))?;
-                tracing::warn!(file = %path.display(), bytes = replay.report.torn_tail_bytes, "WAL torn tail cut");
-            }
-            Some(recovery::TornTail::Remove { path, .. }) => {
-                fs::remove_file(path).map_err(|e| WalError::io("remove torn segment", path, e))?;
-                sync_dir(&dir)?;
-                tracing::warn!(file = %path.display(), "WAL segment with torn header removed");
-            }
-            None => {}
-        }
-
-        let last_index = replay.state.entries.last().map_or(0, |e| e.index);
-        let mut wal = match replay.segments.last() {
+        repair_torn_tail(&dir, &replay)?;
+        let (file, seg_seq, seg_path, seg_len, fsyncs) = match replay.segments.last() {
             Some(seg) => {
                 let file =
                     OpenOptions::new().append(true).open(&seg.path).map_err(|e| WalError::io("open", &seg.path, e))?;
                 let seg_len = file.metadata().map_err(|e| WalError::io("stat", &seg.path, e))?.len();
-                Wal {
-                    dir,
-                    options,
-                    file,
-                    seg_seq: seg.seq,
-                    seg_path: seg.path.clone(),
-                    seg_len,
-                    buf: Vec::new(),
-                    hard_state: replay.state.hard_state,
-                    last_index,
-                    fsyncs: 0,
-                    poisoned: false,
-                }
+                (file, seg.seq, seg.path.clone(), seg_len, 0)
             }
             None => {
                 let seq = match &replay.tail {
@@ -276,22 +248,22 @@ impl Wal {
                     _ => 1,
                 };
                 let (file, seg_path, fsyncs) = create_segment(&dir, seq)?;
-                Wal {
-                    dir,
-                    options,
-                    file,
-                    seg_seq: seq,
-                    seg_path,
-                    seg_len: SEGMENT_HEADER_LEN as u64,
-                    buf: Vec::new(),
-                    hard_state: replay.state.hard_state,
-                    last_index,
-                    fsyncs,
-                    poisoned: false,
-                }
+                (file, seq, seg_path, SEGMENT_HEADER_LEN as u64, fsyncs)
             }
         };
-        wal.buf.reserve(64 * 1024);
+        let wal = Wal {
+            dir,
+            options,
+            file,
+            seg_seq,
+            seg_path,
+            seg_len,
+            buf: Vec::with_capacity(64 * 1024),
+            hard_state: replay.state.hard_state,
+            last_index: replay.state.entries.last().map_or(0, |e| e.index),
+            fsyncs,
+            poisoned: false,
+        };
         Ok((wal, replay.state, replay.report))
     }
 
@@ -306,25 +278,7 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        if let Some(HardState { vote: Some(0), .. }) = persist.hard_state {
-            return Err(WalError::InvalidWrite { reason: "vote for node id 0 (reserved)".into() });
-        }
-        let mut last = self.last_index;
-        if let Some(from) = persist.truncate_from {
-            if from == 0 {
-                return Err(WalError::InvalidWrite { reason: "truncate_from is 0 (indexes start at 1)".into() });
-            }
-            last = last.min(from - 1);
-        }
-        for e in &persist.entries {
-            if e.index != last + 1 {
-                return Err(WalError::InvalidWrite {
-                    reason: format!("entry index {} does not follow last index {last}", e.index),
-                });
-            }
-            last = e.index;
-        }
-
+        self.check_write(persist)?;
         if let Some(hs) = persist.hard_state
             && hs != self.hard_state
         {
@@ -338,9 +292,41 @@ impl Wal {
             self.append(&Record::Truncate(WalTruncateV1 { from }))?;
             self.last_index = from - 1;
         }
-        // Split big batches so that a record never dwarfs a segment.
+        self.append_entries(&persist.entries)?;
+        if self.buf.len() >= FLUSH_THRESHOLD {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would break the log's invariants (or that
+    /// recovery would refuse to read back).
+    fn check_write(&self, persist: &Persist) -> Result<(), WalError> {
+        let invalid = |reason: String| Err(WalError::InvalidWrite { reason });
+        if let Some(HardState { vote: Some(0), .. }) = persist.hard_state {
+            return invalid("vote for node id 0 (reserved)".into());
+        }
+        let mut last = self.last_index;
+        if let Some(from) = persist.truncate_from {
+            if from == 0 {
+                return invalid("truncate_from is 0 (indexes start at 1)".into());
+            }
+            last = last.min(from - 1);
+        }
+        for e in &persist.entries {
+            if e.index != last + 1 {
+                return invalid(format!("entry index {} does not follow last index {last}", e.index));
+            }
+            last = e.index;
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` as one or more `Entries` records: big batches are
+    /// split so that a record never dwarfs a segment.
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<(), WalError> {
         let chunk_limit = (self.options.segment_size / 4).clamp(1, MAX_ENTRIES_RECORD);
-        let mut rest = &persist.entries[..];
+        let mut rest = entries;
         while !rest.is_empty() {
             let mut n = 0;
             let mut size = 0u64;
@@ -351,10 +337,6 @@ impl Wal {
             self.append(&Record::Entries(WalEntriesV1(&rest[..n])))?;
             self.last_index = rest[n - 1].index;
             rest = &rest[n..];
-        }
-
-        if self.buf.len() >= FLUSH_THRESHOLD {
-            self.flush_buf()?;
         }
         Ok(())
     }
@@ -472,6 +454,29 @@ impl Drop for Wal {
             let _ = self.file.write_all(&self.buf);
         }
     }
+}
+
+/// Cuts off (or removes) the torn tail replay found, durably, before any
+/// new record goes after it.
+fn repair_torn_tail(dir: &Path, replay: &recovery::Replay) -> Result<(), WalError> {
+    match &replay.tail {
+        Some(recovery::TornTail::Cut { path, keep }) => {
+            let f = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io("open", path, e))?;
+            f.set_len(*keep).map_err(|e| WalError::io("truncate torn tail of", path, e))?;
+            // The cut must be durable before new records go after it:
+            // otherwise a crash could resurrect the torn bytes between
+            // valid records, which the next recovery would call corrupt.
+            f.sync_all().map_err(|e| WalError::io("fsync", path, e))?;
+            tracing::warn!(file = %path.display(), bytes = replay.report.torn_tail_bytes, "WAL torn tail cut");
+        }
+        Some(recovery::TornTail::Remove { path, .. }) => {
+            fs::remove_file(path).map_err(|e| WalError::io("remove torn segment", path, e))?;
+            sync_dir(dir)?;
+            tracing::warn!(file = %path.display(), "WAL segment with torn header removed");
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Creates segment `seq` with its header, and makes both the file and its
