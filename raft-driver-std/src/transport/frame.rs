@@ -86,7 +86,7 @@ impl std::error::Error for FrameError {
 }
 
 /// Encodes `message` as one frame: a big-endian `u32` payload length
-/// followed by the payload, the message converted to a [`WireMessageV1`]
+/// followed by the payload, the message converted to a `WireMessageV1`
 /// and encoded with postcard.
 ///
 /// Fails with [`FrameError::TooLarge`] if the payload exceeds
