@@ -1,13 +1,32 @@
 //! The wire format of the peer transport: the connection handshake and the
-//! length-prefixed message frames.
+//! length-prefixed message frames. What a frame's payload holds is
+//! `wire`'s business.
 //!
 //! Everything here is a pure function over byte slices (no sockets, no
 //! clocks) so that a fuzz target can drive the decoder directly and the
 //! format can be tested without threads.
+//!
+//! # Where the version lives
+//!
+//! The wire format version is in the handshake, once per connection, not in
+//! every frame. A connection carries frames one way, from one writer thread
+//! of one binary, for its whole life, so every frame on it has the version
+//! the handshake named; a per-frame version byte could only repeat it, on
+//! every heartbeat, and would be one more field that can disagree with the
+//! rest. The handshake is checked before any frame is read, so a peer of an
+//! unknown version is refused ([`AckStatus::UnsupportedVersion`]) before a
+//! single payload could be misread. The handshake's first six bytes (magic
+//! and version) and the five-byte reply are the part every version keeps,
+//! so that any two builds can at least tell each other they disagree.
+//!
+//! With one supported version the frame functions below decode version 1;
+//! a build supporting two would pick the decoder by the handshake's version.
 
 use std::fmt;
 
 use raft_core::{Message, NodeId};
+
+use super::wire::{WireError, WireMessageV1};
 
 /// Bytes in a frame's length prefix (a big-endian `u32`).
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -30,8 +49,11 @@ pub enum FrameError {
     },
     /// postcard could not serialize the message.
     Encode(postcard::Error),
-    /// The payload is not a valid postcard-encoded [`Message`].
+    /// The payload is not a valid encoding of a version-1 wire message.
     Decode(postcard::Error),
+    /// The payload decoded, but to a value no core [`Message`] can hold
+    /// (e.g. an unknown entry kind).
+    Invalid(WireError),
     /// The payload decoded but bytes were left over. A well-behaved peer
     /// never sends them, so they mean corruption or version skew; accepting
     /// them would let two different byte strings mean the same frame.
@@ -47,6 +69,7 @@ impl fmt::Display for FrameError {
             FrameError::TooLarge { len, max } => write!(f, "frame payload of {len} bytes exceeds limit of {max}"),
             FrameError::Encode(e) => write!(f, "cannot encode message: {e}"),
             FrameError::Decode(e) => write!(f, "cannot decode message: {e}"),
+            FrameError::Invalid(e) => write!(f, "invalid message: {e}"),
             FrameError::TrailingBytes { extra } => write!(f, "{extra} trailing bytes after message"),
         }
     }
@@ -56,13 +79,15 @@ impl std::error::Error for FrameError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             FrameError::Encode(e) | FrameError::Decode(e) => Some(e),
+            FrameError::Invalid(e) => Some(e),
             _ => None,
         }
     }
 }
 
 /// Encodes `message` as one frame: a big-endian `u32` payload length
-/// followed by the postcard payload.
+/// followed by the payload, the message converted to a `WireMessageV1`
+/// and encoded with postcard.
 ///
 /// Fails with [`FrameError::TooLarge`] if the payload exceeds
 /// `max_frame_bytes`, because the receiver would reject it and close the
@@ -77,7 +102,7 @@ pub fn encode_frame(message: &Message, max_frame_bytes: usize) -> Result<Vec<u8>
 /// batch many frames into one buffer) and returns the number of bytes
 /// appended. On error `out` is left unchanged.
 pub fn encode_frame_into(message: &Message, max_frame_bytes: usize, out: &mut Vec<u8>) -> Result<usize, FrameError> {
-    let payload = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
+    let payload = postcard::to_allocvec(&WireMessageV1::from(message)).map_err(FrameError::Encode)?;
     let len = check_len(payload.len() as u64, max_frame_bytes)?;
     out.reserve(FRAME_HEADER_LEN + payload.len());
     out.extend_from_slice(&len.to_be_bytes());
@@ -105,13 +130,14 @@ pub fn decode_frame(buf: &[u8], max_frame_bytes: usize) -> Result<Option<(Messag
 }
 
 /// Decodes a frame's payload (the bytes after the length prefix), which must
-/// be exactly one postcard-encoded [`Message`].
+/// be exactly one postcard-encoded version-1 wire message holding a valid
+/// [`Message`].
 pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
-    let (message, rest) = postcard::take_from_bytes::<Message>(payload).map_err(FrameError::Decode)?;
+    let (wire, rest) = postcard::take_from_bytes::<WireMessageV1>(payload).map_err(FrameError::Decode)?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes { extra: rest.len() });
     }
-    Ok(message)
+    Message::try_from(wire).map_err(FrameError::Invalid)
 }
 
 /// Parses a length prefix and checks it against the limit.
@@ -132,9 +158,16 @@ fn check_len(len: u64, max_frame_bytes: usize) -> Result<u32, FrameError> {
 /// First bytes of every connection, so that a stray client (an HTTP probe, a
 /// client of another service on the wrong port) is recognised at once.
 pub(super) const MAGIC: [u8; 4] = *b"RFTx";
-/// Bumped on any incompatible change of the handshake or frame format, so
-/// mixed-version clusters refuse to talk instead of misreading each other.
-pub(super) const PROTOCOL_VERSION: u16 = 1;
+/// The wire format version this build speaks: sent in every handshake, and
+/// it fixes the layout of the handshake's ids and of every frame on the
+/// connection.
+///
+/// Bumped on *any* change to those bytes (a field, a variant, an entry
+/// kind): a peer that only knows the old version must refuse the
+/// connection, not misread its frames.
+pub const WIRE_FORMAT_VERSION: u16 = 1;
+/// The wire versions this build accepts from connecting peers.
+pub const SUPPORTED_WIRE_VERSIONS: &[u16] = &[WIRE_FORMAT_VERSION];
 /// Encoded handshake length: magic, version, cluster id, from id, to id.
 pub(super) const HANDSHAKE_LEN: usize = 4 + 2 + 8 + 8 + 8;
 /// Encoded reply length: magic and a status byte.
@@ -148,7 +181,9 @@ pub(super) const ACK_LEN: usize = 4 + 1;
 pub(super) enum AckStatus {
     /// The handshake was accepted; frames may follow.
     Accepted = 0,
-    /// Wrong magic bytes or protocol version.
+    /// Wrong magic bytes: not our protocol at all. (Builds before the
+    /// wire types were owned by the transport also answered this for an
+    /// unknown version.)
     BadProtocol = 1,
     /// The sender belongs to another cluster.
     WrongCluster = 2,
@@ -156,13 +191,23 @@ pub(super) enum AckStatus {
     UnknownPeer = 3,
     /// The connection was meant for another node id.
     NotForUs = 4,
+    /// Our magic, but a wire format version this build does not speak.
+    UnsupportedVersion = 5,
 }
 
 impl AckStatus {
+    /// Every status, in byte order.
+    pub(super) const ALL: [AckStatus; 6] = [
+        Self::Accepted,
+        Self::BadProtocol,
+        Self::WrongCluster,
+        Self::UnknownPeer,
+        Self::NotForUs,
+        Self::UnsupportedVersion,
+    ];
+
     fn from_byte(byte: u8) -> Option<AckStatus> {
-        [Self::Accepted, Self::BadProtocol, Self::WrongCluster, Self::UnknownPeer, Self::NotForUs]
-            .into_iter()
-            .find(|status| *status as u8 == byte)
+        Self::ALL.into_iter().find(|status| *status as u8 == byte)
     }
 
     /// Encodes the reply carrying this status.
@@ -173,7 +218,8 @@ impl AckStatus {
         out
     }
 
-    /// Decodes a reply; `None` if it is not one of ours at all.
+    /// Decodes a reply; `None` if it is not one of ours at all (or a status
+    /// from a newer build).
     pub(super) fn decode(bytes: &[u8; ACK_LEN]) -> Option<AckStatus> {
         if bytes[..4] != MAGIC {
             return None;
@@ -195,12 +241,54 @@ pub(super) struct Handshake {
     pub(super) to: NodeId,
 }
 
+/// Why a handshake is not one this build can accept, before its ids are
+/// even looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HandshakeError {
+    /// The first four bytes are not [`MAGIC`].
+    BadMagic {
+        /// The bytes found.
+        found: [u8; 4],
+    },
+    /// Our magic, but a version not in [`SUPPORTED_WIRE_VERSIONS`].
+    UnsupportedVersion {
+        /// The version the peer sent.
+        found: u16,
+    },
+}
+
+impl HandshakeError {
+    /// The reply status that tells the peer.
+    pub(super) fn status(self) -> AckStatus {
+        match self {
+            HandshakeError::BadMagic { .. } => AckStatus::BadProtocol,
+            HandshakeError::UnsupportedVersion { .. } => AckStatus::UnsupportedVersion,
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::BadMagic { found } => {
+                write!(f, "not a raft peer (magic {found:02x?}, expected {MAGIC:02x?})")
+            }
+            HandshakeError::UnsupportedVersion { found } => write!(
+                f,
+                "peer speaks wire format version {found}, but this build supports only version(s) \
+                 {SUPPORTED_WIRE_VERSIONS:?}"
+            ),
+        }
+    }
+}
+
 impl Handshake {
-    /// Encodes the handshake; all integers big-endian.
+    /// Encodes the handshake (at [`WIRE_FORMAT_VERSION`]); all integers
+    /// big-endian.
     pub(super) fn encode(&self) -> [u8; HANDSHAKE_LEN] {
         let mut out = [0; HANDSHAKE_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        out[4..6].copy_from_slice(&WIRE_FORMAT_VERSION.to_be_bytes());
         out[6..14].copy_from_slice(&self.cluster_id.to_be_bytes());
         out[14..22].copy_from_slice(&self.from.to_be_bytes());
         out[22..30].copy_from_slice(&self.to.to_be_bytes());
@@ -209,15 +297,20 @@ impl Handshake {
 
     /// Decodes a handshake, checking only magic and version; the caller
     /// checks the ids against its configuration.
-    pub(super) fn decode(bytes: &[u8; HANDSHAKE_LEN]) -> Option<Handshake> {
+    pub(super) fn decode(bytes: &[u8; HANDSHAKE_LEN]) -> Result<Handshake, HandshakeError> {
         let u64_at = |at: usize| {
             let mut word = [0; 8];
             word.copy_from_slice(&bytes[at..at + 8]);
             u64::from_be_bytes(word)
         };
-        if bytes[0..4] != MAGIC || bytes[4..6] != PROTOCOL_VERSION.to_be_bytes() {
-            return None;
+        let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if magic != MAGIC {
+            return Err(HandshakeError::BadMagic { found: magic });
         }
-        Some(Handshake { cluster_id: u64_at(6), from: u64_at(14), to: u64_at(22) })
+        let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+        if !SUPPORTED_WIRE_VERSIONS.contains(&version) {
+            return Err(HandshakeError::UnsupportedVersion { found: version });
+        }
+        Ok(Handshake { cluster_id: u64_at(6), from: u64_at(14), to: u64_at(22) })
     }
 }

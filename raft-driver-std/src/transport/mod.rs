@@ -22,26 +22,41 @@
 //!
 //! # Wire format
 //!
-//! The connecting side sends a 30-byte handshake: magic `RFTx`, protocol
-//! version (`u16`), cluster id, its node id and the node id it means to
-//! reach (`u64` each, all big-endian). The accepting side replies with the
-//! magic and one status byte (0 = accepted) and closes the connection on any
-//! mismatch. After that the connecting side sends frames: a big-endian `u32`
-//! payload length followed by a postcard-encoded [`Message`]; see
-//! [`encode_frame`] and [`decode_frame`].
+//! The connecting side sends a 30-byte handshake: magic `RFTx`, wire format
+//! version (`u16`, [`WIRE_FORMAT_VERSION`]), cluster id, its node id and the
+//! node id it means to reach (`u64` each, all big-endian). The accepting
+//! side replies with the magic and one status byte (0 = accepted) and closes
+//! the connection on any mismatch, including a version it does not support
+//! ([`SUPPORTED_WIRE_VERSIONS`]; status 5). After that the connecting side
+//! sends frames: a big-endian `u32` payload length followed by the payload;
+//! see [`encode_frame`] and [`decode_frame`].
+//!
+//! The payload is never a serialization of `raft-core`'s [`Message`]: the
+//! `wire` submodule owns a mirror of every message type (`WireMessageV1`
+//! and friends) and converts explicitly, so the core types can evolve
+//! freely while the bytes between nodes, possibly of two releases during a
+//! rolling upgrade, stay what version 1 says. The version is negotiated
+//! once per connection in the handshake rather than carried by each frame;
+//! the `frame` submodule explains why. Golden files in `tests/golden/` pin
+//! every byte, and `docs/formats.md` has the layout and the version policy.
 
 mod frame;
 #[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
 mod tests;
+mod wire;
 
 pub use frame::{
-    DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_LEN, FrameError, decode_frame, decode_payload, encode_frame,
-    encode_frame_into,
+    DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_LEN, FrameError, SUPPORTED_WIRE_VERSIONS, WIRE_FORMAT_VERSION, decode_frame,
+    decode_payload, encode_frame, encode_frame_into,
 };
+pub use wire::WireError;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -463,94 +478,179 @@ fn jitter_seed(node_id: NodeId, peer: NodeId) -> u64 {
 
 /// The body of a peer's writer thread.
 fn writer_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr, queue: Receiver<Message>, stop_rx: Receiver<()>) {
-    let config = &shared.config;
-    let stats = &shared.stats;
-    let rng = StdRng::seed_from_u64(jitter_seed(config.node_id, peer));
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, rng);
-    let mut connection: Option<TcpStream> = None;
-    let mut batch = Vec::new();
-    let mut last_check = Instant::now();
-    loop {
-        if shared.stopping() {
-            return;
-        }
-        let Some(stream) = connection.as_mut() else {
-            match connect(&shared, peer, addr) {
-                Ok(stream) => {
-                    tracing::debug!(node_id = config.node_id, peer, %addr, "connected");
-                    bump(&stats.connects, 1);
-                    backoff.reset();
-                    last_check = Instant::now();
-                    connection = Some(stream);
+    let rng = StdRng::seed_from_u64(jitter_seed(shared.config.node_id, peer));
+    let backoff = Backoff::new(shared.config.backoff_initial, shared.config.backoff_max, rng);
+    let writer = PeerWriter {
+        shared,
+        peer,
+        addr,
+        queue,
+        stop_rx,
+        backoff,
+        connection: None,
+        batch: Vec::new(),
+        last_check: Instant::now(),
+    };
+    writer.run();
+}
+
+/// The state of one peer's writer thread: the only outbound connection to
+/// that peer, its reconnect backoff, and the buffer a batch is encoded in.
+struct PeerWriter {
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+    queue: Receiver<Message>,
+    stop_rx: Receiver<()>,
+    backoff: Backoff,
+    connection: Option<TcpStream>,
+    batch: Vec<u8>,
+    /// When the connection was last checked for liveness.
+    last_check: Instant,
+}
+
+/// What waiting on the send queue produced.
+enum Next {
+    /// A message to send (the first of a batch).
+    Message(Message),
+    /// Nothing within the poll interval.
+    Idle,
+    /// The transport is shutting down (or gone).
+    Stop,
+}
+
+impl PeerWriter {
+    /// Connects, sends batches, reconnects; returns on shutdown.
+    fn run(mut self) {
+        while !self.shared.stopping() {
+            if self.connection.is_none() {
+                if self.connect_or_back_off().is_break() {
+                    return;
                 }
-                Err(error) => {
-                    tracing::trace!(node_id = config.node_id, peer, %addr, %error, "connect failed");
-                    // What queued up while we tried is stale by the time the
-                    // peer is back; sending it then would only delay the
-                    // fresh messages behind it.
-                    let stale = queue.try_iter().count();
-                    bump(&stats.dropped_unreachable, stale as u64);
-                    if sleep_or_stop(&stop_rx, backoff.next_delay()) {
-                        return;
-                    }
-                }
-            }
-            continue;
-        };
-        // The peer never sends after its handshake reply, so an idle
-        // connection is only known to be dead if we look. Checking before
-        // writing avoids losing the next batch into a half-closed socket
-        // (e.g. after the peer restarted).
-        if last_check.elapsed() >= config.poll_interval {
-            last_check = Instant::now();
-            if !peer_alive(stream) {
-                tracing::debug!(node_id = config.node_id, peer, "connection closed by peer");
-                bump(&stats.disconnects, 1);
-                connection = None;
                 continue;
             }
+            if !self.connection_alive() {
+                continue;
+            }
+            match self.next_message() {
+                Next::Message(first) => self.send_batch(first),
+                Next::Idle => {} // go check liveness
+                Next::Stop => return,
+            }
         }
-        let first = select! {
-            recv(queue) -> message => match message {
-                Ok(message) => message,
-                Err(_) => return, // the transport is gone
+    }
+
+    /// One connection attempt; after a failure, drops what queued up and
+    /// sleeps out the backoff. Breaks on shutdown.
+    fn connect_or_back_off(&mut self) -> ControlFlow<()> {
+        let (node_id, peer, addr) = (self.shared.config.node_id, self.peer, self.addr);
+        match connect(&self.shared, peer, addr) {
+            Ok(stream) => {
+                tracing::debug!(node_id, peer, %addr, "connected");
+                bump(&self.shared.stats.connects, 1);
+                self.backoff.reset();
+                self.last_check = Instant::now();
+                self.connection = Some(stream);
+            }
+            Err(error) => {
+                tracing::trace!(node_id, peer, %addr, %error, "connect failed");
+                // What queued up while we tried is stale by the time the
+                // peer is back; sending it then would only delay the fresh
+                // messages behind it.
+                let stale = self.queue.try_iter().count();
+                bump(&self.shared.stats.dropped_unreachable, stale as u64);
+                if sleep_or_stop(&self.stop_rx, self.backoff.next_delay()) {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Whether the connection still looks usable; drops it if not.
+    ///
+    /// The peer never sends after its handshake reply, so an idle
+    /// connection is only known to be dead if we look. Checking before
+    /// writing avoids losing the next batch into a half-closed socket (e.g.
+    /// after the peer restarted). Checked at most once per poll interval.
+    fn connection_alive(&mut self) -> bool {
+        if self.last_check.elapsed() < self.shared.config.poll_interval {
+            return true;
+        }
+        self.last_check = Instant::now();
+        let alive = self.connection.as_ref().is_some_and(peer_alive);
+        if !alive {
+            tracing::debug!(node_id = self.shared.config.node_id, peer = self.peer, "connection closed by peer");
+            bump(&self.shared.stats.disconnects, 1);
+            self.connection = None;
+        }
+        alive
+    }
+
+    /// Waits up to the poll interval for a message to send.
+    fn next_message(&self) -> Next {
+        select! {
+            recv(self.queue) -> message => match message {
+                Ok(message) => Next::Message(message),
+                Err(_) => Next::Stop, // the transport is gone
             },
-            recv(stop_rx) -> _ => return,
-            default(config.poll_interval) => continue, // go check liveness
-        };
-        // Drain whatever else is queued into one buffer: one write syscall
-        // and one TCP push for the lot instead of one per message. The batch
-        // buffer plays the role of a BufWriter, without its extra copy.
-        batch.clear();
+            recv(self.stop_rx) -> _ => Next::Stop,
+            default(self.shared.config.poll_interval) => Next::Idle,
+        }
+    }
+
+    /// Sends `first` and whatever else is queued as one batch.
+    fn send_batch(&mut self, first: Message) {
+        let count = self.encode_batch(first);
+        if count > 0 {
+            self.write_batch(count);
+        }
+        if self.batch.capacity() > KEEP_BUFFER_BYTES {
+            self.batch = Vec::new();
+        }
+    }
+
+    /// Encodes `first` and the queued messages into the batch buffer, up to
+    /// [`MAX_BATCH_BYTES`]: one write syscall and one TCP push for the lot
+    /// instead of one per message. The buffer plays the role of a
+    /// `BufWriter`, without its extra copy. Returns the frames encoded;
+    /// unencodable messages are dropped and counted.
+    fn encode_batch(&mut self, first: Message) -> u64 {
+        self.batch.clear();
         let mut count = 0u64;
         let mut next = Some(first);
         while let Some(message) = next.take() {
-            match encode_frame_into(&message, config.max_frame_bytes, &mut batch) {
+            match encode_frame_into(&message, self.shared.config.max_frame_bytes, &mut self.batch) {
                 Ok(_) => count += 1,
                 Err(error) => {
-                    tracing::warn!(node_id = config.node_id, peer, %error, "dropping unsendable message");
-                    bump(&stats.dropped_oversized, 1);
+                    let (node_id, peer) = (self.shared.config.node_id, self.peer);
+                    tracing::warn!(node_id, peer, %error, "dropping unsendable message");
+                    bump(&self.shared.stats.dropped_oversized, 1);
                 }
             }
-            if batch.len() < MAX_BATCH_BYTES {
-                next = queue.try_recv().ok();
+            if self.batch.len() < MAX_BATCH_BYTES {
+                next = self.queue.try_recv().ok();
             }
         }
-        if count > 0 {
-            match stream.write_all(&batch).and_then(|()| stream.flush()) {
-                Ok(()) => bump(&stats.sent, count),
-                Err(error) => {
-                    // Part of the batch may have been written; the stream is
-                    // unusable now, so start over on a new connection.
-                    tracing::debug!(node_id = config.node_id, peer, %error, "write failed");
-                    bump(&stats.dropped_write, count);
-                    bump(&stats.disconnects, 1);
-                    connection = None;
-                }
+        count
+    }
+
+    /// Writes the batch of `count` frames; drops the connection on failure.
+    fn write_batch(&mut self, count: u64) {
+        let Some(stream) = self.connection.as_mut() else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        match stream.write_all(&self.batch).and_then(|()| stream.flush()) {
+            Ok(()) => bump(&stats.sent, count),
+            Err(error) => {
+                // Part of the batch may have been written; the stream is
+                // unusable now, so start over on a new connection.
+                tracing::debug!(node_id = self.shared.config.node_id, peer = self.peer, %error, "write failed");
+                bump(&stats.dropped_write, count);
+                bump(&stats.disconnects, 1);
+                self.connection = None;
             }
-        }
-        if batch.capacity() > KEEP_BUFFER_BYTES {
-            batch = Vec::new();
         }
     }
 }
@@ -565,6 +665,9 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Io(error) => write!(f, "{error}"),
+            ConnectError::Refused(Some(AckStatus::UnsupportedVersion)) => {
+                write!(f, "handshake refused: the peer does not support wire format version {WIRE_FORMAT_VERSION}")
+            }
             ConnectError::Refused(status) => write!(f, "handshake refused: {status:?}"),
         }
     }
@@ -661,48 +764,63 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, stop_rx: Receiver<()>
 /// The body of a reader thread: handshake, then frames until the connection
 /// ends, turns bad, or the transport stops.
 fn serve_inbound(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
-    let config = &shared.config;
-    let node_id = config.node_id;
-    // Accepted sockets inherit non-blocking mode on some platforms; the read
-    // timeout is what lets this thread notice shutdown.
-    let setup = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(config.poll_interval)))
-        .and_then(|()| stream.set_write_timeout(Some(config.io_timeout)));
-    if let Err(error) = setup {
+    let node_id = shared.config.node_id;
+    if let Err(error) = configure_inbound(&stream, &shared.config) {
         tracing::debug!(node_id, %remote, %error, "cannot configure inbound connection");
         return;
     }
+    let Some((from, connection_id)) = accept_handshake(shared, &stream, remote) else {
+        return;
+    };
+    tracing::debug!(node_id, from, %remote, "accepted peer connection");
+    receive_frames(shared, &stream, from, connection_id);
+}
+
+/// Accepted sockets inherit non-blocking mode on some platforms; the read
+/// timeout is what lets a reader thread notice shutdown.
+fn configure_inbound(stream: &TcpStream, config: &TransportConfig) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(config.poll_interval))?;
+    stream.set_write_timeout(Some(config.io_timeout))
+}
+
+/// Reads and checks the handshake, replies, and registers the connection
+/// as the peer's newest. Returns the peer and the connection id, or `None`
+/// (already counted and logged) if the connection must close.
+fn accept_handshake(shared: &Shared, stream: &TcpStream, remote: SocketAddr) -> Option<(NodeId, u64)> {
+    let node_id = shared.config.node_id;
     let mut raw = [0; HANDSHAKE_LEN];
     let watch = Watch { shared, connection: None };
-    if let Err(stop) = read_full(&mut &stream, &mut raw, false, config.io_timeout, &watch) {
+    if let Err(stop) = read_full(&mut &*stream, &mut raw, false, shared.config.io_timeout, &watch) {
         if !matches!(stop, Stop::Shutdown) {
             tracing::debug!(node_id, %remote, ?stop, "no complete handshake");
             bump(&shared.stats.handshake_rejected, 1);
         }
-        return;
+        return None;
     }
     let from = match check_handshake(shared, &raw) {
         Ok(from) => from,
-        Err(status) => {
-            tracing::warn!(node_id, %remote, ?status, "rejecting connection");
+        Err(Rejection { status, reason }) => {
+            tracing::warn!(node_id, %remote, ?status, %reason, "rejecting connection");
             bump(&shared.stats.handshake_rejected, 1);
             // Best effort: tells a misconfigured peer why, then close.
-            let _ = (&stream).write_all(&status.encode());
-            return;
+            let _ = (&*stream).write_all(&status.encode());
+            return None;
         }
     };
     let connection_id = shared.next_connection_id.fetch_add(1, Ordering::SeqCst);
     if let Some(newest) = shared.newest_inbound.get(&from) {
         newest.store(connection_id, Ordering::SeqCst);
     }
-    if (&stream).write_all(&AckStatus::Accepted.encode()).is_err() {
-        return;
-    }
-    tracing::debug!(node_id, from, %remote, "accepted peer connection");
+    (&*stream).write_all(&AckStatus::Accepted.encode()).ok()?;
+    Some((from, connection_id))
+}
 
+/// Decodes frames from an authenticated connection and delivers them until
+/// the connection ends, turns bad, is superseded, or the transport stops.
+fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, connection_id: u64) {
     let watch = Watch { shared, connection: Some((from, connection_id)) };
-    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut payload = Vec::new();
     loop {
         // Checked per frame too: under a steady stream of frames the read
@@ -710,39 +828,9 @@ fn serve_inbound(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
         if watch.stop().is_some() {
             return;
         }
-        let mut header = [0; FRAME_HEADER_LEN];
-        if let Err(stop) = read_full(&mut reader, &mut header, true, config.io_timeout, &watch) {
-            // A stall inside a header is as broken as one inside a payload.
-            if matches!(stop, Stop::Timeout) {
-                bump(&shared.stats.bad_frames, 1);
-            }
-            tracing::debug!(node_id, from, ?stop, "inbound connection ended");
-            return;
-        }
-        let len = match frame::payload_len(header, config.max_frame_bytes) {
-            Ok(len) => len,
-            Err(error) => {
-                tracing::warn!(node_id, from, %error, "closing connection");
-                bump(&shared.stats.bad_frames, 1);
-                return;
-            }
-        };
-        if let Err(stop) = read_payload(&mut reader, len, &mut payload, config.io_timeout, &watch) {
-            // A stalled frame is broken; a peer that vanished mid-frame
-            // (crash, restart) is not misbehaving.
-            if matches!(stop, Stop::Timeout) {
-                bump(&shared.stats.bad_frames, 1);
-            }
-            tracing::debug!(node_id, from, ?stop, "inbound connection ended inside a frame");
-            return;
-        }
-        let message = match decode_payload(&payload) {
+        let message = match read_frame(&mut reader, &mut payload, &watch) {
             Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(node_id, from, %error, "closing connection");
-                bump(&shared.stats.bad_frames, 1);
-                return;
-            }
+            Err(end) => return end.report(shared, from),
         };
         if payload.capacity() > KEEP_BUFFER_BYTES {
             payload = Vec::new();
@@ -752,17 +840,77 @@ fn serve_inbound(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
     }
 }
 
-/// Validates a handshake against our configuration; returns the sender.
-fn check_handshake(shared: &Shared, raw: &[u8; HANDSHAKE_LEN]) -> Result<NodeId, AckStatus> {
-    let handshake = Handshake::decode(raw).ok_or(AckStatus::BadProtocol)?;
-    if handshake.cluster_id != shared.config.cluster_id {
-        return Err(AckStatus::WrongCluster);
+/// Why [`read_frame`] produced no message.
+enum FrameEnd {
+    /// The read of a frame header gave up.
+    InHeader(Stop),
+    /// The read of a payload gave up.
+    InPayload(Stop),
+    /// The frame is invalid (length over the limit, undecodable payload).
+    Bad(FrameError),
+}
+
+impl FrameEnd {
+    /// Logs why the connection ends, and counts a bad frame.
+    fn report(self, shared: &Shared, from: NodeId) {
+        let node_id = shared.config.node_id;
+        match self {
+            FrameEnd::InHeader(stop) => {
+                // A stall inside a header is as broken as one inside a payload.
+                if matches!(stop, Stop::Timeout) {
+                    bump(&shared.stats.bad_frames, 1);
+                }
+                tracing::debug!(node_id, from, ?stop, "inbound connection ended");
+            }
+            FrameEnd::InPayload(stop) => {
+                // A stalled frame is broken; a peer that vanished mid-frame
+                // (crash, restart) is not misbehaving.
+                if matches!(stop, Stop::Timeout) {
+                    bump(&shared.stats.bad_frames, 1);
+                }
+                tracing::debug!(node_id, from, ?stop, "inbound connection ended inside a frame");
+            }
+            FrameEnd::Bad(error) => {
+                tracing::warn!(node_id, from, %error, "closing connection");
+                bump(&shared.stats.bad_frames, 1);
+            }
+        }
     }
-    if handshake.to != shared.config.node_id {
-        return Err(AckStatus::NotForUs);
+}
+
+/// Reads one frame (its payload into `payload`) and decodes it.
+fn read_frame(reader: &mut impl Read, payload: &mut Vec<u8>, watch: &Watch<'_>) -> Result<Message, FrameEnd> {
+    let config = &watch.shared.config;
+    let mut header = [0; FRAME_HEADER_LEN];
+    read_full(reader, &mut header, true, config.io_timeout, watch).map_err(FrameEnd::InHeader)?;
+    let len = frame::payload_len(header, config.max_frame_bytes).map_err(FrameEnd::Bad)?;
+    read_payload(reader, len, payload, config.io_timeout, watch).map_err(FrameEnd::InPayload)?;
+    decode_payload(payload).map_err(FrameEnd::Bad)
+}
+
+/// Why a handshake was refused: the status to reply, and what to log.
+struct Rejection {
+    status: AckStatus,
+    reason: String,
+}
+
+/// Validates a handshake against our configuration; returns the sender.
+fn check_handshake(shared: &Shared, raw: &[u8; HANDSHAKE_LEN]) -> Result<NodeId, Rejection> {
+    let handshake =
+        Handshake::decode(raw).map_err(|error| Rejection { status: error.status(), reason: error.to_string() })?;
+    let config = &shared.config;
+    let reject = |status, reason| Err(Rejection { status, reason });
+    if handshake.cluster_id != config.cluster_id {
+        return reject(
+            AckStatus::WrongCluster,
+            format!("cluster id {} (ours {})", handshake.cluster_id, config.cluster_id),
+        );
+    }
+    if handshake.to != config.node_id {
+        return reject(AckStatus::NotForUs, format!("meant for node {} (we are {})", handshake.to, config.node_id));
     }
     if !shared.newest_inbound.contains_key(&handshake.from) {
-        return Err(AckStatus::UnknownPeer);
+        return reject(AckStatus::UnknownPeer, format!("node {} is not a configured peer", handshake.from));
     }
     Ok(handshake.from)
 }

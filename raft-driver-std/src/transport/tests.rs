@@ -245,6 +245,10 @@ fn transport_rejects_bad_handshakes_and_keeps_serving_peers() {
     let mut reply = [0; ACK_LEN];
     stream.read_exact(&mut reply).unwrap();
     assert_eq!(AckStatus::decode(&reply), Some(AckStatus::WrongCluster));
+    // So does the reply to a wire format version we do not speak.
+    let mut stream = raw_connect(a2, &bad_version);
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(AckStatus::decode(&reply), Some(AckStatus::UnsupportedVersion));
 
     send_until_received(&t1, 2, &inbox2, &vote(5));
     assert_eq!(t2.stats().bad_frames, 0);

@@ -1,5 +1,6 @@
-//! The on-disk layout of WAL segments and records, and nothing else: no I/O
+//! The on-disk framing of WAL segments and records, and nothing else: no I/O
 //! happens here, so the encoder and the parser can be tested byte by byte.
+//! What a record's payload holds is `record`'s business.
 //!
 //! ```text
 //! segment := header record*
@@ -7,18 +8,34 @@
 //! record  := len u32 LE (4) | crc u32 LE (4) | kind u8 (1) | payload (len - 1)
 //!            len = 1 + payload length (never 0)
 //!            crc = CRC32C(len bytes ++ kind ++ payload)
-//! kind    := 1 HardState (postcard HardState)
-//!          | 2 Truncate  (postcard u64 `from`: delete entries >= from)
-//!          | 3 Entries   (postcard sequence of Entry, contiguous indexes)
+//! kind    := 1 HardState (postcard WalHardStateV1)
+//!          | 2 Truncate  (postcard WalTruncateV1: delete entries >= from)
+//!          | 3 Entries   (postcard sequence of WalEntryV1, contiguous indexes)
 //! ```
+//!
+//! The version sits in every segment header rather than in every record:
+//! a segment is written by one binary from its first byte to its last, so a
+//! per-record version could only ever repeat the header's. A reader checks
+//! it before parsing a single record, and a version it does not know is
+//! refused with [`WalError::UnsupportedVersion`](super::WalError::UnsupportedVersion), never
+//! guessed at: the records of another layout can pass the CRC and still
+//! mean something else entirely. `docs/formats.md` has the policy.
 
-use serde::Serialize;
+use super::record::Record;
 
 /// Identifies a file as a WAL segment, so that a stray file that merely has
 /// the right name is refused instead of being parsed as records.
 pub(super) const MAGIC: [u8; 8] = *b"RAFTWAL\0";
-/// Bumped on any incompatible change of the layout above.
-pub(super) const VERSION: u32 = 1;
+/// The format version this build writes into every new segment header.
+///
+/// Bumped on *any* change to the bytes of the header, the framing or a
+/// record payload (including a new record or entry kind): a reader of the
+/// old version must refuse such a segment instead of misreading it.
+pub const WAL_FORMAT_VERSION: u32 = 1;
+/// The segment versions this build can read. Segments of an older version
+/// stay readable as long as their version is listed here; new segments are
+/// always written as [`WAL_FORMAT_VERSION`].
+pub const SUPPORTED_WAL_VERSIONS: &[u32] = &[WAL_FORMAT_VERSION];
 /// Bytes before the first record of a segment.
 pub(super) const SEGMENT_HEADER_LEN: usize = 16;
 /// Bytes before the kind byte of a record (`len` and `crc`).
@@ -51,8 +68,46 @@ impl RecordKind {
 pub(super) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
     h
+}
+
+/// Why the first bytes of a segment are not a header this build reads.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BadHeader {
+    /// Too short, or the magic is wrong: not a WAL segment (or a torn one).
+    NotASegment,
+    /// A WAL segment, but of a format version this build cannot read.
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u32,
+    },
+    /// The reserved field is not zero. No version writes anything there, so
+    /// this is damage (or a writer that changed the layout without bumping
+    /// the version).
+    Reserved {
+        /// The value found.
+        found: u32,
+    },
+}
+
+/// Checks a segment's header; returns its version.
+pub(super) fn check_segment_header(data: &[u8]) -> Result<u32, BadHeader> {
+    let Some(header) = data.first_chunk::<SEGMENT_HEADER_LEN>() else {
+        return Err(BadHeader::NotASegment);
+    };
+    if header[..8] != MAGIC {
+        return Err(BadHeader::NotASegment);
+    }
+    let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let (version, reserved) = (word(8), word(12));
+    if !SUPPORTED_WAL_VERSIONS.contains(&version) {
+        return Err(BadHeader::UnsupportedVersion { found: version });
+    }
+    if reserved != 0 {
+        return Err(BadHeader::Reserved { found: reserved });
+    }
+    Ok(version)
 }
 
 /// `wal-0000000000000001.log`: zero-padded so that lexical order is numeric
@@ -76,15 +131,12 @@ pub(super) fn parse_segment_file_name(name: &str) -> Option<u64> {
 /// The payload is serialized straight into `buf` (no intermediate vector),
 /// then the header is patched in: the length and CRC are only known
 /// afterwards. On error `buf` is left as it was.
-pub(super) fn append_record<T: Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    kind: RecordKind,
-    payload: &T,
-) -> Result<usize, String> {
+pub(super) fn append_record(buf: &mut Vec<u8>, record: &Record<'_>) -> Result<usize, String> {
+    let kind = record.kind();
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     buf.push(kind as u8);
-    if let Err(e) = postcard::serialize_with_flavor::<T, _, _>(payload, VecTail(buf)) {
+    if let Err(e) = record.serialize_payload(VecTail(buf)) {
         // Only possible for types postcard cannot encode, never for ours.
         buf.truncate(start);
         return Err(format!("cannot encode {kind:?} record: {e}"));
@@ -230,16 +282,17 @@ pub(super) fn is_torn_header(data: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::WalTruncateV1;
     use super::*;
 
     #[test]
     fn wal_format_record_round_trip_and_crc() {
         let mut buf = vec![0xAA; 3];
-        let n = append_record(&mut buf, RecordKind::Truncate, &7u64).unwrap();
+        let n = append_record(&mut buf, &Record::Truncate(WalTruncateV1 { from: 7 })).unwrap();
         assert_eq!(buf.len(), 3 + n);
         let rec = parse_record(&buf, 3).unwrap();
         assert_eq!(rec.kind, RecordKind::Truncate as u8);
-        assert_eq!(postcard::from_bytes::<u64>(rec.payload).unwrap(), 7);
+        assert_eq!(rec.payload, [7]);
         assert_eq!(rec.end, buf.len());
         for i in 3..buf.len() {
             let mut bad = buf.clone();
@@ -264,5 +317,22 @@ mod tests {
         assert!(is_torn_header(&[0; 40]));
         assert!(!is_torn_header(&h));
         assert!(!is_torn_header(b"garbage"));
+    }
+
+    #[test]
+    fn wal_format_header_checks_magic_version_and_reserved() {
+        let h = segment_header();
+        assert_eq!(check_segment_header(&h), Ok(WAL_FORMAT_VERSION));
+        assert_eq!(check_segment_header(&h[..15]), Err(BadHeader::NotASegment));
+        let patched = |at: usize, value: u32| {
+            let mut h = h;
+            h[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            check_segment_header(&h)
+        };
+        assert_eq!(patched(0, 0x4B4C_4157), Err(BadHeader::NotASegment));
+        for found in [0, 2, u32::MAX] {
+            assert_eq!(patched(8, found), Err(BadHeader::UnsupportedVersion { found }));
+        }
+        assert_eq!(patched(12, 1), Err(BadHeader::Reserved { found: 1 }));
     }
 }

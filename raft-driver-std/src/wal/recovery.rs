@@ -5,14 +5,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use raft_core::{Entry, HardState, Index, NodeId, PersistedState, Term};
+use raft_core::{Index, NodeId, PersistedState, Term};
 use serde::Serialize;
 
 use super::WalError;
 use super::format::{
-    BadRecord, MAGIC, RecordKind, SEGMENT_HEADER_LEN, VERSION, find_valid_record_after, is_torn_header, parse_record,
-    parse_segment_file_name,
+    BadHeader, BadRecord, RecordKind, SEGMENT_HEADER_LEN, SUPPORTED_WAL_VERSIONS, check_segment_header,
+    find_valid_record_after, is_torn_header, parse_record, parse_segment_file_name,
 };
+use super::record::{Decoded, decode_record};
 
 /// What recovery found in the WAL directory; returned by
 /// [`Wal::open`](super::Wal::open) and embedded in [`InspectReport`].
@@ -48,7 +49,8 @@ pub enum WalHealth {
     /// The last write was cut short by a crash; opening the WAL will cut
     /// the partial record away. No acknowledged data is affected.
     TornTail,
-    /// Damage that recovery refuses to repair automatically.
+    /// Damage that recovery refuses to repair automatically, or a segment
+    /// of a format version this build cannot read (the `error` says which).
     Corrupt,
 }
 
@@ -190,17 +192,22 @@ fn replay_segment(
     let corrupt =
         |offset: usize, reason: String| WalError::Corrupt { file: path.to_path_buf(), offset: offset as u64, reason };
 
-    if data.len() < SEGMENT_HEADER_LEN || data[..8] != MAGIC {
+    match check_segment_header(data) {
+        Ok(_version) => {}
         // Segments are created with their header fsynced before any record
         // is written, so only the newest one can have a torn header.
-        if is_last && is_torn_header(data) {
-            return Ok(SegmentEnd::TornHeader);
+        Err(BadHeader::NotASegment) if is_last && is_torn_header(data) => return Ok(SegmentEnd::TornHeader),
+        Err(BadHeader::NotASegment) => return Err(corrupt(0, "not a WAL segment (bad or incomplete header)".into())),
+        Err(BadHeader::UnsupportedVersion { found }) => {
+            return Err(WalError::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found,
+                supported: SUPPORTED_WAL_VERSIONS,
+            });
         }
-        return Err(corrupt(0, "not a WAL segment (bad or incomplete header)".into()));
-    }
-    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(corrupt(8, format!("unsupported WAL version {version} (this build reads {VERSION})")));
+        Err(BadHeader::Reserved { found }) => {
+            return Err(corrupt(12, format!("reserved header field is {found:#010x}, expected 0")));
+        }
     }
     report.bytes += SEGMENT_HEADER_LEN as u64;
 
@@ -236,19 +243,14 @@ fn apply_record(kind: u8, payload: &[u8], state: &mut PersistedState) -> Result<
     let Some(kind) = RecordKind::from_byte(kind) else {
         return Err(format!("unknown record kind {kind} (written by a newer version?)"));
     };
-    match kind {
-        RecordKind::HardState => state.hard_state = decode::<HardState>(kind, payload)?,
-        RecordKind::Truncate => {
-            let from = decode::<Index>(kind, payload)?;
-            if from == 0 {
-                return Err("truncation from index 0".into());
-            }
+    match decode_record(kind, payload).map_err(|e| e.to_string())? {
+        Decoded::HardState(hs) => state.hard_state = hs,
+        Decoded::Truncate { from } => {
             // `from` past the end deletes nothing; entries are 1-based and
             // contiguous, so entry `i` sits at position `i - 1`.
             state.entries.truncate((from - 1).try_into().unwrap_or(usize::MAX));
         }
-        RecordKind::Entries => {
-            let entries = decode::<Vec<Entry>>(kind, payload)?;
+        Decoded::Entries(entries) => {
             let mut last = state.entries.last().map_or(0, |e| e.index);
             for e in &entries {
                 if e.index != last + 1 {
@@ -260,12 +262,4 @@ fn apply_record(kind: u8, payload: &[u8], state: &mut PersistedState) -> Result<
         }
     }
     Ok(())
-}
-
-fn decode<'a, T: serde::Deserialize<'a>>(kind: RecordKind, payload: &'a [u8]) -> Result<T, String> {
-    match postcard::take_from_bytes::<T>(payload) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!("{kind:?} record has {} trailing bytes", rest.len())),
-        Err(e) => Err(format!("cannot decode {kind:?} record: {e}")),
-    }
 }

@@ -340,6 +340,9 @@ fn wal_invalid_writes_are_refused_without_writing() {
     let gap = wal.write(&persist(2, Some(hs(9, None)), None, entries(1, 5..=5))).unwrap_err();
     assert!(matches!(gap, WalError::InvalidWrite { .. }), "{gap}");
     assert!(matches!(wal.write(&persist(3, None, Some(0), vec![])), Err(WalError::InvalidWrite { .. })));
+    // Recovery refuses a vote for node 0, so writing one must fail too.
+    let zero_vote = wal.write(&persist(3, Some(hs(9, Some(0))), None, entries(1, 4..=4))).unwrap_err();
+    assert!(matches!(zero_vote, WalError::InvalidWrite { .. }), "{zero_vote}");
     // Truncating past the end deletes nothing; entries must still follow.
     wal.write(&persist(4, None, Some(10), entries(1, 4..=4))).unwrap();
     wal.sync().unwrap();

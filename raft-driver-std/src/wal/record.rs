@@ -1,0 +1,325 @@
+//! The payloads of WAL records, as types the WAL owns.
+//!
+//! `raft-core`'s types ([`Entry`], [`HardState`]) are the protocol's
+//! vocabulary and are free to change shape: a field may be added, renamed
+//! or reordered there without anyone thinking about disks. Bytes already on
+//! disk cannot change. So the WAL never serializes a core type: it converts
+//! to the `…V1` types below, whose serde layout (postcard: fields in
+//! declaration order, integers as varints, `u8` and `bool` as one byte,
+//! `Option` as a `0`/`1` tag, sequences and byte strings as a varint length
+//! and the items) *is* version 1 of the record format, pinned byte for byte
+//! by the golden files in `tests/golden/` and described in `docs/formats.md`.
+//!
+//! Converting back is a [`TryFrom`]: a record that passed its CRC can still
+//! hold a value no core type can express (an unknown entry kind, a vote for
+//! the reserved node id 0), and that is an error naming the value, never a
+//! panic and never a silent default.
+//!
+//! These layouts are byte-identical to what the WAL wrote before it owned
+//! its types (postcard of the core types at the time), so existing data
+//! directories still open as version 1.
+
+use std::fmt;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryKind, HardState, Index, NodeId, Term};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::format::RecordKind;
+
+/// The kind byte of an [`EntryKind::Normal`] entry.
+pub(super) const ENTRY_KIND_NORMAL: u8 = 0;
+/// The kind byte of an [`EntryKind::Noop`] entry.
+pub(super) const ENTRY_KIND_NOOP: u8 = 1;
+
+/// Payload of a `HardState` record, version 1.
+///
+/// Field order is the byte order: never reorder, never insert; a different
+/// layout is a new format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WalHardStateV1 {
+    /// The persisted current term.
+    pub term: Term,
+    /// The vote in `term`; never `Some(0)` (0 is not a node id).
+    pub vote: Option<NodeId>,
+}
+
+/// Payload of a `Truncate` record, version 1: delete every entry with
+/// index `>= from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WalTruncateV1 {
+    /// First index deleted; never 0 (indexes start at 1).
+    pub from: Index,
+}
+
+/// One entry inside an `Entries` record, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WalEntryV1 {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: Index,
+    /// [`ENTRY_KIND_NORMAL`] or [`ENTRY_KIND_NOOP`]; anything else is refused.
+    pub kind: u8,
+    /// The application payload.
+    pub data: Bytes,
+}
+
+/// The encoding side of an `Entries` record: a postcard sequence of
+/// [`WalEntryV1`], produced straight from borrowed core entries so that a
+/// large batch is not copied into a second vector first. It encodes to the
+/// same bytes as a `Vec<WalEntryV1>`, which is what the decoder reads.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WalEntriesV1<'a>(pub &'a [Entry]);
+
+impl Serialize for WalEntriesV1<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(WalEntryV1::from))
+    }
+}
+
+/// A record about to be appended: its kind and its owned-format payload.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Record<'a> {
+    /// A new hard state.
+    HardState(WalHardStateV1),
+    /// A truncation.
+    Truncate(WalTruncateV1),
+    /// A batch of contiguous entries.
+    Entries(WalEntriesV1<'a>),
+}
+
+impl Record<'_> {
+    /// The kind byte this record is framed with.
+    pub(super) fn kind(&self) -> RecordKind {
+        match self {
+            Record::HardState(_) => RecordKind::HardState,
+            Record::Truncate(_) => RecordKind::Truncate,
+            Record::Entries(_) => RecordKind::Entries,
+        }
+    }
+
+    /// Serializes the payload (not the framing) with postcard.
+    pub(super) fn serialize_payload<F: postcard::ser_flavors::Flavor>(&self, out: F) -> postcard::Result<F::Output> {
+        match self {
+            Record::HardState(hs) => postcard::serialize_with_flavor(hs, out),
+            Record::Truncate(t) => postcard::serialize_with_flavor(t, out),
+            Record::Entries(entries) => postcard::serialize_with_flavor(entries, out),
+        }
+    }
+}
+
+/// A record read back from disk, already converted to core values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Decoded {
+    /// A new hard state.
+    HardState(HardState),
+    /// Delete every entry with index `>= from`.
+    Truncate {
+        /// First index deleted (at least 1).
+        from: Index,
+    },
+    /// A batch of entries (contiguity is checked by the replay, which knows
+    /// the log they follow).
+    Entries(Vec<Entry>),
+}
+
+/// A decoded value that no core type can hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum InvalidValue {
+    /// An entry kind byte other than the known ones.
+    UnknownEntryKind {
+        /// The entry's index.
+        index: Index,
+        /// The kind byte found.
+        kind: u8,
+    },
+    /// A vote for node id 0, which is reserved.
+    VoteForZero,
+    /// A truncation from index 0 (indexes start at 1).
+    TruncateFromZero,
+}
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidValue::UnknownEntryKind { index, kind } => write!(
+                f,
+                "entry {index} has unknown kind {kind} (known: {ENTRY_KIND_NORMAL} normal, {ENTRY_KIND_NOOP} noop)"
+            ),
+            InvalidValue::VoteForZero => f.write_str("vote for node id 0 (reserved, never a valid id)"),
+            InvalidValue::TruncateFromZero => f.write_str("truncation from index 0 (indexes start at 1)"),
+        }
+    }
+}
+
+/// Why a CRC-valid record payload was refused.
+#[derive(Debug)]
+pub(super) enum RecordError {
+    /// The payload is not a postcard encoding of the kind's type.
+    Decode {
+        /// The record kind.
+        kind: RecordKind,
+        /// postcard's complaint.
+        error: postcard::Error,
+    },
+    /// The payload decoded with bytes left over: never written, so it means
+    /// a bug or a writer of another layout.
+    TrailingBytes {
+        /// The record kind.
+        kind: RecordKind,
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The payload decoded to a value no core type can hold.
+    Invalid {
+        /// The record kind.
+        kind: RecordKind,
+        /// What is wrong with it.
+        value: InvalidValue,
+    },
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Decode { kind, error } => write!(f, "cannot decode {kind:?} record: {error}"),
+            RecordError::TrailingBytes { kind, extra } => write!(f, "{kind:?} record has {extra} trailing bytes"),
+            RecordError::Invalid { kind, value } => write!(f, "invalid {kind:?} record: {value}"),
+        }
+    }
+}
+
+/// Decodes a record payload of `kind` (version 1) into core values.
+pub(super) fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Decoded, RecordError> {
+    let invalid = |value| RecordError::Invalid { kind, value };
+    match kind {
+        RecordKind::HardState => {
+            let hs = take_exact::<WalHardStateV1>(kind, payload)?;
+            Ok(Decoded::HardState(hs.try_into().map_err(invalid)?))
+        }
+        RecordKind::Truncate => {
+            let t = take_exact::<WalTruncateV1>(kind, payload)?;
+            Ok(Decoded::Truncate { from: t.try_into().map_err(invalid)? })
+        }
+        RecordKind::Entries => {
+            let entries = take_exact::<Vec<WalEntryV1>>(kind, payload)?;
+            let entries = entries.into_iter().map(Entry::try_from).collect::<Result<_, _>>().map_err(invalid)?;
+            Ok(Decoded::Entries(entries))
+        }
+    }
+}
+
+/// Decodes exactly one `T` from `payload`; leftovers are an error.
+fn take_exact<'a, T: Deserialize<'a>>(kind: RecordKind, payload: &'a [u8]) -> Result<T, RecordError> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(RecordError::TrailingBytes { kind, extra: rest.len() }),
+        Err(error) => Err(RecordError::Decode { kind, error }),
+    }
+}
+
+impl From<HardState> for WalHardStateV1 {
+    fn from(hs: HardState) -> Self {
+        WalHardStateV1 { term: hs.term, vote: hs.vote }
+    }
+}
+
+impl TryFrom<WalHardStateV1> for HardState {
+    type Error = InvalidValue;
+
+    fn try_from(hs: WalHardStateV1) -> Result<Self, InvalidValue> {
+        if hs.vote == Some(0) {
+            return Err(InvalidValue::VoteForZero);
+        }
+        Ok(HardState { term: hs.term, vote: hs.vote })
+    }
+}
+
+impl TryFrom<WalTruncateV1> for Index {
+    type Error = InvalidValue;
+
+    fn try_from(t: WalTruncateV1) -> Result<Self, InvalidValue> {
+        if t.from == 0 {
+            return Err(InvalidValue::TruncateFromZero);
+        }
+        Ok(t.from)
+    }
+}
+
+impl From<&Entry> for WalEntryV1 {
+    fn from(e: &Entry) -> Self {
+        let kind = match e.kind {
+            EntryKind::Normal => ENTRY_KIND_NORMAL,
+            EntryKind::Noop => ENTRY_KIND_NOOP,
+        };
+        // `Bytes` is reference-counted: no payload copy.
+        WalEntryV1 { term: e.term, index: e.index, kind, data: e.data.clone() }
+    }
+}
+
+impl TryFrom<WalEntryV1> for Entry {
+    type Error = InvalidValue;
+
+    fn try_from(e: WalEntryV1) -> Result<Self, InvalidValue> {
+        let kind = match e.kind {
+            ENTRY_KIND_NORMAL => EntryKind::Normal,
+            ENTRY_KIND_NOOP => EntryKind::Noop,
+            kind => return Err(InvalidValue::UnknownEntryKind { index: e.index, kind }),
+        };
+        Ok(Entry { term: e.term, index: e.index, kind, data: e.data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(record: Record<'_>) -> Vec<u8> {
+        record.serialize_payload(postcard::ser_flavors::AllocVec::new()).unwrap()
+    }
+
+    #[test]
+    fn wal_record_entries_view_encodes_like_a_vec_of_owned_entries() {
+        let entries = vec![
+            Entry { term: 2, index: 9, kind: EntryKind::Normal, data: Bytes::from_static(b"x") },
+            Entry { term: 3, index: 10, kind: EntryKind::Noop, data: Bytes::new() },
+        ];
+        let owned: Vec<WalEntryV1> = entries.iter().map(WalEntryV1::from).collect();
+        assert_eq!(encode(Record::Entries(WalEntriesV1(&entries))), postcard::to_allocvec(&owned).unwrap());
+        let decoded = decode_record(RecordKind::Entries, &encode(Record::Entries(WalEntriesV1(&entries)))).unwrap();
+        assert_eq!(decoded, Decoded::Entries(entries));
+    }
+
+    #[test]
+    fn wal_record_invalid_values_are_errors() {
+        let unknown = vec![WalEntryV1 { term: 1, index: 4, kind: 2, data: Bytes::new() }];
+        let err = decode_record(RecordKind::Entries, &postcard::to_allocvec(&unknown).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, RecordError::Invalid { value: InvalidValue::UnknownEntryKind { index: 4, kind: 2 }, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("entry 4 has unknown kind 2"), "{err}");
+
+        let zero_vote = WalHardStateV1 { term: 5, vote: Some(0) };
+        let err = decode_record(RecordKind::HardState, &encode(Record::HardState(zero_vote))).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::VoteForZero, .. }), "{err}");
+
+        let err =
+            decode_record(RecordKind::Truncate, &encode(Record::Truncate(WalTruncateV1 { from: 0 }))).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::TruncateFromZero, .. }), "{err}");
+    }
+
+    #[test]
+    fn wal_record_trailing_and_truncated_payloads_are_errors() {
+        let mut payload = encode(Record::Truncate(WalTruncateV1 { from: 300 }));
+        payload.push(0);
+        let err = decode_record(RecordKind::Truncate, &payload).unwrap_err();
+        assert!(matches!(err, RecordError::TrailingBytes { extra: 1, .. }), "{err}");
+        let payload = encode(Record::HardState(WalHardStateV1 { term: 300, vote: Some(7) }));
+        for cut in 0..payload.len() {
+            let err = decode_record(RecordKind::HardState, &payload[..cut]).unwrap_err();
+            assert!(matches!(err, RecordError::Decode { .. }), "cut at {cut}: {err}");
+        }
+    }
+}
