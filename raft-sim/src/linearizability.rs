@@ -1,7 +1,9 @@
 //! Linearizability checker for key-value client histories.
 //!
-//! The store is modelled as one independent read/write/compare-and-set register per key, each
-//! initially `None`. Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
+//! The store is modelled as one independent register per key, each initially absent (`None`),
+//! holding either nothing or an integer: `SET` writes it, `GET` reads it, a CAS and `SET NX`
+//! (a CAS from absent) write it conditionally, `INCR` adds one (absent counts as 0) and `DEL`
+//! makes it absent (see `docs/history-format.md` for the exact semantics). Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
 //! linearizable iff its restriction to every key is, so [`check`] partitions the history by key
 //! and searches each key separately. That turns one search exponential in the whole history into
 //! many small ones.
@@ -18,17 +20,23 @@
 //! *completed* operation is linearized: left-over unknown operations are taken never to have
 //! happened.
 //!
-//! On top of plain WGL the search uses exact reductions (each preserves the verdict; a proptest
-//! compares against brute force): reads of never-written values are rejected up front; written
+//! On top of plain WGL the search uses exact reductions (each preserves the verdict; proptests
+//! compare against brute force): reads of never-written values are rejected up front; written
 //! values nobody observes are merged into one model state; a legal read is taken without
 //! branching; among identical candidates only the one with the earliest deadline is tried; and a
 //! write with unknown outcome is only placed directly before an operation that needs it. The
 //! last two keep timed-out writes, which otherwise double the search space each, cheap.
 //!
+//! None of this relies on unique values: the memo key is the linearized set plus the register
+//! state, whatever produced it, so `INCR` results that repeat (after a `DEL`, or equal to a
+//! `SET` value) are fine. An unknown `INCR` makes "observed" transitive: a value is observed if
+//! some read or condition looks at it or at a value up to that many increments above it.
+//!
 //! Semantics worth knowing when producing histories:
-//! - Intervals are closed: an operation completing at tick `t` and one invoked at tick `t` are
-//!   treated as concurrent. Ticks are coarse (many events share one), so this avoids reporting
-//!   violations that merely reflect same-tick ordering; it can only hide, never invent, a bug.
+//! - Times are virtual microseconds. Intervals are closed: an operation completing at `t` and
+//!   one invoked at `t` are treated as concurrent. Simulator events can share an instant, so
+//!   this avoids reporting violations that merely reflect same-instant ordering; it can only
+//!   hide, never invent, a bug.
 //! - The search is bounded by a [`Budget`]; when exhausted the key is reported
 //!   [`CheckResult::Undecided`] instead of hanging.
 //! - Everything is deterministic: no randomly seeded hashing, keys are checked in ascending order.
@@ -1799,6 +1807,19 @@ mod tests {
             outcome: Outcome::Unknown,
         };
         assert_eq!(parsed.unwrap(), vec![expected]);
+    }
+
+    /// The example in `docs/history-format.md` parses, round-trips and is linearizable.
+    #[test]
+    fn linearizability_documented_example() {
+        let doc = include_str!("../../docs/history-format.md");
+        let start = doc.find("```json\n").expect("a JSON example") + "```json\n".len();
+        let json = &doc[start..start + doc[start..].find("```").unwrap()];
+        let h = from_json(json).expect("the documented example parses");
+        assert_eq!(to_json(&h), json.trim_end(), "the example is in to_json's format");
+        let kinds: HashSet<_> = h.iter().map(|o| std::mem::discriminant(&o.kind)).collect();
+        assert_eq!(kinds.len(), 6, "every kind appears");
+        assert_eq!(check(&h, Budget::default()), CheckResult::Linearizable);
     }
 
     #[test]
