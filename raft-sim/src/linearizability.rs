@@ -1,7 +1,9 @@
 //! Linearizability checker for key-value client histories.
 //!
-//! The store is modelled as one independent read/write/compare-and-set register per key, each
-//! initially `None`. Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
+//! The store is modelled as one independent register per key, each initially absent (`None`),
+//! holding either nothing or an integer: `SET` writes it, `GET` reads it, a CAS and `SET NX`
+//! (a CAS from absent) write it conditionally, `INCR` adds one (absent counts as 0) and `DEL`
+//! makes it absent (see `docs/history-format.md` for the exact semantics). Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
 //! linearizable iff its restriction to every key is, so [`check`] partitions the history by key
 //! and searches each key separately. That turns one search exponential in the whole history into
 //! many small ones.
@@ -18,17 +20,23 @@
 //! *completed* operation is linearized: left-over unknown operations are taken never to have
 //! happened.
 //!
-//! On top of plain WGL the search uses exact reductions (each preserves the verdict; a proptest
-//! compares against brute force): reads of never-written values are rejected up front; written
+//! On top of plain WGL the search uses exact reductions (each preserves the verdict; proptests
+//! compare against brute force): reads of never-written values are rejected up front; written
 //! values nobody observes are merged into one model state; a legal read is taken without
 //! branching; among identical candidates only the one with the earliest deadline is tried; and a
 //! write with unknown outcome is only placed directly before an operation that needs it. The
 //! last two keep timed-out writes, which otherwise double the search space each, cheap.
 //!
+//! None of this relies on unique values: the memo key is the linearized set plus the register
+//! state, whatever produced it, so `INCR` results that repeat (after a `DEL`, or equal to a
+//! `SET` value) are fine. An unknown `INCR` makes "observed" transitive: a value is observed if
+//! some read or condition looks at it or at a value up to that many increments above it.
+//!
 //! Semantics worth knowing when producing histories:
-//! - Intervals are closed: an operation completing at tick `t` and one invoked at tick `t` are
-//!   treated as concurrent. Ticks are coarse (many events share one), so this avoids reporting
-//!   violations that merely reflect same-tick ordering; it can only hide, never invent, a bug.
+//! - Times are virtual microseconds. Intervals are closed: an operation completing at `t` and
+//!   one invoked at `t` are treated as concurrent. Simulator events can share an instant, so
+//!   this avoids reporting violations that merely reflect same-instant ordering; it can only
+//!   hide, never invent, a bug.
 //! - The search is bounded by a [`Budget`]; when exhausted the key is reported
 //!   [`CheckResult::Undecided`] instead of hanging.
 //! - Everything is deterministic: no randomly seeded hashing, keys are checked in ascending order.
@@ -320,13 +328,14 @@ fn check_key(raw: &[&Operation], budget: Budget) -> KeyVerdict {
 fn precheck_reads(ops: &[KeyOp<'_>]) -> Option<KeyVerdict> {
     // Earliest invocation of a potential writer per value.
     let mut first_write: HashMap<u64, u64, FixedState> = HashMap::default();
-    let mut first_incr_unknown = u64::MAX;
+    let mut first_incr_unknown: Option<u64> = None;
     for o in ops {
         let written = match o.step {
             Step::Put(Some(v)) | Step::Incr { to: Some(v), .. } => v,
             Step::Cas { new: Some(v), success: Some(true) | None, .. } => v,
             Step::IncrUnknown => {
-                first_incr_unknown = first_incr_unknown.min(o.op.invoke_time);
+                let t = o.op.invoke_time;
+                first_incr_unknown = Some(first_incr_unknown.map_or(t, |u| u.min(t)));
                 continue;
             }
             _ => continue,
@@ -337,12 +346,10 @@ fn precheck_reads(ops: &[KeyOp<'_>]) -> Option<KeyVerdict> {
     for o in ops {
         let (Step::Read(Some(v)), true) = (o.step, o.complete) else { continue };
         let returned = o.op.complete_time.unwrap_or(u64::MAX);
-        let first = first_write
-            .get(&v)
-            .copied()
-            .into_iter()
-            .chain((first_incr_unknown < u64::MAX).then_some(first_incr_unknown))
-            .min();
+        let first = match (first_write.get(&v), first_incr_unknown) {
+            (Some(&t), Some(u)) => Some(t.min(u)),
+            (t, u) => t.copied().or(u),
+        };
         match first {
             None => {
                 return Some(KeyVerdict::Violation {
@@ -1226,6 +1233,8 @@ mod tests {
         expect(&[maybe(0, 0), get(1, 0, Some(2), 10, 11)], false);
         expect(&[maybe(0, 0), incr(1, 0, 3, 10, 11)], false);
         expect(&[get(0, 0, Some(1), 0, 1), maybe(1, 5)], false);
+        // Array order carries no meaning: the earliest invocation counts.
+        expect(&[maybe(0, 20), maybe(1, 0), get(2, 0, Some(1), 10, 11)], true);
         expect(&[maybe(0, 0), get(1, 0, Some(1), 10, 11), get(2, 0, None, 12, 13)], false);
         // Two of them: zero, one or both took effect, in any order relative to the reads.
         for (v, linearizable) in [(None, true), (Some(1), true), (Some(2), true), (Some(3), false)] {
@@ -1368,6 +1377,34 @@ mod tests {
         expect(&h, false);
         // Harmless on an absent key.
         expect(&[maybe(0, 0), get(1, 0, None, 10, 11), del(2, 0, 0, 12, 13)], true);
+    }
+
+    /// White-box: the reduction is exact either way, so only its effect on the op list shows.
+    #[test]
+    fn linearizability_drops_only_unobservable_writes() {
+        let h = [
+            del(0, 0, 1, 0, 1),
+            // Could explain the DEL (which needs the key present): kept.
+            put_unknown(1, 0, 5, 0),
+            // Invoked after the DEL returned and never observed: dropped.
+            put_unknown(2, 0, 20, 2),
+            unknown(3, 0, OpKind::SetNx { value: 9 }, 2),
+            // Read directly, or one unknown INCR below a read: kept.
+            put_unknown(4, 0, 7, 2),
+            put_unknown(5, 0, 3, 2),
+            get(6, 0, Some(7), 10, 11),
+            get(7, 0, Some(4), 12, 13),
+            // Two below the read of 4, but there is only one unknown INCR: dropped.
+            put_unknown(8, 0, 2, 2),
+            // Writes of "absent" and unknown INCRs are always kept.
+            unknown(9, 0, OpKind::Del, 2),
+            unknown(10, 0, OpKind::Incr, 2),
+        ];
+        let mut ops: Vec<KeyOp<'_>> = h.iter().map(|o| prepare(o).unwrap().unwrap()).collect();
+        drop_unobservable_writes(&mut ops);
+        let kept: Vec<u64> = ops.iter().map(|o| o.op.id).collect();
+        assert_eq!(kept, [0, 1, 4, 5, 6, 7, 9, 10]);
+        expect(&h, true);
     }
 
     #[test]
@@ -1770,6 +1807,19 @@ mod tests {
             outcome: Outcome::Unknown,
         };
         assert_eq!(parsed.unwrap(), vec![expected]);
+    }
+
+    /// The example in `docs/history-format.md` parses, round-trips and is linearizable.
+    #[test]
+    fn linearizability_documented_example() {
+        let doc = include_str!("../../docs/history-format.md");
+        let start = doc.find("```json\n").expect("a JSON example") + "```json\n".len();
+        let json = &doc[start..start + doc[start..].find("```").unwrap()];
+        let h = from_json(json).expect("the documented example parses");
+        assert_eq!(to_json(&h), json.trim_end(), "the example is in to_json's format");
+        let kinds: HashSet<_> = h.iter().map(|o| std::mem::discriminant(&o.kind)).collect();
+        assert_eq!(kinds.len(), 6, "every kind appears");
+        assert_eq!(check(&h, Budget::default()), CheckResult::Linearizable);
     }
 
     #[test]
