@@ -66,6 +66,12 @@ impl KvRequest {
     pub fn decode(bytes: &[u8]) -> Result<KvRequest, postcard::Error> {
         postcard::from_bytes(bytes)
     }
+
+    /// The `(session, seq)` of an encoded request, read without decoding (or allocating) the op: the
+    /// two fields lead the encoding.
+    pub fn session_of(bytes: &[u8]) -> Option<(u64, u64)> {
+        postcard::take_from_bytes::<(u64, u64)>(bytes).ok().map(|(ids, _)| ids)
+    }
 }
 
 /// `SET`'s `NX`/`XX` condition.

@@ -499,3 +499,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn session_of_reads_the_leading_fields_of_any_request() {
+    let h = Harness::new();
+    for (session, seq, words) in
+        [(0, 0, &["GET", "k"][..]), (7, 1, &["SET", "k", "v"]), (u64::MAX, u64::MAX - 1, &["DEL", "a", "b"])]
+    {
+        let req = match parse_command(&words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>()) {
+            Ok(ParsedCommand::Replicate(op)) => KvRequest { session, seq, now_ms: h.now_ms, op },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(KvRequest::session_of(&req.encode()), Some((session, seq)));
+    }
+    assert_eq!(KvRequest::session_of(&[0xFF]), None);
+}

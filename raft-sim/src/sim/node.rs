@@ -269,13 +269,13 @@ impl Sim {
         if after.executed == before.executed {
             return;
         }
-        let Ok(req) = KvRequest::decode(&e.data) else { return };
-        if req.session == 0 {
+        let Some((session, seq)) = KvRequest::session_of(&e.data) else { return };
+        if session == 0 {
             return;
         }
         let n = self.nodes.get_mut(&id).expect("node");
-        if !n.took_effect.insert((req.session, req.seq)) {
-            let detail = format!("node {id} applied session {} seq {} twice", req.session, req.seq);
+        if !n.took_effect.insert((session, seq)) {
+            let detail = format!("node {id} applied session {session} seq {seq} twice");
             self.fail("exactly-once", detail);
         }
     }
