@@ -3,10 +3,11 @@
 //! The store is modelled as one independent register per key, each initially absent (`None`),
 //! holding either nothing or an integer: `SET` writes it, `GET` reads it, a CAS and `SET NX`
 //! (a CAS from absent) write it conditionally, `INCR` adds one (absent counts as 0) and `DEL`
-//! makes it absent (see `docs/history-format.md` for the exact semantics). Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
-//! linearizable iff its restriction to every key is, so [`check`] partitions the history by key
-//! and searches each key separately. That turns one search exponential in the whole history into
-//! many small ones.
+//! makes it absent (see `docs/history-format.md` for the exact semantics).
+//!
+//! Linearizability is *local* (P-compositional, Herlihy & Wing): a history is linearizable iff
+//! its restriction to every key is, so [`check`] partitions the history by key and searches each
+//! key separately. That turns one search exponential in the whole history into many small ones.
 //!
 //! Per key we run the Wing & Gong search with Lowe's memoisation (the "WGL" algorithm also used
 //! by Porcupine): invocation and response events sit in a doubly linked list ordered by time;
@@ -886,10 +887,11 @@ impl<'a, B: Bits> Search<'a, B> {
     ///   it finds). In any valid linearization, an unknown write followed by an operation it
     ///   does not enable can be swapped past that operation (if the latter leaves the register
     ///   unchanged either way) or dropped (if the latter yields the same value either way, or if
-    ///   nothing follows), so some valid linearization has this shape. Without the rule every timed-out write doubles the configurations between its
-    ///   invocation and the end of the history. The pair (write, enabled op) acts as one move:
-    ///   only the configuration after both is memoised, since the constrained one in between
-    ///   has fewer options than its unconstrained namesake.
+    ///   nothing follows), so some valid linearization has this shape. Without the rule every
+    ///   timed-out write doubles the configurations between its invocation and the end of the
+    ///   history. The pair (write, enabled op) acts as one move: only the configuration after
+    ///   both is memoised, since the constrained one in between has fewer options than its
+    ///   unconstrained namesake.
     fn run(mut self, budget: Budget) -> KeyVerdict {
         let ops = self.ops;
         // Configurations (linearized set, register state) already entered. The search is still
