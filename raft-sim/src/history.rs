@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// One client request against the key-value store and what the client observed of it.
 ///
-/// Times are virtual simulator microseconds (the simulator's clock; one Raft tick is
-/// `sim::TICK_US` = 10,000 of them), not ticks. An operation whose response never arrived (the client
-/// timed out, crashed, or the run ended first) has [`Outcome::Unknown`]: it may or may not have
-/// taken effect, at any time after `invoke_time`.
+/// Times are the simulator's virtual clock, in microseconds (one Raft tick is `sim::TICK_US`
+/// = 10,000 of them), not ticks. An operation whose response never arrived (the client timed
+/// out, crashed, or the run ended first) has [`Outcome::Unknown`]: it may or may not have taken
+/// effect, at any time after `invoke_time`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Operation {
     /// Unique identifier of the operation within its history (used in reports only).

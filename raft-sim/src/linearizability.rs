@@ -3,10 +3,11 @@
 //! The store is modelled as one independent register per key, each initially absent (`None`),
 //! holding either nothing or an integer: `SET` writes it, `GET` reads it, a CAS and `SET NX`
 //! (a CAS from absent) write it conditionally, `INCR` adds one (absent counts as 0) and `DEL`
-//! makes it absent (see `docs/history-format.md` for the exact semantics). Linearizability is *local* (P-compositional, Herlihy & Wing): a history is
-//! linearizable iff its restriction to every key is, so [`check`] partitions the history by key
-//! and searches each key separately. That turns one search exponential in the whole history into
-//! many small ones.
+//! makes it absent (see `docs/history-format.md` for the exact semantics).
+//!
+//! Linearizability is *local* (P-compositional, Herlihy & Wing): a history is linearizable iff
+//! its restriction to every key is, so [`check`] partitions the history by key and searches each
+//! key separately. That turns one search exponential in the whole history into many small ones.
 //!
 //! Per key we run the Wing & Gong search with Lowe's memoisation (the "WGL" algorithm also used
 //! by Porcupine): invocation and response events sit in a doubly linked list ordered by time;
@@ -251,6 +252,7 @@ struct KeyOp<'a> {
 }
 
 /// Validates `op` and converts it; `Ok(None)` for operations that cannot affect the verdict.
+#[inline]
 fn prepare(op: &Operation) -> Result<Option<KeyOp<'_>>, String> {
     let complete = op.is_complete();
     if complete {
@@ -307,7 +309,10 @@ fn check_key(raw: &[&Operation], budget: Budget) -> KeyVerdict {
     if let Some(v) = precheck_reads(&ops) {
         return v;
     }
-    drop_unobservable_writes(&mut ops);
+    let mut observed = Observed::new(&ops);
+    if drop_unobservable_writes(&mut ops, &observed) {
+        observed = Observed::new(&ops);
+    }
     if !ops.iter().any(|o| o.complete) {
         // Only unknown-outcome operations: "none of them happened" is a valid linearization.
         return KeyVerdict::Linearizable;
@@ -316,7 +321,11 @@ fn check_key(raw: &[&Operation], budget: Budget) -> KeyVerdict {
     ops.sort_by_key(|o| (o.op.invoke_time, o.op.id));
     // Monomorphise on the bitset width: a u128 is copied, hashed and compared far faster than a
     // heap-allocated word vector, and most per-key histories have at most 128 operations.
-    if ops.len() <= 128 { Search::<u128>::new(&ops).run(budget) } else { Search::<Box<[u64]>>::new(&ops).run(budget) }
+    if ops.len() <= 128 {
+        Search::<u128>::new(&ops, observed).run(budget)
+    } else {
+        Search::<Box<[u64]>>::new(&ops, observed).run(budget)
+    }
 }
 
 /// Cheap necessary conditions on reads, checked before the (exponential worst-case) search: a
@@ -380,32 +389,36 @@ fn precheck_reads(ops: &[KeyOp<'_>]) -> Option<KeyVerdict> {
 /// `v..=v + reach`: up to `reach` increments can carry `v` to it. Every other value is
 /// indistinguishable from any other: no operation's legality or effect depends on which of them
 /// the register holds (unknown `INCR`s keep it among them, see [`Interner`]).
+///
+/// Each directly observed value already gets its interned search state here (from 2 on, in
+/// order of first appearance), so interning a value costs one lookup.
 struct Observed {
-    direct: HashSet<u64, FixedState>,
-    /// `direct`, sorted; only built when `reach > 0`.
+    direct: HashMap<u64, u32, FixedState>,
+    /// The keys of `direct`, sorted; only built when `reach > 0`.
     sorted: Vec<u64>,
     reach: u64,
 }
 
 impl Observed {
     fn new(ops: &[KeyOp<'_>]) -> Self {
-        let mut direct: HashSet<u64, FixedState> = HashSet::default();
+        let mut direct: HashMap<u64, u32, FixedState> = HashMap::default();
         let mut reach = 0;
         for o in ops {
-            match o.step {
-                Step::Read(Some(v)) if o.complete => {
-                    direct.insert(v);
+            let v = match o.step {
+                Step::Read(Some(v)) if o.complete => v,
+                Step::Cas { expected: Some(v), .. } | Step::Incr { from: Some(v), .. } => v,
+                Step::IncrUnknown => {
+                    reach += 1;
+                    continue;
                 }
-                Step::Cas { expected: Some(v), .. } | Step::Incr { from: Some(v), .. } => {
-                    direct.insert(v);
-                }
-                Step::IncrUnknown => reach += 1,
-                _ => {}
-            }
+                _ => continue,
+            };
+            let fresh = fresh_id(direct.len());
+            direct.entry(v).or_insert(fresh);
         }
         let mut sorted = Vec::new();
         if reach > 0 {
-            sorted.extend(direct.iter().copied());
+            sorted.extend(direct.keys().copied());
             sorted.sort_unstable();
         }
         Observed { direct, sorted, reach }
@@ -414,12 +427,18 @@ impl Observed {
     #[inline]
     fn contains(&self, v: u64) -> bool {
         if self.reach == 0 {
-            return self.direct.contains(&v);
+            return self.direct.contains_key(&v);
         }
         // The smallest directly observed value >= v, if within reach.
         let i = self.sorted.partition_point(|&o| o < v);
         self.sorted.get(i).is_some_and(|&o| o - v <= self.reach)
     }
+}
+
+/// The interned id of the `n`-th distinct observed value.
+#[inline]
+fn fresh_id(n: usize) -> u32 {
+    u32::try_from(n + 2).ok().filter(|&i| i != NO_SUCC).expect("fewer than 2^32 - 3 values per key")
 }
 
 /// Removes unknown-outcome writes of a value nobody can observe (see [`Observed`]).
@@ -435,18 +454,35 @@ impl Observed {
 /// is, unless one completes at or after `W`'s invocation.
 ///
 /// Writes of an absent value (unknown `DEL`s) and unknown `INCR`s are always kept.
-fn drop_unobservable_writes(ops: &mut Vec<KeyOp<'_>>) {
-    let last_blocker = ops.iter().filter(|o| o.step.accepts_any_value()).filter_map(|o| o.op.complete_time).max();
-    let observed = Observed::new(ops);
+///
+/// `observed` must be computed from `ops`. Returns whether it may be stale now: a dropped CAS
+/// may have been the only one to expect some value.
+fn drop_unobservable_writes(ops: &mut Vec<KeyOp<'_>>, observed: &Observed) -> bool {
+    // One pass: the last completion of a blocker, and the last invocation of a candidate.
+    let (mut last_blocker, mut last_candidate) = (None, None);
+    for o in ops.iter() {
+        if o.step.accepts_any_value() {
+            last_blocker = last_blocker.max(o.op.complete_time);
+        } else if !o.complete && matches!(o.step, Step::Put(Some(_)) | Step::Cas { new: Some(_), .. }) {
+            last_candidate = last_candidate.max(Some(o.op.invoke_time));
+        }
+    }
+    if last_candidate.is_none() || last_candidate <= last_blocker {
+        return false;
+    }
+    let mut stale = false;
     ops.retain(|o| {
         if o.complete || last_blocker.is_some_and(|t| t >= o.op.invoke_time) {
             return true;
         }
-        match o.step {
+        let keep = match o.step {
             Step::Put(Some(v)) | Step::Cas { new: Some(v), .. } => observed.contains(v),
             _ => true,
-        }
+        };
+        stale |= !keep && matches!(o.step, Step::Cas { expected: Some(_), .. });
+        keep
     });
+    stale
 }
 
 /// Interned register value "absent".
@@ -468,31 +504,31 @@ const NO_SUCC: u32 = u32::MAX;
 /// `u + j` either, and it still behaves like any unobserved value.
 struct Interner {
     observed: Observed,
-    index: HashMap<u64, u32, FixedState>,
-    /// Value of each interned id, from id 2 on.
-    values: Vec<u64>,
+    /// Observed values that are not directly observed (within reach of one), interned on first
+    /// use, continuing the numbering of [`Observed::direct`].
+    extra: HashMap<u64, u32, FixedState>,
 }
 
 impl Interner {
+    #[inline]
     fn id(&mut self, v: Option<u64>) -> u32 {
-        match v {
-            None => NIL,
-            Some(v) if !self.observed.contains(v) => UNOBSERVED,
-            Some(v) => *self.index.entry(v).or_insert_with(|| {
-                self.values.push(v);
-                u32::try_from(self.values.len() + 1)
-                    .ok()
-                    .filter(|&i| i != NO_SUCC)
-                    .expect("fewer than 2^32 values per key")
-            }),
+        let Some(v) = v else { return NIL };
+        if let Some(&id) = self.observed.direct.get(&v) {
+            return id;
         }
+        if self.observed.reach == 0 || !self.observed.contains(v) {
+            return UNOBSERVED;
+        }
+        let fresh = fresh_id(self.observed.direct.len() + self.extra.len());
+        *self.extra.entry(v).or_insert(fresh)
     }
 }
 
-/// Interns the steps of `ops`; also returns the successor table of unknown `INCR`s (indexed by
-/// interned value, [`NO_SUCC`] on overflow), empty when the key has none.
-fn intern(ops: &[KeyOp<'_>]) -> (Vec<Step<u32>>, Vec<u32>) {
-    let mut interner = Interner { observed: Observed::new(ops), index: HashMap::default(), values: Vec::new() };
+/// Interns the steps of `ops`, given what is observed in them; also returns the successor table
+/// of unknown `INCR`s (indexed by interned value, [`NO_SUCC`] on overflow), empty when the key
+/// has none.
+fn intern(ops: &[KeyOp<'_>], observed: Observed) -> (Vec<Step<u32>>, Vec<u32>) {
+    let mut interner = Interner { observed, extra: HashMap::default() };
     let steps = ops
         .iter()
         .map(|o| match o.step {
@@ -510,14 +546,26 @@ fn intern(ops: &[KeyOp<'_>]) -> (Vec<Step<u32>>, Vec<u32>) {
         .collect();
     let mut succ = Vec::new();
     if interner.observed.reach > 0 {
-        succ.push(interner.id(Some(1)));
+        // The value of every id so far, then a worklist: interning a successor may add a value,
+        // whose successor is then needed too. Every value added is observed, and those are
+        // finite, so the chains end (at an unobserved value or an overflow).
+        let mut values = vec![0; interner.observed.direct.len() + interner.extra.len()];
+        for (&v, &id) in interner.observed.direct.iter().chain(&interner.extra) {
+            values[id as usize - 2] = v;
+        }
+        let mut id_of = |w: Option<u64>, values: &mut Vec<u64>| {
+            let Some(w) = w else { return NO_SUCC };
+            let id = interner.id(Some(w));
+            if id as usize == values.len() + 2 {
+                values.push(w);
+            }
+            id
+        };
+        succ.push(id_of(Some(1), &mut values));
         succ.push(UNOBSERVED);
-        // Interning a successor may add a value, whose successor is then needed too; the chain
-        // ends at an unobserved value (every value it adds is observed, and those are finite).
         let mut i = 0;
-        while i < interner.values.len() {
-            let next = interner.values[i].checked_add(1);
-            succ.push(next.map_or(NO_SUCC, |w| interner.id(Some(w))));
+        while i < values.len() {
+            succ.push(id_of(values[i].checked_add(1), &mut values));
             i += 1;
         }
     }
@@ -687,7 +735,8 @@ struct Stuck {
 }
 
 impl<'a, B: Bits> Search<'a, B> {
-    fn new(ops: &'a [KeyOp<'a>]) -> Self {
+    /// `observed` must be computed from `ops`.
+    fn new(ops: &'a [KeyOp<'a>], observed: Observed) -> Self {
         let n = ops.len();
         // (time, rank, op): at equal times calls come first (closed intervals: touching
         // operations are concurrent), then finite returns; returns of unknown-outcome operations
@@ -702,7 +751,7 @@ impl<'a, B: Bits> Search<'a, B> {
         }
         events.sort_unstable();
         let nodes = 2 * n + 2;
-        let (steps, succ) = intern(ops);
+        let (steps, succ) = intern(ops, observed);
         let mut classes: HashMap<Step<u32>, u32, FixedState> = HashMap::default();
         let mut class_size = Vec::new();
         let class = steps
@@ -759,7 +808,7 @@ impl<'a, B: Bits> Search<'a, B> {
     }
 
     /// Applies `step` to interned register value `state` (see [`Step::apply`]).
-    #[inline]
+    #[inline(always)]
     fn apply(&self, step: Step<u32>, state: u32) -> Option<u32> {
         step.apply(state, |s| Some(self.succ[s as usize]).filter(|&t| t != NO_SUCC))
     }
@@ -769,7 +818,7 @@ impl<'a, B: Bits> Search<'a, B> {
     /// when constrained, *enabled* by the write (see [`Search::run`]): illegal without it, or
     /// legal without it but with a different result, other than an observer legal either way.
     /// Only an unknown `INCR` has the middle case: its result depends on the state.
-    #[inline]
+    #[inline(always)]
     fn allowed(&self, i: usize, state: u32, before: Option<u32>) -> Option<u32> {
         let step = self.steps[i];
         let next = self.apply(step, state)?;
@@ -838,10 +887,11 @@ impl<'a, B: Bits> Search<'a, B> {
     ///   it finds). In any valid linearization, an unknown write followed by an operation it
     ///   does not enable can be swapped past that operation (if the latter leaves the register
     ///   unchanged either way) or dropped (if the latter yields the same value either way, or if
-    ///   nothing follows), so some valid linearization has this shape. Without the rule every timed-out write doubles the configurations between its
-    ///   invocation and the end of the history. The pair (write, enabled op) acts as one move:
-    ///   only the configuration after both is memoised, since the constrained one in between
-    ///   has fewer options than its unconstrained namesake.
+    ///   nothing follows), so some valid linearization has this shape. Without the rule every
+    ///   timed-out write doubles the configurations between its invocation and the end of the
+    ///   history. The pair (write, enabled op) acts as one move: only the configuration after
+    ///   both is memoised, since the constrained one in between has fewer options than its
+    ///   unconstrained namesake.
     fn run(mut self, budget: Budget) -> KeyVerdict {
         let ops = self.ops;
         // Configurations (linearized set, register state) already entered. The search is still
@@ -1401,7 +1451,8 @@ mod tests {
             unknown(10, 0, OpKind::Incr, 2),
         ];
         let mut ops: Vec<KeyOp<'_>> = h.iter().map(|o| prepare(o).unwrap().unwrap()).collect();
-        drop_unobservable_writes(&mut ops);
+        let observed = Observed::new(&ops);
+        drop_unobservable_writes(&mut ops, &observed);
         let kept: Vec<u64> = ops.iter().map(|o| o.op.id).collect();
         assert_eq!(kept, [0, 1, 4, 5, 6, 7, 9, 10]);
         expect(&h, true);
