@@ -484,12 +484,12 @@ impl KvStore {
     }
 
     /// Records the result of a session's new request.
-    fn remember(&mut self, index: u64, req: &KvRequest, result: &KvResult) {
-        let session = Session { last_seq: req.seq, last_reply: result.clone(), last_used: index };
-        if let Some(old) = self.sessions.insert(req.session, session) {
+    fn remember(&mut self, index: u64, (id, seq): (u64, u64), result: &KvResult) {
+        let session = Session { last_seq: seq, last_reply: result.clone(), last_used: index };
+        if let Some(old) = self.sessions.insert(id, session) {
             self.lru.remove(&old.last_used);
         }
-        self.lru.insert(index, req.session);
+        self.lru.insert(index, id);
         self.evict_sessions();
     }
 }
@@ -520,8 +520,10 @@ impl StateMachine for KvStore {
             return result;
         }
         self.stats.executed += 1;
-        let result = self.execute(req.op.clone());
-        self.remember(index, &req, &result);
+        let ids = (req.session, req.seq);
+        // The op moves into execute: no copy of its keys and values on the apply path.
+        let result = self.execute(req.op);
+        self.remember(index, ids, &result);
         result
     }
 }
