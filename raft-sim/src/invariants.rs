@@ -3,16 +3,16 @@
 //! contract). Each check looks only at what the event changed, so checking
 //! stays cheap enough to run on every event of every seed.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
 
 use raft_core::{Action, AppendEntriesResponse, Entry, HardState, Index, MessageBody, Node, NodeId, Role, Term};
 
 use crate::disk::SimDisk;
+use crate::hash::{FixedState, hash_bytes};
+use crate::idmap::IdMap;
 
 /// Deterministic hashing: no per-process random seed.
-type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+type FixedMap<K, V> = HashMap<K, V, FixedState>;
 
 /// A broken safety property.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +29,9 @@ fn violation(property: &'static str, detail: String) -> Result<(), Violation> {
 
 /// Content fingerprint of an entry (kind and payload).
 pub fn fingerprint(e: &Entry) -> u64 {
-    // FNV-1a: tiny, deterministic, good enough to tell payloads apart.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (e.kind as u64);
-    for &b in e.data.iter() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    // Deterministic and good enough to tell payloads apart; a word at a time, since every entry is
+    // fingerprinted on every node that writes, commits and applies it.
+    hash_bytes(e.kind as u64, &e.data)
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,18 +42,48 @@ struct NodeWatch {
     durable: HardState,
 }
 
+/// (index, term) -> (fingerprint, term of the previous entry) of the first copy of every entry any
+/// node wrote. Indexes are dense and nearly always hold one term, so the first term at each index
+/// sits in a vector slot and only the other terms of contested indexes go to a map: every entry
+/// every node writes is looked up here.
+#[derive(Default)]
+struct EntryCopies {
+    /// By index - 1: the first term seen there, with its (fingerprint, previous term).
+    first: Vec<(Term, (u64, Term))>,
+    /// Every other (index, term).
+    other: FixedMap<(Index, Term), (u64, Term)>,
+}
+
+impl EntryCopies {
+    /// What the first copy of entry (index, term) was, recording `this` as it if there is none.
+    fn first_copy(&mut self, index: Index, term: Term, this: (u64, Term)) -> (u64, Term) {
+        let pos = (index - 1) as usize;
+        if pos == self.first.len() {
+            let seen = if self.other.is_empty() { this } else { self.other.remove(&(index, term)).unwrap_or(this) };
+            self.first.push((term, seen));
+            return seen;
+        }
+        match self.first.get(pos) {
+            Some(&(t, seen)) if t == term => seen,
+            // Written before any copy of an earlier index (impossible for a log, kept exact anyway).
+            None => *self.other.entry((index, term)).or_insert(this),
+            Some(_) => *self.other.entry((index, term)).or_insert(this),
+        }
+    }
+}
+
 /// Global knowledge the checks compare every node against.
 #[derive(Default)]
 pub struct Safety {
     /// term -> the node that led it.
     leaders: BTreeMap<Term, NodeId>,
     /// (index, term) -> (fingerprint, term of the previous entry).
-    entries: FixedMap<(Index, Term), (u64, Term)>,
+    entries: EntryCopies,
     /// Committed entries by index - 1: (term, fingerprint).
     committed: Vec<(Term, u64)>,
-    nodes: BTreeMap<NodeId, NodeWatch>,
+    nodes: IdMap<NodeWatch>,
     /// Each node's log, as terms by index - 1, mirrored from its writes.
-    shadow: BTreeMap<NodeId, Vec<Term>>,
+    shadow: IdMap<Vec<Term>>,
 }
 
 impl Safety {
@@ -84,7 +111,7 @@ impl Safety {
         disk: &SimDisk,
         actions: &[Action],
     ) -> Result<(), Violation> {
-        let w = self.nodes.entry(id).or_default();
+        let w = self.nodes.get_or_default(id);
         let mut applied = if w.incarnation == incarnation { w.applied } else { 0 };
         for a in actions {
             match a {
@@ -92,7 +119,7 @@ impl Safety {
                     if let Some(from) = p.truncate_from {
                         self.check_truncation(id, from)?;
                     }
-                    let shadow = self.shadow.entry(id).or_default();
+                    let shadow = self.shadow.get_or_default(id);
                     shadow.extend(p.entries.iter().map(|e| e.term));
                     self.check_new_entries(id, node, &p.entries)?
                 }
@@ -113,7 +140,7 @@ impl Safety {
     /// its own divergent entries at committed indexes, never the committed
     /// ones themselves).
     fn check_truncation(&mut self, id: NodeId, from: Index) -> Result<(), Violation> {
-        let shadow = self.shadow.entry(id).or_default();
+        let shadow = self.shadow.get_or_default(id);
         let keep = (from - 1) as usize;
         for (pos, &term) in shadow.iter().enumerate().skip(keep) {
             if let Some(&(t, _)) = self.committed.get(pos) {
@@ -140,8 +167,9 @@ impl Safety {
     fn check_new_entries(&mut self, id: NodeId, node: &Node, entries: &[Entry]) -> Result<(), Violation> {
         let mut prev_term = entries.first().and_then(|e| node.term_at(e.index - 1)).unwrap_or(0);
         for e in entries {
-            let seen = *self.entries.entry((e.index, e.term)).or_insert((fingerprint(e), prev_term));
-            if seen != (fingerprint(e), prev_term) {
+            let this = (fingerprint(e), prev_term);
+            let seen = self.entries.first_copy(e.index, e.term, this);
+            if seen != this {
                 return violation(
                     "log matching",
                     format!(
@@ -284,7 +312,7 @@ impl Safety {
     /// Commit and applied never go back (within one incarnation), and what
     /// a node commits agrees with what everyone committed.
     fn check_progress(&mut self, id: NodeId, incarnation: u64, node: &Node) -> Result<(), Violation> {
-        let w = self.nodes.entry(id).or_default();
+        let w = self.nodes.get_or_default(id);
         if w.incarnation != incarnation {
             *w = NodeWatch { incarnation, durable: w.durable, ..NodeWatch::default() };
         }
@@ -317,7 +345,7 @@ impl Safety {
     /// Persisted term and vote never go back.
     pub fn after_sync(&mut self, id: NodeId, disk: &SimDisk) -> Result<(), Violation> {
         let now = disk.durable().hard_state;
-        let w = self.nodes.entry(id).or_default();
+        let w = self.nodes.get_or_default(id);
         let before = w.durable;
         let ok =
             now.term > before.term || (now.term == before.term && (before.vote.is_none() || now.vote == before.vote));

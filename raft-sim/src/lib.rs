@@ -5,7 +5,9 @@
 
 pub mod disk;
 pub mod fmt;
+pub mod hash;
 pub mod history;
+pub mod idmap;
 pub mod invariants;
 pub mod linearizability;
 pub mod profile;

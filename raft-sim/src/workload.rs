@@ -13,7 +13,7 @@
 
 use raft_core::Bytes;
 use raft_driver_std::raftkv::command::{ParsedCommand, parse_command};
-use raft_driver_std::raftkv::store::{KvRequest, KvResult};
+use raft_driver_std::raftkv::store::{KvOp, KvRequest, KvResult};
 use rand::Rng;
 
 use crate::history::{OpKind, Outcome};
@@ -97,12 +97,23 @@ impl Op {
     /// The log entry payload for this operation: raftkv's parser and request encoding. Reads carry no
     /// session, exactly as the server sends them.
     pub fn encode(&self, session: u64, seq: u64, now_ms: u64) -> Result<Bytes, String> {
-        let op = match parse_command(&self.args()) {
-            Ok(ParsedCommand::Replicate(op)) => op,
-            other => return Err(format!("{:?} does not parse to a replicated op: {other:?}", self.args())),
-        };
+        Ok(Op::request(self.parse()?, session, seq, now_ms))
+    }
+
+    /// The operation as raftkv's command parser reads its Redis arguments. A client parses once per
+    /// operation and encodes each attempt with [`Op::request`].
+    pub fn parse(&self) -> Result<KvOp, String> {
+        match parse_command(&self.args()) {
+            Ok(ParsedCommand::Replicate(op)) => Ok(op),
+            other => Err(format!("{:?} does not parse to a replicated op: {other:?}", self.args())),
+        }
+    }
+
+    /// The log entry payload of one attempt of a parsed operation, stamped with the proposer's clock
+    /// as the server stamps it. Reads carry no session.
+    pub fn request(op: KvOp, session: u64, seq: u64, now_ms: u64) -> Bytes {
         let (session, seq) = if op.is_read_only() { (0, 0) } else { (session, seq) };
-        Ok(KvRequest { session, seq, now_ms, op }.encode())
+        KvRequest { session, seq, now_ms, op }.encode()
     }
 
     /// The operation as the history records it.

@@ -18,7 +18,7 @@
 //! containers are `BTreeMap`s, so replicas stay byte-identical: there is no hidden input such as the
 //! local clock, a random hash seed, or iteration order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,7 @@ pub struct KvRequest {
 impl KvRequest {
     /// Serializes the request for the log (postcard).
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("serializing into a Vec cannot fail"))
+        encode_exact(self)
     }
 
     /// Inverse of [`KvRequest::encode`].
@@ -72,6 +72,14 @@ impl KvRequest {
     pub fn session_of(bytes: &[u8]) -> Option<(u64, u64)> {
         postcard::take_from_bytes::<(u64, u64)>(bytes).ok().map(|(ids, _)| ids)
     }
+}
+
+/// Postcard into a buffer of exactly the encoded size: one allocation, no regrowth and no spare
+/// capacity (every proposal and every forwarded reply is encoded, so this is on the hot path).
+fn encode_exact<T: Serialize>(value: &T) -> Bytes {
+    let size = postcard::experimental::serialized_size(value).expect("sizing a value cannot fail");
+    let out = postcard::to_extend(value, Vec::with_capacity(size)).expect("serializing into a Vec cannot fail");
+    Bytes::from(out)
 }
 
 /// `SET`'s `NX`/`XX` condition.
@@ -342,13 +350,28 @@ impl KvStore {
     }
 
     fn insert(&mut self, key: Bytes, value: Value) {
-        if let Some(at) = self.data.get(&key).and_then(|old| old.expire_at) {
-            self.expires.remove(&(at, key.clone()));
+        // One map lookup; the expiry index changes only when the key's expiry does.
+        let new_at = value.expire_at;
+        match self.data.entry(key) {
+            btree_map::Entry::Occupied(mut slot) => {
+                let old_at = std::mem::replace(slot.get_mut(), value).expire_at;
+                if old_at != new_at {
+                    let key = slot.key().clone();
+                    if let Some(at) = old_at {
+                        self.expires.remove(&(at, key.clone()));
+                    }
+                    if let Some(at) = new_at {
+                        self.expires.insert((at, key));
+                    }
+                }
+            }
+            btree_map::Entry::Vacant(slot) => {
+                if let Some(at) = new_at {
+                    self.expires.insert((at, slot.key().clone()));
+                }
+                slot.insert(value);
+            }
         }
-        if let Some(at) = value.expire_at {
-            self.expires.insert((at, key.clone()));
-        }
-        self.data.insert(key, value);
     }
 
     /// Removes up to `limit` expired keys (all of them if `limit` is `usize::MAX`).
@@ -410,22 +433,26 @@ impl KvStore {
     /// `SET` with its condition, expiry and `GET` options.
     fn set(&mut self, key: Bytes, value: Bytes, condition: SetCondition, expiry: SetExpiry, get: bool) -> KvResult {
         let now = self.clock_ms;
-        let old = self.live(&key).cloned();
+        // The old value's data is copied out only when `GET` asks for it.
+        let (exists, old_expire_at, old_data) = match self.live(&key) {
+            Some(v) => (true, v.expire_at, get.then(|| v.data.clone())),
+            None => (false, None, None),
+        };
         // Redis validates the expiry before looking at NX/XX, so an invalid one is always an error.
         let expire_at = match expiry {
             SetExpiry::Clear => None,
-            SetExpiry::Keep => old.as_ref().and_then(|v| v.expire_at),
+            SetExpiry::Keep => old_expire_at,
             SetExpiry::AtMs(at) => Some(at),
             SetExpiry::AfterMs(ms) => match now.checked_add(ms) {
                 Some(at) if at <= i64::MAX as u64 => Some(at),
                 _ => return KvResult::Error(KvError::InvalidExpireTime),
             },
         };
-        let old_result = || old.as_ref().map_or(KvResult::Nil, |v| KvResult::Value(v.data.clone()));
+        let old_result = || old_data.map_or(KvResult::Nil, KvResult::Value);
         let proceed = match condition {
             SetCondition::Always => true,
-            SetCondition::IfAbsent => old.is_none(),
-            SetCondition::IfPresent => old.is_some(),
+            SetCondition::IfAbsent => !exists,
+            SetCondition::IfPresent => exists,
         };
         if !proceed {
             return if get { old_result() } else { KvResult::Nil };
@@ -474,20 +501,29 @@ impl KvStore {
     /// for a new request. Either way the session counts as used for LRU purposes.
     fn cached(&mut self, index: u64, req: &KvRequest) -> Option<KvResult> {
         let session = self.sessions.get_mut(&req.session)?;
+        if req.seq > session.last_seq {
+            // A new request: `remember` moves the session in the LRU order once it has a result.
+            return None;
+        }
         self.lru.remove(&session.last_used);
         session.last_used = index;
         self.lru.insert(index, req.session);
         if req.seq == session.last_seq {
             return Some(session.last_reply.clone());
         }
-        (req.seq < session.last_seq).then_some(KvResult::Error(KvError::StaleSequence))
+        Some(KvResult::Error(KvError::StaleSequence))
     }
 
-    /// Records the result of a session's new request.
+    /// Records the result of a session's new request and makes it the most recently used session.
     fn remember(&mut self, index: u64, (id, seq): (u64, u64), result: &KvResult) {
-        let session = Session { last_seq: seq, last_reply: result.clone(), last_used: index };
-        if let Some(old) = self.sessions.insert(id, session) {
-            self.lru.remove(&old.last_used);
+        match self.sessions.get_mut(&id) {
+            Some(session) => {
+                self.lru.remove(&session.last_used);
+                *session = Session { last_seq: seq, last_reply: result.clone(), last_used: index };
+            }
+            None => {
+                self.sessions.insert(id, Session { last_seq: seq, last_reply: result.clone(), last_used: index });
+            }
         }
         self.lru.insert(index, id);
         self.evict_sessions();
@@ -550,7 +586,7 @@ pub enum KvResult {
 impl KvResult {
     /// Serializes the result (postcard) for a follower that forwarded the request.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("serializing into a Vec cannot fail"))
+        encode_exact(self)
     }
 
     /// Inverse of [`KvResult::encode`].

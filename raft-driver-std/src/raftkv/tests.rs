@@ -290,6 +290,18 @@ fn sessions_evicted_least_recently_used() {
 }
 
 #[test]
+fn a_new_request_makes_its_session_the_most_recently_used() {
+    let mut h = Harness { kv: KvStore::with_max_sessions(2), ..Harness::new() };
+    h.run_session(1, 1, &["INCR", "n"]);
+    h.run_session(2, 1, &["INCR", "n"]);
+    h.run_session(1, 2, &["INCR", "n"]); // a new request on session 1: session 2 is now the oldest
+    h.run_session(3, 1, &["INCR", "n"]); // so session 2 is evicted, not 1
+    assert_eq!(h.kv.session_count(), 2);
+    assert_eq!(h.run_session(1, 2, &["INCR", "n"]), Reply::Integer(3), "session 1 still deduplicates");
+    assert_eq!(h.run_session(2, 1, &["INCR", "n"]), Reply::Integer(5), "session 2 was forgotten");
+}
+
+#[test]
 fn malformed_log_entry_is_an_error_reply() {
     let mut h = Harness::new();
     assert_eq!(h.apply_raw(b"\xff\xff\xff"), err("ERR malformed command in log"));

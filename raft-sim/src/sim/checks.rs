@@ -58,7 +58,7 @@ impl Sim {
             return Some("no leader emerged after the faults healed".to_string());
         }
         let acked = self.clients.max_acked_index();
-        for (id, n) in &self.nodes {
+        for (id, n) in self.nodes.iter() {
             let Some(node) = n.node.as_ref() else { continue };
             if node.applied_index() < acked {
                 return Some(format!(

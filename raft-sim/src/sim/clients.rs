@@ -16,7 +16,7 @@
 
 use raft_core::{Index, NodeId, ProposeError};
 use raft_driver_std::proposals::ProposalError;
-use raft_driver_std::raftkv::store::KvResult;
+use raft_driver_std::raftkv::store::{KvOp, KvResult};
 use rand::Rng;
 
 use super::network::{CLIENT_BASE, NetMsg};
@@ -53,6 +53,8 @@ struct Client {
     generation: u64,
     seq: u64,
     current: Option<Outstanding>,
+    /// The outstanding operation as the server's parser read it (parsed once, encoded per attempt).
+    command: Option<KvOp>,
     /// The node it sends to (its guess at the leader).
     target: NodeId,
     /// Timeouts after which it gives up on an operation; `None`: it never does.
@@ -135,7 +137,7 @@ impl Sim {
             let target = self.rng.gen_range(1..=n);
             let patience = self.rng.gen_bool(0.35).then(|| self.rng.gen_range(1..=3));
             let session = Client::session_id(id, 0);
-            let client = Client { id, session, generation: 1, seq: 0, current: None, target, patience };
+            let client = Client { id, session, generation: 1, seq: 0, current: None, command: None, target, patience };
             self.clients.list.push(client);
             let at = self.rng.gen_range(0..50_000);
             self.push(at, Ev::ClientWake { client: id });
@@ -150,23 +152,24 @@ impl Sim {
             return;
         }
         let op = Op::random(&mut self.rng, self.cfg.keys, &mut self.clients.next_value);
+        let command = match op.parse() {
+            Ok(command) => command,
+            Err(e) => return self.fail("client", e),
+        };
         let pos = self.clients.invoke(client, op, self.now);
         let cl = &mut self.clients.list[c];
         cl.seq += 1;
         cl.current = Some(Outstanding { pos, op, session: cl.session, seq: cl.seq, attempt: 0, timeouts: 0 });
+        cl.command = Some(command);
         self.client_send(c);
     }
 
     /// Sends the outstanding operation of client `c` and arms its timeout.
     fn client_send(&mut self, c: usize) {
         let client = &self.clients.list[c];
-        let Some(o) = client.current else { return };
+        let (Some(o), Some(command)) = (client.current, client.command.clone()) else { return };
         let (id, target) = (client.id, client.target);
-        let now_ms = self.now / 1000;
-        let data = match o.op.encode(o.session, o.seq, now_ms) {
-            Ok(data) => data,
-            Err(e) => return self.fail("client", e),
-        };
+        let data = Op::request(command, o.session, o.seq, self.now / 1000);
         self.note(|| format!("client {id} -> {target} {:?} seq {} attempt {}", o.op, o.seq, o.attempt));
         let request = Request { waiter: Waiter { client: id, seq: o.seq }, data };
         self.send(id, target, NetMsg::Request(request));
@@ -207,6 +210,7 @@ impl Sim {
     /// Idle, then the next operation after a short think time.
     fn next_op(&mut self, c: usize) {
         self.clients.list[c].current = None;
+        self.clients.list[c].command = None;
         let think = self.rng.gen_range(0..20_000);
         let client = self.clients.list[c].id;
         self.push(self.now + think, Ev::ClientWake { client });

@@ -134,7 +134,7 @@ impl Sim {
     /// Restarts a crashed node, or crashes one (the leader more often than
     /// its share) and queues its restart.
     fn random_crash(&mut self) -> Fault {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.nodes.keys().collect();
         let down = self.down_nodes();
         if !down.is_empty() && self.rng.gen_bool(0.5) {
             return Fault::Restart(*down.choose(&mut self.rng).expect("down"));
@@ -152,7 +152,7 @@ impl Sim {
 
     /// One of the partition shapes, at random.
     fn random_partition(&mut self) -> Fault {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.nodes.keys().collect();
         match self.rng.gen_range(0..4) {
             0 => Fault::IsolateLeader,
             1 => {
@@ -191,7 +191,7 @@ impl Sim {
         self.note(|| format!("fault: {f:?}"));
         let now = self.now;
         self.rec.mark(|| Mark::Fault { at_us: now, label: format!("{f:?}") });
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.nodes.keys().collect();
         match f {
             Fault::Heal => self.net.heal(),
             Fault::HealOutbound(a) => self.net.heal_outbound(a),

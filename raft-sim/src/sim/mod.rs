@@ -18,8 +18,6 @@ mod node;
 mod queue;
 mod record;
 
-use std::collections::BTreeMap;
-
 use raft_core::{Config, Index, NodeId};
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -34,6 +32,7 @@ use self::node::{SimNode, StepContext};
 use self::queue::{Ev, EventQueue};
 use self::record::Recorder;
 use crate::history::{Operation, Outcome};
+use crate::idmap::IdMap;
 use crate::invariants::{Safety, Violation};
 use crate::linearizability::CheckResult;
 use crate::profile::Profile;
@@ -165,7 +164,7 @@ pub struct Sim {
     /// Virtual time, in microseconds.
     now: u64,
     queue: EventQueue,
-    nodes: BTreeMap<NodeId, SimNode>,
+    nodes: IdMap<SimNode>,
     net: Network,
     faults: FaultState,
     clients: Clients,
@@ -187,7 +186,7 @@ impl Sim {
             rng,
             now: 0,
             queue: EventQueue::default(),
-            nodes: BTreeMap::new(),
+            nodes: IdMap::new(),
             net: Network::new(link_salt),
             faults: FaultState::new(),
             clients: Clients::new(),

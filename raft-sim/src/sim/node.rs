@@ -128,14 +128,14 @@ impl Sim {
 
     /// The crashed nodes, by id.
     pub(super) fn down_nodes(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| *id).collect()
+        self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| id).collect()
     }
 
     /// The leader of the highest term among the running nodes.
     pub(super) fn current_leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(id, n)| n.node.as_ref().filter(|x| x.role() == Role::Leader).map(|x| (x.term(), *id)))
+            .filter_map(|(id, n)| n.node.as_ref().filter(|x| x.role() == Role::Leader).map(|x| (x.term(), id)))
             .max()
             .map(|(_, id)| id)
     }
@@ -180,7 +180,9 @@ impl Sim {
         self.rec.note(now, || crate::fmt::action(id, &action));
         let mut settled = Vec::new();
         self.nodes.get_mut(&id).expect("node").proposals.on_action(&action, |s| settled.push(s));
-        self.answer(id, settled);
+        if !settled.is_empty() {
+            self.answer(id, settled);
+        }
         match action {
             Action::Send { to, message } => self.send(id, to, NetMsg::Raft(message)),
             Action::Persist(p) => self.persist(id, p),
@@ -232,7 +234,9 @@ impl Sim {
             let result = n.sm.apply(e.index, &e.data);
             (before, n.sm.stats(), result)
         });
-        self.answer(id, lower);
+        if !lower.is_empty() {
+            self.answer(id, lower);
+        }
         let Some((before, after, result)) = result else {
             if let Some(s) = settled {
                 self.answer(id, vec![s]);
