@@ -63,11 +63,11 @@ impl Ord for Queued {
     }
 }
 
-/// log2 of a bucket's width in microseconds (about a millisecond: a few events each).
-const BUCKET_SHIFT: u32 = 10;
+/// log2 of a bucket's width in microseconds (about 4 ms: a handful of events each).
+const BUCKET_SHIFT: u32 = 12;
 /// Buckets in the ring: about a quarter of a second ahead, which covers every latency, tick, fsync
 /// and client timer; anything later waits in the overflow heap.
-const RING: u64 = 256;
+const RING: u64 = 64;
 
 /// The pending events of one run: a calendar queue. Events sit in a ring of buckets by time; the
 /// bucket being drained is sorted (earliest first), later ones are sorted when their turn comes, and
@@ -95,7 +95,7 @@ impl Default for EventQueue {
     fn default() -> EventQueue {
         EventQueue {
             // Sized for a busy bucket, so that the ring does not regrow in every run.
-            ring: (0..RING).map(|_| Vec::with_capacity(8)).collect(),
+            ring: (0..RING).map(|_| Vec::with_capacity(16)).collect(),
             cur: 0,
             head: 0,
             in_ring: 0,
