@@ -515,10 +515,11 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, WalError> {
         Some(e @ WalError::Corrupt { file, offset, .. }) => {
             (WalHealth::Corrupt, Some(e.to_string()), Some(file.display().to_string()), Some(*offset))
         }
-        // Refused like corruption (the node will not start), at the
-        // header's version field.
+        // Refused (the node will not start), but named for what it is: a
+        // segment from another format version, pointing at the header's
+        // version field.
         Some(e @ WalError::UnsupportedVersion { file, .. }) => {
-            (WalHealth::Corrupt, Some(e.to_string()), Some(file.display().to_string()), Some(8))
+            (WalHealth::UnsupportedVersion, Some(e.to_string()), Some(file.display().to_string()), Some(8))
         }
         Some(e) => (WalHealth::Corrupt, Some(e.to_string()), None, None),
         None if replay.tail.is_some() => (WalHealth::TornTail, None, None, None),

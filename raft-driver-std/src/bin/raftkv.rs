@@ -18,7 +18,7 @@ use raft_driver_std::node::{NodeOptions, RaftNode};
 use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
 use raft_driver_std::raftkv::server::{Server, ServerOptions};
 use raft_driver_std::raftkv::store::KvStore;
-use raft_driver_std::wal::{self, WalHealth};
+use raft_driver_std::wal;
 
 #[derive(Parser)]
 #[command(name = "raftkv", version, about = "A Redis-compatible key-value store replicated with Raft")]
@@ -166,7 +166,7 @@ fn run_inspect(data_dir: &Path) -> ExitCode {
                 Ok(json) => println!("{json}"),
                 Err(e) => return fail(format!("cannot encode report: {e}")),
             }
-            if report.health == WalHealth::Corrupt { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if report.health.refuses_to_open() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Err(e) => fail(e),
     }

@@ -198,7 +198,8 @@ fn wal_golden_segment_of_unknown_version_is_refused_untouched() {
         }
         assert_eq!(fs::read(&path).unwrap(), bytes, "refused segment must not be modified");
         let report = inspect(dir.path()).unwrap();
-        assert_eq!((report.health, report.corrupt_offset), (WalHealth::Corrupt, Some(8)));
+        assert_eq!((report.health, report.corrupt_offset), (WalHealth::UnsupportedVersion, Some(8)));
+        assert!(report.health.refuses_to_open());
         assert_eq!(report.error, Some(message));
     }
 }

@@ -49,9 +49,20 @@ pub enum WalHealth {
     /// The last write was cut short by a crash; opening the WAL will cut
     /// the partial record away. No acknowledged data is affected.
     TornTail,
-    /// Damage that recovery refuses to repair automatically, or a segment
-    /// of a format version this build cannot read (the `error` says which).
+    /// Damage that recovery refuses to repair automatically (the `error` says
+    /// what and where).
     Corrupt,
+    /// A segment written in a format version this build cannot read (by a
+    /// newer release, most likely): not damage, and nothing was read from
+    /// it. The node refuses to start until a build that reads it runs.
+    UnsupportedVersion,
+}
+
+impl WalHealth {
+    /// Whether a node would refuse to open this WAL.
+    pub fn refuses_to_open(self) -> bool {
+        matches!(self, WalHealth::Corrupt | WalHealth::UnsupportedVersion)
+    }
 }
 
 /// The read-only health report printed by `raftkv inspect --data-dir DIR`.
@@ -61,9 +72,9 @@ pub struct InspectReport {
     pub dir: String,
     /// Whether the WAL would open, be repaired on open, or be refused.
     pub health: WalHealth,
-    /// The corruption message when `health` is `corrupt`.
+    /// The corruption (or unsupported version) message when the WAL would be refused.
     pub error: Option<String>,
-    /// The file holding the corruption, when `health` is `corrupt`.
+    /// The file holding the corruption or the unsupported header.
     pub corrupt_file: Option<String>,
     /// The byte offset of the corruption within `corrupt_file`.
     pub corrupt_offset: Option<u64>,
