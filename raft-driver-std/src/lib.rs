@@ -11,6 +11,9 @@
 //! key-value store that speaks the Redis protocol: the store, its commands, the RESP codec, the server
 //! with follower forwarding, the cluster file, and the `raftkv` binary.
 
+// The golden-file helper shared by the WAL and transport format tests.
+#[cfg(test)]
+pub(crate) mod golden;
 pub mod limits;
 pub mod node;
 pub mod proposals;

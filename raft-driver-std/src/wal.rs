@@ -33,12 +33,6 @@
 //! acknowledged entries or votes, which breaks Raft's safety.
 
 mod format;
-// The golden-file helper shared by the WAL and transport tests. It belongs
-// at the crate root (`#[cfg(test)] mod golden;` in lib.rs); it is declared
-// here, once, only because lib.rs is being restructured in another branch.
-#[cfg(test)]
-#[path = "golden.rs"]
-pub(crate) mod golden;
 #[cfg(test)]
 mod golden_tests;
 mod record;

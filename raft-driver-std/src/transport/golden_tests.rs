@@ -17,7 +17,7 @@ use raft_core::{
 use super::frame::{ACK_LEN, AckStatus, HANDSHAKE_LEN, Handshake, HandshakeError};
 use super::wire::WireError;
 use super::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame, encode_frame};
-use crate::wal::golden;
+use crate::golden;
 
 const HANDSHAKE: &str = "wire-v1-handshake.bin";
 const ACKS: &str = "wire-v1-acks.bin";

@@ -13,9 +13,9 @@ use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState};
 use tempfile::TempDir;
 
 use super::format::{RecordKind, append_record, parse_record, segment_file_name, segment_header};
-use super::golden;
 use super::record::{Decoded, Record, WalEntriesV1, WalTruncateV1, decode_record};
 use super::{Wal, WalError, WalHealth, WalOptions, inspect};
+use crate::golden;
 
 const SEGMENT_HEADER: &str = "wal-v1-segment-header.bin";
 const HARD_STATE: &str = "wal-v1-record-hard-state.bin";
