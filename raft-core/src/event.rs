@@ -6,7 +6,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, Index, NodeId, Term};
+use crate::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// An input to the state machine. The driver owns time, the network and the
 /// disk, and reports each happening as one event.
@@ -42,6 +42,27 @@ pub enum Event {
     /// Start an election now (skipping PreVote), as if the election timer
     /// fired. Used by tests and operators.
     Campaign,
+    /// The driver has taken a snapshot of the state machine as of applied
+    /// index `index` and stored it durably. The core compacts its log up to
+    /// there (keeping `Config::snapshot_trailing_entries` for slow
+    /// followers) and asks, with a [`Persist::snapshot`], for the stored log
+    /// to follow it. Ignored (and counted) unless `index` is applied and
+    /// newer than the current snapshot.
+    SnapshotTaken {
+        /// The applied index the snapshot was taken at.
+        index: Index,
+    },
+    /// Answer to [`Action::InstallSnapshot`]: the driver fetched the
+    /// snapshot `meta` describes, stored it durably and restored the state
+    /// machine from it. The core adopts it as its log prefix.
+    SnapshotInstalled {
+        /// The snapshot installed (the one the action asked for).
+        meta: SnapshotMeta,
+    },
+    /// Answer to [`Action::InstallSnapshot`]: the fetch failed and the
+    /// state machine was not touched. Applying resumes; the leader will
+    /// offer a snapshot again.
+    SnapshotAborted,
 }
 
 /// The node's role in its current term.
@@ -78,7 +99,12 @@ pub struct Persist {
     pub seq: u64,
     /// The new hard state, if it changed.
     pub hard_state: Option<HardState>,
-    /// If set, first delete every stored entry with index `>=` this.
+    /// If set, first record that the stored log now follows this snapshot
+    /// (whose image the driver already stored durably): entries up to its
+    /// `last_included_index` may be deleted, and a restart loads this
+    /// snapshot. Written atomically with the rest of this write.
+    pub snapshot: Option<SnapshotMeta>,
+    /// If set, then delete every stored entry with index `>=` this.
     pub truncate_from: Option<Index>,
     /// Then append these entries (contiguous, following the stored log).
     pub entries: Vec<Entry>,
@@ -150,6 +176,17 @@ pub enum Action {
     ProposeRejected {
         /// Why.
         error: ProposeError,
+    },
+    /// This follower needs the snapshot `meta` from peer `from` (its
+    /// leader): fetch it (the transfer is the driver's: chunked, resumable),
+    /// store it durably, restore the state machine from it, then report
+    /// [`Event::SnapshotInstalled`], or [`Event::SnapshotAborted`] without
+    /// touching the state machine. No `Apply` comes until then.
+    InstallSnapshot {
+        /// The peer that holds the snapshot.
+        from: NodeId,
+        /// Which snapshot.
+        meta: SnapshotMeta,
     },
     /// The node's role, term or known leader changed (for logs and metrics).
     RoleChanged {

@@ -11,8 +11,10 @@ mod types;
 
 pub use config::{Config, ConfigError};
 pub use event::{Action, Event, Persist, ProposeError, Role};
-pub use message::{AppendEntries, AppendEntriesResponse, Message, MessageBody, RequestVote, RequestVoteResponse};
-pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, Term};
+pub use message::{
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, Message, MessageBody, RequestVote, RequestVoteResponse,
+};
+pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
 
 pub use bytes::Bytes;
 
@@ -21,6 +23,7 @@ mod log;
 mod node;
 mod progress;
 mod replication;
+mod snapshot;
 mod stats;
 
 pub use node::Node;

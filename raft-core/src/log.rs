@@ -1,4 +1,5 @@
-//! The in-memory Raft log: every entry since the last snapshot.
+//! The in-memory Raft log: the entries after a compaction point (the last
+//! snapshot, less a trailing window kept for slow followers).
 //!
 //! Entries are stored contiguously so that `index -> entry` is an offset
 //! computation, and slices for AppendEntries are cheap clones of `Bytes`.
@@ -10,8 +11,9 @@ use crate::types::{Entry, Index, Term};
 /// The log of one node. `entries[i].index == offset + 1 + i`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RaftLog {
-    /// Index of the entry just before `entries[0]` (0 for a log that starts
-    /// at the beginning; the snapshot index once snapshots exist).
+    /// Index of the entry just before `entries[0]`: 0 for a log that starts
+    /// at the beginning, else the last index compacted away (covered by a
+    /// snapshot).
     offset: Index,
     /// Term of the entry at `offset`.
     offset_term: Term,
@@ -19,8 +21,37 @@ pub(crate) struct RaftLog {
 }
 
 impl RaftLog {
-    pub(crate) fn from_entries(entries: Vec<Entry>) -> RaftLog {
-        RaftLog { offset: 0, offset_term: 0, entries }
+    /// A log whose entries follow index `offset` of term `offset_term` (a
+    /// snapshot's last included entry, or 0 and 0).
+    pub(crate) fn after(offset: Index, offset_term: Term, entries: Vec<Entry>) -> RaftLog {
+        debug_assert!(entries.first().is_none_or(|e| e.index == offset + 1));
+        RaftLog { offset, offset_term, entries }
+    }
+
+    /// The last index compacted away (0 if none).
+    pub(crate) fn offset(&self) -> Index {
+        self.offset
+    }
+
+    /// Drops the entries up to and including `index`, which the log holds
+    /// (a snapshot covers them). A no-op at or below the current offset.
+    pub(crate) fn compact_to(&mut self, index: Index) {
+        if index <= self.offset {
+            return;
+        }
+        let term = self.term(index).expect("compacting to an index the log holds");
+        let n = (index - self.offset) as usize;
+        self.entries.drain(..n.min(self.entries.len()));
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// Discards every entry: the log now follows a snapshot ending at
+    /// (`index`, `term`) that it does not match.
+    pub(crate) fn reset_to(&mut self, index: Index, term: Term) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
     }
 
     pub(crate) fn last_index(&self) -> Index {

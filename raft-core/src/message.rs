@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, Term};
+use crate::types::{Entry, Index, SnapshotMeta, Term};
 
 /// A message between peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +25,22 @@ pub enum MessageBody {
     RequestVoteResponse(RequestVoteResponse),
     /// AppendEntries; with no entries it is a heartbeat.
     AppendEntries(AppendEntries),
-    /// Reply to [`MessageBody::AppendEntries`].
+    /// Reply to [`MessageBody::AppendEntries`] (and to
+    /// [`MessageBody::InstallSnapshot`]).
     AppendEntriesResponse(AppendEntriesResponse),
+    /// InstallSnapshot (Raft paper Figure 13), by reference: the leader
+    /// names the snapshot and the follower's driver fetches its bytes. The
+    /// follower answers with an `AppendEntriesResponse::Success` once the
+    /// snapshot is installed and durable (or at once if it already holds
+    /// that prefix).
+    InstallSnapshot(InstallSnapshot),
+}
+
+/// InstallSnapshot RPC arguments: the snapshot to fetch from the sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// The snapshot.
+    pub meta: SnapshotMeta,
 }
 
 /// RequestVote RPC arguments (Figure 2).

@@ -18,7 +18,7 @@ use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::stats::Stats;
-use crate::types::{Entry, HardState, Index, NodeId, PersistedState, Term};
+use crate::types::{Entry, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
 
 /// A write handed to the driver and not yet acknowledged.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,7 @@ struct InflightWrite {
 #[derive(Clone, Debug, Default)]
 struct PendingWrite {
     hard_state_dirty: bool,
+    snapshot: Option<SnapshotMeta>,
     truncate_from: Option<Index>,
     entries: Vec<Entry>,
 }
@@ -50,6 +51,12 @@ pub struct Node {
     pub(crate) log: RaftLog,
     pub(crate) commit_index: Index,
     pub(crate) applied_index: Index,
+    /// The newest snapshot this node has (taken or installed): what it
+    /// offers followers whose next entry was compacted away.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// A snapshot being installed by the driver ([`Action::InstallSnapshot`]);
+    /// nothing is applied until it ends.
+    pub(crate) installing: Option<SnapshotMeta>,
 
     // Persistence: what the driver has confirmed durable.
     next_persist_seq: u64,
@@ -102,9 +109,10 @@ impl Node {
     /// inconsistent (a log with gaps or terms from the future).
     pub fn restore(config: Config, persisted: PersistedState, seed: u64) -> Result<Node, ConfigError> {
         let config = config.validate()?;
-        let PersistedState { hard_state, entries } = persisted;
-        validate_persisted_log(&hard_state, &entries)?;
-        let log = RaftLog::from_entries(entries);
+        let PersistedState { hard_state, snapshot, entries } = persisted;
+        validate_persisted_log(&hard_state, snapshot.as_ref(), &entries)?;
+        let (base, base_term) = snapshot.as_ref().map_or((0, 0), |m| (m.last_included_index, m.last_included_term));
+        let log = RaftLog::after(base, base_term, entries);
         let persisted_index = log.last_index();
         let mut node = Node {
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -112,8 +120,12 @@ impl Node {
             role: Role::Follower,
             leader: None,
             log,
-            commit_index: 0,
-            applied_index: 0,
+            // The state machine was restored from the snapshot: everything
+            // it covers is committed and applied.
+            commit_index: base,
+            applied_index: base,
+            snapshot,
+            installing: None,
             next_persist_seq: 1,
             inflight_writes: VecDeque::new(),
             pending_write: PendingWrite::default(),
@@ -157,6 +169,9 @@ impl Node {
             Event::ProposeBatch { data } => self.propose_batch(data),
             Event::Persisted { seq } => self.on_persisted(seq),
             Event::Campaign => self.campaign_now(),
+            Event::SnapshotTaken { index } => self.snapshot_taken(index),
+            Event::SnapshotInstalled { meta } => self.snapshot_installed(meta),
+            Event::SnapshotAborted => self.snapshot_aborted(),
         }
         self.flush_persist();
         self.maybe_apply();
@@ -199,6 +214,7 @@ impl Node {
             MessageBody::RequestVoteResponse(resp) => self.request_vote_response(from, term, resp),
             MessageBody::AppendEntries(req) => self.append_entries(from, req),
             MessageBody::AppendEntriesResponse(resp) => self.append_entries_response(from, resp),
+            MessageBody::InstallSnapshot(req) => self.install_snapshot(from, req.meta),
         }
     }
 
@@ -222,7 +238,9 @@ impl Node {
             MessageBody::RequestVoteResponse(resp) if resp.pre_vote && resp.granted => {
                 // A granted pre-vote carries the term we would campaign in.
             }
-            MessageBody::AppendEntries(_) => self.become_follower(message.term, Some(from)),
+            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
+                self.become_follower(message.term, Some(from))
+            }
             _ => self.become_follower(message.term, None),
         }
         true
@@ -234,7 +252,7 @@ impl Node {
             // A stale leader (e.g. one that was partitioned) is told the new
             // term so it steps down; with PreVote/CheckQuorum nothing else
             // would tell it (etcd-io/raft does the same).
-            MessageBody::AppendEntries(_) => self.send(
+            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => self.send(
                 from,
                 MessageBody::AppendEntriesResponse(crate::message::AppendEntriesResponse::Reject {
                     rejected_index: 0,
@@ -353,9 +371,29 @@ impl Node {
         self.pending_write.truncate_from = Some(t);
     }
 
+    /// This step's write records that the stored log follows `meta`.
+    pub(crate) fn persist_snapshot(&mut self, meta: SnapshotMeta) {
+        self.pending_write.snapshot = Some(meta);
+    }
+
+    /// The log does not agree with a snapshot ending at (`index`, `term`):
+    /// discard all of it. Only the committed prefix of what was durable is
+    /// still durable truth (it is also the snapshot's prefix); everything
+    /// else must be deleted from the stored log too.
+    pub(crate) fn discard_log_for_snapshot(&mut self, index: Index, term: Term) {
+        let keep = self.persisted_index.min(self.commit_index);
+        self.log.reset_to(index, term);
+        self.persisted_index = keep;
+        for w in &mut self.inflight_writes {
+            w.last_index = w.last_index.min(keep);
+        }
+        self.pending_write.entries.clear();
+        self.pending_write.truncate_from = Some(index + 1);
+    }
+
     fn flush_persist(&mut self) {
         let w = &mut self.pending_write;
-        if !w.hard_state_dirty && w.truncate_from.is_none() && w.entries.is_empty() {
+        if !w.hard_state_dirty && w.snapshot.is_none() && w.truncate_from.is_none() && w.entries.is_empty() {
             return;
         }
         let seq = self.next_persist_seq;
@@ -364,6 +402,7 @@ impl Node {
         let persist = Persist {
             seq,
             hard_state,
+            snapshot: w.snapshot.take(),
             truncate_from: w.truncate_from.take(),
             entries: core::mem::take(&mut w.entries),
         };
@@ -405,6 +444,11 @@ impl Node {
     }
 
     fn maybe_apply(&mut self) {
+        if self.installing.is_some() {
+            // The state machine is being replaced; what it would apply now
+            // may be covered by the snapshot, and must not race its restore.
+            return;
+        }
         let upto = self.commit_index.min(self.persisted_index);
         if upto <= self.applied_index {
             return;
@@ -476,9 +520,30 @@ impl Node {
         self.log.term(index)
     }
 
-    /// The log entries held in memory.
+    /// The log entries held in memory: from [`Node::first_index`] on.
     pub fn entries(&self) -> &[Entry] {
         self.log.entries()
+    }
+
+    /// The entry at `index`, if the log holds it in memory.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    /// Index of the first entry held in memory (earlier ones were compacted
+    /// into a snapshot).
+    pub fn first_index(&self) -> Index {
+        self.log.offset() + 1
+    }
+
+    /// The newest snapshot this node has taken or installed.
+    pub fn snapshot(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+
+    /// The snapshot being installed, if any.
+    pub fn installing_snapshot(&self) -> Option<&SnapshotMeta> {
+        self.installing.as_ref()
     }
 
     /// The voting members, sorted.
@@ -502,14 +567,26 @@ impl Node {
     }
 }
 
-fn validate_persisted_log(hard_state: &HardState, entries: &[Entry]) -> Result<(), ConfigError> {
+fn validate_persisted_log(
+    hard_state: &HardState,
+    snapshot: Option<&SnapshotMeta>,
+    entries: &[Entry],
+) -> Result<(), ConfigError> {
     if hard_state.term > MAX_TERM {
         return Err(ConfigError::CorruptState("term is impossibly large"));
     }
-    let mut prev_term = 1;
+    let (base, mut prev_term) = match snapshot {
+        None => (0, 1),
+        Some(m) => {
+            if m.last_included_index == 0 || m.last_included_term == 0 || m.last_included_term > hard_state.term {
+                return Err(ConfigError::CorruptState("snapshot index or term is 0 or exceeds the persisted term"));
+            }
+            (m.last_included_index, m.last_included_term)
+        }
+    };
     for (i, e) in entries.iter().enumerate() {
-        if e.index != i as Index + 1 {
-            return Err(ConfigError::CorruptState("log is not contiguous from index 1"));
+        if e.index != base + i as Index + 1 {
+            return Err(ConfigError::CorruptState("log is not contiguous from the snapshot (or index 1)"));
         }
         if e.term < prev_term || e.term > hard_state.term {
             return Err(ConfigError::CorruptState("log terms are 0, decrease, or exceed the persisted term"));
@@ -557,5 +634,13 @@ fn message_is_well_formed(message: &Message) -> bool {
             true
         }
         MessageBody::AppendEntriesResponse(_) => true,
+        MessageBody::InstallSnapshot(req) => {
+            let m = &req.meta;
+            m.last_included_index > 0
+                && m.last_included_term > 0
+                && m.last_included_term <= message.term
+                && !m.voters.is_empty()
+                && !m.voters.contains(&0)
+        }
     }
 }

@@ -14,6 +14,11 @@ pub enum ProgressState {
     /// The follower's log is known to match through `match_index`: stream
     /// batches optimistically, up to the in-flight limit.
     Replicate,
+    /// The follower needs entries the leader compacted away: it was offered
+    /// the snapshot ending at `pending_snapshot`; nothing else is sent
+    /// until it acknowledges that far (the offer is repeated once per
+    /// heartbeat, and doubles as one).
+    Snapshot,
 }
 
 /// Replication progress of one follower, kept by the leader.
@@ -42,6 +47,8 @@ pub struct Progress {
     pub(crate) stalled_rounds: u8,
     /// `match_index` at the previous heartbeat round.
     pub(crate) match_at_heartbeat: Index,
+    /// In Snapshot: the last index of the snapshot offered.
+    pub pending_snapshot: Index,
 }
 
 impl Progress {
@@ -58,6 +65,7 @@ impl Progress {
             gap_probe_sent: false,
             stalled_rounds: 0,
             match_at_heartbeat: 0,
+            pending_snapshot: 0,
         }
     }
 
@@ -71,7 +79,7 @@ impl Progress {
         while self.inflight.front().is_some_and(|&last| last <= match_index) {
             self.inflight.pop_front();
         }
-        if self.state == ProgressState::Probe {
+        if self.state != ProgressState::Replicate {
             self.become_replicate();
         }
         advanced
@@ -80,6 +88,14 @@ impl Progress {
     pub(crate) fn become_probe(&mut self, next_index: Index) {
         self.state = ProgressState::Probe;
         self.next_index = next_index.max(self.match_index + 1);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Offers the snapshot ending at `index` and waits for it.
+    pub(crate) fn become_snapshot(&mut self, index: Index) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = index;
         self.probe_sent = false;
         self.inflight.clear();
     }
@@ -96,6 +112,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflight.len() >= max_inflight,
+            ProgressState::Snapshot => true,
         }
     }
 }

@@ -75,21 +75,30 @@ impl Node {
             let stalled = pr.match_index == pr.match_at_heartbeat && pr.match_index < last_index;
             pr.stalled_rounds = if stalled { pr.stalled_rounds.saturating_add(1) } else { 0 };
             pr.match_at_heartbeat = pr.match_index;
-            if pr.state == ProgressState::Probe {
-                // A lost probe is retried once per heartbeat.
-                pr.probe_sent = false;
-                self.send_append(i);
-                continue;
+            match pr.state {
+                ProgressState::Probe => {
+                    // A lost probe is retried once per heartbeat.
+                    pr.probe_sent = false;
+                    self.send_append(i);
+                }
+                // The offer is repeated (it may have been lost) and keeps
+                // the follower from timing out while it installs.
+                ProgressState::Snapshot => self.send_snapshot(i),
+                ProgressState::Replicate => self.send_commit(i),
             }
-            self.send_commit(i);
         }
     }
 
     /// An empty AppendEntries at the follower's `match_index`, carrying as
     /// much of the commit index as the follower is known to hold.
     fn send_commit(&mut self, i: usize) {
+        let offset = self.log.offset();
         let pr = &mut self.progress[i];
-        let (to, prev) = (pr.id, pr.match_index);
+        // Below the compaction point the leader cannot name the entry; the
+        // point itself is committed, so the follower holds it if it holds
+        // anything after it (and otherwise rejects, and is offered the
+        // snapshot).
+        let (to, prev) = (pr.id, pr.match_index.max(offset));
         let Some(prev_log_term) = self.log.term(prev) else { return };
         let leader_commit = self.commit_index.min(prev);
         pr.commit_sent = pr.commit_sent.max(leader_commit);
@@ -103,7 +112,10 @@ impl Node {
     fn send_append_or_commit(&mut self, i: usize) {
         self.send_append(i);
         let pr = &self.progress[i];
-        if pr.inflight.is_empty() && pr.commit_sent < self.commit_index.min(pr.match_index) {
+        if pr.state != ProgressState::Snapshot
+            && pr.inflight.is_empty()
+            && pr.commit_sent < self.commit_index.min(pr.match_index)
+        {
             self.send_commit(i);
         }
     }
@@ -118,7 +130,11 @@ impl Node {
                 return;
             }
             let prev = pr.next_index - 1;
-            let Some(prev_log_term) = self.log.term(prev) else { return };
+            let Some(prev_log_term) = self.log.term(prev) else {
+                // What the follower needs next was compacted away.
+                self.send_snapshot(i);
+                return;
+            };
             let batch = self.log.batch(pr.next_index, self.config.max_entries_per_msg, self.config.max_bytes_per_msg);
             if batch.is_empty() && pr.state == ProgressState::Replicate {
                 return;
@@ -135,6 +151,8 @@ impl Node {
                     pr.next_index = last + 1;
                     pr.inflight.push_back(last);
                 }
+                // Paused, so not reached; never send past an offer.
+                ProgressState::Snapshot => return,
             }
             let body = AppendEntries { prev_log_index: prev, prev_log_term, entries, leader_commit };
             self.send(to, MessageBody::AppendEntries(body));
@@ -159,6 +177,10 @@ impl Node {
                 }
                 let pr = &mut self.progress[i];
                 pr.recent_active = true;
+                if pr.state == ProgressState::Snapshot && match_index < pr.pending_snapshot {
+                    // Still installing (or an older answer): alive, nothing more.
+                    return;
+                }
                 if pr.ack(match_index) {
                     self.maybe_commit();
                 } else {
@@ -219,6 +241,8 @@ impl Node {
             // Replies to batches sent before a later ack, or to an old probe.
             ProgressState::Replicate => rejected < pr.match_index,
             ProgressState::Probe => rejected != pr.next_index - 1,
+            // Answers to appends sent before the snapshot offer.
+            ProgressState::Snapshot => true,
         };
         if stale || rejected == 0 {
             return;
@@ -267,6 +291,15 @@ impl Node {
         }
         self.election_elapsed = 0;
 
+        let offset = self.log.offset();
+        if req.prev_log_index < offset {
+            // The start of the request is compacted into our snapshot. Those
+            // entries are committed, so they match the leader's: skip them.
+            let skip = ((offset - req.prev_log_index) as usize).min(req.entries.len());
+            req.entries.drain(..skip);
+            req.prev_log_index = offset;
+            req.prev_log_term = self.log.term(offset).unwrap_or(0);
+        }
         if !self.log.matches(req.prev_log_index, req.prev_log_term) {
             self.reject_append(from, req.prev_log_index);
             return;
@@ -340,7 +373,7 @@ impl Node {
     /// Acknowledges the prefix that both matches the leader and is durable,
     /// and only once our term is durable too. `always` answers even when
     /// nothing new is acknowledged (for heartbeats).
-    fn send_ack(&mut self, always: bool) {
+    pub(crate) fn send_ack(&mut self, always: bool) {
         let Some(leader) = self.leader else { return };
         if !self.hard_state_durable() {
             return;

@@ -21,4 +21,8 @@ pub struct Stats {
     pub ignored_unexpected: u64,
     /// `Persisted` events for a sequence number never issued.
     pub dropped_bad_persisted: u64,
+    /// Snapshot events that do not fit: `SnapshotTaken` at an index not
+    /// applied or not newer than the current snapshot, `SnapshotInstalled`
+    /// or `SnapshotAborted` with no install under way.
+    pub dropped_bad_snapshot: u64,
 }

@@ -53,12 +53,33 @@ pub struct HardState {
     pub vote: Option<NodeId>,
 }
 
+/// What a snapshot stands for (thesis §5.1): the state machine after
+/// applying every entry up to and including `last_included_index`, and the
+/// configuration in force there. The snapshot's bytes are the driver's; the
+/// core only ever handles this description of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot includes.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// The voters of the configuration in force at `last_included_index`
+    /// (sorted). Membership changes will add to this, not change it.
+    pub voters: alloc::vec::Vec<NodeId>,
+}
+
 /// Everything a driver loads from stable storage to restart a node with
 /// [`crate::Node::restore`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
     /// The last durable hard state.
     pub hard_state: HardState,
-    /// The durable log, contiguous and starting at index 1.
+    /// The snapshot the stored log follows (the one named by the newest
+    /// durable [`crate::Persist::snapshot`]), whose image the driver has
+    /// restored into the state machine before stepping the node; `None`
+    /// for a log that starts at index 1.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The durable log after the snapshot: contiguous from
+    /// `last_included_index + 1` (from 1 without a snapshot).
     pub entries: alloc::vec::Vec<Entry>,
 }

@@ -310,11 +310,15 @@ fn corrupt_persisted_state_is_rejected() {
     let e = |index, term| Entry { term, index, kind: EntryKind::Normal, data: Bytes::new() };
     let state = raft_core::PersistedState {
         hard_state: raft_core::HardState { term: 2, vote: None },
+        snapshot: None,
         entries: vec![e(1, 1), e(3, 1)],
     };
     assert!(Node::restore(Config::new(1, vec![1, 2, 3]), state, 1).is_err());
-    let future =
-        raft_core::PersistedState { hard_state: raft_core::HardState { term: 1, vote: None }, entries: vec![e(1, 2)] };
+    let future = raft_core::PersistedState {
+        hard_state: raft_core::HardState { term: 1, vote: None },
+        snapshot: None,
+        entries: vec![e(1, 2)],
+    };
     assert!(Node::restore(Config::new(1, vec![1, 2, 3]), future, 1).is_err());
 }
 

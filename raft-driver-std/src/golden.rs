@@ -2,7 +2,7 @@
 //! WAL and transport tests decode and re-encode.
 //!
 //! Test-only, shared by the `wal` and `transport` golden tests (declared
-//! as `crate::golden` for now, see `wal.rs`).
+//! as `crate::golden` in lib.rs).
 //!
 //! The files live in `raft-driver-std/tests/golden/`. A committed file is a
 //! promise about bytes that already exist on disks and on the network, so

@@ -300,6 +300,16 @@ impl Wal {
         if let Some(HardState { vote: Some(0), .. }) = persist.hard_state {
             return invalid("vote for node id 0 (reserved)".into());
         }
+        if let Some(meta) = &persist.snapshot {
+            // WAL format 1 has no snapshot record yet (issue 15: the driver
+            // neither takes nor installs snapshots so far, and answers every
+            // install request with `SnapshotAborted`): refuse rather than
+            // drop the marker, which would make a restart load the wrong log.
+            return invalid(format!(
+                "a snapshot marker (through index {}) needs a WAL format with snapshot records",
+                meta.last_included_index
+            ));
+        }
         let mut last = self.last_index;
         if let Some(from) = persist.truncate_from {
             if from == 0 {

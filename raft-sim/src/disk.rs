@@ -1,16 +1,20 @@
 //! A simulated disk: writes stay volatile until an fsync completes, and a
 //! crash loses every write that was not yet synced.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use raft_core::{Persist, PersistedState};
+use raft_core::{Bytes, Index, Persist, PersistedState, Term};
 
-/// One node's stable storage.
+/// One node's stable storage: the log (writes stay volatile until synced)
+/// and snapshot images (written durably at once, as a driver fsyncs a
+/// snapshot file and its directory before reporting it).
 #[derive(Clone, Debug, Default)]
 pub struct SimDisk {
     durable: PersistedState,
     /// Writes issued but not yet synced, oldest first.
     pending: VecDeque<Persist>,
+    /// Snapshot images by last included index.
+    images: BTreeMap<Index, Bytes>,
 }
 
 impl SimDisk {
@@ -38,6 +42,10 @@ impl SimDisk {
             apply(&mut self.durable, &p);
             last = Some(p.seq);
         }
+        // Images older than the one the durable log follows are no longer
+        // needed by any restart.
+        let base = self.durable.snapshot.as_ref().map_or(0, |m| m.last_included_index);
+        self.images.retain(|&i, _| i >= base);
         last
     }
 
@@ -50,12 +58,54 @@ impl SimDisk {
     pub fn durable(&self) -> &PersistedState {
         &self.durable
     }
+
+    /// Stores a snapshot image durably. Older images are deleted once a
+    /// durable write makes the log follow a newer one (see [`SimDisk::sync`]).
+    pub fn store_image(&mut self, index: Index, image: Bytes) {
+        self.images.insert(index, image);
+    }
+
+    /// The image of the snapshot ending at `index`, if this disk has it.
+    pub fn image(&self, index: Index) -> Option<&Bytes> {
+        self.images.get(&index)
+    }
+
+    /// Whether the durable state holds entry (`index`, `term`): in the log,
+    /// or as the durable snapshot's last entry, or (for an earlier index)
+    /// inside the durable snapshot, whose contents other checks judge.
+    pub fn durably_holds(&self, index: Index, term: Term) -> bool {
+        if let Some(m) = &self.durable.snapshot {
+            if index < m.last_included_index {
+                return true;
+            }
+            if index == m.last_included_index {
+                return term == m.last_included_term;
+            }
+        }
+        self.durable_term(index) == Some(term)
+    }
+
+    /// The term of the durable log entry at `index` (not counting the
+    /// snapshot), if there is one.
+    pub fn durable_term(&self, index: Index) -> Option<Term> {
+        let base = self.durable.snapshot.as_ref().map_or(0, |m| m.last_included_index);
+        let pos = index.checked_sub(base + 1)?;
+        self.durable.entries.get(usize::try_from(pos).ok()?).map(|e| e.term)
+    }
 }
 
 /// Applies one write to a persisted state, exactly as a WAL replay would.
 pub fn apply(state: &mut PersistedState, p: &Persist) {
     if let Some(hs) = p.hard_state {
         state.hard_state = hs;
+    }
+    if let Some(meta) = &p.snapshot {
+        // The stored log now follows the snapshot: what it covers goes.
+        state.entries.retain(|e| e.index > meta.last_included_index);
+        if state.entries.first().is_some_and(|e| e.index != meta.last_included_index + 1) {
+            state.entries.clear();
+        }
+        state.snapshot = Some(meta.clone());
     }
     if let Some(from) = p.truncate_from {
         state.entries.retain(|e| e.index < from);

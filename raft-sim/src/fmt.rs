@@ -81,7 +81,15 @@ pub fn message(m: &Message) -> String {
             let ct = conflict_term.map_or("-".to_string(), |t| t.to_string());
             format!("AppendResp t{t} reject at {rejected_index} (conflict term {ct} from {conflict_index})")
         }
+        MessageBody::InstallSnapshot(r) => {
+            format!("InstallSnapshot t{t} through {}", snapshot(&r.meta))
+        }
     }
+}
+
+/// A snapshot's description, e.g. `40/3`.
+pub fn snapshot(m: &raft_core::SnapshotMeta) -> String {
+    format!("{}/{}", m.last_included_index, m.last_included_term)
 }
 
 /// A message's kind in one word (`Heartbeat` is an AppendEntries with no
@@ -97,6 +105,7 @@ pub fn kind(m: &Message) -> &'static str {
         B::AppendEntries(_) => "AppendEntries",
         B::AppendEntriesResponse(R::Success { .. }) => "AppendOk",
         B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
+        B::InstallSnapshot(_) => "InstallSnapshot",
     }
 }
 
@@ -106,6 +115,9 @@ pub fn persist(p: &Persist) -> String {
     if let Some(hs) = p.hard_state {
         let vote = hs.vote.map_or("-".to_string(), |v| v.to_string());
         let _ = write!(s, " term={} vote={vote}", hs.term);
+    }
+    if let Some(m) = &p.snapshot {
+        let _ = write!(s, " log-follows-snapshot={}", snapshot(m));
     }
     if let Some(t) = p.truncate_from {
         let _ = write!(s, " truncate>={t}");
@@ -126,6 +138,7 @@ pub fn action(id: NodeId, a: &Action) -> String {
             format!("{id} proposed {first_index}..={last_index} t{term}")
         }
         Action::ProposeRejected { error } => format!("{id} propose rejected: {error}"),
+        Action::InstallSnapshot { from, meta } => format!("{id} install snapshot {} from {from}", snapshot(meta)),
         Action::RoleChanged { role, term, leader } => {
             let l = leader.map_or("none".to_string(), |l| l.to_string());
             format!("{id} is {role} t{term} leader={l}")

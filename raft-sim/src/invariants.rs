@@ -23,6 +23,8 @@ pub struct Violation {
     pub detail: String,
 }
 
+#[cold]
+#[inline(never)]
 fn violation(property: &'static str, detail: String) -> Result<(), Violation> {
     Err(Violation { property, detail })
 }
@@ -113,9 +115,21 @@ impl Safety {
     ) -> Result<(), Violation> {
         let w = self.nodes.get_or_default(id);
         let mut applied = if w.incarnation == incarnation { w.applied } else { 0 };
+        // Installing (or restarting from) a snapshot moves the applied index
+        // without an Apply: applying resumes after the snapshot.
+        applied = applied.max(node.snapshot().map_or(0, |m| m.last_included_index));
         for a in actions {
             match a {
                 Action::Persist(p) => {
+                    if let Some(m) = &p.snapshot {
+                        // Entries the snapshot covers stay in the mirror as
+                        // placeholders: no truncation ever reaches them.
+                        let shadow = self.shadow.get_or_default(id);
+                        let n = m.last_included_index as usize;
+                        if shadow.len() < n {
+                            shadow.resize(n, 0);
+                        }
+                    }
                     if let Some(from) = p.truncate_from {
                         self.check_truncation(id, from)?;
                     }
@@ -157,9 +171,12 @@ impl Safety {
         Ok(())
     }
 
-    /// A restarted node's log is what its disk held.
-    pub fn on_restart(&mut self, id: NodeId, durable: &[Entry]) {
-        self.shadow.insert(id, durable.iter().map(|e| e.term).collect());
+    /// A restarted node's log is what its disk held (after its snapshot).
+    pub fn on_restart(&mut self, id: NodeId, durable: &raft_core::PersistedState) {
+        let base = durable.snapshot.as_ref().map_or(0, |m| m.last_included_index) as usize;
+        let mut shadow = vec![0; base];
+        shadow.extend(durable.entries.iter().map(|e| e.term));
+        self.shadow.insert(id, shadow);
     }
 
     /// Log matching: an (index, term) pair names one entry everywhere, with
@@ -201,16 +218,26 @@ impl Safety {
                         format!("node {id} acked in term {} with durable term {}", m.term, durable.hard_state.term),
                     );
                 }
-                let on_disk = match_index.checked_sub(1).map(|i| durable.entries.get(i as usize).map(|e| e.term));
-                let in_log = node.term_at(*match_index);
-                // The acked entry must be on disk, and be the same entry the
-                // node holds (not an older one a truncation is replacing).
-                if *match_index > 0 && on_disk.flatten() != in_log {
+                let m = *match_index;
+                let in_log = node.term_at(m);
+                // The acked entry must be on disk (or in the durable
+                // snapshot), and be the same entry the node holds (not an
+                // older one a truncation is replacing). An entry the node's
+                // snapshot covers is committed: it only has to be durable.
+                let covered = node.snapshot().is_some_and(|s| m <= s.last_included_index);
+                let durable = match in_log {
+                    Some(t) => disk.durably_holds(m, t),
+                    None => {
+                        let durable_snapshot = disk.durable().snapshot.as_ref().map_or(0, |s| s.last_included_index);
+                        covered && (m <= durable_snapshot || disk.durable_term(m).is_some())
+                    }
+                };
+                if m > 0 && !durable {
                     return violation(
                         "ack before persist",
                         format!(
                             "node {id} acked index {match_index} (term {in_log:?}) with {:?} durable there",
-                            on_disk.flatten()
+                            disk.durable_term(*match_index)
                         ),
                     );
                 }
@@ -241,7 +268,6 @@ impl Safety {
         entries: &[Entry],
         disk: &SimDisk,
     ) -> Result<(), Violation> {
-        let durable = &disk.durable().entries;
         for (k, e) in entries.iter().enumerate() {
             if e.index != applied + 1 + k as Index {
                 return violation(
@@ -249,8 +275,8 @@ impl Safety {
                     format!("node {id} applied {} after {}", e.index, applied + k as Index),
                 );
             }
-            let on_disk = durable.get((e.index - 1) as usize).map(|d| d.term);
-            if on_disk != Some(e.term) {
+            if !disk.durably_holds(e.index, e.term) {
+                let on_disk = disk.durable_term(e.index);
                 return violation(
                     "apply before persist",
                     format!("node {id} applied {}/{} while its disk holds {on_disk:?} there", e.index, e.term),
@@ -297,7 +323,10 @@ impl Safety {
             }
         }
         self.leaders.insert(term, id);
-        for (i, &(t, _)) in self.committed.iter().enumerate() {
+        // Entries compacted into the leader's snapshot are judged by the
+        // snapshot checks; the rest must be in its log.
+        let compacted = node.first_index() - 1;
+        for (i, &(t, _)) in self.committed.iter().enumerate().skip(compacted as usize) {
             let index = i as Index + 1;
             if node.term_at(index) != Some(t) {
                 return violation(
@@ -332,12 +361,28 @@ impl Safety {
         let w = self.nodes.get_mut(&id).expect("watch");
         w.commit = node.commit_index();
         w.applied = node.applied_index();
+        let snapshot = node.snapshot().map_or((0, 0), |m| (m.last_included_index, m.last_included_term));
         for index in old_commit + 1..=node.commit_index() {
-            let Some(e) = node.entries().get((index - 1) as usize).filter(|e| e.index == index) else {
+            if let Some(e) = node.entry(index) {
+                let fp = fingerprint(e);
+                self.record_committed(id, index, e.term, fp)?;
+                continue;
+            }
+            if index > snapshot.0 {
                 return violation("commit beyond log", format!("node {id} commits {index} it does not hold"));
-            };
-            let fp = fingerprint(e);
-            self.record_committed(id, index, e.term, fp)?;
+            }
+            // Committed by installing a snapshot: it must hold only entries
+            // known committed, ending in the committed entry at its index.
+            let known = self.committed.get((index - 1) as usize).map(|&(t, _)| t);
+            if known.is_none() || (index == snapshot.0 && known != Some(snapshot.1)) {
+                return violation(
+                    "snapshot of uncommitted entries",
+                    format!(
+                        "node {id} installed a snapshot through {}/{}, but entry {index} is committed as {known:?}",
+                        snapshot.0, snapshot.1
+                    ),
+                );
+            }
         }
         Ok(())
     }

@@ -184,13 +184,16 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} failures={} ({:.1}s, {} jobs)",
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} peak_log={} failures={} ({:.1}s, {} jobs)",
         summary.seeds,
         summary.events,
         summary.events as f64 / secs.max(1e-9),
         summary.linearizable_ops,
         summary.undecided,
         summary.elections,
+        summary.snapshots.0,
+        summary.snapshots.1,
+        summary.peak_log_len,
         summary.failures.len(),
         secs,
         spec.jobs
@@ -207,7 +210,7 @@ fn print_run(cfg: &SimConfig, r: &RunReport) {
     );
     let Some(f) = &r.failure else {
         println!(
-            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed, {} duplicate applications suppressed",
+            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed, {} duplicate applications suppressed, snapshots {} taken / {} installed / {} aborted, peak log {}",
             cfg.seed,
             cfg.nodes,
             cfg.profile.name,
@@ -216,7 +219,11 @@ fn print_run(cfg: &SimConfig, r: &RunReport) {
             r.completed_ops,
             r.elections,
             r.committed,
-            r.duplicates_suppressed
+            r.duplicates_suppressed,
+            r.snapshots.0,
+            r.snapshots.1,
+            r.snapshots.2,
+            r.peak_log_len
         );
         return;
     };

@@ -318,7 +318,7 @@ impl Scenario {
         m.disk.crash();
         m.restarts += 1;
         let seed = id + 1000 * m.restarts;
-        self.safety.on_restart(id, &m.disk.durable().entries);
+        self.safety.on_restart(id, m.disk.durable());
         m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
         self.inbox.remove(&id);
         let line = self.status_line(id);

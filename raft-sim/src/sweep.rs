@@ -47,6 +47,10 @@ pub struct SweepSummary {
     pub undecided: u64,
     /// Elections won.
     pub elections: u64,
+    /// Snapshots taken by nodes, and installed by followers from a leader.
+    pub snapshots: (u64, u64),
+    /// The longest in-memory log any node of any seed held.
+    pub peak_log_len: usize,
     /// Failing runs, by seed.
     pub failures: Vec<RunReport>,
 }
@@ -56,6 +60,9 @@ impl SweepSummary {
         self.seeds += 1;
         self.events += r.events;
         self.elections += r.elections;
+        self.snapshots.0 += r.snapshots.0;
+        self.snapshots.1 += r.snapshots.1;
+        self.peak_log_len = self.peak_log_len.max(r.peak_log_len);
         match r.linearizability {
             Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
             Some(CheckResult::Undecided { .. }) => self.undecided += 1,
@@ -64,6 +71,19 @@ impl SweepSummary {
         if r.failure.is_some() {
             self.failures.push(r);
         }
+    }
+
+    /// Adds another thread's totals.
+    fn merge(&mut self, other: SweepSummary) {
+        self.seeds += other.seeds;
+        self.events += other.events;
+        self.linearizable_ops += other.linearizable_ops;
+        self.undecided += other.undecided;
+        self.elections += other.elections;
+        self.snapshots.0 += other.snapshots.0;
+        self.snapshots.1 += other.snapshots.1;
+        self.peak_log_len = self.peak_log_len.max(other.peak_log_len);
+        self.failures.extend(other.failures);
     }
 }
 
@@ -87,13 +107,7 @@ pub fn sweep(spec: &SweepSpec, on_done: &(dyn Fn(&RunReport) + Sync)) -> SweepSu
                     on_done(&report);
                     local.add(report);
                 }
-                let mut t = total.lock().expect("summary lock");
-                t.seeds += local.seeds;
-                t.events += local.events;
-                t.linearizable_ops += local.linearizable_ops;
-                t.undecided += local.undecided;
-                t.elections += local.elections;
-                t.failures.extend(local.failures);
+                total.lock().expect("summary lock").merge(local);
             });
         }
     });

@@ -10,8 +10,8 @@
 //! the same bytes by accident.
 
 use raft_core::{
-    AppendEntries, AppendEntriesResponse, Bytes, Entry, EntryKind, Message, MessageBody, RequestVote,
-    RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Bytes, Entry, EntryKind, InstallSnapshot, Message, MessageBody, RequestVote,
+    RequestVoteResponse, SnapshotMeta,
 };
 
 use super::frame::{ACK_LEN, AckStatus, HANDSHAKE_LEN, Handshake, HandshakeError};
@@ -37,6 +37,12 @@ fn vote_response(pre_vote: bool, granted: bool) -> MessageBody {
 
 fn append(prev_log_index: u64, prev_log_term: u64, entries: Vec<Entry>, leader_commit: u64) -> MessageBody {
     MessageBody::AppendEntries(AppendEntries { prev_log_index, prev_log_term, entries, leader_commit })
+}
+
+fn install_snapshot(last_included_index: u64, last_included_term: u64, voters: Vec<u64>) -> MessageBody {
+    MessageBody::InstallSnapshot(InstallSnapshot {
+        meta: SnapshotMeta { last_included_index, last_included_term, voters },
+    })
 }
 
 fn entry(term: u64, index: u64, kind: EntryKind, data: &'static [u8]) -> Entry {
@@ -70,6 +76,7 @@ fn frame_cases() -> Vec<(&'static str, Message)> {
         ),
         ("wire-v1-frame-append-entries-response-reject.bin", message(15, reject(500, Some(7), 450))),
         ("wire-v1-frame-append-entries-response-reject-short-log.bin", message(16, reject(600, None, 42))),
+        ("wire-v1-frame-install-snapshot.bin", message(17, install_snapshot(80_000, 16, vec![1, 2, 300]))),
     ]
 }
 
@@ -95,7 +102,7 @@ fn transport_golden_files_are_exactly_the_tested_cases() {
 /// breaks this match; the new arm needs a golden frame of its own.
 #[test]
 fn transport_golden_frames_cover_every_message_variant() {
-    let mut covered = [false; 5];
+    let mut covered = [false; 6];
     for (_, m) in frame_cases() {
         let slot = match m.body {
             MessageBody::RequestVote(_) => 0,
@@ -103,10 +110,11 @@ fn transport_golden_frames_cover_every_message_variant() {
             MessageBody::AppendEntries(_) => 2,
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { .. }) => 3,
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Reject { .. }) => 4,
+            MessageBody::InstallSnapshot(_) => 5,
         };
         covered[slot] = true;
     }
-    assert_eq!(covered, [true; 5]);
+    assert_eq!(covered, [true; 6]);
 }
 
 #[test]
@@ -178,7 +186,7 @@ fn transport_golden_frame_with_unknown_kind_or_tag_is_refused() {
     assert!(err.to_string().contains("entry 1001 has unknown kind 2"), "{err}");
 
     let mut unknown_tag = bytes;
-    unknown_tag[5] = 4;
+    unknown_tag[5] = 5;
     let err = decode_frame(&unknown_tag, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
     assert!(matches!(err, FrameError::Decode(_)), "{err}");
 }

@@ -25,8 +25,8 @@ use std::fmt;
 
 use bytes::Bytes;
 use raft_core::{
-    AppendEntries, AppendEntriesResponse, Entry, EntryKind, Index, Message, MessageBody, RequestVote,
-    RequestVoteResponse, Term,
+    AppendEntries, AppendEntriesResponse, Entry, EntryKind, Index, InstallSnapshot, Message, MessageBody, RequestVote,
+    RequestVoteResponse, SnapshotMeta, Term,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,10 @@ pub(super) struct WireMessageV1 {
     pub body: WireBodyV1,
 }
 
-/// Mirrors [`MessageBody`]. The variant order is the wire tag (0, 1, 2, 3).
+/// Mirrors [`MessageBody`]. The variant order is the wire tag (0 to 4). Tag 4
+/// was appended with snapshots; existing tags are unchanged, so every frame
+/// an older build sends still decodes, and an older build refuses tag 4
+/// with a decode error (counted, never misread).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum WireBodyV1 {
     /// Tag 0: [`MessageBody::RequestVote`].
@@ -55,6 +58,19 @@ pub(super) enum WireBodyV1 {
     AppendEntries(WireAppendEntriesV1),
     /// Tag 3: [`MessageBody::AppendEntriesResponse`].
     AppendEntriesResponse(WireAppendEntriesResponseV1),
+    /// Tag 4: [`MessageBody::InstallSnapshot`].
+    InstallSnapshot(WireInstallSnapshotV1),
+}
+
+/// Mirrors [`InstallSnapshot`] (its [`SnapshotMeta`], flattened).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WireInstallSnapshotV1 {
+    /// Index of the last entry the snapshot includes.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// The voters at that index.
+    pub voters: Vec<u64>,
 }
 
 /// Mirrors [`RequestVote`].
@@ -166,6 +182,11 @@ impl From<&Message> for WireMessageV1 {
                 leader_commit: ae.leader_commit,
             }),
             MessageBody::AppendEntriesResponse(r) => WireBodyV1::AppendEntriesResponse((*r).into()),
+            MessageBody::InstallSnapshot(req) => WireBodyV1::InstallSnapshot(WireInstallSnapshotV1 {
+                last_included_index: req.meta.last_included_index,
+                last_included_term: req.meta.last_included_term,
+                voters: req.meta.voters.clone(),
+            }),
         };
         WireMessageV1 { term: m.term, body }
     }
@@ -191,6 +212,13 @@ impl TryFrom<WireMessageV1> for Message {
                 leader_commit: ae.leader_commit,
             }),
             WireBodyV1::AppendEntriesResponse(r) => MessageBody::AppendEntriesResponse(r.into()),
+            WireBodyV1::InstallSnapshot(req) => MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: SnapshotMeta {
+                    last_included_index: req.last_included_index,
+                    last_included_term: req.last_included_term,
+                    voters: req.voters,
+                },
+            }),
         };
         Ok(Message { term: m.term, body })
     }
@@ -275,6 +303,13 @@ mod tests {
                 }
             ),
             response.prop_map(MessageBody::AppendEntriesResponse),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..7)).prop_map(
+                |(last_included_index, last_included_term, voters)| {
+                    MessageBody::InstallSnapshot(InstallSnapshot {
+                        meta: SnapshotMeta { last_included_index, last_included_term, voters },
+                    })
+                }
+            ),
         ]
     }
 

@@ -130,17 +130,24 @@ fn segment_history() -> (Vec<Persist>, PersistedState) {
     let first = vec![entry(1, 1, EntryKind::Noop, b""), entry(1, 2, EntryKind::Normal, b"a")];
     let second = vec![entry(2, 2, EntryKind::Normal, b"bb"), entry(2, 3, EntryKind::Normal, b"")];
     let persists = vec![
-        Persist { seq: 1, hard_state: Some(HardState { term: 1, vote: Some(2) }), truncate_from: None, entries: first },
+        Persist {
+            seq: 1,
+            hard_state: Some(HardState { term: 1, vote: Some(2) }),
+            snapshot: None,
+            truncate_from: None,
+            entries: first,
+        },
         Persist {
             seq: 2,
             hard_state: Some(HardState { term: 2, vote: None }),
+            snapshot: None,
             truncate_from: Some(2),
             entries: second.clone(),
         },
     ];
     let mut entries = vec![entry(1, 1, EntryKind::Noop, b"")];
     entries.extend(second);
-    (persists, PersistedState { hard_state: HardState { term: 2, vote: None }, entries })
+    (persists, PersistedState { hard_state: HardState { term: 2, vote: None }, snapshot: None, entries })
 }
 
 /// Writes the golden history with [`Wal::write`] (what really goes to

@@ -22,7 +22,7 @@ fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
 }
 
 fn persist(seq: u64, hard_state: Option<HardState>, truncate_from: Option<u64>, entries: Vec<Entry>) -> Persist {
-    Persist { seq, hard_state, truncate_from, entries }
+    Persist { seq, hard_state, snapshot: None, truncate_from, entries }
 }
 
 fn hs(term: u64, vote: Option<u64>) -> HardState {
@@ -161,7 +161,7 @@ fn history_with_final_record() -> (TempDir, PersistedState, usize, Vec<u8>) {
     let full = fs::read(&seg).unwrap();
     let mut expected = entries(1, 1..=2);
     expected.extend(entries(2, 3..=5));
-    (dir, PersistedState { hard_state: hs(2, None), entries: expected }, before_len, full)
+    (dir, PersistedState { hard_state: hs(2, None), snapshot: None, entries: expected }, before_len, full)
 }
 
 #[test]
@@ -348,7 +348,7 @@ fn wal_invalid_writes_are_refused_without_writing() {
     wal.sync().unwrap();
     drop(wal);
     let (_, state, _) = reopen(dir.path(), WalOptions::default());
-    assert_eq!(state, PersistedState { hard_state: HardState::default(), entries: entries(1, 1..=4) });
+    assert_eq!(state, PersistedState { hard_state: HardState::default(), snapshot: None, entries: entries(1, 1..=4) });
 }
 
 #[test]

@@ -24,11 +24,7 @@ impl Sim {
             self.fail("commit rule", detail);
             return;
         }
-        let durable = self
-            .nodes
-            .values()
-            .filter(|n| n.disk.durable().entries.get((commit - 1) as usize).is_some_and(|e| e.term == term))
-            .count();
+        let durable = self.nodes.values().filter(|n| n.disk.durably_holds(commit, term)).count();
         if durable < self.nodes.len() / 2 + 1 {
             let detail = format!("leader {id} committed {commit}/{term} while only {durable} disks hold it");
             self.fail("commit rule", detail);

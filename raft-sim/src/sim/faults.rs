@@ -229,7 +229,7 @@ impl Sim {
         let seed = self.rng.r#gen::<u64>();
         let tick_us = self.drifted_tick();
         let n = self.nodes.get_mut(&id).expect("node");
-        self.safety.on_restart(id, &n.disk.durable().entries);
+        self.safety.on_restart(id, n.disk.durable());
         let node = match Node::restore(n.config.clone(), n.disk.durable().clone(), seed) {
             Ok(node) => node,
             Err(e) => {
@@ -237,7 +237,17 @@ impl Sim {
                 return;
             }
         };
-        n.power_on(node, tick_us);
+        // A restarting driver restores its state machine from the snapshot
+        // the durable log follows.
+        let base = n.disk.durable().snapshot.as_ref().map_or(0, |m| m.last_included_index);
+        let sm = match n.store_from_image(base) {
+            Ok(sm) => sm,
+            Err(e) => {
+                self.fail("restart", format!("node {id}: {e}"));
+                return;
+            }
+        };
+        n.power_on(node, sm, tick_us);
         let inc = n.inc;
         let now = self.now;
         self.rec.mark(|| Mark::Power { node: id, at_us: now, up: true });

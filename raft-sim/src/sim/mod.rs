@@ -17,6 +17,9 @@ mod network;
 mod node;
 mod queue;
 mod record;
+mod snapshots;
+
+use std::collections::BTreeMap;
 
 use raft_core::{Config, Index, NodeId};
 use rand::Rng;
@@ -67,6 +70,12 @@ pub struct SimConfig {
     /// The session bound of every node's store (`KvStore::with_max_sessions`): small enough that
     /// clients which reconnect make the store evict sessions.
     pub max_sessions: usize,
+    /// Snapshot policy: each node snapshots its store every this many
+    /// applied entries (`None`: never, so the log is never compacted).
+    pub snapshot_every: Option<u64>,
+    /// Entries a node keeps behind its snapshot (`Config::snapshot_trailing_entries`);
+    /// small values make followers catch up by snapshot often.
+    pub snapshot_trailing: u64,
     /// Explicit fault schedule; replaces the profile's random partitions
     /// and crashes when set.
     pub schedule: Option<Vec<ScheduledFault>>,
@@ -86,6 +95,8 @@ impl SimConfig {
         let mut shape = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_C11E_7500_0000);
         let clients = shape.gen_range(1..=10);
         let keys = shape.gen_range(1..=10);
+        let snapshot_every = [None, Some(3), Some(8), Some(20), Some(50)][shape.gen_range(0..5)];
+        let snapshot_trailing = [0, 1, 4, 16][shape.gen_range(0..4)];
         SimConfig {
             seed,
             nodes: nodes.unwrap_or(if (seed / 5) % 2 == 0 { 3 } else { 5 }),
@@ -94,6 +105,8 @@ impl SimConfig {
             clients,
             keys,
             max_sessions: 4 * clients + 4,
+            snapshot_every,
+            snapshot_trailing,
             schedule: None,
             trace: false,
             timeline: false,
@@ -143,6 +156,10 @@ pub struct RunReport {
     /// Applications of a command that had already taken effect (retries
     /// that reached the log twice), answered from the session instead.
     pub duplicates_suppressed: u64,
+    /// Snapshots taken, installed by followers, and installs aborted.
+    pub snapshots: (u64, u64, u64),
+    /// The longest in-memory log any node held at the end of a step.
+    pub peak_log_len: usize,
 }
 
 /// Counters reported at the end of a run.
@@ -155,6 +172,11 @@ struct Stats {
     /// Log entries whose command had already taken effect (a retry that
     /// reached the log twice), suppressed by the client session.
     duplicates_suppressed: u64,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
+    snapshots_aborted: u64,
+    /// The longest in-memory log seen after a step.
+    peak_log_len: usize,
 }
 
 /// One simulated world.
@@ -175,6 +197,9 @@ pub struct Sim {
     rec: Recorder,
     /// The first failure.
     failure: Option<Failure>,
+    /// Hash of the store image at each snapshot index, and the node that
+    /// produced it first: every replica must produce the same.
+    snapshot_hashes: BTreeMap<Index, (u64, NodeId)>,
 }
 
 impl Sim {
@@ -195,6 +220,7 @@ impl Sim {
             stats: Stats::default(),
             rec: Recorder::new(cfg.trace, cfg.timeline),
             failure: None,
+            snapshot_hashes: BTreeMap::new(),
             cfg,
         };
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
@@ -220,6 +246,7 @@ impl Sim {
         c.max_inflight_msgs = *[1, 2, 16].choose(&mut self.rng).expect("choice");
         c.election_ticks = self.rng.gen_range(6..=12);
         c.heartbeat_ticks = self.rng.gen_range(1..=2);
+        c.snapshot_trailing_entries = self.cfg.snapshot_trailing;
         c
     }
 
@@ -255,6 +282,8 @@ impl Sim {
     }
 
     /// Records a failure, unless one was recorded already.
+    #[cold]
+    #[inline(never)]
     fn fail(&mut self, property: &str, detail: String) {
         if self.failure.is_none() {
             self.failure =
@@ -304,6 +333,7 @@ impl Sim {
             Ev::EndFaults => self.end_faults(),
             Ev::ClientWake { client } => self.client_wake(client),
             Ev::ClientTimeout { client, seq, attempt } => self.client_timeout(client, seq, attempt),
+            Ev::SnapshotFetched { node, inc, from, meta } => self.snapshot_fetched(node, inc, from, meta),
         }
     }
 
@@ -322,6 +352,8 @@ impl Sim {
             elections: self.stats.elections,
             committed: self.safety.committed_len(),
             duplicates_suppressed: self.stats.duplicates_suppressed,
+            snapshots: (self.stats.snapshots_taken, self.stats.snapshots_installed, self.stats.snapshots_aborted),
+            peak_log_len: self.stats.peak_log_len,
         }
     }
 }

@@ -90,7 +90,7 @@ impl Network {
     /// Each directed link has its own speed for the whole run (0.5x to 2x
     /// the profile's latency), so some paths are consistently slower, as in
     /// a real network; derived from the seed, not drawn per message.
-    fn link_factor(&self, from: u64, to: u64) -> f64 {
+    pub(super) fn link_factor(&self, from: u64, to: u64) -> f64 {
         let mut x = self.link_salt ^ from.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ to.rotate_left(32);
         // splitmix64 finaliser: a well-mixed, deterministic hash.
         x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -129,7 +129,7 @@ impl Sim {
 
     /// One copy's latency on a link of speed `link_factor`, sometimes with a
     /// long detour.
-    fn latency(&mut self, link_factor: f64) -> u64 {
+    pub(super) fn latency(&mut self, link_factor: f64) -> u64 {
         let (lo, hi) = self.cfg.profile.latency_us;
         let mut latency = (self.rng.gen_range(lo..=hi) as f64 * link_factor) as u64;
         if self.chance(self.cfg.profile.delay) {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use raft_core::{Action, Bytes, Config, Entry, EntryKind, Event, Node, NodeId, Persist, Role, Term};
+use raft_core::{Action, Bytes, Config, Entry, EntryKind, Event, Index, Node, NodeId, Persist, Role, Term};
 use raft_driver_std::StateMachine;
 use raft_driver_std::proposals::{ProposalTracker, Settled};
 use raft_driver_std::raftkv::store::{KvRequest, KvStore};
@@ -46,7 +46,7 @@ pub(super) struct SimNode {
     /// An fsync is in progress.
     sync_pending: bool,
     /// The real raftkv store, driven through the driver's `StateMachine` trait.
-    sm: KvStore,
+    pub(super) sm: KvStore,
     /// The session bound every replica's store uses.
     max_sessions: usize,
     /// The driver's proposal bookkeeping: which client waits for which entry.
@@ -54,6 +54,9 @@ pub(super) struct SimNode {
     /// (session, seq) of every command that took effect on this node's
     /// state machine since it (re)started: the exactly-once check.
     took_effect: BTreeSet<(u64, u64)>,
+    /// The applied index of this node's last snapshot (taken, installed or
+    /// restored): the snapshot policy counts from there.
+    pub(super) last_snapshot: Index,
 }
 
 impl SimNode {
@@ -69,6 +72,7 @@ impl SimNode {
             max_sessions,
             proposals: ProposalTracker::new(),
             took_effect: BTreeSet::new(),
+            last_snapshot: 0,
         }
     }
 
@@ -86,11 +90,38 @@ impl SimNode {
 
     /// Brings the node back as `node` (restored from its disk) with a
     /// fresh state machine and a clock ticking every `tick_us`.
-    pub(super) fn power_on(&mut self, node: Node, tick_us: u64) {
+    pub(super) fn power_on(&mut self, node: Node, sm: KvStore, tick_us: u64) {
+        self.last_snapshot = node.snapshot().map_or(0, |m| m.last_included_index);
         self.node = Some(node);
-        self.sm = KvStore::with_max_sessions(self.max_sessions);
+        self.sm = sm;
         self.took_effect.clear();
         self.tick_us = tick_us;
+    }
+
+    /// The session bound of this node's store.
+    pub(super) fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// The store was replaced by one restored from the snapshot at `index`.
+    pub(super) fn install_store(&mut self, sm: KvStore, index: Index) {
+        self.sm = sm;
+        // Commands that took effect before the snapshot are in its sessions;
+        // the exactly-once check starts over from the installed state.
+        self.took_effect.clear();
+        self.last_snapshot = index;
+    }
+
+    /// A fresh store, restored from the snapshot image ending at `index`
+    /// (none for 0), as a restarting or installing driver builds it.
+    pub(super) fn store_from_image(&self, index: Index) -> Result<KvStore, String> {
+        let mut sm = KvStore::with_max_sessions(self.max_sessions);
+        if index == 0 {
+            return Ok(sm);
+        }
+        let image = self.disk.image(index).ok_or_else(|| format!("no snapshot image for index {index}"))?;
+        sm.restore(image).map_err(|e| format!("snapshot image {index} does not restore: {e}"))?;
+        Ok(sm)
     }
 }
 
@@ -161,6 +192,7 @@ impl Sim {
         node.step_into(event, &mut actions);
         let inc = n.inc;
         let node = n.node.as_ref().expect("node");
+        self.stats.peak_log_len = self.stats.peak_log_len.max(node.entries().len());
         let checked = self.safety.after_step(id, inc, node, &n.disk, &actions);
         let leader_committed = node.role() == Role::Leader && node.commit_index() > commit_before;
         if let Err(v) = checked {
@@ -173,6 +205,7 @@ impl Sim {
             self.execute(id, a);
         }
         self.stepping.actions = actions;
+        self.maybe_take_snapshot(id);
     }
 
     fn execute(&mut self, id: NodeId, action: Action) {
@@ -192,6 +225,7 @@ impl Sim {
                 }
             }
             Action::RoleChanged { role, term, .. } => self.role_changed(id, role, term),
+            Action::InstallSnapshot { from, meta } => self.fetch_snapshot(id, from, meta),
             Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
         }
     }

@@ -5,7 +5,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use raft_core::NodeId;
+use raft_core::{NodeId, SnapshotMeta};
 
 use super::faults::Fault;
 use super::network::NetMsg;
@@ -29,6 +29,8 @@ pub(super) enum Ev {
     ClientWake { client: u64 },
     /// A client's attempt timed out (`u64::MAX`: the retry after a redirect).
     ClientTimeout { client: u64, seq: u64, attempt: u64 },
+    /// A snapshot transfer to `node` (in incarnation `inc`) from `from` ends.
+    SnapshotFetched { node: NodeId, inc: u64, from: NodeId, meta: SnapshotMeta },
 }
 
 /// A queued event with its place in the order: (time, sequence). The sequence number is unique,
