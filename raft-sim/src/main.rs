@@ -30,6 +30,10 @@ struct RunShape {
     /// Run length in ticks (default 300).
     #[arg(long)]
     ticks: Option<u64>,
+    /// Every node snapshots every this many applied entries; 0 never
+    /// (default: by seed).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -84,17 +88,24 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match cli.command {
-        Command::Run { seeds, shape: RunShape { nodes, profile, ticks }, jobs } => {
+        Command::Run { seeds, shape: RunShape { nodes, profile, ticks, snapshot_every }, jobs } => {
             let Some((from, to)) = parse_range(&seeds) else {
                 eprintln!("--seeds must look like A..B");
                 return ExitCode::from(2);
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let spec = SweepSpec { from, to, profile, nodes, ticks, jobs };
+            let spec = SweepSpec { from, to, profile, nodes, ticks, snapshot_every, jobs };
             run_sweep(&spec)
         }
-        Command::Replay { seed, shape: RunShape { nodes, profile, ticks }, trace, history, svg, window } => {
-            let spec = SweepSpec { from: seed, to: seed + 1, profile, nodes, ticks, jobs: 1 };
+        Command::Replay {
+            seed,
+            shape: RunShape { nodes, profile, ticks, snapshot_every },
+            trace,
+            history,
+            svg,
+            window,
+        } => {
+            let spec = SweepSpec { from: seed, to: seed + 1, profile, nodes, ticks, snapshot_every, jobs: 1 };
             let mut cfg = spec.config(seed);
             cfg.trace = trace;
             cfg.timeline = svg.is_some();
@@ -205,8 +216,12 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
 /// command that replays it.
 fn print_run(cfg: &SimConfig, r: &RunReport) {
     let replay = format!(
-        "cargo run --release -p raft-sim -- replay --seed {} --profile {} --nodes {} --ticks {}",
-        cfg.seed, cfg.profile.name, cfg.nodes, cfg.ticks
+        "cargo run --release -p raft-sim -- replay --seed {} --profile {} --nodes {} --ticks {} --snapshot-every {}",
+        cfg.seed,
+        cfg.profile.name,
+        cfg.nodes,
+        cfg.ticks,
+        cfg.snapshot_every.unwrap_or(0)
     );
     let Some(f) = &r.failure else {
         println!(

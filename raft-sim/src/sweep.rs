@@ -19,6 +19,9 @@ pub struct SweepSpec {
     pub nodes: Option<usize>,
     /// Override the run length in ticks.
     pub ticks: Option<u64>,
+    /// Override the snapshot policy: every this many applied entries (0:
+    /// never).
+    pub snapshot_every: Option<u64>,
     /// Worker threads.
     pub jobs: usize,
 }
@@ -29,6 +32,9 @@ impl SweepSpec {
         let mut cfg = SimConfig::for_seed(seed, self.profile.as_deref(), self.nodes);
         if let Some(t) = self.ticks {
             cfg.ticks = t;
+        }
+        if let Some(every) = self.snapshot_every {
+            cfg.snapshot_every = (every > 0).then_some(every);
         }
         cfg
     }

@@ -18,8 +18,8 @@ fn assert_clean(spec: &SweepSpec) -> u64 {
         let cfg = spec.config(r.seed);
         let f = r.failure.as_ref().expect("failure");
         report.push_str(&format!(
-            "seed {}: {} — {}\n  replay: cargo run --release -p raft-sim -- replay --seed {} --profile {} --nodes {} --ticks {} --trace\n",
-            r.seed, f.property, f.detail, r.seed, cfg.profile.name, cfg.nodes, cfg.ticks
+            "seed {}: {} — {}\n  replay: cargo run --release -p raft-sim -- replay --seed {} --profile {} --nodes {} --ticks {} --snapshot-every {} --trace\n",
+            r.seed, f.property, f.detail, r.seed, cfg.profile.name, cfg.nodes, cfg.ticks, cfg.snapshot_every.unwrap_or(0)
         ));
     }
     assert!(summary.failures.is_empty(), "{} failing seeds:\n{report}", summary.failures.len());
@@ -34,7 +34,8 @@ fn assert_clean(spec: &SweepSpec) -> u64 {
 #[test]
 fn ten_thousand_seeds_all_profiles() {
     let seeds = std::env::var("RAFT_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let spec = SweepSpec { from: 0, to: seeds, profile: None, nodes: None, ticks: None, jobs: jobs() };
+    let spec =
+        SweepSpec { from: 0, to: seeds, profile: None, nodes: None, ticks: None, snapshot_every: None, jobs: jobs() };
     assert_clean(&spec);
 }
 
@@ -48,6 +49,7 @@ fn other_cluster_sizes() {
             profile: Some("chaos".into()),
             nodes: Some(nodes),
             ticks: None,
+            snapshot_every: None,
             jobs: jobs(),
         };
         assert_clean(&spec);
@@ -169,4 +171,28 @@ fn workload_varies_and_leaves_unknown_outcomes_to_the_checker() {
     assert_eq!(kinds.len(), 5, "SET, SET NX, GET, INCR and DEL all issued");
     assert!(nx_applied > 20 && nx_refused > 20, "SET NX applied {nx_applied}, refused {nx_refused}");
     assert!(unknown_in_checked > 20, "only {unknown_in_checked} unknown outcomes in checked histories");
+}
+
+/// With snapshots every 1,000 entries, a long run's in-memory log stays
+/// bounded by the policy (plus the trailing window and what is in flight),
+/// not by its history; without them it grows with the history.
+#[test]
+fn snapshots_bound_the_in_memory_log() {
+    let spec = |snapshot_every| SweepSpec {
+        from: 0,
+        to: 1,
+        profile: Some("calm".into()),
+        nodes: Some(3),
+        ticks: Some(30_000),
+        snapshot_every: Some(snapshot_every),
+        jobs: 1,
+    };
+    let bounded = run(spec(1_000).config(0));
+    assert!(bounded.failure.is_none(), "{:?}", bounded.failure);
+    assert!(bounded.committed > 20_000, "a long run: {} committed", bounded.committed);
+    assert!(bounded.snapshots.0 >= 3 * 20, "every node snapshots: {:?}", bounded.snapshots);
+    assert!(bounded.peak_log_len <= 1_000 + 16 + 64, "peak log {}", bounded.peak_log_len);
+    let unbounded = run(spec(0).config(0));
+    assert_eq!(unbounded.snapshots, (0, 0, 0));
+    assert!(unbounded.peak_log_len as u64 >= unbounded.committed, "peak log {}", unbounded.peak_log_len);
 }
