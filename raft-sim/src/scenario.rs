@@ -8,7 +8,7 @@
 //!
 //! | command | effect |
 //! |---|---|
-//! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N]` | create voters 1..=N |
+//! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N] [trailing=N]` | create voters 1..=N |
 //! | `campaign ID` | start a real election now |
 //! | `tick ID [N]` | N clock ticks on one node |
 //! | `tick-all [N]` | N ticks on every node, in id order |
@@ -21,10 +21,13 @@
 //! | `partition A B / C` | cut every link between the groups (replacing earlier cuts) |
 //! | `isolate ID` | cut every link of ID |
 //! | `heal` | restore all links |
-//! | `crash ID` | lose unsynced writes, restart from disk |
+//! | `crash ID` | lose unsynced writes (and any install under way), restart from disk |
+//! | `snapshot ID [INDEX]` | the driver took a snapshot at INDEX (default: the applied index) |
+//! | `install ID` | the driver finished the snapshot install the node asked for |
+//! | `abort-install ID` | the driver gave the install up |
 //! | `status` | one line per node |
 //! | `log ID` | the node's log |
-//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last` match |
+//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last`, `first` (first index in memory), `snapshot` (its last index, 0 for none), `installing` (true/false) match |
 //! | `expect-count KIND [<=]N` | fail unless N messages of KIND were sent since `reset-count` |
 //! | `reset-count` | zero the message counters |
 //! | `# ...` | comment, echoed |
@@ -73,6 +76,8 @@ pub struct Scenario {
     counts: BTreeMap<&'static str, usize>,
     trace: String,
     safety: crate::invariants::Safety,
+    /// Snapshot installs a node asked its driver for (`Action::InstallSnapshot`).
+    installs: BTreeMap<NodeId, raft_core::SnapshotMeta>,
 }
 
 /// Runs a whole script and returns its trace.
@@ -165,6 +170,24 @@ impl Scenario {
                 Ok(())
             }
             "crash" => self.crash(self.id(args, 0)?),
+            "snapshot" => {
+                let id = self.id(args, 0)?;
+                let index = match args.get(1) {
+                    Some(i) => parse(i, "index")?,
+                    None => self.members[&id].node.applied_index(),
+                };
+                self.step(id, Event::SnapshotTaken { index })
+            }
+            "install" => {
+                let id = self.id(args, 0)?;
+                let meta = self.installs.remove(&id).ok_or_else(|| format!("node {id} is not installing"))?;
+                self.step(id, Event::SnapshotInstalled { meta })
+            }
+            "abort-install" => {
+                let id = self.id(args, 0)?;
+                self.installs.remove(&id).ok_or_else(|| format!("node {id} is not installing"))?;
+                self.step(id, Event::SnapshotAborted)
+            }
             "status" => {
                 for id in self.ids() {
                     let line = self.status_line(id);
@@ -217,6 +240,7 @@ impl Scenario {
                 "heartbeat" => template.heartbeat_ticks = parse(v, k)?,
                 "max-entries" => template.max_entries_per_msg = parse(v, k)?,
                 "inflight" => template.max_inflight_msgs = parse(v, k)?,
+                "trailing" => template.snapshot_trailing_entries = parse(v, k)?,
                 _ => return Err(format!("unknown option {k:?}")),
             }
         }
@@ -246,6 +270,9 @@ impl Scenario {
                     }
                 }
                 Action::Persist(p) => self.members.get_mut(&id).expect("member").disk.write(p),
+                Action::InstallSnapshot { meta, .. } => {
+                    self.installs.insert(id, meta);
+                }
                 _ => {}
             }
         }
@@ -275,7 +302,9 @@ impl Scenario {
     }
 
     fn in_flight(&self) -> bool {
-        self.inbox.values().any(|q| !q.is_empty()) || self.members.values().any(|m| m.disk.pending_writes() > 0)
+        self.inbox.values().any(|q| !q.is_empty())
+            || self.members.values().any(|m| m.disk.pending_writes() > 0)
+            || !self.installs.is_empty()
     }
 
     fn stabilize(&mut self) -> Result<(), String> {
@@ -285,6 +314,11 @@ impl Scenario {
             }
             self.persist(self.ids())?;
             self.deliver(self.ids())?;
+            // Installs under way complete (the transfer is the driver's).
+            let installs: Vec<_> = std::mem::take(&mut self.installs).into_iter().collect();
+            for (id, meta) in installs {
+                self.step(id, Event::SnapshotInstalled { meta })?;
+            }
         }
         Err("stabilize did not converge in 10000 rounds".into())
     }
@@ -317,6 +351,7 @@ impl Scenario {
         let m = self.members.get_mut(&id).expect("member");
         m.disk.crash();
         m.restarts += 1;
+        self.installs.remove(&id);
         let seed = id + 1000 * m.restarts;
         self.safety.on_restart(id, m.disk.durable());
         m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
@@ -355,6 +390,9 @@ impl Scenario {
                 "commit" => n.commit_index().to_string(),
                 "applied" => n.applied_index().to_string(),
                 "last" => n.last_index().to_string(),
+                "first" => n.first_index().to_string(),
+                "snapshot" => n.snapshot().map_or(0, |m| m.last_included_index).to_string(),
+                "installing" => n.installing_snapshot().is_some().to_string(),
                 _ => return Err(format!("unknown expectation {k:?}")),
             };
             if got != want {

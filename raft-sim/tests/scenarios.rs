@@ -52,6 +52,11 @@ scenarios! {
     scenario_12_prevote_without_check_quorum => "12_prevote_without_check_quorum",
     scenario_13_check_quorum_lease => "13_check_quorum_lease",
     scenario_14_duplicate_prevote_grants => "14_duplicate_prevote_grants",
+    scenario_15_snapshot_slow_follower => "15_snapshot_slow_follower",
+    scenario_16_snapshot_while_probing => "16_snapshot_while_probing",
+    scenario_17_snapshot_newer_term_in_flight => "17_snapshot_newer_term_in_flight",
+    scenario_18_stale_install_snapshot_ignored => "18_stale_install_snapshot_ignored",
+    scenario_19_crash_mid_install => "19_crash_mid_install",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
