@@ -278,18 +278,28 @@ impl Node {
 
     // ----- follower side -----------------------------------------------
 
-    /// AppendEntries receiver (Figure 2).
-    pub(crate) fn append_entries(&mut self, from: NodeId, mut req: AppendEntries) {
+    /// A message only the leader of our term sends (AppendEntries,
+    /// InstallSnapshot) arrived from `from`: follow it and restart the
+    /// election timer. False (and counted) if we lead this term ourselves,
+    /// which is impossible for correct peers.
+    pub(crate) fn heard_from_leader(&mut self, from: NodeId) -> bool {
         if self.role == Role::Leader {
-            // Two leaders in one term is impossible for correct peers.
             self.stats.dropped_malformed += 1;
-            return;
+            return false;
         }
         if self.role != Role::Follower || self.leader != Some(from) {
             let term = self.hard_state.term;
             self.become_follower(term, Some(from));
         }
         self.election_elapsed = 0;
+        true
+    }
+
+    /// AppendEntries receiver (Figure 2).
+    pub(crate) fn append_entries(&mut self, from: NodeId, mut req: AppendEntries) {
+        if !self.heard_from_leader(from) {
+            return;
+        }
 
         let offset = self.log.offset();
         if req.prev_log_index < offset {

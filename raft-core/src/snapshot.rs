@@ -16,7 +16,7 @@
 //! [`Event::SnapshotInstalled`]: crate::Event::SnapshotInstalled
 //! [`Persist::snapshot`]: crate::Persist::snapshot
 
-use crate::event::{Action, Role};
+use crate::event::Action;
 use crate::message::{InstallSnapshot, MessageBody};
 use crate::node::Node;
 use crate::types::{Index, NodeId, SnapshotMeta};
@@ -49,16 +49,9 @@ impl Node {
 
     /// InstallSnapshot receiver (Figure 13), by reference.
     pub(crate) fn install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
-        if self.role == Role::Leader {
-            // Two leaders in one term is impossible for correct peers.
-            self.stats.dropped_malformed += 1;
+        if !self.heard_from_leader(from) {
             return;
         }
-        if self.role != Role::Follower || self.leader != Some(from) {
-            let term = self.hard_state.term;
-            self.become_follower(term, Some(from));
-        }
-        self.election_elapsed = 0;
         if meta.last_included_index <= self.commit_index || self.installing.is_some() {
             // We hold that prefix already (committed entries match every
             // later leader's log), or an install is under way: answer with
