@@ -1,7 +1,7 @@
 //! The client workload: Redis commands against the real raftkv store.
 //!
 //! Nothing here models the store. A client operation is written as the Redis arguments a user would
-//! send (`SET k3 17 NX`), parsed by raftkv's own command parser into a [`KvOp`](raft_driver_std::raftkv::store::KvOp), wrapped in the real
+//! send (`SET k3 17 NX`), parsed by raftkv's own command parser into a [`KvOp`], wrapped in the real
 //! [`KvRequest`] with the client's session and sequence number, and encoded with the real log encoding.
 //! Every simulated node applies the entries to a real [`KvStore`](raft_driver_std::raftkv::store::KvStore) through the driver's
 //! [`StateMachine`](raft_driver_std::StateMachine) trait, and the store's own [`KvResult`] is what the
