@@ -152,3 +152,61 @@ impl RaftLog {
         &self.entries
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+    use crate::types::EntryKind;
+    use bytes::Bytes;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry { term, index, kind: EntryKind::Normal, data: Bytes::new() }
+    }
+
+    /// A log after a snapshot ending at 10/3, holding 11..=13.
+    fn compacted() -> RaftLog {
+        RaftLog::after(10, 3, vec![entry(11, 4), entry(12, 4), entry(13, 5)])
+    }
+
+    #[test]
+    fn slices_are_empty_outside_the_log_on_either_side() {
+        let log = compacted();
+        let indexes = |s: &[Entry]| s.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(indexes(log.slice(11, 13)), [11, 12, 13]);
+        assert_eq!(indexes(log.slice(12, 12)), [12]);
+        // Reaching into the compacted part, or past the end, or backwards:
+        // empty, each on its own.
+        assert!(log.slice(10, 12).is_empty());
+        assert!(log.slice(9, 9).is_empty());
+        assert!(log.slice(12, 14).is_empty());
+        assert!(log.slice(13, 12).is_empty());
+    }
+
+    #[test]
+    fn the_compaction_point_still_names_its_term() {
+        let log = compacted();
+        assert_eq!((log.term(10), log.term(9), log.term(11)), (Some(3), None, Some(4)));
+        // The last index of a term found only at the compaction point.
+        assert_eq!(log.last_index_of_term(3), Some(10));
+        assert_eq!(log.last_index_of_term(4), Some(12));
+        assert_eq!(log.last_index_of_term(2), None);
+        // A log from the beginning has no entry of term 0 to report.
+        let fresh = RaftLog::after(0, 0, vec![entry(1, 1)]);
+        assert_eq!(fresh.last_index_of_term(0), None);
+        assert_eq!(fresh.last_index_of_term(1), Some(1));
+    }
+
+    #[test]
+    fn compaction_keeps_what_follows_and_reset_keeps_nothing() {
+        let mut log = compacted();
+        log.compact_to(9);
+        assert_eq!(log.offset(), 10, "compacting below the offset changes nothing");
+        log.compact_to(12);
+        assert_eq!((log.offset(), log.term(12), log.last_index()), (12, Some(4), 13));
+        assert_eq!(log.entries().len(), 1);
+        log.reset_to(20, 6);
+        assert_eq!((log.offset(), log.last_index(), log.last_term(), log.entries().len()), (20, 20, 6, 0));
+    }
+}
