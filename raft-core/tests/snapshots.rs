@@ -288,3 +288,28 @@ fn malformed_offers_are_dropped() {
     }
     assert_eq!(node.stats().dropped_malformed, 4);
 }
+
+#[test]
+fn a_snapshot_must_be_of_applied_entries() {
+    // Entries 1..=5 are in the log, none applied yet.
+    let mut node = restored(1, 3, None, (1..=5).map(|i| entry(i, 1)).collect());
+    for index in [0, 3, 5] {
+        let out = node.step(Event::SnapshotTaken { index });
+        assert!(persists(&out).is_empty(), "snapshot at {index} accepted");
+    }
+    assert_eq!(node.stats().dropped_bad_snapshot, 3);
+    assert_eq!((node.first_index(), node.snapshot()), (1, None));
+}
+
+#[test]
+fn an_install_report_with_an_impossible_term_is_refused() {
+    for term in [0, 4] {
+        // Current term 3: a snapshot's last entry cannot be of term 0 or 4.
+        let mut node = restored(1, 3, None, (1..=5).map(|i| entry(i, 1)).collect());
+        offer(&mut node, meta(30, 3));
+        let out = node.step(Event::SnapshotInstalled { meta: meta(30, term) });
+        assert!(persists(&out).is_empty(), "term {term} accepted");
+        assert_eq!(node.stats().dropped_bad_snapshot, 1);
+        assert_eq!((node.last_index(), node.snapshot()), (5, None), "term {term}");
+    }
+}
