@@ -17,6 +17,7 @@ pub(crate) mod golden;
 pub mod limits;
 pub mod node;
 pub mod proposals;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod timing;
 pub mod transport;
