@@ -1,5 +1,6 @@
-//! Arbitrary event sequences (messages decoded from fuzz bytes) into one
-//! node: it must never panic, and its invariants must hold after every step.
+//! Arbitrary event sequences (messages decoded from fuzz bytes, and the
+//! driver's snapshot reports) into one node: it must never panic, and its
+//! invariants must hold after every step.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,14 +9,22 @@ use raft_core::{Action, Bytes, Config, Event, Message, Node};
 fuzz_target!(|data: &[u8]| {
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), 7).expect("config");
     let mut last_seq = 0;
+    let mut install = None;
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
-        let event = match op % 6 {
+        let event = match op % 9 {
             0 => Event::Tick,
             1 => Event::Propose { data: Bytes::from_static(b"x") },
             2 => Event::Persisted { seq: last_seq },
             3 => Event::Campaign,
+            // The driver's snapshot reports, at any time, for any index: the
+            // core must refuse the ones that do not fit.
+            4 => Event::SnapshotTaken { index: u64::from(op / 9) },
+            5 => match install.take() {
+                Some(meta) => Event::SnapshotInstalled { meta },
+                None => Event::SnapshotAborted,
+            },
             _ => {
                 let Some((&len, tail)) = rest.split_first() else { break };
                 let len = (len as usize).min(tail.len());
@@ -27,12 +36,18 @@ fuzz_target!(|data: &[u8]| {
         };
         let term = node.term();
         for action in node.step(event) {
-            if let Action::Persist(p) = action {
-                last_seq = p.seq;
+            match action {
+                Action::Persist(p) => last_seq = p.seq,
+                Action::InstallSnapshot { meta, .. } => install = Some(meta),
+                _ => {}
             }
         }
         assert!(node.term() >= term);
         assert!(node.commit_index() <= node.last_index());
-        assert!(node.applied_index() <= node.persisted_index());
+        // Applied entries are durable, in the log or in the snapshot the
+        // driver stored before reporting it.
+        let snapshot = node.snapshot().map_or(0, |m| m.last_included_index);
+        assert!(node.applied_index() <= node.persisted_index().max(snapshot));
+        assert!(node.first_index() <= node.last_index() + 1);
     }
 });
