@@ -26,8 +26,8 @@ impl Node {
     /// applied index `index`.
     pub(crate) fn snapshot_taken(&mut self, index: Index) {
         let newer = self.snapshot.as_ref().is_none_or(|m| index > m.last_included_index);
-        let term = self.log.term(index);
-        let (Some(last_included_term), true, true) = (term, index > 0 && index <= self.applied_index, newer) else {
+        let applied = index > 0 && index <= self.applied_index;
+        let Some(last_included_term) = self.log.term(index).filter(|_| applied && newer) else {
             self.stats.dropped_bad_snapshot += 1;
             return;
         };

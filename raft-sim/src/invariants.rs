@@ -223,15 +223,10 @@ impl Safety {
                 // The acked entry must be on disk (or in the durable
                 // snapshot), and be the same entry the node holds (not an
                 // older one a truncation is replacing). An entry the node's
-                // snapshot covers is committed: it only has to be durable.
+                // snapshot covers is committed: it must be durable as that.
                 let covered = node.snapshot().is_some_and(|s| m <= s.last_included_index);
-                let durable = match in_log {
-                    Some(t) => disk.durably_holds(m, t),
-                    None => {
-                        let durable_snapshot = disk.durable().snapshot.as_ref().map_or(0, |s| s.last_included_index);
-                        covered && (m <= durable_snapshot || disk.durable_term(m).is_some())
-                    }
-                };
+                let term = in_log.or_else(|| covered.then(|| self.committed_at(m).map(|(t, _)| t)).flatten());
+                let durable = term.is_some_and(|t| disk.durably_holds(m, t));
                 if m > 0 && !durable {
                     return violation(
                         "ack before persist",

@@ -54,9 +54,6 @@ pub(super) struct SimNode {
     /// (session, seq) of every command that took effect on this node's
     /// state machine since it (re)started: the exactly-once check.
     took_effect: BTreeSet<(u64, u64)>,
-    /// The applied index of this node's last snapshot (taken, installed or
-    /// restored): the snapshot policy counts from there.
-    pub(super) last_snapshot: Index,
 }
 
 impl SimNode {
@@ -72,7 +69,6 @@ impl SimNode {
             max_sessions,
             proposals: ProposalTracker::new(),
             took_effect: BTreeSet::new(),
-            last_snapshot: 0,
         }
     }
 
@@ -91,7 +87,6 @@ impl SimNode {
     /// Brings the node back as `node` (restored from its disk) with a
     /// fresh state machine and a clock ticking every `tick_us`.
     pub(super) fn power_on(&mut self, node: Node, sm: KvStore, tick_us: u64) {
-        self.last_snapshot = node.snapshot().map_or(0, |m| m.last_included_index);
         self.node = Some(node);
         self.sm = sm;
         self.took_effect.clear();
@@ -103,13 +98,12 @@ impl SimNode {
         self.max_sessions
     }
 
-    /// The store was replaced by one restored from the snapshot at `index`.
-    pub(super) fn install_store(&mut self, sm: KvStore, index: Index) {
+    /// The store was replaced by one restored from a snapshot.
+    pub(super) fn install_store(&mut self, sm: KvStore) {
         self.sm = sm;
         // Commands that took effect before the snapshot are in its sessions;
         // the exactly-once check starts over from the installed state.
         self.took_effect.clear();
-        self.last_snapshot = index;
     }
 
     /// A fresh store, restored from the snapshot image ending at `index`

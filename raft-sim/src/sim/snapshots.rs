@@ -19,7 +19,9 @@ impl Sim {
         let Some(n) = self.nodes.get(&id) else { return };
         let Some(node) = n.node.as_ref() else { return };
         let applied = node.applied_index();
-        if applied < n.last_snapshot + every || node.installing_snapshot().is_some() {
+        // Counted from the node's last snapshot, taken, installed or restored.
+        let last = node.snapshot().map_or(0, |m| m.last_included_index);
+        if applied < last + every || node.installing_snapshot().is_some() {
             return;
         }
         // (The store's own `last_applied` is its last command: no-op entries
@@ -30,7 +32,6 @@ impl Sim {
         }
         let n = self.nodes.get_mut(&id).expect("node");
         n.disk.store_image(applied, image);
-        n.last_snapshot = applied;
         self.stats.snapshots_taken += 1;
         self.step(id, Event::SnapshotTaken { index: applied });
     }
@@ -93,7 +94,7 @@ impl Sim {
         let n = self.nodes.get_mut(&id).expect("node");
         // Durable before it is reported, as a driver fsyncs the file.
         n.disk.store_image(index, image);
-        n.install_store(sm, index);
+        n.install_store(sm);
         self.stats.snapshots_installed += 1;
         self.step(id, Event::SnapshotInstalled { meta });
     }
