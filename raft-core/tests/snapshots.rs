@@ -313,3 +313,39 @@ fn an_install_report_with_an_impossible_term_is_refused() {
         assert_eq!((node.last_index(), node.snapshot()), (5, None), "term {term}");
     }
 }
+
+#[test]
+fn an_append_that_starts_inside_the_snapshot_is_trimmed_not_rejected() {
+    // The follower holds a snapshot through 10/3; the leader, not knowing,
+    // sends entries 9..=12 after 8. The part the snapshot covers is
+    // committed, so it matches: only 11 and 12 are new.
+    let mut node = restored(1, 3, Some(meta(10, 3)), vec![]);
+    let out = node.step(Event::Message {
+        from: 2,
+        message: Message {
+            term: 3,
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_index: 8,
+                prev_log_term: 3,
+                entries: (9..=12).map(|i| entry(i, 3)).collect(),
+                leader_commit: 10,
+            }),
+        },
+    });
+    assert!(
+        !sends(&out)
+            .iter()
+            .any(|(_, b)| matches!(b, MessageBody::AppendEntriesResponse(AppendEntriesResponse::Reject { .. }))),
+        "{:?}",
+        sends(&out)
+    );
+    let p = persists(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].entries.iter().map(|e| e.index).collect::<Vec<_>>(), [11, 12]);
+    assert_eq!((node.first_index(), node.last_index()), (11, 12));
+    let out = node.step(Event::Persisted { seq: p[0].seq });
+    assert!(sends(&out).iter().any(|(_, b)| matches!(
+        b,
+        MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { match_index: 12 })
+    )));
+}
