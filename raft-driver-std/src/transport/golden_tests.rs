@@ -173,6 +173,14 @@ fn transport_golden_handshake_of_unknown_version_is_refused() {
 /// frame), and an entry kind or message tag no version defines is an
 /// error, not a default.
 #[test]
+fn transport_golden_install_snapshot_frame_is_tag_4() {
+    // Spelled out, so that re-creating the file cannot move the tag: length
+    // 11 | term 17 | tag 4 | index 80000 (80 f1 04) | term 16 | 3 voters 1 2 300 (ac 02).
+    let bytes = check_frame("wire-v1-frame-install-snapshot.bin");
+    assert_eq!(bytes, [0, 0, 0, 11, 17, 4, 0x80, 0xf1, 0x04, 16, 3, 1, 2, 0xac, 0x02]);
+}
+
+#[test]
 fn transport_golden_frame_with_unknown_kind_or_tag_is_refused() {
     let bytes = check_frame(APPEND_ENTRIES);
     // len (4) | term 12 | tag 2 AppendEntries | prev_log_index 1000 (e8 07)
