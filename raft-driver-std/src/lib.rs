@@ -29,5 +29,5 @@ pub mod raftkv;
 pub use limits::Limits;
 pub use node::{NodeOptions, RaftHandle, RaftNode};
 pub use proposals::{ProposalError, ProposalTracker};
-pub use state_machine::StateMachine;
+pub use state_machine::{RestoreError, SnapshotImage, StateMachine};
 pub use timing::Timing;

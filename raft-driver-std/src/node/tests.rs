@@ -7,6 +7,7 @@ use bytes::Bytes;
 use raft_core::{ProposeError, Role};
 
 use super::*;
+use crate::state_machine::RestoreError;
 use crate::timing::Timing;
 
 /// Waits until `cond` holds or `timeout` passes, polling every few milliseconds; returns whether it held.
@@ -28,10 +29,35 @@ struct Log(Vec<Bytes>);
 
 impl StateMachine for Log {
     type Response = Bytes;
+    type Snapshot = Vec<u8>;
 
     fn apply(&mut self, _index: u64, command: &[u8]) -> Bytes {
         self.0.push(Bytes::copy_from_slice(command));
         Bytes::from(self.0.len().to_string())
+    }
+
+    /// Each command as a big-endian u32 length and its bytes.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in &self.0 {
+            out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+            out.extend_from_slice(c);
+        }
+        out
+    }
+
+    fn restore(&mut self, mut image: &[u8]) -> Result<(), RestoreError> {
+        let mut commands = Vec::new();
+        while !image.is_empty() {
+            let bad = || RestoreError("truncated image".into());
+            let (len, rest) = image.split_first_chunk::<4>().ok_or_else(bad)?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let command = rest.get(..len).ok_or_else(bad)?;
+            commands.push(Bytes::copy_from_slice(command));
+            image = &rest[len..];
+        }
+        self.0 = commands;
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use super::command::{ConnCommand, ParsedCommand, hello_reply, parse_command};
 use super::resp::{Protocol, Reply};
 use super::server::result_reply;
 use super::store::*;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotImage, StateMachine};
 use proptest::prelude::*;
 
 fn args(words: &[&str]) -> Vec<Bytes> {
@@ -314,13 +314,13 @@ fn snapshot_restore_round_trip() {
     let mut h = Harness::new();
     h.run(&["SET", "a", "1", "PX", "1000"]);
     h.run_session(4, 1, &["MSET", "b", "2", "c", "3"]);
-    let snap = h.kv.snapshot();
+    let snap = h.kv.image();
     let mut copy = KvStore::new();
     copy.restore(&snap).unwrap();
-    assert_eq!(copy.snapshot(), snap);
+    assert_eq!(copy.image(), snap);
     assert_eq!(copy.last_applied(), h.kv.last_applied());
     assert!(copy.restore(b"\xff").is_err());
-    assert_eq!(copy.snapshot(), snap);
+    assert_eq!(copy.image(), snap);
     // The restored copy behaves identically, including expiry and dedup.
     let mut h2 = Harness { kv: copy, index: h.index, now_ms: h.now_ms };
     for hh in [&mut h, &mut h2] {
@@ -328,7 +328,50 @@ fn snapshot_restore_round_trip() {
         hh.now_ms += 1001;
         assert_eq!(hh.run(&["MGET", "a", "b"]), Reply::Array(vec![Reply::Null, bulk("2")]));
     }
-    assert_eq!(h.kv.snapshot(), h2.kv.snapshot());
+    assert_eq!(h.kv.image(), h2.kv.image());
+}
+
+#[test]
+fn snapshot_is_frozen_while_the_store_goes_on() {
+    let mut h = Harness::new();
+    h.run(&["SET", "a", "1"]);
+    h.run_session(4, 1, &["SET", "b", "2"]);
+    let before = h.kv.image();
+    let frozen = StateMachine::snapshot(&h.kv);
+    // Writes after the capture (overwrite, delete, new key, new session) must not reach it.
+    h.run(&["SET", "a", "changed"]);
+    h.run(&["DEL", "b"]);
+    h.run_session(5, 1, &["SET", "c", "3"]);
+    assert_eq!(frozen.encode(), before.to_vec());
+    assert_ne!(h.kv.image(), before);
+    let mut copy = KvStore::new();
+    copy.restore(&frozen.encode()).unwrap();
+    assert_eq!(copy.image(), before);
+}
+
+#[test]
+fn kv_image_v1_golden_bytes() {
+    let mut h = Harness::new();
+    h.run(&["SET", "k", "v", "PX", "1000"]);
+    h.run_session(7, 1, &["INCR", "n"]);
+    let image = h.kv.image();
+    // Version 1, then postcard of (last_applied, clock_ms, data, sessions):
+    // 01 | 02 last_applied | c0 84 3d clock_ms 1000000 | 02 keys:
+    //   01 'k' -> 01 'v', 01 a8 8c 3d expires 1001000 | 01 'n' -> 01 '1', 00 no expiry
+    // | 01 session: 07 id -> 01 last_seq, 03 02 last_reply Integer(1), 02 last_used
+    let committed = crate::golden::check("kv-image-v1.bin", &image);
+    assert_eq!(committed[0], KV_IMAGE_VERSION);
+    let mut copy = KvStore::new();
+    copy.restore(&committed).unwrap();
+    assert_eq!(copy.image(), image);
+    assert_eq!(copy.last_applied(), 2);
+    // Another version is refused by name, the store untouched.
+    let mut other = committed.clone();
+    other[0] = 2;
+    let e = copy.restore(&other).unwrap_err();
+    assert!(e.to_string().contains("format version 2"), "{e}");
+    assert_eq!(copy.image(), image);
+    assert!(copy.restore(b"").is_err());
 }
 
 #[test]
@@ -500,14 +543,14 @@ proptest! {
             prop_assert_eq!(&ra, &b.apply(index, cmd));
             if i == half {
                 // A replica catching up from a snapshot converges too.
-                restored.restore(&a.snapshot()).unwrap();
+                restored.restore(&a.image()).unwrap();
             } else if i > half {
                 prop_assert_eq!(&ra, &restored.apply(index, cmd));
             }
-            prop_assert_eq!(a.snapshot(), b.snapshot());
+            prop_assert_eq!(a.image(), b.image());
         }
         if log.len() > 1 {
-            prop_assert_eq!(a.snapshot(), restored.snapshot());
+            prop_assert_eq!(a.image(), restored.image());
         }
     }
 }

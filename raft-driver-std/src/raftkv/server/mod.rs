@@ -62,6 +62,7 @@ use super::store::{KvOp, KvRequest, KvResult, KvStore};
 use super::unix_ms;
 use crate::limits::Limits;
 use crate::node::RaftHandle;
+use crate::state_machine::{SnapshotImage, StateMachine};
 use forward::{Forwarder, execute};
 
 /// The internal command a follower uses to hand a client's request to the leader.
@@ -474,13 +475,15 @@ impl Conn<'_> {
     }
 
     fn digest(&self) -> Reply {
-        let result = self.shared.node.inspect(
-            |kv: &KvStore| {
-                let snapshot = kv.snapshot();
-                (kv.last_applied(), crc32c::crc32c(&snapshot), snapshot.len())
-            },
-            Duration::from_secs(5),
-        );
+        // Only the O(1) snapshot is taken on the node thread; the encoding happens here.
+        let result = self
+            .shared
+            .node
+            .inspect(|kv: &KvStore| (kv.last_applied(), StateMachine::snapshot(kv)), Duration::from_secs(5))
+            .map(|(applied, snapshot)| {
+                let image = snapshot.encode();
+                (applied, crc32c::crc32c(&image), image.len())
+            });
         match result {
             Some((applied, crc, len)) => {
                 Reply::Array(vec![Reply::Integer(applied as i64), Reply::Bulk(Bytes::from(format!("{crc:08x}-{len}")))])
