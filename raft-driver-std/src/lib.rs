@@ -14,6 +14,7 @@
 // The golden-file helper shared by the WAL and transport format tests.
 #[cfg(test)]
 pub(crate) mod golden;
+pub mod failpoint;
 pub mod limits;
 pub mod node;
 pub mod proposals;

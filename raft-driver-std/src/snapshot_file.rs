@@ -18,8 +18,9 @@
 //! directory fsynced: the rename is the commit point. A file whose magic,
 //! lengths or checksum do not hold is [`SnapshotFileError::Corrupt`] (naming
 //! the file); one of another version is [`SnapshotFileError::UnsupportedVersion`].
-//! The files are not wired into the node yet (issue 15): this is the format
-//! and its crash-safe writer and checked reader.
+//! The driver (`node/snapshots.rs`) writes one after each snapshot it takes
+//! or fetches, restores from the one the WAL's newest snapshot record names
+//! on restart, and deletes older ones once a newer record is durable.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -29,6 +30,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use raft_core::{Index, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
+
+use crate::failpoint::fail_point;
 
 /// The magic bytes every snapshot file starts with.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RFTS";
@@ -136,15 +139,21 @@ pub fn snapshot_file_name(index: Index) -> String {
     format!("snapshot-{index:020}.snap")
 }
 
-/// The bytes of a snapshot file holding `meta` and `image`.
-pub fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
+/// The bytes before the image: magic, version, metadata and image length.
+fn head(meta: &SnapshotMeta, image_len: usize) -> Vec<u8> {
     let meta = postcard::to_allocvec(&SnapshotMetaV1::from(meta)).expect("serializing into a Vec cannot fail");
-    let mut out = Vec::with_capacity(4 + 4 + 4 + meta.len() + 8 + image.len() + 4);
+    let mut out = Vec::with_capacity(4 + 4 + 4 + meta.len() + 8);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&u32::try_from(meta.len()).expect("metadata under 4 GiB").to_le_bytes());
     out.extend_from_slice(&meta);
-    out.extend_from_slice(&(image.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(image_len as u64).to_le_bytes());
+    out
+}
+
+/// The bytes of a snapshot file holding `meta` and `image`.
+pub fn encode(meta: &SnapshotMeta, image: &[u8]) -> Vec<u8> {
+    let mut out = head(meta, image.len());
     out.extend_from_slice(image);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -161,6 +170,12 @@ fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Option<&'a [u8]> {
 
 /// Decodes the bytes of the snapshot file `file` (named in errors).
 pub fn decode(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Bytes), SnapshotFileError> {
+    let (meta, (start, len)) = check(file, bytes)?;
+    Ok((meta, Bytes::copy_from_slice(&bytes[start..start + len])))
+}
+
+/// Checks the file's bytes; returns its metadata and where the image lies.
+fn check(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, (usize, usize)), SnapshotFileError> {
     let corrupt = |reason: String| SnapshotFileError::Corrupt { file: file.to_path_buf(), reason };
     let mut at = 0;
     let head = take(bytes, &mut at, 8).ok_or_else(|| corrupt(format!("{} bytes: too short", bytes.len())))?;
@@ -196,7 +211,8 @@ pub fn decode(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Bytes), Snapsh
     if at != body.len() {
         return Err(corrupt(format!("{} bytes after the image", body.len() - at)));
     }
-    Ok((meta.into(), Bytes::copy_from_slice(image)))
+    let start = image.as_ptr() as usize - bytes.as_ptr() as usize;
+    Ok((meta.into(), (start, image_len)))
 }
 
 /// Writes the snapshot file for `meta` in `dir` crash-safely (temp file,
@@ -204,19 +220,32 @@ pub fn decode(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Bytes), Snapsh
 pub fn write(dir: &Path, meta: &SnapshotMeta, image: &[u8]) -> Result<PathBuf, SnapshotFileError> {
     let path = dir.join(snapshot_file_name(meta.last_included_index));
     let tmp = path.with_extension("snap.tmp");
+    fail_point("snapshot-write-before-tmp");
     let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-    file.write_all(&encode(meta, image)).map_err(io_error("write", &tmp))?;
+    // Written in pieces, never copied into one buffer: the image is the big part.
+    let head = head(meta, image.len());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head), image);
+    let mut write = |bytes: &[u8]| file.write_all(bytes).map_err(io_error("write", &tmp));
+    write(&head)?;
+    write(&image[..image.len() / 2])?;
+    fail_point("snapshot-write-mid-tmp");
+    write(&image[image.len() / 2..])?;
+    write(&crc.to_le_bytes())?;
     file.sync_all().map_err(io_error("fsync", &tmp))?;
     drop(file);
+    fail_point("snapshot-write-before-rename");
     fs::rename(&tmp, &path).map_err(io_error("rename", &path))?;
+    fail_point("snapshot-write-before-dir-fsync");
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("fsync directory", dir))?;
     Ok(path)
 }
 
-/// Reads and checks the snapshot file at `path`.
+/// Reads and checks the snapshot file at `path`. The image shares the
+/// file's buffer (no second copy).
 pub fn read(path: &Path) -> Result<(SnapshotMeta, Bytes), SnapshotFileError> {
     let bytes = fs::read(path).map_err(io_error("read", path))?;
-    decode(path, &bytes)
+    let (meta, (start, len)) = check(path, &bytes)?;
+    Ok((meta, Bytes::from(bytes).slice(start..start + len)))
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ impl TestCluster {
                 peer_addr: format!("127.0.0.1:{}", ports[n as usize + i]).parse().expect("addr"),
             })
             .collect();
-        let config = ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), nodes };
+        let config =
+            ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), snapshot: Default::default(), nodes };
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write config");

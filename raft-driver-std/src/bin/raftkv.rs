@@ -124,6 +124,9 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
     options.voters = cluster.voters();
     options.timing = cluster.timing;
     options.limits = cluster.limits;
+    options.snapshot_dir = data_dir.join("snapshots");
+    options.snapshot = cluster.snapshot.policy();
+    options.wal = options.wal.clone().with_segment_size(cluster.snapshot.wal_segment_bytes);
     options.fsync = fsync;
     if !fsync {
         tracing::warn!("--no-fsync: writes are acknowledged before they are durable");

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, Sender, select};
 use raft_core::{Action, Entry, EntryKind, Event, Node, NodeId, Role};
 
+use super::snapshots::Snapshots;
 use super::{DriverError, Input, NodeOptions, ReplyTx, Status};
 use crate::proposals::{ProposalError, ProposalTracker, Settled};
 use crate::state_machine::StateMachine;
@@ -61,21 +62,32 @@ impl WalProgress {
     }
 }
 
+/// What the node thread is built from, besides the core node and the state machine.
+pub(super) struct Parts<S: StateMachine> {
+    pub(super) wal: Wal,
+    pub(super) inputs: Receiver<Input<S>>,
+    /// For the snapshot threads to report back on.
+    pub(super) self_inputs: Sender<Input<S>>,
+    pub(super) snapshots: Snapshots,
+}
+
 /// The state owned by the node thread.
 pub(super) struct Driver<S: StateMachine> {
-    node: Node,
-    state_machine: S,
+    pub(super) node: Node,
+    pub(super) state_machine: S,
     /// Reused for every step so that the hot loop does not allocate.
     actions: Vec<Action>,
     /// Events the last actions call for, stepped right after them.
-    followups: Vec<Event>,
+    pub(super) followups: Vec<Event>,
     inputs: Receiver<Input<S>>,
+    pub(super) self_inputs: Sender<Input<S>>,
+    pub(super) snapshots: Snapshots,
     writer: WalWriter,
     wal: WalProgress,
     /// The highest seq already stepped as `Persisted`.
     reported_seq: u64,
     fsync: bool,
-    transport: Arc<Transport>,
+    pub(super) transport: Arc<Transport>,
     status: Arc<Mutex<Status>>,
     proposals: ProposalTracker<ReplyTx<S>>,
     tick: Duration,
@@ -87,18 +99,20 @@ impl<S: StateMachine> Driver<S> {
         options: &NodeOptions,
         node: Node,
         state_machine: S,
-        wal: Wal,
-        inputs: Receiver<Input<S>>,
+        parts: Parts<S>,
         transport: Arc<Transport>,
     ) -> Result<Driver<S>, DriverError> {
+        let Parts { wal, inputs, self_inputs, snapshots } = parts;
         let (writer, wal) = WalProgress::spawn(wal, options.wal_queue_len)?;
-        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats())));
+        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats(), snapshots.stats.clone())));
         Ok(Driver {
             node,
             state_machine,
             actions: Vec::with_capacity(256),
             followups: Vec::new(),
             inputs,
+            self_inputs,
+            snapshots,
             writer,
             wal,
             reported_seq: 0,
@@ -141,6 +155,8 @@ impl<S: StateMachine> Driver<S> {
                 Ok(())
             }
             Input::Campaign => self.step(Event::Campaign),
+            Input::SnapshotWritten { meta, result, started } => self.snapshot_written(meta, result, started),
+            Input::SnapshotFetched { from, meta, result } => self.snapshot_fetched(from, meta, result),
             Input::Shutdown => {
                 self.stopping = true;
                 Ok(())
@@ -184,11 +200,13 @@ impl<S: StateMachine> Driver<S> {
         if let Some(error) = self.wal.failure() {
             return Err(error);
         }
+        let seq = self.wal.durable_seq.load(Ordering::Acquire);
+        // Really durable (even without fsync acknowledgements): old snapshot files may go.
+        self.snapshots.durable(seq);
         if !self.fsync {
             // Writes were acknowledged when queued.
             return Ok(());
         }
-        let seq = self.wal.durable_seq.load(Ordering::Acquire);
         if seq > self.reported_seq {
             self.reported_seq = seq;
             self.step(Event::Persisted { seq })?;
@@ -198,7 +216,7 @@ impl<S: StateMachine> Driver<S> {
 
     /// Steps one event and executes the resulting actions. Without fsync, the writes of a step are
     /// acknowledged right away, which takes another step.
-    fn step(&mut self, event: Event) -> Result<(), DriverError> {
+    pub(super) fn step(&mut self, event: Event) -> Result<(), DriverError> {
         let mut next = vec![event];
         while let Some(event) = next.pop() {
             let mut actions = std::mem::take(&mut self.actions);
@@ -211,9 +229,10 @@ impl<S: StateMachine> Driver<S> {
                     next.push(Event::Persisted { seq });
                 }
             }
-            // Answers the actions asked for (declined snapshot installs).
+            // Answers the actions asked for (a snapshot fetch that could not start).
             next.append(&mut self.followups);
         }
+        self.maybe_snapshot();
         Ok(())
     }
 
@@ -228,6 +247,9 @@ impl<S: StateMachine> Driver<S> {
                 }
                 Action::Persist(persist) => {
                     let seq = persist.seq;
+                    if let Some(meta) = &persist.snapshot {
+                        self.snapshots.marker_submitted(seq, meta);
+                    }
                     self.writer.submit(persist).map_err(|e| DriverError::WalFailed(e.to_string()))?;
                     last_persist = Some(seq);
                 }
@@ -239,19 +261,7 @@ impl<S: StateMachine> Driver<S> {
                 Action::RoleChanged { role, term, leader } => {
                     tracing::info!(node = self.node.id(), %role, term, ?leader, "role changed");
                 }
-                Action::InstallSnapshot { from, meta } => {
-                    // Snapshot transfer between processes is not built yet
-                    // (issue 15); this driver never takes snapshots, so only a
-                    // peer of a newer build could ask. Decline: the core
-                    // resumes applying and the leader offers again later.
-                    tracing::warn!(
-                        node = self.node.id(),
-                        from,
-                        index = meta.last_included_index,
-                        "declining snapshot install: not supported by this driver yet"
-                    );
-                    self.followups.push(Event::SnapshotAborted);
-                }
+                Action::InstallSnapshot { from, meta } => self.fetch_snapshot(from, meta),
                 Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
             }
         }
@@ -261,7 +271,10 @@ impl<S: StateMachine> Driver<S> {
     /// Applies one committed entry and answers the proposal waiting for it, if any.
     fn apply(&mut self, entry: &Entry) {
         let mut response = match entry.kind {
-            EntryKind::Normal => Some(self.state_machine.apply(entry.index, &entry.data)),
+            EntryKind::Normal => {
+                self.snapshots.applied(entry.data.len());
+                Some(self.state_machine.apply(entry.index, &entry.data))
+            }
             EntryKind::Noop => None,
         };
         match self.proposals.applied(entry, answer) {
@@ -279,7 +292,8 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn publish_status(&self) {
-        let status = Status::of(&self.node, self.proposals.pending(), self.writer.stats());
+        let status =
+            Status::of(&self.node, self.proposals.pending(), self.writer.stats(), self.snapshots.stats.clone());
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }
 

@@ -34,8 +34,11 @@
 //! node thread (where it would fail the whole batch it was drained into).
 
 mod driver;
+mod snapshots;
 #[cfg(test)]
 mod tests;
+
+pub use snapshots::{SnapshotPolicy, SnapshotStats};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -80,6 +83,13 @@ pub struct NodeOptions {
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// The node's WAL directory.
     pub wal_dir: PathBuf,
+    /// Where snapshot files go (default: `snapshots` inside `wal_dir`).
+    pub snapshot_dir: PathBuf,
+    /// When to take a snapshot and compact the log.
+    pub snapshot: SnapshotPolicy,
+    /// WAL tuning (segment size: segments wholly before the newest snapshot
+    /// are deleted, so it also sets how much log the disk holds beyond it).
+    pub wal: WalOptions,
     /// Tick length and the election/heartbeat timeouts in ticks.
     pub timing: Timing,
     /// Size limits: the core's entry and batch bounds and the transport's frame bound derive from them.
@@ -107,13 +117,17 @@ impl NodeOptions {
     ) -> NodeOptions {
         let mut voters: Vec<NodeId> = peers.iter().map(|&(p, _)| p).collect();
         voters.push(id);
+        let wal_dir = wal_dir.into();
         NodeOptions {
             id,
             voters,
             cluster_id,
             peer_listen,
             peers,
-            wal_dir: wal_dir.into(),
+            snapshot_dir: wal_dir.join("snapshots"),
+            wal_dir,
+            snapshot: SnapshotPolicy::default(),
+            wal: WalOptions::default(),
             timing: Timing::default(),
             limits: Limits::default(),
             fsync: true,
@@ -134,6 +148,7 @@ impl NodeOptions {
     pub fn transport_config(&self) -> TransportConfig {
         let mut config = TransportConfig::new(self.cluster_id, self.id, self.peer_listen, self.peers.clone());
         config.max_frame_bytes = self.limits.max_frame_bytes();
+        config.snapshot_dir = Some(self.snapshot_dir.clone());
         config
     }
 }
@@ -154,6 +169,18 @@ pub enum DriverError {
     /// A WAL write or fsync failed while running: nothing written since can be trusted, so the node
     /// stopped; restart it to recover from what is durable.
     WalFailed(String),
+    /// The snapshot file the WAL's newest snapshot record names is missing,
+    /// damaged or of an unknown version (the error names the file). The node
+    /// will not start from the log alone: that would lose the state the
+    /// snapshot holds.
+    Snapshot(crate::snapshot_file::SnapshotFileError),
+    /// The state machine refused the snapshot image in `file`.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// What the state machine said.
+        error: crate::state_machine::RestoreError,
+    },
     /// The node thread panicked.
     Panicked,
 }
@@ -167,6 +194,8 @@ impl fmt::Display for DriverError {
             DriverError::Limits(e) => write!(f, "cannot start raft node: {e}"),
             DriverError::Io(e) => write!(f, "cannot start node: {e}"),
             DriverError::WalFailed(e) => write!(f, "WAL failed, node stopped: {e}"),
+            DriverError::Snapshot(e) => write!(f, "cannot load the snapshot the WAL starts from: {e}"),
+            DriverError::Restore { file, error } => write!(f, "{}: {error}", file.display()),
             DriverError::Panicked => f.write_str("node thread panicked"),
         }
     }
@@ -196,6 +225,11 @@ pub struct Status {
     pub last_log_index: Index,
     /// Highest index confirmed durable.
     pub persisted_index: Index,
+    /// Index of the first entry the in-memory log holds (entries before it
+    /// are compacted into the snapshot).
+    pub first_index: Index,
+    /// Snapshot state and counters.
+    pub snapshot: SnapshotStats,
     /// Proposals waiting for their entry to be applied.
     pub pending_proposals: usize,
     /// WAL writer counters.
@@ -205,7 +239,7 @@ pub struct Status {
 }
 
 impl Status {
-    fn of(node: &Node, pending: usize, wal: WalWriterStats) -> Status {
+    fn of(node: &Node, pending: usize, wal: WalWriterStats, snapshot: SnapshotStats) -> Status {
         Status {
             id: node.id(),
             role: node.role(),
@@ -215,6 +249,8 @@ impl Status {
             applied_index: node.applied_index(),
             last_log_index: node.last_index(),
             persisted_index: node.persisted_index(),
+            first_index: node.first_index(),
+            snapshot,
             pending_proposals: pending,
             wal,
             running: true,
@@ -234,6 +270,18 @@ enum Input<S: StateMachine> {
     Propose(Bytes, ReplyTx<S>),
     Inspect(InspectFn<S>),
     Campaign,
+    /// A snapshot write finished (on its thread).
+    SnapshotWritten {
+        meta: raft_core::SnapshotMeta,
+        result: Result<u64, String>,
+        started: std::time::Instant,
+    },
+    /// A snapshot fetch finished (on its thread).
+    SnapshotFetched {
+        from: NodeId,
+        meta: raft_core::SnapshotMeta,
+        result: Result<PathBuf, String>,
+    },
     Shutdown,
 }
 
@@ -340,13 +388,15 @@ impl<S: StateMachine> RaftNode<S> {
     /// Recovers the WAL in `options.wal_dir` (cutting a torn tail, refusing corruption), restores the
     /// Raft node from it, and starts the WAL writer, the transport and the node thread.
     ///
-    /// `state_machine` must be empty: the whole log is re-applied on startup (there are no snapshots
-    /// yet), as entries become known committed again.
-    pub fn start(options: NodeOptions, state_machine: S) -> Result<RaftNode<S>, DriverError> {
+    /// `state_machine` must be empty: it is restored from the snapshot the WAL starts from (if any), and
+    /// the log after it is re-applied as entries become known committed again.
+    pub fn start(options: NodeOptions, mut state_machine: S) -> Result<RaftNode<S>, DriverError> {
         options.timing.validate().map_err(DriverError::Timing)?;
         options.limits.validate().map_err(DriverError::Limits)?;
-        let (wal, persisted, recovery) =
-            Wal::open(&options.wal_dir, WalOptions::default()).map_err(DriverError::Wal)?;
+        let (wal, persisted, recovery) = Wal::open(&options.wal_dir, options.wal.clone()).map_err(DriverError::Wal)?;
+        let snapshot_bytes =
+            snapshots::restore_at_start(&options.snapshot_dir, persisted.snapshot.as_ref(), &mut state_machine)?;
+        let restored = persisted.snapshot.clone().map(|meta| (meta, snapshot_bytes));
         tracing::info!(
             node = options.id,
             term = recovery.term,
@@ -366,7 +416,13 @@ impl<S: StateMachine> RaftNode<S> {
         })
         .map_err(DriverError::Io)?;
         let transport = Arc::new(transport);
-        let mut driver = driver::Driver::new(&options, node, state_machine, wal, input_rx, Arc::clone(&transport))?;
+        let snapshots = snapshots::Snapshots::new(
+            options.snapshot_dir.clone(),
+            options.snapshot,
+            restored.as_ref().map(|(meta, bytes)| (meta, *bytes)),
+        );
+        let parts = driver::Parts { wal, inputs: input_rx, self_inputs: input_tx.clone(), snapshots };
+        let mut driver = driver::Driver::new(&options, node, state_machine, parts, Arc::clone(&transport))?;
         let handle = RaftHandle {
             inputs: input_tx,
             status: driver.status(),

@@ -15,7 +15,8 @@
 //!
 //! An optional `[timing]` table overrides [`Timing`]'s defaults and an optional `[limits]` table
 //! [`Limits`]' (e.g. `max_entry_bytes`, the largest command a client may send); every node should use
-//! the same values.
+//! the same values. An optional `[snapshot]` table sets when a node snapshots and compacts its log
+//! (`every_entries`, `every_bytes`, `wal_segment_bytes`: see [`SnapshotConfig`]); nodes may differ.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,6 +27,7 @@ use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
+use crate::node::SnapshotPolicy;
 use crate::timing::Timing;
 
 /// The parsed and validated contents of `cluster.toml`.
@@ -41,8 +43,42 @@ pub struct ClusterConfig {
     /// Size limits; all nodes should agree on them.
     #[serde(default)]
     pub limits: Limits,
+    /// When to snapshot, and how the WAL is cut into segments.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
     /// Every voting member, the node reading the file included.
     pub nodes: Vec<NodeAddrs>,
+}
+
+/// The `[snapshot]` table: when a node takes a snapshot and compacts its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Snapshot after this many applied commands (0: not by count). Default 100,000.
+    pub every_entries: u64,
+    /// ... or after this many bytes of applied commands (0: not by size). Default 16 MiB.
+    pub every_bytes: u64,
+    /// WAL segment size. Segments wholly before the newest snapshot are deleted, so the disk holds
+    /// about the snapshot plus one or two segments. Default 16 MiB.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        let policy = SnapshotPolicy::default();
+        SnapshotConfig {
+            every_entries: policy.every_entries,
+            every_bytes: policy.every_bytes,
+            wal_segment_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// The driver's policy.
+    pub fn policy(&self) -> SnapshotPolicy {
+        SnapshotPolicy { every_entries: self.every_entries, every_bytes: self.every_bytes }
+    }
 }
 
 /// One member of the cluster.
@@ -158,7 +194,13 @@ impl ClusterConfig {
                 client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
             });
         }
-        let config = ClusterConfig { cluster_id: 1, timing: Timing::default(), limits: Limits::default(), nodes };
+        let config = ClusterConfig {
+            cluster_id: 1,
+            timing: Timing::default(),
+            limits: Limits::default(),
+            snapshot: SnapshotConfig::default(),
+            nodes,
+        };
         config.validate()?;
         Ok(config)
     }

@@ -41,6 +41,7 @@
 //! every byte, and `docs/formats.md` has the layout and the version policy.
 
 mod frame;
+pub mod snapshot_fetch;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
@@ -117,6 +118,10 @@ pub struct TransportConfig {
     /// and how often an idle writer checks that its connection is alive.
     /// Default 100 ms.
     pub poll_interval: Duration,
+    /// Where this node's snapshot files are, served to peers that fetch one
+    /// (see [`snapshot_fetch`]); `None` answers every fetch with
+    /// [`NoSnapshot`](snapshot_fetch::FetchStatus::NoSnapshot).
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
 
 impl TransportConfig {
@@ -134,6 +139,7 @@ impl TransportConfig {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
+            snapshot_dir: None,
         }
     }
 
@@ -255,6 +261,14 @@ counters! {
     bad_frames,
     /// Messages received and delivered to the [`Inbound`] sink.
     received,
+    /// Snapshot files sent whole to a fetching peer.
+    snapshots_served,
+    /// Snapshot file bytes sent to fetching peers.
+    snapshot_bytes_sent,
+    /// Snapshot files fetched whole from a peer.
+    snapshots_fetched,
+    /// Snapshot file bytes received from peers.
+    snapshot_bytes_received,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -379,6 +393,19 @@ impl Transport {
                 false
             }
         }
+    }
+
+    /// Fetches peer `peer`'s snapshot file for `index` into `dir` over a
+    /// connection of its own (see [`snapshot_fetch`]), resuming a partial
+    /// file an earlier attempt left, and returns the complete file's path.
+    /// Blocks for the whole transfer: call it from a thread of its own.
+    pub fn fetch_snapshot(
+        &self,
+        peer: NodeId,
+        index: raft_core::Index,
+        dir: &std::path::Path,
+    ) -> Result<std::path::PathBuf, snapshot_fetch::FetchError> {
+        snapshot_fetch::fetch(&self.shared, peer, index, dir)
     }
 
     /// A snapshot of the counters.
@@ -796,6 +823,10 @@ fn accept_handshake(shared: &Shared, stream: &TcpStream, remote: SocketAddr) -> 
             tracing::debug!(node_id, %remote, ?stop, "no complete handshake");
             bump(&shared.stats.handshake_rejected, 1);
         }
+        return None;
+    }
+    if raw[..4] == snapshot_fetch::FETCH_MAGIC {
+        snapshot_fetch::serve(shared, stream, remote, &raw);
         return None;
     }
     let from = match check_handshake(shared, &raw) {

@@ -75,6 +75,15 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("wal_groups", status.wal.groups.to_string()),
             ("wal_fsyncs", status.wal.fsyncs.to_string()),
             ("wal_durable_seq", status.wal.durable_seq.to_string()),
+            ("log_first_index", status.first_index.to_string()),
+            ("snapshot_index", status.snapshot.index.to_string()),
+            ("snapshot_term", status.snapshot.term.to_string()),
+            ("snapshot_bytes", status.snapshot.file_bytes.to_string()),
+            ("snapshots_taken", status.snapshot.taken.to_string()),
+            ("snapshots_installed", status.snapshot.installed.to_string()),
+            ("snapshots_failed", status.snapshot.failed.to_string()),
+            ("snapshot_last_write_ms", status.snapshot.last_write_ms.to_string()),
+            ("entries_since_snapshot", status.snapshot.entries_since.to_string()),
         ],
     );
     let t = shared.node.transport_stats();
