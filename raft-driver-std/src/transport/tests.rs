@@ -328,3 +328,95 @@ fn transport_backoff_is_jittered_and_bounded() {
     backoff.reset();
     assert!(backoff.next_delay() <= Duration::from_millis(50));
 }
+
+/// Two transports, node 1 holding snapshot files in its own directory.
+fn fetch_pair(files: &[(raft_core::Index, &[u8])]) -> (tempfile::TempDir, Transport, Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    for &(index, bytes) in files {
+        std::fs::write(served.join(crate::snapshot_file::snapshot_file_name(index)), bytes).unwrap();
+    }
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let mut c1 = config(1, a1, vec![(2, a2)]);
+    c1.snapshot_dir = Some(served);
+    let (t1, _) = start(c1, l1);
+    let (t2, _) = start(config(2, a2, vec![(1, a1)]), l2);
+    (dir, t1, t2)
+}
+
+#[test]
+fn snapshot_fetch_streams_the_file_in_chunks() {
+    // Larger than several chunks, with a pattern so misplaced bytes show.
+    let file: Vec<u8> = (0..snapshot_fetch::CHUNK_BYTES * 3 + 1234).map(|i| (i % 251) as u8).collect();
+    let (dir, t1, t2) = fetch_pair(&[(40, &file)]);
+    let into = dir.path().join("fetched");
+    let path = t2.fetch_snapshot(1, 40, &into).expect("fetch");
+    assert_eq!(path, into.join(crate::snapshot_file::snapshot_file_name(40)));
+    assert_eq!(std::fs::read(&path).unwrap(), file);
+    assert!(!into.join(format!("{}.part", crate::snapshot_file::snapshot_file_name(40))).exists());
+    assert_eq!(t1.stats().snapshots_served, 1);
+    assert_eq!(t1.stats().snapshot_bytes_sent, file.len() as u64);
+    assert_eq!(t2.stats().snapshots_fetched, 1);
+    // The fetch connection is not a peer connection: no message was delivered or refused.
+    assert_eq!(t1.stats().handshake_rejected, 0);
+}
+
+#[test]
+fn snapshot_fetch_resumes_a_partial_file() {
+    let file: Vec<u8> = (0..100_000u32).flat_map(u32::to_be_bytes).collect();
+    let (dir, t1, t2) = fetch_pair(&[(7, &file)]);
+    let into = dir.path().join("fetched");
+    std::fs::create_dir_all(&into).unwrap();
+    let part = into.join(format!("{}.part", crate::snapshot_file::snapshot_file_name(7)));
+    std::fs::write(&part, &file[..123_457]).unwrap();
+    let path = t2.fetch_snapshot(1, 7, &into).expect("fetch");
+    assert_eq!(std::fs::read(path).unwrap(), file);
+    // Only the missing part crossed the network.
+    assert_eq!(t1.stats().snapshot_bytes_sent, (file.len() - 123_457) as u64);
+}
+
+#[test]
+fn snapshot_fetch_starts_over_when_the_partial_file_is_too_long() {
+    let file = vec![9u8; 1000];
+    let (dir, _t1, t2) = fetch_pair(&[(7, &file)]);
+    let into = dir.path().join("fetched");
+    std::fs::create_dir_all(&into).unwrap();
+    let part = into.join(format!("{}.part", crate::snapshot_file::snapshot_file_name(7)));
+    std::fs::write(&part, vec![1u8; 5000]).unwrap();
+    let path = t2.fetch_snapshot(1, 7, &into).expect("fetch");
+    assert_eq!(std::fs::read(path).unwrap(), file);
+}
+
+#[test]
+fn snapshot_fetch_of_a_missing_snapshot_is_refused() {
+    let (dir, _t1, t2) = fetch_pair(&[(7, b"x")]);
+    let err = t2.fetch_snapshot(1, 8, &dir.path().join("fetched")).unwrap_err();
+    assert!(matches!(err, snapshot_fetch::FetchError::Refused(snapshot_fetch::FetchStatus::NoSnapshot)), "{err}");
+    let err = t2.fetch_snapshot(3, 7, &dir.path().join("fetched")).unwrap_err();
+    assert!(matches!(err, snapshot_fetch::FetchError::UnknownPeer(3)), "{err}");
+}
+
+#[test]
+fn snapshot_fetch_from_another_cluster_is_refused() {
+    let (dir, t1, _t2) = fetch_pair(&[(7, b"x")]);
+    let listener = bind();
+    let mut c3 = config(2, listener.local_addr().unwrap(), vec![(1, t1.local_addr())]);
+    c3.cluster_id = CLUSTER + 1;
+    let (t3, _) = start(c3, listener);
+    let err = t3.fetch_snapshot(1, 7, &dir.path().join("fetched")).unwrap_err();
+    assert!(matches!(err, snapshot_fetch::FetchError::Refused(snapshot_fetch::FetchStatus::WrongCluster)), "{err}");
+    assert!(t1.stats().snapshot_bytes_sent == 0);
+}
+
+#[test]
+fn snapshot_fetch_request_golden_bytes() {
+    let request = snapshot_fetch::FetchRequest { cluster_id: 0xC1, from: 2, to: 1, index: 70_000, offset: 4096 };
+    let encoded = request.encode();
+    // "RFTs" | version 00 01 | cluster, from, to, index, offset: u64 big-endian each.
+    let committed = crate::golden::check("fetch-v1-request.bin", &encoded);
+    assert_eq!(&committed[..6], b"RFTs\x00\x01");
+    assert_eq!(&committed[30..38], &70_000u64.to_be_bytes());
+    assert_eq!(&committed[38..46], &4096u64.to_be_bytes());
+}
