@@ -18,7 +18,7 @@ use raft_driver_std::node::{NodeOptions, RaftNode};
 use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
 use raft_driver_std::raftkv::server::{Server, ServerOptions};
 use raft_driver_std::raftkv::store::KvStore;
-use raft_driver_std::wal;
+use raft_driver_std::{snapshot_file, wal};
 
 #[derive(Parser)]
 #[command(name = "raftkv", version, about = "A Redis-compatible key-value store replicated with Raft")]
@@ -160,19 +160,34 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
     }
 }
 
+/// Prints the WAL report (`wal::inspect`) and, under `snapshots`, every snapshot file with its
+/// metadata or what is wrong with it. Fails when the node would refuse to start: a WAL that is corrupt
+/// or of another version, or a snapshot file that the WAL's newest snapshot record names and that is
+/// missing or damaged.
 fn run_inspect(data_dir: &Path) -> ExitCode {
     let wal = wal_dir(data_dir);
     let dir = if wal.is_dir() { wal } else { data_dir.to_path_buf() };
-    match wal::inspect(&dir) {
-        Ok(report) => {
-            match serde_json::to_string_pretty(&report) {
-                Ok(json) => println!("{json}"),
-                Err(e) => return fail(format!("cannot encode report: {e}")),
-            }
-            if report.health.refuses_to_open() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
-        }
-        Err(e) => fail(e),
+    let report = match wal::inspect(&dir) {
+        Ok(report) => report,
+        Err(e) => return fail(e),
+    };
+    let snapshots = snapshot_file::inspect_dir(&data_dir.join("snapshots")).unwrap_or_default();
+    let wanted = report.wal.snapshot_index;
+    let snapshot_error = (wanted > 0
+        && !snapshots.iter().any(|s| s.last_included_index == Some(wanted) && s.error.is_none()))
+    .then(|| format!("the WAL starts from snapshot {wanted}, but no valid snapshot file for it exists"));
+    let refused = report.health.refuses_to_open() || snapshot_error.is_some();
+    let mut json = match serde_json::to_value(&report) {
+        Ok(json) => json,
+        Err(e) => return fail(format!("cannot encode report: {e}")),
+    };
+    json["snapshots"] = serde_json::to_value(&snapshots).unwrap_or_default();
+    json["snapshot_error"] = serde_json::to_value(&snapshot_error).unwrap_or_default();
+    match serde_json::to_string_pretty(&json) {
+        Ok(text) => println!("{text}"),
+        Err(e) => return fail(format!("cannot encode report: {e}")),
     }
+    if refused { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Kills the children when dropped, so that no exit path leaves nodes running.

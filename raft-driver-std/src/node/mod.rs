@@ -141,6 +141,7 @@ impl NodeOptions {
         let mut config = Config::new(self.id, self.voters.clone());
         self.timing.apply_to(&mut config);
         self.limits.apply_to(&mut config);
+        config.snapshot_trailing_entries = self.snapshot.trailing_entries;
         config
     }
 

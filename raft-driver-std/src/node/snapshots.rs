@@ -49,11 +49,15 @@ pub struct SnapshotPolicy {
     /// Bytes of applied commands. Default 16 MiB, so the in-memory log and
     /// the WAL stay a small multiple of that whatever the entry size.
     pub every_bytes: u64,
+    /// Entries kept in memory before the snapshot point, so that a follower
+    /// a little behind catches up from the log rather than by a snapshot
+    /// transfer (`raft_core::Config::snapshot_trailing_entries`). Default 1024.
+    pub trailing_entries: u64,
 }
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        SnapshotPolicy { every_entries: 100_000, every_bytes: 16 * 1024 * 1024 }
+        SnapshotPolicy { every_entries: 100_000, every_bytes: 16 * 1024 * 1024, trailing_entries: 1024 }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct SnapshotConfig {
     pub every_entries: u64,
     /// ... or after this many bytes of applied commands (0: not by size). Default 16 MiB.
     pub every_bytes: u64,
+    /// Entries kept in memory before the snapshot point for followers a little behind. Default 1024.
+    pub trailing_entries: u64,
     /// WAL segment size. Segments wholly before the newest snapshot are deleted, so the disk holds
     /// about the snapshot plus one or two segments. Default 16 MiB.
     pub wal_segment_bytes: u64,
@@ -69,6 +71,7 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             every_entries: policy.every_entries,
             every_bytes: policy.every_bytes,
+            trailing_entries: policy.trailing_entries,
             wal_segment_bytes: 16 * 1024 * 1024,
         }
     }
@@ -77,7 +80,11 @@ impl Default for SnapshotConfig {
 impl SnapshotConfig {
     /// The driver's policy.
     pub fn policy(&self) -> SnapshotPolicy {
-        SnapshotPolicy { every_entries: self.every_entries, every_bytes: self.every_bytes }
+        SnapshotPolicy {
+            every_entries: self.every_entries,
+            every_bytes: self.every_bytes,
+            trailing_entries: self.trailing_entries,
+        }
     }
 }
 
