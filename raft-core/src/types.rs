@@ -238,7 +238,13 @@ mod tests {
         expected.extend(entries(3, 9..=11));
         assert_eq!(s, PersistedState { hard_state: hs, snapshot: Some(meta(6, 1)), entries: expected });
         // Without a marker or a hard state, those stay as they were.
-        s.apply(&Persist { seq: 2, hard_state: None, snapshot: None, truncate_from: None, entries: entries(3, 12..=12) });
+        s.apply(&Persist {
+            seq: 2,
+            hard_state: None,
+            snapshot: None,
+            truncate_from: None,
+            entries: entries(3, 12..=12),
+        });
         assert_eq!((s.hard_state, s.snapshot.clone(), s.last_index()), (hs, Some(meta(6, 1)), 12));
     }
 }
