@@ -203,8 +203,9 @@ impl std::error::Error for WalError {
 
 /// An open write-ahead log, positioned at the end of its newest segment.
 ///
-/// Only the tail (current segment, hard state, last index) is kept in
-/// memory; the entries themselves are handed to the caller by
+/// Only the tail (current segment, hard state, last index, snapshot) and a
+/// short record per closed segment (its highest entry index, for deletion)
+/// are kept in memory; the entries themselves are handed to the caller by
 /// [`Wal::open`].
 pub struct Wal {
     dir: PathBuf,
