@@ -2,10 +2,34 @@
 //! become durable, and where [`PersistedState`] comes from on restart.
 //!
 //! The log is a directory of segment files (`wal-0000000000000001.log`,
-//! ...), each a header followed by CRC-protected records of three kinds:
-//! a new hard state, a truncation, a batch of entries. Records are only
-//! ever appended; a truncation is a record too, so a crash in the middle of
-//! one can never damage entries written earlier.
+//! ...), each a header followed by CRC-protected records of four kinds:
+//! a new hard state, a truncation, a batch of entries, and a snapshot
+//! marker. Records are only ever appended; a truncation is a record too, so
+//! a crash in the middle of one can never damage entries written earlier.
+//!
+//! # Snapshot markers and segment deletion
+//!
+//! A [`Persist`] with `snapshot: Some(meta)` (the driver has stored the
+//! snapshot image durably; the log now follows it) closes the current
+//! segment and starts a new one whose first records are the current hard
+//! state and then the marker; the write's truncation and entries follow as
+//! usual. So a marker only ever opens a fresh segment (format version 2),
+//! and that segment is self-contained for the hard state. What a marker
+//! does to the stored log is `raft-core`'s rule,
+//! [`PersistedState::follow_snapshot`], which the simulator's disk applies
+//! too.
+//!
+//! After each successful [`Wal::sync`] (the marker is then durable), the
+//! segments that come before the newest marker's segment and hold no entry
+//! after the snapshot's last included index are deleted, oldest first, so
+//! what remains is always a suffix of the sequence (a gap is corruption on
+//! replay). Each deletion is made durable (directory fsync) before the next
+//! one, so that no crash can persist a later deletion without an earlier
+//! one. A file that cannot be deleted is logged and retried at the next
+//! sync (nothing on disk is in doubt: the WAL just keeps a file it no longer
+//! needs); a failed directory fsync poisons the WAL like any fsync failure.
+//! Deletion never happens on [`Wal::open`]: a marker read back there may
+//! still sit unsynced in the page cache of a process that crashed.
 //!
 //! # The format is this module's, and versioned
 //!
@@ -13,7 +37,8 @@
 //! types must stay free to evolve. So the bytes are never "whatever serde
 //! makes of the core types today": the `record` submodule defines the
 //! payload types the WAL owns (`WalHardStateV1`, `WalTruncateV1`,
-//! `WalEntryV1`) and converts them to and from the core types explicitly;
+//! `WalEntryV1`, `WalSnapshotV2`) and converts them to and from the core
+//! types explicitly;
 //! the `format` submodule frames them. Every segment header carries the
 //! format version ([`WAL_FORMAT_VERSION`]); a segment of a version this
 //! build does not know ([`SUPPORTED_WAL_VERSIONS`]) is refused with
@@ -25,6 +50,9 @@
 //! with [`Wal::sync`] (one fsync for everything written since the last).
 //! [`WalWriter`] runs that pair on its own thread with group commit, which
 //! is what the driver uses.
+//!
+//! Version 2 only added the snapshot record: a version-1 segment is still
+//! read, and appended to, as it is (its other records have the same bytes).
 //!
 //! On [`Wal::open`] every segment is replayed. A record cut short by a
 //! crash at the very end of the log (a "torn tail") was never acknowledged,
@@ -41,16 +69,17 @@ mod recovery;
 mod tests;
 mod writer;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use raft_core::{Entry, HardState, Index, Persist, PersistedState};
+use raft_core::{Entry, HardState, Index, Persist, PersistedState, SnapshotMeta};
 
 use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
-use record::{Record, WalEntriesV1, WalTruncateV1};
+use record::{Record, WalEntriesV1, WalSnapshotV2, WalTruncateV1};
 pub use recovery::{InspectReport, RecoveryReport, WalHealth};
 pub use writer::{WalWriter, WalWriterStats};
 
@@ -174,8 +203,9 @@ impl std::error::Error for WalError {
 
 /// An open write-ahead log, positioned at the end of its newest segment.
 ///
-/// Only the tail (current segment, hard state, last index) is kept in
-/// memory; the entries themselves are handed to the caller by
+/// Only the tail (current segment, hard state, last index, snapshot) and a
+/// short record per closed segment (its highest entry index, for deletion)
+/// are kept in memory; the entries themselves are handed to the caller by
 /// [`Wal::open`].
 pub struct Wal {
     dir: PathBuf,
@@ -191,9 +221,29 @@ pub struct Wal {
     /// What the log holds once everything written so far is replayed;
     /// used to validate writes before they reach the disk.
     hard_state: HardState,
+    /// The index the next entry must follow (the last entry, or the
+    /// snapshot's last included index when none follows it).
     last_index: Index,
+    /// The newest snapshot marker written (including unsynced writes).
+    snapshot: Option<SnapshotMeta>,
+    /// The segment holding that marker.
+    snapshot_seg: Option<u64>,
+    /// The segments before the current one, oldest first.
+    closed: VecDeque<ClosedSegment>,
+    /// The highest entry index written into the current segment, `0` if none.
+    seg_max_index: Index,
+    segments_deleted: u64,
     fsyncs: u64,
     poisoned: bool,
+}
+
+/// A segment before the current one: a candidate for deletion.
+#[derive(Debug)]
+struct ClosedSegment {
+    seq: u64,
+    path: PathBuf,
+    /// The highest entry index written into it, `0` if none.
+    max_index: Index,
 }
 
 impl fmt::Debug for Wal {
@@ -205,6 +255,8 @@ impl fmt::Debug for Wal {
             .field("buffered", &self.buf.len())
             .field("hard_state", &self.hard_state)
             .field("last_index", &self.last_index)
+            .field("snapshot_index", &self.snapshot_index())
+            .field("closed_segments", &self.closed.len())
             .field("poisoned", &self.poisoned)
             .finish()
     }
@@ -227,12 +279,17 @@ impl Wal {
             return Err(corruption);
         }
         repair_torn_tail(&dir, &replay)?;
-        let (file, seg_seq, seg_path, seg_len, fsyncs) = match replay.segments.last() {
+        let mut segments = replay.segments;
+        let current = segments.pop();
+        let (file, seg_seq, seg_path, seg_len, seg_max_index, fsyncs) = match current {
             Some(seg) => {
+                // Appended to whatever its version: records other than the
+                // snapshot marker (which always opens a new segment) have
+                // the same bytes in every version.
                 let file =
                     OpenOptions::new().append(true).open(&seg.path).map_err(|e| WalError::io("open", &seg.path, e))?;
                 let seg_len = file.metadata().map_err(|e| WalError::io("stat", &seg.path, e))?.len();
-                (file, seg.seq, seg.path.clone(), seg_len, 0)
+                (file, seg.seq, seg.path, seg_len, seg.max_index, 0)
             }
             None => {
                 let seq = match &replay.tail {
@@ -242,9 +299,11 @@ impl Wal {
                     _ => 1,
                 };
                 let (file, seg_path, fsyncs) = create_segment(&dir, seq)?;
-                (file, seq, seg_path, SEGMENT_HEADER_LEN as u64, fsyncs)
+                (file, seq, seg_path, SEGMENT_HEADER_LEN as u64, 0, fsyncs)
             }
         };
+        let closed =
+            segments.into_iter().map(|s| ClosedSegment { seq: s.seq, path: s.path, max_index: s.max_index }).collect();
         let wal = Wal {
             dir,
             options,
@@ -254,7 +313,12 @@ impl Wal {
             seg_len,
             buf: Vec::with_capacity(64 * 1024),
             hard_state: replay.state.hard_state,
-            last_index: replay.state.entries.last().map_or(0, |e| e.index),
+            last_index: replay.state.last_index(),
+            snapshot: replay.state.snapshot.clone(),
+            snapshot_seg: replay.snapshot_segment,
+            closed,
+            seg_max_index,
+            segments_deleted: 0,
             fsyncs,
             poisoned: false,
         };
@@ -266,23 +330,34 @@ impl Wal {
     ///
     /// The write is validated first (truncation index, entries following
     /// the log), and an invalid one is refused without writing anything.
-    /// Records are written in the order hard state, truncation, entries:
-    /// any prefix of them that survives a crash is itself a valid log.
+    /// Records are written in the order hard state, snapshot marker,
+    /// truncation, entries: any prefix of them that survives a crash is
+    /// itself a valid log. A snapshot marker first moves to a new segment,
+    /// which starts with the hard state (after this write's) and the marker.
     pub fn write(&mut self, persist: &Persist) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
         self.check_write(persist)?;
-        if let Some(hs) = persist.hard_state
+        if let Some(meta) = &persist.snapshot {
+            self.start_snapshot_segment(persist.hard_state.unwrap_or(self.hard_state), meta)?;
+        } else if let Some(hs) = persist.hard_state
             && hs != self.hard_state
         {
             self.append(&Record::HardState(hs.into()))?;
             self.hard_state = hs;
         }
+        let floor = self.snapshot_index();
         if let Some(from) = persist.truncate_from
             && from <= self.last_index
+            && self.last_index > floor
         {
-            // A truncation past the end deletes nothing: no record needed.
+            // A truncation that deletes nothing (past the end, or of a log
+            // that holds no entry after the snapshot) needs no record. One
+            // reaching into the snapshot deletes the same as one from just
+            // after it, which is what is written: replay after segment
+            // deletion may not see the snapshot it would be cut short by.
+            let from = from.max(floor + 1);
             self.append(&Record::Truncate(WalTruncateV1 { from }))?;
             self.last_index = from - 1;
         }
@@ -300,22 +375,32 @@ impl Wal {
         if let Some(HardState { vote: Some(0), .. }) = persist.hard_state {
             return invalid("vote for node id 0 (reserved)".into());
         }
-        if let Some(meta) = &persist.snapshot {
-            // WAL format 1 has no snapshot record yet (issue 15: the driver
-            // neither takes nor installs snapshots so far, and answers every
-            // install request with `SnapshotAborted`): refuse rather than
-            // drop the marker, which would make a restart load the wrong log.
-            return invalid(format!(
-                "a snapshot marker (through index {}) needs a WAL format with snapshot records",
-                meta.last_included_index
-            ));
-        }
         let mut last = self.last_index;
+        let mut floor = self.snapshot_index();
+        if let Some(meta) = &persist.snapshot {
+            // What recovery refuses to read back (see `WalSnapshotV2`).
+            if meta.last_included_index == 0 {
+                return invalid("snapshot marker through index 0 (indexes start at 1)".into());
+            }
+            if meta.voters.contains(&0) {
+                return invalid("snapshot marker with node id 0 (reserved) among its voters".into());
+            }
+            // The core only ever moves its snapshot forward; replay after
+            // segment deletion relies on that (see `recovery`).
+            if meta.last_included_index < floor {
+                return invalid(format!(
+                    "snapshot marker through index {} is older than the one the log follows (through {floor})",
+                    meta.last_included_index
+                ));
+            }
+            last = last_index_after_marker(last, floor, meta.last_included_index);
+            floor = meta.last_included_index;
+        }
         if let Some(from) = persist.truncate_from {
             if from == 0 {
                 return invalid("truncate_from is 0 (indexes start at 1)".into());
             }
-            last = last.min(from - 1);
+            last = last.min(from - 1).max(floor);
         }
         for e in &persist.entries {
             if e.index != last + 1 {
@@ -340,20 +425,89 @@ impl Wal {
             }
             self.append(&Record::Entries(WalEntriesV1(&rest[..n])))?;
             self.last_index = rest[n - 1].index;
+            // `append` may have moved to a new segment: the record is in
+            // the current one either way.
+            self.seg_max_index = self.seg_max_index.max(self.last_index);
             rest = &rest[n..];
         }
+        Ok(())
+    }
+
+    /// Closes the current segment and starts one with the hard state `hs`
+    /// and the marker `meta` as its first records (never split by a
+    /// rotation, however small the segment size), and applies the marker
+    /// rule to the tracked log.
+    fn start_snapshot_segment(&mut self, hs: HardState, meta: &SnapshotMeta) -> Result<(), WalError> {
+        if let Err(e) = self.flush_buf().and_then(|()| self.rotate()) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        let marker = WalSnapshotV2::from(meta);
+        for record in [Record::HardState(hs.into()), Record::Snapshot(&marker)] {
+            let len = append_record(&mut self.buf, &record).map_err(|reason| WalError::InvalidWrite { reason })?;
+            self.seg_len += len as u64;
+        }
+        self.hard_state = hs;
+        self.last_index = last_index_after_marker(self.last_index, self.snapshot_index(), meta.last_included_index);
+        self.snapshot = Some(meta.clone());
+        self.snapshot_seg = Some(self.seg_seq);
         Ok(())
     }
 
     /// Makes everything written so far durable: flushes the buffer and
     /// fsyncs the current segment (`fdatasync`: the data and the file size,
     /// not timestamps). Segment creation fsyncs the directory itself.
+    ///
+    /// Then deletes the segments the newest snapshot marker made obsolete
+    /// (see the module docs); a failed directory fsync there is an error
+    /// (and poisons the WAL), a file that cannot be deleted is only logged
+    /// and retried at the next sync.
     pub fn sync(&mut self) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
         self.flush_buf()?;
-        self.fsync_segment()
+        self.fsync_segment()?;
+        self.delete_obsolete_segments()
+    }
+
+    /// Deletes, oldest first, every closed segment before the newest
+    /// marker's segment whose entries the snapshot covers; stops at the
+    /// first one that does not qualify, so that what remains is a suffix.
+    /// Call only once the marker is durable.
+    fn delete_obsolete_segments(&mut self) -> Result<(), WalError> {
+        let (Some(marker_seg), Some(covered)) = (self.snapshot_seg, self.snapshot.as_ref()) else {
+            return Ok(());
+        };
+        let covered = covered.last_included_index;
+        while let Some(seg) = self.closed.front() {
+            if seg.seq >= marker_seg || seg.max_index > covered {
+                break;
+            }
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                // Already gone (by hand): the goal is reached all the same.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // The file is intact and replays fine: keeping it costs
+                    // only disk space, so retry at the next sync rather
+                    // than stop the node.
+                    tracing::warn!(file = %seg.path.display(), error = %e, "cannot delete obsolete WAL segment; will retry");
+                    return Ok(());
+                }
+            }
+            // Durable before the next deletion: a crash must never keep a
+            // file while losing a later one (that gap would be corruption).
+            self.fsyncs += 1;
+            if let Err(e) = sync_dir(&self.dir) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            tracing::debug!(file = %seg.path.display(), covered, "obsolete WAL segment deleted");
+            self.closed.pop_front();
+            self.segments_deleted += 1;
+        }
+        Ok(())
     }
 
     /// The directory holding the segments.
@@ -374,6 +528,23 @@ impl Wal {
     /// The segment file currently appended to.
     pub fn current_segment(&self) -> &Path {
         &self.seg_path
+    }
+
+    /// The last included index of the snapshot the log follows (the newest
+    /// marker written, including unsynced writes), `0` if none.
+    pub fn snapshot_index(&self) -> Index {
+        self.snapshot.as_ref().map_or(0, |m| m.last_included_index)
+    }
+
+    /// The snapshot the log follows (the newest marker written, including
+    /// unsynced writes), if any.
+    pub fn snapshot(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+
+    /// How many obsolete segments this `Wal` has deleted since it was opened.
+    pub fn segments_deleted(&self) -> u64 {
+        self.segments_deleted
     }
 
     /// How many fsyncs this `Wal` has issued (files and directory), for
@@ -411,9 +582,11 @@ impl Wal {
         let seq = self.seg_seq + 1;
         let (file, path, fsyncs) = create_segment(&self.dir, seq)?;
         self.file = file;
+        let old_path = std::mem::replace(&mut self.seg_path, path);
+        self.closed.push_back(ClosedSegment { seq: self.seg_seq, path: old_path, max_index: self.seg_max_index });
         self.seg_seq = seq;
-        self.seg_path = path;
         self.seg_len = SEGMENT_HEADER_LEN as u64;
+        self.seg_max_index = 0;
         self.fsyncs += fsyncs;
         Ok(())
     }
@@ -458,6 +631,16 @@ impl Drop for Wal {
             let _ = self.file.write_all(&self.buf);
         }
     }
+}
+
+/// Where the stored log ends after a snapshot marker through `covered`,
+/// for a log that holds entries `floor + 1 ..= last` (`floor` the previous
+/// snapshot's index, or 0): the rule of
+/// [`PersistedState::follow_snapshot`] keeps the entries after `covered`
+/// only if they continue it, and otherwise leaves none, so the log then
+/// ends at `covered`.
+fn last_index_after_marker(last: Index, floor: Index, covered: Index) -> Index {
+    if floor <= covered && covered < last { last } else { covered }
 }
 
 /// Cuts off (or removes) the torn tail replay found, durably, before any
@@ -535,6 +718,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, WalError> {
         error,
         corrupt_file,
         corrupt_offset,
+        snapshot_index: replay.report.snapshot_index,
+        snapshot_term: replay.report.snapshot_term,
         wal: replay.report,
     })
 }

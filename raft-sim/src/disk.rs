@@ -94,21 +94,9 @@ impl SimDisk {
     }
 }
 
-/// Applies one write to a persisted state, exactly as a WAL replay would.
+/// Applies one write to a persisted state, exactly as a WAL replay would:
+/// the rule is [`PersistedState::apply`] in `raft-core`, shared with the std
+/// driver's WAL so that the two cannot disagree on what a write means.
 pub fn apply(state: &mut PersistedState, p: &Persist) {
-    if let Some(hs) = p.hard_state {
-        state.hard_state = hs;
-    }
-    if let Some(meta) = &p.snapshot {
-        // The stored log now follows the snapshot: what it covers goes.
-        state.entries.retain(|e| e.index > meta.last_included_index);
-        if state.entries.first().is_some_and(|e| e.index != meta.last_included_index + 1) {
-            state.entries.clear();
-        }
-        state.snapshot = Some(meta.clone());
-    }
-    if let Some(from) = p.truncate_from {
-        state.entries.retain(|e| e.index < from);
-    }
-    state.entries.extend(p.entries.iter().cloned());
+    state.apply(p);
 }

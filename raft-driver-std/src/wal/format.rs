@@ -11,7 +11,14 @@
 //! kind    := 1 HardState (postcard WalHardStateV1)
 //!          | 2 Truncate  (postcard WalTruncateV1: delete entries >= from)
 //!          | 3 Entries   (postcard sequence of WalEntryV1, contiguous indexes)
+//!          | 4 Snapshot  (postcard WalSnapshotV2; version 2 segments only)
 //! ```
+//!
+//! Version 2 differs from version 1 only by record kind 4, the snapshot
+//! marker: kinds 1 to 3 have the same bytes in both, so a version-1 segment
+//! is still read (and appended to) as it is, and a kind-4 record inside it
+//! is corruption. A marker is only ever written as the second record of a
+//! fresh segment, right after a `HardState` record (see `wal.rs`).
 //!
 //! The version sits in every segment header rather than in every record:
 //! a segment is written by one binary from its first byte to its last, so a
@@ -31,11 +38,13 @@ pub(super) const MAGIC: [u8; 8] = *b"RAFTWAL\0";
 /// Bumped on *any* change to the bytes of the header, the framing or a
 /// record payload (including a new record or entry kind): a reader of the
 /// old version must refuse such a segment instead of misreading it.
-pub const WAL_FORMAT_VERSION: u32 = 1;
+pub const WAL_FORMAT_VERSION: u32 = 2;
 /// The segment versions this build can read. Segments of an older version
 /// stay readable as long as their version is listed here; new segments are
 /// always written as [`WAL_FORMAT_VERSION`].
-pub const SUPPORTED_WAL_VERSIONS: &[u32] = &[WAL_FORMAT_VERSION];
+pub const SUPPORTED_WAL_VERSIONS: &[u32] = &[1, WAL_FORMAT_VERSION];
+/// The first version with [`RecordKind::Snapshot`].
+pub(super) const FIRST_VERSION_WITH_SNAPSHOT: u32 = 2;
 /// Bytes before the first record of a segment.
 pub(super) const SEGMENT_HEADER_LEN: usize = 16;
 /// Bytes before the kind byte of a record (`len` and `crc`).
@@ -51,6 +60,8 @@ pub(super) enum RecordKind {
     Truncate = 2,
     /// Append a batch of entries.
     Entries = 3,
+    /// The stored log now follows a snapshot (version 2 and later).
+    Snapshot = 4,
 }
 
 impl RecordKind {
@@ -59,16 +70,23 @@ impl RecordKind {
             1 => Some(RecordKind::HardState),
             2 => Some(RecordKind::Truncate),
             3 => Some(RecordKind::Entries),
+            4 => Some(RecordKind::Snapshot),
             _ => None,
         }
     }
 }
 
-/// The fixed header every segment starts with.
+/// The fixed header every new segment starts with
+/// ([`WAL_FORMAT_VERSION`]).
 pub(super) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
+    segment_header_for(WAL_FORMAT_VERSION)
+}
+
+/// The header of a segment of format `version` (tests build older ones).
+pub(super) fn segment_header_for(version: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h
 }
 
@@ -274,9 +292,12 @@ fn is_valid_known(data: &[u8], off: usize) -> bool {
 /// Whether `data`, found where a segment header should be, is what a crash
 /// while creating the segment can leave behind: a prefix of the header that
 /// was being written, or zero-filled space.
+///
+/// A prefix of the header of any supported version counts: the crash may
+/// have been an older release's.
 pub(super) fn is_torn_header(data: &[u8]) -> bool {
-    let header = segment_header();
-    let prefix = data.len() < SEGMENT_HEADER_LEN && data == &header[..data.len()];
+    let prefix = data.len() < SEGMENT_HEADER_LEN
+        && SUPPORTED_WAL_VERSIONS.iter().any(|&v| data == &segment_header_for(v)[..data.len()]);
     prefix || data.iter().all(|&b| b == 0)
 }
 
@@ -314,6 +335,9 @@ mod tests {
     fn wal_format_torn_header() {
         let h = segment_header();
         assert!(is_torn_header(&h[..5]));
+        assert!(is_torn_header(&h[..9]));
+        assert!(is_torn_header(&segment_header_for(1)[..9]));
+        assert!(!is_torn_header(&segment_header_for(3)[..9]));
         assert!(is_torn_header(&[0; 40]));
         assert!(!is_torn_header(&h));
         assert!(!is_torn_header(b"garbage"));
@@ -330,7 +354,8 @@ mod tests {
             check_segment_header(&h)
         };
         assert_eq!(patched(0, 0x4B4C_4157), Err(BadHeader::NotASegment));
-        for found in [0, 2, u32::MAX] {
+        assert_eq!(check_segment_header(&segment_header_for(1)), Ok(1));
+        for found in [0, 3, u32::MAX] {
             assert_eq!(patched(8, found), Err(BadHeader::UnsupportedVersion { found }));
         }
         assert_eq!(patched(12, 1), Err(BadHeader::Reserved { found: 1 }));

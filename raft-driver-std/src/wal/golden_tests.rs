@@ -1,6 +1,10 @@
-//! Golden tests of WAL format version 1: the committed files in
-//! `tests/golden/wal-v1-*.bin` are decoded and compared with the expected
-//! core values, and the values are encoded and compared with the files.
+//! Golden tests of WAL format versions 1 and 2: the committed files in
+//! `tests/golden/wal-v1-*.bin` and `wal-v2-*.bin` are decoded and compared
+//! with the expected core values, and the values are encoded and compared
+//! with the files. Version 2 only added the snapshot record, so the v1
+//! record files are also what this build writes for those records; the v1
+//! segment is written by this build with a v2 header and otherwise
+//! identical bytes, and is still read and appended to as it is.
 //!
 //! Every field of every case has a value no other field of the case has,
 //! and the integers span one-, two-, three- and ten-byte varints, so an
@@ -9,11 +13,13 @@
 
 use std::fs;
 
-use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState};
+use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState, SnapshotMeta};
 use tempfile::TempDir;
 
-use super::format::{RecordKind, append_record, parse_record, segment_file_name, segment_header};
-use super::record::{Decoded, Record, WalEntriesV1, WalTruncateV1, decode_record};
+use super::format::{
+    RecordKind, SEGMENT_HEADER_LEN, append_record, parse_record, segment_file_name, segment_header, segment_header_for,
+};
+use super::record::{Decoded, Record, WalEntriesV1, WalSnapshotV2, WalTruncateV1, decode_record};
 use super::{Wal, WalError, WalHealth, WalOptions, inspect};
 use crate::golden;
 
@@ -23,6 +29,7 @@ const HARD_STATE_NO_VOTE: &str = "wal-v1-record-hard-state-no-vote.bin";
 const TRUNCATE: &str = "wal-v1-record-truncate.bin";
 const ENTRIES: &str = "wal-v1-record-entries.bin";
 const SEGMENT: &str = "wal-v1-segment.bin";
+const SEGMENT_V2_SNAPSHOT: &str = "wal-v2-segment-snapshot.bin";
 
 fn entry(term: u64, index: u64, kind: EntryKind, data: &'static [u8]) -> Entry {
     Entry { term, index, kind, data: Bytes::from_static(data) }
@@ -61,16 +68,19 @@ fn decode_framed(bytes: &[u8]) -> Decoded {
 #[test]
 fn wal_golden_files_are_exactly_the_tested_cases() {
     let mut names: Vec<&str> = record_cases(&golden_entries()).iter().map(|(name, ..)| *name).collect();
-    names.extend([SEGMENT_HEADER, SEGMENT]);
+    names.extend([SEGMENT_HEADER, SEGMENT, SEGMENT_V2_SNAPSHOT]);
     golden::assert_complete("wal-", &names);
 }
 
 #[test]
 fn wal_golden_segment_header() {
-    let committed = golden::check(SEGMENT_HEADER, &segment_header());
+    let committed = golden::check(SEGMENT_HEADER, &segment_header_for(1));
     // Spelled out as well, so that the constants it is built from cannot
     // drift together with the file.
     assert_eq!(committed, b"RAFTWAL\0\x01\0\0\0\0\0\0\0");
+    // What this build writes into new segments (pinned by the v2 segment
+    // golden file as well).
+    assert_eq!(segment_header(), *b"RAFTWAL\0\x02\0\0\0\0\0\0\0");
 }
 
 /// Encodes `record` with its framing and checks it against `name`;
@@ -163,7 +173,12 @@ fn check_segment() -> Vec<u8> {
     wal.sync().unwrap();
     drop(wal);
     let written = fs::read(dir.path().join(segment_file_name(1))).unwrap();
-    golden::check(SEGMENT, &written)
+    // A new segment is version 2; every record after the header has the
+    // same bytes in both versions.
+    assert_eq!(written[..SEGMENT_HEADER_LEN], segment_header());
+    let mut as_v1 = segment_header_for(1).to_vec();
+    as_v1.extend_from_slice(&written[SEGMENT_HEADER_LEN..]);
+    golden::check(SEGMENT, &as_v1)
 }
 
 #[test]
@@ -179,13 +194,177 @@ fn wal_golden_segment_written_and_replayed() {
     assert_eq!((report.records, report.bytes, report.torn_tail_bytes), (5, committed.len() as u64, 0));
 }
 
+/// A version-1 directory keeps working: appended to in place (the segment
+/// stays version 1), and a snapshot marker starts a version-2 segment.
+#[test]
+fn wal_golden_v1_segment_is_appended_to_and_then_followed_by_v2() {
+    let (_, mut expected) = segment_history();
+    let committed = check_segment();
+    let dir = TempDir::new().unwrap();
+    let v1 = dir.path().join(segment_file_name(1));
+    fs::write(&v1, &committed).unwrap();
+    let (mut wal, state, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state, expected);
+    let more = vec![entry(2, 4, EntryKind::Normal, b"c")];
+    wal.write(&Persist { seq: 1, hard_state: None, snapshot: None, truncate_from: None, entries: more.clone() })
+        .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let appended = fs::read(&v1).unwrap();
+    assert_eq!(appended[..committed.len()], committed[..], "appended, not rewritten");
+    assert_eq!(appended[8], 1, "still a version-1 segment");
+    expected.entries.extend(more);
+    let (mut wal, state, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state, expected);
+
+    let snapshot = SnapshotMeta { last_included_index: 2, last_included_term: 2, voters: vec![1, 2] };
+    wal.write(&Persist {
+        seq: 2,
+        hard_state: None,
+        snapshot: Some(snapshot.clone()),
+        truncate_from: None,
+        entries: vec![],
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(fs::read(dir.path().join(segment_file_name(2))).unwrap()[8], 2);
+    let (_, state, report) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    expected.follow_snapshot(snapshot);
+    assert_eq!(state, expected);
+    assert_eq!((report.segments, report.snapshot_index, report.first_index), (2, 2, 3));
+}
+
+/// A Snapshot record in a version-1 segment is corruption: version 1 has
+/// no record kind 4, whatever the bytes after it say.
+#[test]
+fn wal_golden_snapshot_record_in_a_v1_segment_is_refused() {
+    let snapshot = WalSnapshotV2 { last_included_index: 2, last_included_term: 1, voters: vec![1] };
+    let mut v2 = segment_header().to_vec();
+    append_record(&mut v2, &Record::HardState(HardState { term: 1, vote: None }.into())).unwrap();
+    let marker_at = v2.len();
+    append_record(&mut v2, &Record::Snapshot(&snapshot)).unwrap();
+    let mut v1 = v2.clone();
+    v1[..SEGMENT_HEADER_LEN].copy_from_slice(&segment_header_for(1));
+
+    let dir = TempDir::new().unwrap();
+    fs::write(dir.path().join(segment_file_name(1)), &v1).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    match &err {
+        WalError::Corrupt { offset, reason, .. } => {
+            assert_eq!(*offset as usize, marker_at);
+            assert!(reason.contains("Snapshot record (kind 4) in a version-1 segment"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // The same records in a version-2 segment are fine.
+    fs::write(dir.path().join(segment_file_name(1)), &v2).unwrap();
+    let (_, state, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state.snapshot.map(|m| m.last_included_index), Some(2));
+}
+
+/// The history of the v2 golden segment: entries 1..=2, then a snapshot
+/// through 300 (installed from a leader, past this log's end) with a new
+/// hard state and two entries after it. Only the second segment (the one
+/// the marker opens) is the golden file.
+fn snapshot_segment_history() -> (Vec<Persist>, PersistedState) {
+    let meta = SnapshotMeta { last_included_index: 300, last_included_term: 2, voters: vec![1, 2, 70_000] };
+    let after = vec![entry(3, 301, EntryKind::Normal, b"x"), entry(3, 302, EntryKind::Noop, b"")];
+    let hard_state = HardState { term: 3, vote: Some(2) };
+    let persists = vec![
+        Persist {
+            seq: 1,
+            hard_state: Some(HardState { term: 1, vote: Some(1) }),
+            snapshot: None,
+            truncate_from: None,
+            entries: vec![entry(1, 1, EntryKind::Noop, b""), entry(1, 2, EntryKind::Normal, b"a")],
+        },
+        Persist {
+            seq: 2,
+            hard_state: Some(hard_state),
+            snapshot: Some(meta.clone()),
+            truncate_from: None,
+            entries: after.clone(),
+        },
+    ];
+    (persists, PersistedState { hard_state, snapshot: Some(meta), entries: after })
+}
+
+/// Version 2, a segment a marker opened:
+///
+/// ```text
+/// header    52 41 46 54 57 41 4c 00 | 02 00 00 00 | 00 00 00 00
+/// HardState 04 00 00 00 | crc | 01 | term 3: 03 | vote Some(2): 01 02
+/// Snapshot  0a 00 00 00 | crc | 04 | last_included_index 300: ac 02
+///           | last_included_term 2: 02 | voters: count 3: 03, 1: 01,
+///           2: 02, 70000: f0 a2 04
+/// Entries   0d 00 00 00 | crc | 03 | count 2: 02
+///           | term 3: 03 | index 301: ad 02 | kind normal: 00 | data: 01 78
+///           | term 3: 03 | index 302: ae 02 | kind noop: 01 | data: 00
+/// ```
+#[test]
+fn wal_golden_v2_segment_with_snapshot_written_and_replayed() {
+    let (persists, expected) = snapshot_segment_history();
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    for p in &persists {
+        wal.write(p).unwrap();
+    }
+    wal.sync().unwrap();
+    // Segment 1 only held entries the snapshot covers: deleted.
+    assert_eq!(wal.segments_deleted(), 1);
+    drop(wal);
+    assert!(!dir.path().join(segment_file_name(1)).exists());
+    let written = fs::read(dir.path().join(segment_file_name(2))).unwrap();
+    let committed = golden::check(SEGMENT_V2_SNAPSHOT, &written);
+
+    let mut spelled: Vec<u8> = b"RAFTWAL\0\x02\0\0\0\0\0\0\0".to_vec();
+    for (len, body) in [
+        (4u8, &[0x01, 0x03, 0x01, 0x02][..]),
+        (10, &[0x04, 0xac, 0x02, 0x02, 0x03, 0x01, 0x02, 0xf0, 0xa2, 0x04][..]),
+        (13, &[0x03, 0x02, 0x03, 0xad, 0x02, 0x00, 0x01, 0x78, 0x03, 0xae, 0x02, 0x01, 0x00][..]),
+    ] {
+        assert_eq!(usize::from(len), body.len());
+        spelled.extend_from_slice(&[len, 0, 0, 0]);
+        // The CRC covers the length bytes, the kind and the payload.
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[len, 0, 0, 0]), body);
+        spelled.extend_from_slice(&crc.to_le_bytes());
+        spelled.extend_from_slice(body);
+    }
+    assert_eq!(committed, spelled);
+
+    // Replayed on its own (segment 1 is gone): the snapshot, the hard
+    // state it carries, and the entries after it.
+    let replay_dir = TempDir::new().unwrap();
+    fs::write(replay_dir.path().join(segment_file_name(2)), &committed).unwrap();
+    let (mut wal, state, report) = Wal::open(replay_dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state, expected);
+    assert_eq!(
+        (report.records, report.snapshot_index, report.snapshot_term, report.first_index, report.last_index),
+        (3, 300, 2, 301, 302)
+    );
+    assert_eq!((wal.snapshot_index(), wal.last_index()), (300, 302));
+    // And appended to.
+    wal.write(&Persist {
+        seq: 1,
+        hard_state: None,
+        snapshot: None,
+        truncate_from: None,
+        entries: vec![entry(3, 303, EntryKind::Normal, b"")],
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(Wal::open(replay_dir.path(), WalOptions::default()).unwrap().1.entries.len(), 3);
+}
+
 /// A segment whose header names another version is refused, naming the
 /// file, the version found and the versions supported, and is left as it
 /// was (an old binary must not "repair" a newer binary's file).
 #[test]
 fn wal_golden_segment_of_unknown_version_is_refused_untouched() {
     let committed = check_segment();
-    for found in [0u32, 2, 0x0100_0000] {
+    for found in [0u32, 3, 0x0100_0000] {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join(segment_file_name(1));
         let mut bytes = committed.clone();
@@ -195,12 +374,12 @@ fn wal_golden_segment_of_unknown_version_is_refused_untouched() {
         let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
         match &err {
             WalError::UnsupportedVersion { file, found: f, supported } => {
-                assert_eq!((file, *f, *supported), (&path, found, &[1u32][..]));
+                assert_eq!((file, *f, *supported), (&path, found, &[1u32, 2][..]));
             }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
         let message = err.to_string();
-        for needle in [path.display().to_string(), format!("version {found}"), "version(s) [1]".into()] {
+        for needle in [path.display().to_string(), format!("version {found}"), "version(s) [1, 2]".into()] {
             assert!(message.contains(&needle), "{message:?} lacks {needle:?}");
         }
         assert_eq!(fs::read(&path).unwrap(), bytes, "refused segment must not be modified");

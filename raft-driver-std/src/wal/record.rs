@@ -18,11 +18,14 @@
 //! These layouts are byte-identical to what the WAL wrote before it owned
 //! its types (postcard of the core types at the time), so existing data
 //! directories still open as version 1.
+//!
+//! Version 2 adds one payload, [`WalSnapshotV2`] (record kind 4, the
+//! snapshot marker); the `…V1` payloads are unchanged in version 2.
 
 use std::fmt;
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryKind, HardState, Index, NodeId, Term};
+use raft_core::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::format::RecordKind;
@@ -65,6 +68,22 @@ pub(super) struct WalEntryV1 {
     pub data: Bytes,
 }
 
+/// Payload of a `Snapshot` record (the snapshot marker), version 2: the
+/// stored log now follows this snapshot, whose image the driver stored
+/// durably before. Converted to and from the core [`SnapshotMeta`]
+/// explicitly.
+///
+/// Field order is the byte order: never reorder, never insert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WalSnapshotV2 {
+    /// Index of the last entry the snapshot includes; never 0.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// The voters of the configuration in force there; never contains 0.
+    pub voters: Vec<NodeId>,
+}
+
 /// The encoding side of an `Entries` record: a postcard sequence of
 /// [`WalEntryV1`], produced straight from borrowed core entries so that a
 /// large batch is not copied into a second vector first. It encodes to the
@@ -87,6 +106,8 @@ pub(super) enum Record<'a> {
     Truncate(WalTruncateV1),
     /// A batch of contiguous entries.
     Entries(WalEntriesV1<'a>),
+    /// A snapshot marker (version 2 and later).
+    Snapshot(&'a WalSnapshotV2),
 }
 
 impl Record<'_> {
@@ -96,6 +117,7 @@ impl Record<'_> {
             Record::HardState(_) => RecordKind::HardState,
             Record::Truncate(_) => RecordKind::Truncate,
             Record::Entries(_) => RecordKind::Entries,
+            Record::Snapshot(_) => RecordKind::Snapshot,
         }
     }
 
@@ -105,6 +127,7 @@ impl Record<'_> {
             Record::HardState(hs) => postcard::serialize_with_flavor(hs, out),
             Record::Truncate(t) => postcard::serialize_with_flavor(t, out),
             Record::Entries(entries) => postcard::serialize_with_flavor(entries, out),
+            Record::Snapshot(snapshot) => postcard::serialize_with_flavor(*snapshot, out),
         }
     }
 }
@@ -122,6 +145,8 @@ pub(super) enum Decoded {
     /// A batch of entries (contiguity is checked by the replay, which knows
     /// the log they follow).
     Entries(Vec<Entry>),
+    /// The stored log now follows this snapshot.
+    Snapshot(SnapshotMeta),
 }
 
 /// A decoded value that no core type can hold.
@@ -138,6 +163,10 @@ pub(super) enum InvalidValue {
     VoteForZero,
     /// A truncation from index 0 (indexes start at 1).
     TruncateFromZero,
+    /// A snapshot through index 0, which would cover nothing.
+    SnapshotIndexZero,
+    /// A snapshot whose voters include node id 0, which is reserved.
+    VoterZero,
 }
 
 impl fmt::Display for InvalidValue {
@@ -149,6 +178,8 @@ impl fmt::Display for InvalidValue {
             ),
             InvalidValue::VoteForZero => f.write_str("vote for node id 0 (reserved, never a valid id)"),
             InvalidValue::TruncateFromZero => f.write_str("truncation from index 0 (indexes start at 1)"),
+            InvalidValue::SnapshotIndexZero => f.write_str("snapshot through index 0 (indexes start at 1)"),
+            InvalidValue::VoterZero => f.write_str("snapshot voters include node id 0 (reserved, never a valid id)"),
         }
     }
 }
@@ -190,7 +221,8 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// Decodes a record payload of `kind` (version 1) into core values.
+/// Decodes a record payload of `kind` into core values. (Whether `kind`
+/// may appear in the segment's version is the caller's check.)
 pub(super) fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Decoded, RecordError> {
     let invalid = |value| RecordError::Invalid { kind, value };
     match kind {
@@ -206,6 +238,10 @@ pub(super) fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Decoded,
             let entries = take_exact::<Vec<WalEntryV1>>(kind, payload)?;
             let entries = entries.into_iter().map(Entry::try_from).collect::<Result<_, _>>().map_err(invalid)?;
             Ok(Decoded::Entries(entries))
+        }
+        RecordKind::Snapshot => {
+            let snapshot = take_exact::<WalSnapshotV2>(kind, payload)?;
+            Ok(Decoded::Snapshot(snapshot.try_into().map_err(invalid)?))
         }
     }
 }
@@ -271,6 +307,34 @@ impl TryFrom<WalEntryV1> for Entry {
     }
 }
 
+impl From<&SnapshotMeta> for WalSnapshotV2 {
+    fn from(m: &SnapshotMeta) -> Self {
+        WalSnapshotV2 {
+            last_included_index: m.last_included_index,
+            last_included_term: m.last_included_term,
+            voters: m.voters.clone(),
+        }
+    }
+}
+
+impl TryFrom<WalSnapshotV2> for SnapshotMeta {
+    type Error = InvalidValue;
+
+    fn try_from(s: WalSnapshotV2) -> Result<Self, InvalidValue> {
+        if s.last_included_index == 0 {
+            return Err(InvalidValue::SnapshotIndexZero);
+        }
+        if s.voters.contains(&0) {
+            return Err(InvalidValue::VoterZero);
+        }
+        Ok(SnapshotMeta {
+            last_included_index: s.last_included_index,
+            last_included_term: s.last_included_term,
+            voters: s.voters,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +372,26 @@ mod tests {
         let err =
             decode_record(RecordKind::Truncate, &encode(Record::Truncate(WalTruncateV1 { from: 0 }))).unwrap_err();
         assert!(matches!(err, RecordError::Invalid { value: InvalidValue::TruncateFromZero, .. }), "{err}");
+
+        let zero_index = WalSnapshotV2 { last_included_index: 0, last_included_term: 1, voters: vec![1] };
+        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&zero_index))).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::SnapshotIndexZero, .. }), "{err}");
+        let zero_voter = WalSnapshotV2 { last_included_index: 5, last_included_term: 1, voters: vec![1, 0] };
+        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&zero_voter))).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::VoterZero, .. }), "{err}");
+        assert!(err.to_string().contains("voters include node id 0"), "{err}");
+    }
+
+    #[test]
+    fn wal_record_snapshot_round_trip() {
+        let meta = SnapshotMeta { last_included_index: 300, last_included_term: 7, voters: vec![1, 2, 70_000] };
+        let payload = encode(Record::Snapshot(&WalSnapshotV2::from(&meta)));
+        // index 300 (ac 02), term 7, 3 voters: 1, 2, 70000 (f0 a2 04).
+        assert_eq!(payload, [0xac, 0x02, 7, 3, 1, 2, 0xf0, 0xa2, 0x04]);
+        assert_eq!(decode_record(RecordKind::Snapshot, &payload).unwrap(), Decoded::Snapshot(meta));
+        for cut in 0..payload.len() {
+            assert!(decode_record(RecordKind::Snapshot, &payload[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState};
+use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState, SnapshotMeta};
 use tempfile::TempDir;
 
-use super::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, segment_header};
-use super::recovery::list_segments;
+use super::format::{RECORD_HEADER_LEN, RecordKind, SEGMENT_HEADER_LEN, parse_record, segment_header};
+use super::recovery::{list_segments, replay};
 use super::*;
 
 fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
@@ -23,6 +23,15 @@ fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
 
 fn persist(seq: u64, hard_state: Option<HardState>, truncate_from: Option<u64>, entries: Vec<Entry>) -> Persist {
     Persist { seq, hard_state, snapshot: None, truncate_from, entries }
+}
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta { last_included_index: index, last_included_term: term, voters: vec![1, 2, 3] }
+}
+
+/// A write carrying a snapshot marker.
+fn marker(seq: u64, hard_state: Option<HardState>, snapshot: SnapshotMeta, entries: Vec<Entry>) -> Persist {
+    Persist { seq, hard_state, snapshot: Some(snapshot), truncate_from: None, entries }
 }
 
 fn hs(term: u64, vote: Option<u64>) -> HardState {
@@ -452,7 +461,14 @@ fn wal_writer_stats_and_error_stop() {
 /// One step of the property test.
 #[derive(Clone, Debug)]
 enum Op {
-    Write { hard_state: Option<(u64, Option<u64>)>, truncate_back: Option<u64>, count: u64, data_len: usize },
+    Write {
+        hard_state: Option<(u64, Option<u64>)>,
+        /// A snapshot marker this far behind the log's end (or up to 2 past it).
+        snapshot_back: Option<u64>,
+        truncate_back: Option<u64>,
+        count: u64,
+        data_len: usize,
+    },
     Reopen,
 }
 
@@ -460,12 +476,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (
             proptest::option::of((0u64..5, proptest::option::of(1u64..4))),
+            proptest::option::weighted(0.12, 0u64..10),
             proptest::option::weighted(0.3, 0u64..12),
             0u64..5,
             0usize..60,
         )
-            .prop_map(|(hard_state, truncate_back, count, data_len)| Op::Write {
+            .prop_map(|(hard_state, snapshot_back, truncate_back, count, data_len)| Op::Write {
                 hard_state,
+                snapshot_back,
                 truncate_back,
                 count,
                 data_len
@@ -485,23 +503,25 @@ proptest! {
         let mut model = PersistedState::default();
         for (seq, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Write { hard_state, truncate_back, count, data_len } => {
+                Op::Write { hard_state, snapshot_back, truncate_back, count, data_len } => {
                     let hard_state = hard_state.map(|(term, vote)| hs(term, vote));
-                    let last = model.entries.len() as u64;
+                    let last = model.last_index();
+                    let base = model.snapshot.as_ref().map_or(0, |m| m.last_included_index);
+                    // Never older than the current one (the core only moves
+                    // forward), sometimes past the end of the log.
+                    let snapshot = snapshot_back.map(|b| meta((last + 2).saturating_sub(b).max(base).max(1), 1));
                     // From 1 up to one past the end (which deletes nothing).
                     let truncate_from = truncate_back.map(|b| (last + 1).saturating_sub(b).max(1));
-                    if let Some(from) = truncate_from {
-                        model.entries.truncate(from as usize - 1);
-                    }
-                    if let Some(h) = hard_state {
-                        model.hard_state = h;
-                    }
-                    let start = model.entries.len() as u64 + 1;
-                    let new: Vec<Entry> = (start..start + count)
-                        .map(|i| entry(model.hard_state.term, i, &vec![i as u8; data_len]))
-                        .collect();
-                    model.entries.extend(new.iter().cloned());
-                    wal.write(&persist(seq as u64, hard_state, truncate_from, new)).unwrap();
+                    let mut p = Persist { seq: seq as u64, hard_state, snapshot, truncate_from, entries: vec![] };
+                    // The model is the shared rule itself: where does the
+                    // log end once the marker and truncation are applied?
+                    let mut after = model.clone();
+                    after.apply(&p);
+                    let start = after.last_index() + 1;
+                    let term = after.hard_state.term;
+                    p.entries = (start..start + count).map(|i| entry(term, i, &vec![i as u8; data_len])).collect();
+                    model.apply(&p);
+                    wal.write(&p).unwrap();
                 }
                 Op::Reopen => {
                     wal.sync().unwrap();
@@ -511,13 +531,353 @@ proptest! {
                     wal = w;
                 }
             }
-            prop_assert_eq!(wal.last_index(), model.entries.len() as u64);
+            prop_assert_eq!(wal.last_index(), model.last_index());
         }
         wal.sync().unwrap();
+        let deleted = wal.segments_deleted();
         drop(wal);
         let (_, state, report) = reopen(dir.path(), opts);
         prop_assert_eq!(report.torn_tail_bytes, 0);
-        prop_assert_eq!(report.last_index, model.entries.len() as u64);
+        prop_assert_eq!(report.last_index, model.entries.last().map_or(0, |e| e.index));
+        prop_assert_eq!(report.snapshot_index, model.snapshot.as_ref().map_or(0, |m| m.last_included_index));
+        // What was deleted is gone from the directory, and nothing needed was.
+        prop_assert!(segment_paths(dir.path()).len() as u64 >= 1);
+        if deleted > 0 {
+            prop_assert!(list_segments(dir.path()).unwrap()[0].seq > 1);
+        }
         prop_assert_eq!(state, model);
     }
+}
+
+/// The records of a segment: kind bytes in order.
+fn record_kinds(bytes: &[u8]) -> Vec<u8> {
+    record_offsets(bytes).into_iter().map(|off| parse_record(bytes, off).unwrap().kind).collect()
+}
+
+#[test]
+fn wal_snapshot_marker_then_reopen_follows_the_snapshot() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(&persist(1, Some(hs(2, Some(1))), None, entries(2, 1..=10))).unwrap();
+    let before = wal.current_segment().to_path_buf();
+    wal.write(&marker(2, Some(hs(3, None)), meta(6, 2), entries(3, 11..=12))).unwrap();
+    assert_eq!((wal.snapshot_index(), wal.last_index(), wal.hard_state()), (6, 12, hs(3, None)));
+    assert_eq!(wal.snapshot(), Some(&meta(6, 2)));
+    // The marker opened a fresh segment: hard state, marker, then entries.
+    assert_ne!(wal.current_segment(), before);
+    wal.sync().unwrap();
+    let bytes = fs::read(wal.current_segment()).unwrap();
+    assert_eq!(bytes[8], 2, "a marker segment is version 2");
+    assert_eq!(
+        record_kinds(&bytes),
+        [RecordKind::HardState as u8, RecordKind::Snapshot as u8, RecordKind::Entries as u8]
+    );
+    // Segment 1 holds entries 7..=10, which follow the snapshot: kept.
+    assert_eq!(wal.segments_deleted(), 0);
+    assert_eq!(segment_paths(dir.path()).len(), 2);
+    drop(wal);
+
+    let (mut wal, state, report) = reopen(dir.path(), WalOptions::default());
+    let mut expected = entries(2, 7..=10);
+    expected.extend(entries(3, 11..=12));
+    assert_eq!(
+        state,
+        PersistedState { hard_state: hs(3, None), snapshot: Some(meta(6, 2)), entries: expected.clone() }
+    );
+    assert_eq!((report.snapshot_index, report.snapshot_term, report.first_index, report.last_index), (6, 2, 7, 12));
+    assert_eq!((wal.snapshot_index(), wal.last_index()), (6, 12));
+
+    // Entries after the marker, written after a reopen, replay too.
+    wal.write(&persist(1, None, None, entries(3, 13..=14))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, state, _) = reopen(dir.path(), WalOptions::default());
+    expected.extend(entries(3, 13..=14));
+    assert_eq!(state.entries, expected);
+    let json = serde_json::to_value(inspect(dir.path()).unwrap()).unwrap();
+    assert_eq!((json["snapshot_index"].as_u64(), json["wal"]["snapshot_term"].as_u64()), (Some(6), Some(2)));
+}
+
+#[test]
+fn wal_marker_and_its_hard_state_are_never_split_by_a_tiny_segment_size() {
+    let dir = TempDir::new().unwrap();
+    let opts = tiny(20);
+    let (mut wal, _, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    wal.write(&persist(1, Some(hs(4, Some(3))), None, entries(4, 1..=3))).unwrap();
+    wal.write(&marker(2, None, meta(2, 4), entries(4, 4..=5))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let with_marker: Vec<Vec<u8>> = segment_paths(dir.path())
+        .iter()
+        .map(|p| record_kinds(&fs::read(p).unwrap()))
+        .filter(|kinds| kinds.contains(&(RecordKind::Snapshot as u8)))
+        .collect();
+    assert_eq!(with_marker, [vec![RecordKind::HardState as u8, RecordKind::Snapshot as u8]]);
+    let (_, state, _) = reopen(dir.path(), opts);
+    let mut expected = entries(4, 3..=3);
+    expected.extend(entries(4, 4..=5));
+    assert_eq!(state, PersistedState { hard_state: hs(4, Some(3)), snapshot: Some(meta(2, 4)), entries: expected });
+}
+
+#[test]
+fn wal_marker_past_the_end_empties_the_log_and_writes_are_checked_against_it() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(&persist(1, Some(hs(1, None)), None, entries(1, 1..=3))).unwrap();
+    // A snapshot installed from the leader, past the end of this log.
+    let err = wal.write(&marker(2, Some(hs(2, None)), meta(10, 2), entries(2, 4..=4))).unwrap_err();
+    assert!(err.to_string().contains("entry index 4 does not follow last index 10"), "{err}");
+    wal.write(&marker(2, Some(hs(2, None)), meta(10, 2), vec![])).unwrap();
+    assert_eq!((wal.last_index(), wal.snapshot_index()), (10, 10));
+    // A truncation into the snapshot deletes nothing there is.
+    wal.write(&persist(3, None, Some(5), entries(2, 11..=12))).unwrap();
+    // Refused: older than the current snapshot, through 0, voter 0.
+    for bad in [meta(9, 2), meta(0, 2), SnapshotMeta { voters: vec![0, 1], ..meta(11, 2) }] {
+        let err = wal.write(&marker(4, None, bad.clone(), vec![])).unwrap_err();
+        assert!(matches!(err, WalError::InvalidWrite { .. }), "{bad:?}: {err}");
+    }
+    assert_eq!(wal.snapshot_index(), 10);
+    wal.sync().unwrap();
+    // Segment 1 (entries up to 3) is covered by the snapshot through 10.
+    assert_eq!(wal.segments_deleted(), 1);
+    assert_eq!(segment_paths(dir.path()), [wal.current_segment().to_path_buf()]);
+    drop(wal);
+    let (_, state, report) = reopen(dir.path(), WalOptions::default());
+    assert_eq!(
+        state,
+        PersistedState { hard_state: hs(2, None), snapshot: Some(meta(10, 2)), entries: entries(2, 11..=12) }
+    );
+    assert_eq!((report.segments, report.first_index, report.snapshot_index), (1, 11, 10));
+}
+
+/// Writes `1..=n` one entry per write into segments of `size` bytes and
+/// returns the Wal, with each segment's highest entry index as replay sees it.
+fn many_segments(dir: &Path, size: u64, n: u64) -> (Wal, Vec<(PathBuf, u64)>) {
+    let (mut wal, _, _) = Wal::open(dir, tiny(size)).unwrap();
+    wal.write(&persist(0, Some(hs(5, Some(2))), None, vec![])).unwrap();
+    for i in 1..=n {
+        wal.write(&persist(i, None, None, entries(5, i..=i))).unwrap();
+    }
+    wal.sync().unwrap();
+    let segs = replay(dir).unwrap().segments.into_iter().map(|s| (s.path, s.max_index)).collect();
+    (wal, segs)
+}
+
+#[test]
+fn wal_segments_covered_by_a_snapshot_are_deleted_and_the_rest_kept() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, before) = many_segments(dir.path(), 200, 40);
+    assert!(before.len() > 5, "{before:?}");
+    wal.write(&marker(41, None, meta(25, 5), entries(5, 41..=41))).unwrap();
+    // Nothing is deleted before the marker is durable.
+    assert_eq!(segment_paths(dir.path()).len(), before.len() + 1);
+    wal.sync().unwrap();
+
+    let gone: Vec<&PathBuf> = before.iter().filter(|(_, max)| *max <= 25).map(|(p, _)| p).collect();
+    let kept: Vec<PathBuf> = before.iter().filter(|(_, max)| *max > 25).map(|(p, _)| p.clone()).collect();
+    assert!(gone.len() >= 2 && !kept.is_empty(), "{before:?}");
+    for p in &gone {
+        assert!(!p.exists(), "{} should be deleted", p.display());
+    }
+    let mut expected_files = kept;
+    expected_files.push(wal.current_segment().to_path_buf());
+    assert_eq!(segment_paths(dir.path()), expected_files);
+    assert_eq!(wal.segments_deleted(), gone.len() as u64);
+    // Deleting again is a no-op.
+    wal.sync().unwrap();
+    assert_eq!(wal.segments_deleted(), gone.len() as u64);
+    drop(wal);
+
+    let (mut wal, state, report) = reopen(dir.path(), tiny(200));
+    assert_eq!(
+        state,
+        PersistedState { hard_state: hs(5, Some(2)), snapshot: Some(meta(25, 5)), entries: entries(5, 26..=41) }
+    );
+    assert_eq!((report.first_index, report.last_index, report.snapshot_index), (26, 41, 25));
+    assert_eq!(wal.segments_deleted(), 0, "open deletes nothing");
+
+    // A later marker past everything makes every segment before it obsolete,
+    // including the earlier marker's.
+    wal.write(&marker(1, None, meta(41, 5), vec![])).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(segment_paths(dir.path()), [wal.current_segment().to_path_buf()]);
+    drop(wal);
+    let (_, state, _) = reopen(dir.path(), tiny(200));
+    assert_eq!(state, PersistedState { hard_state: hs(5, Some(2)), snapshot: Some(meta(41, 5)), entries: vec![] });
+}
+
+#[test]
+fn wal_hard_state_survives_deletion_of_the_segment_that_held_it() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, before) = many_segments(dir.path(), 200, 30);
+    // Only segment 1 holds the hard state record.
+    let first = before[0].0.clone();
+    assert!(record_kinds(&fs::read(&first).unwrap()).contains(&(RecordKind::HardState as u8)));
+    assert!(
+        before[1..].iter().all(|(p, _)| !record_kinds(&fs::read(p).unwrap()).contains(&(RecordKind::HardState as u8)))
+    );
+    wal.write(&marker(31, None, meta(30, 5), vec![])).unwrap();
+    wal.sync().unwrap();
+    assert!(!first.exists());
+    drop(wal);
+    let (_, state, report) = reopen(dir.path(), tiny(200));
+    assert_eq!(state.hard_state, hs(5, Some(2)));
+    assert_eq!((report.term, report.vote), (5, Some(2)));
+}
+
+/// A marker older than the first replayed entry (its entries sat in the
+/// deleted segments) must not make replay drop the entries after it.
+#[test]
+fn wal_older_marker_after_deleted_segments_keeps_the_log() {
+    let dir = TempDir::new().unwrap();
+    let opts = WalOptions::default();
+    let (mut wal, _, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    wal.write(&persist(1, Some(hs(1, None)), None, entries(1, 1..=10))).unwrap(); // segment 1
+    wal.write(&marker(2, None, meta(1, 1), vec![])).unwrap(); // segment 2
+    wal.write(&marker(3, None, meta(2, 1), vec![])).unwrap(); // segment 3
+    // Segment 1 holds 1..=10 (> 2): kept, so nothing is deleted yet.
+    wal.sync().unwrap();
+    assert_eq!(wal.segments_deleted(), 0);
+    wal.write(&persist(4, None, None, entries(1, 11..=20))).unwrap(); // segment 3
+    wal.write(&marker(5, None, meta(5, 1), vec![])).unwrap(); // segment 4
+    wal.write(&persist(6, None, None, entries(1, 21..=22))).unwrap();
+    wal.write(&marker(7, None, meta(12, 1), vec![])).unwrap(); // segment 5
+    wal.sync().unwrap();
+    // Segment 1 (up to 10) and 2 (no entries) are covered by 12; segment 3
+    // holds 11..=20, so it stays. Replay then sees entries from 11, and a
+    // marker through 5 after them: the log continues that snapshot (6..=10
+    // were in segment 1), so 11..=20 must stay until the marker through 12.
+    assert_eq!(wal.segments_deleted(), 2);
+    drop(wal);
+    let (_, state, report) = reopen(dir.path(), opts);
+    assert_eq!(
+        state,
+        PersistedState { hard_state: hs(1, None), snapshot: Some(meta(12, 1)), entries: entries(1, 13..=22) }
+    );
+    assert_eq!(report.segments, 3);
+}
+
+#[test]
+fn wal_lost_segments_are_refused() {
+    // A middle segment deleted by hand: a gap in the sequence.
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _) = many_segments(dir.path(), 200, 40);
+    wal.write(&marker(41, None, meta(25, 5), vec![])).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let remaining = segment_paths(dir.path());
+    assert!(remaining.len() >= 3);
+    let copy = copy_dir(dir.path());
+    fs::remove_file(copy.path().join(remaining[1].file_name().unwrap())).unwrap();
+    let err = Wal::open(copy.path(), tiny(200)).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    // The first remaining segment (entries 26..) deleted by hand: what
+    // follows the snapshot is gone, which the next entries show.
+    let copy = copy_dir(dir.path());
+    fs::remove_file(copy.path().join(remaining[0].file_name().unwrap())).unwrap();
+    let err = Wal::open(copy.path(), tiny(200)).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("the snapshot covers only 1..25")),
+        "{err}"
+    );
+
+    // Leading segments deleted by hand, no snapshot at all.
+    let dir = TempDir::new().unwrap();
+    let (wal, before) = many_segments(dir.path(), 200, 40);
+    drop(wal);
+    for (p, _) in &before[..2] {
+        fs::remove_file(p).unwrap();
+    }
+    let start = before[1].1 + 1;
+    let err = Wal::open(dir.path(), tiny(200)).unwrap_err();
+    match &err {
+        WalError::Corrupt { file, reason, .. } => {
+            assert_eq!(file, &before[2].0);
+            let expected =
+                format!("entries start at {start} but no snapshot covers 1..{}: a segment was lost", start - 1);
+            assert!(reason.contains(&expected), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(inspect(dir.path()).unwrap().health, WalHealth::Corrupt);
+}
+
+#[test]
+fn wal_torn_tail_right_after_marker_rotation_recovers_the_state_before_it() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(&persist(1, Some(hs(2, Some(1))), None, entries(2, 1..=5))).unwrap();
+    wal.sync().unwrap();
+    wal.write(&marker(2, None, meta(4, 2), entries(2, 6..=6))).unwrap();
+    wal.sync().unwrap();
+    let seg = wal.current_segment().to_path_buf();
+    drop(wal);
+    let full = fs::read(&seg).unwrap();
+    let offsets = record_offsets(&full);
+    assert_eq!(offsets.len(), 3);
+    let before = PersistedState { hard_state: hs(2, Some(1)), snapshot: None, entries: entries(2, 1..=5) };
+    // Anywhere before the marker record is complete: the state before it.
+    for cut in SEGMENT_HEADER_LEN..offsets[2] {
+        let copy = copy_dir(dir.path());
+        let path = copy.path().join(seg.file_name().unwrap());
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut as u64).unwrap();
+        let (mut wal, state, report) = reopen(copy.path(), WalOptions::default());
+        assert_eq!(state, before, "cut at {cut}");
+        assert_eq!(report.snapshot_index, 0);
+        assert_eq!(wal.last_index(), 5);
+        // And the log goes on from there.
+        wal.write(&persist(3, None, None, entries(3, 6..=6))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(reopen(copy.path(), WalOptions::default()).1.entries.len(), 6);
+    }
+    // Only the entries after the marker torn: the marker holds.
+    let copy = copy_dir(dir.path());
+    let path = copy.path().join(seg.file_name().unwrap());
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full.len() as u64 - 1).unwrap();
+    let (_, state, _) = reopen(copy.path(), WalOptions::default());
+    assert_eq!(
+        state,
+        PersistedState { hard_state: hs(2, Some(1)), snapshot: Some(meta(4, 2)), entries: entries(2, 5..=5) }
+    );
+}
+
+#[test]
+fn wal_snapshot_record_out_of_place_is_refused() {
+    // A marker segment with its records swapped: never written that way.
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.write(&marker(1, Some(hs(1, None)), meta(3, 1), vec![])).unwrap();
+    wal.sync().unwrap();
+    let seg = wal.current_segment().to_path_buf();
+    drop(wal);
+    let bytes = fs::read(&seg).unwrap();
+    let offsets = record_offsets(&bytes);
+    let mut swapped = bytes[..SEGMENT_HEADER_LEN].to_vec();
+    swapped.extend_from_slice(&bytes[offsets[1]..]);
+    swapped.extend_from_slice(&bytes[offsets[0]..offsets[1]]);
+    fs::write(&seg, &swapped).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { offset: 16, reason, .. } if reason.contains("not the second record")),
+        "{err}"
+    );
+}
+
+#[test]
+fn wal_writer_reports_segments_deleted() {
+    let dir = TempDir::new().unwrap();
+    let (wal, before) = many_segments(dir.path(), 200, 20);
+    let writer = WalWriter::spawn(wal, 4, |r: Result<u64, &WalError>| {
+        r.expect("no WAL errors");
+    })
+    .unwrap();
+    writer.submit(marker(21, None, meta(20, 5), vec![])).unwrap();
+    while writer.stats().durable_seq < 21 {
+        std::thread::yield_now();
+    }
+    assert_eq!(writer.stats().segments_deleted, before.len() as u64);
+    let wal = writer.shutdown().unwrap();
+    assert_eq!(wal.segments_deleted(), before.len() as u64);
 }

@@ -23,6 +23,9 @@ pub struct WalWriterStats {
     pub fsyncs: u64,
     /// The highest `seq` reported durable so far (`0` before the first).
     pub durable_seq: u64,
+    /// Obsolete segments deleted after snapshot markers
+    /// ([`Wal::segments_deleted`]).
+    pub segments_deleted: u64,
 }
 
 #[derive(Default)]
@@ -31,6 +34,7 @@ struct Counters {
     groups: AtomicU64,
     fsyncs: AtomicU64,
     durable_seq: AtomicU64,
+    segments_deleted: AtomicU64,
 }
 
 /// Owns a [`Wal`] on a dedicated thread and commits writes in groups.
@@ -90,6 +94,7 @@ impl WalWriter {
             groups: c.groups.load(Ordering::Relaxed),
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
             durable_seq: c.durable_seq.load(Ordering::Acquire),
+            segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
         }
     }
 
@@ -135,6 +140,7 @@ where
             Ok(seq) => {
                 counters.groups.fetch_add(1, Ordering::Relaxed);
                 counters.fsyncs.store(wal.fsync_count(), Ordering::Relaxed);
+                counters.segments_deleted.store(wal.segments_deleted(), Ordering::Relaxed);
                 counters.durable_seq.store(seq, Ordering::Release);
                 on_durable(Ok(seq));
             }
