@@ -12,9 +12,9 @@
 //! with follower forwarding, the cluster file, and the `raftkv` binary.
 
 // The golden-file helper shared by the WAL and transport format tests.
+pub mod failpoint;
 #[cfg(test)]
 pub(crate) mod golden;
-pub mod failpoint;
 pub mod limits;
 pub mod node;
 pub mod proposals;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_driver_std::Timing;
-use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
+use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs, SnapshotConfig};
 use raft_driver_std::raftkv::store::{KvError, KvOp, KvRequest, KvResult};
 
 const RAFTKV: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -47,6 +47,10 @@ type Info = HashMap<String, String>;
 
 impl TestCluster {
     fn start(n: u64) -> TestCluster {
+        TestCluster::start_with(n, SnapshotConfig::default())
+    }
+
+    fn start_with(n: u64, snapshot: SnapshotConfig) -> TestCluster {
         let ports = free_ports(2 * n as u16);
         let nodes = (0..n as usize)
             .map(|i| NodeAddrs {
@@ -56,7 +60,7 @@ impl TestCluster {
             })
             .collect();
         let config =
-            ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), snapshot: Default::default(), nodes };
+            ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), snapshot, nodes };
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write config");
@@ -96,9 +100,36 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, id: u64) {
+        self.spawn_with_failpoints(id, "");
+    }
+
+    /// Spawns node `id` with `RAFT_FAILPOINTS` set (empty: none armed).
+    fn spawn_with_failpoints(&mut self, id: u64, failpoints: &str) {
         assert!(self.children[id as usize - 1].is_none(), "node {id} already running");
-        let child = self.command(id).spawn().expect("spawn raftkv");
+        let child = self.command(id).env("RAFT_FAILPOINTS", failpoints).spawn().expect("spawn raftkv");
         self.children[id as usize - 1] = Some(child);
+    }
+
+    /// Waits until node `id`'s process has exited on its own; returns whether it did.
+    fn wait_exit(&mut self, id: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.children[id as usize - 1].as_mut().expect("running");
+            if child.try_wait().expect("try_wait").is_some() {
+                self.children[id as usize - 1] = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Resident memory of node `id`'s process, in KiB (Linux).
+    fn rss_kib(&self, id: u64) -> u64 {
+        let pid = self.children[id as usize - 1].as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+        line.split_whitespace().nth(1).expect("value").parse().expect("number")
     }
 
     fn kill(&mut self, id: u64) {
@@ -687,5 +718,197 @@ fn cluster_subcommand_runs_and_stops_on_sigint() {
             assert!(Instant::now() < deadline, "node on port {port} still running");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Bytes under `dir`, recursively.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let path = e.path();
+                if path.is_dir() { dir_bytes(&path) } else { e.metadata().map_or(0, |m| m.len()) }
+            })
+            .sum()
+    })
+}
+
+/// `SET key value` for every `(key, value)`, over `threads` connections to node `via`; returns the
+/// acknowledged ones.
+fn write_all(cluster: &TestCluster, via: u64, writes: Vec<(String, String)>, threads: usize) -> Vec<(String, String)> {
+    let chunk = writes.len().div_ceil(threads);
+    let workers: Vec<_> = writes
+        .chunks(chunk)
+        .map(|part| {
+            let part = part.to_vec();
+            let mut conn = cluster.conn(via).expect("conn");
+            std::thread::spawn(move || {
+                let mut acked = Vec::with_capacity(part.len());
+                for (k, v) in part {
+                    if redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut conn).is_ok() {
+                        acked.push((k, v));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    workers.into_iter().flat_map(|w| w.join().expect("writer")).collect()
+}
+
+/// Every `(key, value)` reads back on node `id` (a local read after convergence).
+fn assert_present(cluster: &TestCluster, id: u64, writes: &[(String, String)]) {
+    let mut conn = cluster.conn(id).expect("conn");
+    for chunk in writes.chunks(500) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut conn).expect("MGET");
+        for ((key, expected), value) in chunk.iter().zip(values) {
+            assert_eq!(value.as_deref(), Some(expected.as_str()), "acknowledged write {key} missing on node {id}");
+        }
+    }
+}
+
+fn info_u64(info: &Info, key: &str) -> u64 {
+    info.get(key).unwrap_or_else(|| panic!("INFO has no {key}")).parse().expect("number")
+}
+
+/// (snapshots) A follower down while 100,000 writes happen restarts and catches up by installing the
+/// leader's snapshot (its log was compacted past the follower's); every acknowledged write is on it.
+#[test]
+fn follower_down_for_100k_writes_catches_up_by_snapshot() {
+    let snapshot = SnapshotConfig {
+        every_entries: 10_000,
+        trailing_entries: 1000,
+        wal_segment_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::start_with(3, snapshot);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    cluster.kill(follower);
+    let writes: Vec<(String, String)> = (0..100_000).map(|i| (format!("key:{i}"), format!("value-{i}"))).collect();
+    let started = Instant::now();
+    let acked = write_all(&cluster, leader, writes, 32);
+    assert_eq!(acked.len(), 100_000, "a healthy majority acknowledges every write");
+    eprintln!("100,000 SETs with one follower down in {:?}", started.elapsed());
+    let info = cluster.info(leader).expect("INFO");
+    assert!(info_u64(&info, "snapshots_taken") >= 5, "{info:?}");
+    assert!(info_u64(&info, "log_first_index") > 80_000, "the leader's log is compacted: {info:?}");
+
+    cluster.spawn(follower);
+    let started = Instant::now();
+    let others: Vec<u64> = cluster.ids();
+    cluster.wait_converged(&others, Duration::from_secs(60));
+    eprintln!("follower caught up in {:?}", started.elapsed());
+    let info = cluster.info(follower).expect("INFO");
+    assert_eq!(info_u64(&info, "snapshots_installed"), 1, "caught up by one snapshot: {info:?}");
+    assert_present(&cluster, follower, &acked);
+    // Every data dir holds about one snapshot and a few segments, not the 100,000-write history.
+    for id in cluster.ids() {
+        let info = cluster.info(id).expect("INFO");
+        let bound = 2 * info_u64(&info, "snapshot_bytes") + 6 * (1 << 20);
+        let used = dir_bytes(&cluster.data_dir(id));
+        assert!(used <= bound, "node {id}: data dir {used} bytes, bound {bound}");
+    }
+}
+
+/// (snapshots) Overwriting the same 2,000 keys: memory and disk after 60,000 writes are what they
+/// were after 20,000 (within slack), since both are bounded by the data, not the number of writes.
+#[test]
+fn disk_and_memory_stay_bounded_by_the_data_not_the_history() {
+    let snapshot = SnapshotConfig {
+        every_entries: 5_000,
+        trailing_entries: 500,
+        wal_segment_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let cluster = TestCluster::start_with(3, snapshot);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let round = |r: usize| -> Vec<(String, String)> {
+        (0..20_000).map(|i| (format!("key:{}", i % 2_000), format!("{r}-{i}-{}", "x".repeat(100)))).collect()
+    };
+    let measure = |cluster: &TestCluster| -> Vec<(u64, u64)> {
+        cluster.wait_converged(&cluster.ids(), Duration::from_secs(30));
+        cluster.ids().into_iter().map(|id| (cluster.rss_kib(id), dir_bytes(&cluster.data_dir(id)))).collect()
+    };
+    write_all(&cluster, leader, round(0), 16);
+    let after_first = measure(&cluster);
+    for r in 1..3 {
+        write_all(&cluster, leader, round(r), 16);
+    }
+    let after_third = measure(&cluster);
+    eprintln!("(RSS KiB, data dir bytes) per node after 20k writes {after_first:?}, after 60k {after_third:?}");
+    for (id, ((rss1, disk1), (rss3, disk3))) in after_first.iter().zip(&after_third).enumerate() {
+        // Three times the writes; a bound growing with them would at least double.
+        assert!(*rss3 <= rss1 + rss1 / 2 + 8 * 1024, "node {}: RSS {rss1} KiB -> {rss3} KiB", id + 1);
+        assert!(*disk3 <= disk1 + disk1 / 2 + (2 << 20), "node {}: disk {disk1} -> {disk3} bytes", id + 1);
+    }
+}
+
+/// (snapshots) kill -9 (an abort at a failpoint) at every step of writing a snapshot and of
+/// installing one loses no acknowledged write, and the node restarts cleanly and catches up.
+#[test]
+fn crash_at_every_snapshot_step_loses_nothing() {
+    let snapshot =
+        SnapshotConfig { every_entries: 300, trailing_entries: 20, wal_segment_bytes: 64 << 10, ..Default::default() };
+    let mut cluster = TestCluster::start_with(3, snapshot);
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut batch = 0;
+    let mut write = |cluster: &TestCluster, acked: &mut Vec<(String, String)>, via: u64, n: usize| {
+        batch += 1;
+        let writes = (0..n).map(|i| (format!("b{batch}:{i}"), format!("v{i}"))).collect();
+        let done = write_all(cluster, via, writes, 8);
+        assert_eq!(done.len(), n, "the other two nodes acknowledge every write");
+        acked.extend(done);
+    };
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let victim = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    // Writing: the victim dies while taking its own snapshot.
+    for point in [
+        "snapshot-write-before-tmp",
+        "snapshot-write-mid-tmp",
+        "snapshot-write-before-rename",
+        "snapshot-write-before-dir-fsync",
+        "snapshot-before-taken",
+    ] {
+        cluster.kill(victim);
+        cluster.spawn_with_failpoints(victim, point);
+        let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+        let via = if leader == victim { cluster.ids().into_iter().find(|&id| id != victim).unwrap() } else { leader };
+        write(&cluster, &mut acked, via, 400);
+        assert!(cluster.wait_exit(victim, Duration::from_secs(10)), "failpoint {point} was not reached");
+        assert!(cluster.stderr(victim).contains(&format!("failpoint {point} reached")));
+        cluster.spawn(victim);
+        cluster.wait_converged(&cluster.ids(), Duration::from_secs(20));
+        assert_present(&cluster, victim, &acked);
+    }
+    // Installing: the victim misses compacted entries and dies while installing the leader's snapshot.
+    for point in ["install-before-restore", "install-after-restore"] {
+        cluster.kill(victim);
+        let leader = cluster.wait_leader(
+            &cluster.ids().into_iter().filter(|&id| id != victim).collect::<Vec<_>>(),
+            Duration::from_secs(10),
+        );
+        write(&cluster, &mut acked, leader, 700);
+        cluster.spawn_with_failpoints(victim, point);
+        assert!(cluster.wait_exit(victim, Duration::from_secs(20)), "failpoint {point} was not reached");
+        cluster.spawn(victim);
+        cluster.wait_converged(&cluster.ids(), Duration::from_secs(20));
+        assert_present(&cluster, victim, &acked);
+        let info = cluster.info(victim).expect("INFO");
+        assert!(info_u64(&info, "snapshot_index") > 0, "{info:?}");
+    }
+    // And the survivors restart cleanly from their own snapshots too.
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(20));
+    for id in cluster.ids() {
+        assert_present(&cluster, id, &acked);
     }
 }

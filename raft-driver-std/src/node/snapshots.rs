@@ -221,7 +221,8 @@ impl<S: StateMachine> Driver<S> {
         let Some(term) = self.node.term_at(index).filter(|_| index > 0 && newer) else {
             return;
         };
-        let meta = SnapshotMeta { last_included_index: index, last_included_term: term, voters: self.node.voters().to_vec() };
+        let meta =
+            SnapshotMeta { last_included_index: index, last_included_term: term, voters: self.node.voters().to_vec() };
         let image = self.state_machine.snapshot();
         let dir = self.snapshots.dir.clone();
         let inputs = self.self_inputs.clone();
@@ -272,13 +273,7 @@ impl<S: StateMachine> Driver<S> {
         stats.index = index;
         stats.term = meta.last_included_term;
         stats.file_bytes = file_bytes;
-        tracing::info!(
-            node = self.node.id(),
-            index,
-            file_bytes,
-            ms = stats.last_write_ms,
-            "snapshot taken"
-        );
+        tracing::info!(node = self.node.id(), index, file_bytes, ms = stats.last_write_ms, "snapshot taken");
         self.step(Event::SnapshotTaken { index })
     }
 

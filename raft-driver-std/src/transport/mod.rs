@@ -41,9 +41,9 @@
 //! every byte, and `docs/formats.md` has the layout and the version policy.
 
 mod frame;
-pub mod snapshot_fetch;
 #[cfg(test)]
 mod golden_tests;
+pub mod snapshot_fetch;
 #[cfg(test)]
 mod tests;
 mod wire;

@@ -232,7 +232,8 @@ pub(super) fn fetch(shared: &Shared, peer: NodeId, index: Index, dir: &Path) -> 
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
         }
-        let request = |offset| FetchRequest { cluster_id: config.cluster_id, from: config.node_id, to: peer, index, offset };
+        let request =
+            |offset| FetchRequest { cluster_id: config.cluster_id, from: config.node_id, to: peer, index, offset };
         match fetch_once(shared, addr, &part, request) {
             Ok(()) => {
                 let path = dir.join(&name);
@@ -281,14 +282,18 @@ fn fetch_once(
     let watch = Watch { shared, connection: None };
     let mut head = [0; REPLY_LEN];
     read_full(&mut &stream, &mut head, false, config.io_timeout, &watch).map_err(stop_error)?;
-    let status = FetchStatus::from_byte(head[4]).filter(|_| head[..4] == FETCH_MAGIC).unwrap_or(FetchStatus::BadProtocol);
+    let status =
+        FetchStatus::from_byte(head[4]).filter(|_| head[..4] == FETCH_MAGIC).unwrap_or(FetchStatus::BadProtocol);
     let len = u64::from_be_bytes(head[5..].try_into().expect("8 bytes"));
     match status {
         FetchStatus::Accepted => {}
         FetchStatus::BadOffset => {
             // Our partial file is longer than theirs: it is not theirs. Start over.
             file.set_len(0)?;
-            return Err(Attempt::Io(io::Error::new(io::ErrorKind::InvalidData, "partial file longer than the snapshot")));
+            return Err(Attempt::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "partial file longer than the snapshot",
+            )));
         }
         other => return Err(Attempt::Refused(other)),
     }
