@@ -7,6 +7,14 @@
 //!
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
+/// mimalloc instead of glibc's malloc: entries are allocated by the client connection threads and freed
+/// by the node thread, a pattern under which glibc's per-thread arenas fragment: measured, the leader's
+/// RSS grew steadily with the number of writes (59 to 186 MiB over 1,000,000 SETs on 100,000 keys) while
+/// heaptrack showed its live heap staying near 80 MiB; with mimalloc it stayed between 112 and 158 MiB
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

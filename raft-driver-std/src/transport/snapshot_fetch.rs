@@ -224,6 +224,7 @@ pub(super) fn fetch(shared: &Shared, peer: NodeId, index: Index, dir: &Path) -> 
     fs::create_dir_all(dir).map_err(FetchError::Io)?;
     let name = snapshot_file_name(index);
     let part = dir.join(format!("{name}.part"));
+    remove_other_parts(dir, &part);
     let mut last_error = None;
     for attempt in 0..FETCH_ATTEMPTS {
         if shared.stopping() {
@@ -251,6 +252,17 @@ pub(super) fn fetch(shared: &Shared, peer: NodeId, index: Index, dir: &Path) -> 
         }
     }
     Err(FetchError::Io(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::Interrupted, "transport stopping"))))
+}
+
+/// Partial files of other snapshots are dead: only one fetch runs at a
+/// time, and a leader offers its newest snapshot.
+fn remove_other_parts(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path != keep && path.extension().is_some_and(|e| e == "part") {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 enum Attempt {
