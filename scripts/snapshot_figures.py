@@ -154,9 +154,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--writes", type=int, default=1_000_000)
     ap.add_argument("--skip-redis", action="store_true")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only RSS and data dir after --writes SETs, sampled every tenth of them")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="snapfig-")
     try:
+        if args.rss_only:
+            redis_figures(tmp, args.writes)
+            c = Cluster(os.path.join(tmp, "rss"))
+            leader = c.leader()
+            for step in range(1, 11):
+                bench(c.port(leader), args.writes // 10)
+                rss = [rss_kib(c.procs[i].pid) / 1024 for i in range(1, 4)]
+                disk = [dir_bytes(os.path.join(c.dir, f"node-{i}")) / 2**20 for i in range(1, 4)]
+                print(f"after {step * args.writes // 10} SETs: RSS MiB " + ", ".join(f"{r:.1f}" for r in rss)
+                      + f" (leader {leader}); data dir MiB " + ", ".join(f"{d:.1f}" for d in disk), flush=True)
+            c.stop()
+            return
         if not args.skip_redis:
             redis_figures(tmp, args.writes)
 

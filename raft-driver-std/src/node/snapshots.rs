@@ -55,6 +55,16 @@ pub struct SnapshotPolicy {
     pub trailing_entries: u64,
 }
 
+impl SnapshotPolicy {
+    /// Whether a snapshot is due after `entries` commands holding `bytes`
+    /// bytes were applied since the last one. The simulator asks the same.
+    pub fn is_due(&self, entries: u64, bytes: u64) -> bool {
+        let by_entries = self.every_entries > 0 && entries >= self.every_entries;
+        let by_bytes = self.every_bytes > 0 && bytes >= self.every_bytes;
+        by_entries || by_bytes
+    }
+}
+
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         SnapshotPolicy { every_entries: 100_000, every_bytes: 16 * 1024 * 1024, trailing_entries: 1024 }
@@ -116,10 +126,7 @@ impl Snapshots {
     }
 
     fn due(&self) -> bool {
-        let p = &self.policy;
-        let by_entries = p.every_entries > 0 && self.stats.entries_since >= p.every_entries;
-        let by_bytes = p.every_bytes > 0 && self.stats.bytes_since >= p.every_bytes;
-        (by_entries || by_bytes) && self.writing.is_none() && !self.fetching
+        self.policy.is_due(self.stats.entries_since, self.stats.bytes_since) && self.writing.is_none() && !self.fetching
     }
 
     /// A `Persist` carrying a marker was submitted with `seq`.
@@ -265,16 +272,22 @@ impl<S: StateMachine> Driver<S> {
         };
         fail_point("snapshot-before-taken");
         let index = meta.last_included_index;
-        stats.taken += 1;
         stats.last_write_ms = started.elapsed().as_millis() as u64;
         // What was applied since the capture counts towards the next one.
         stats.entries_since -= captured_entries.min(stats.entries_since);
         stats.bytes_since -= captured_bytes.min(stats.bytes_since);
-        stats.index = index;
-        stats.term = meta.last_included_term;
-        stats.file_bytes = file_bytes;
-        tracing::info!(node = self.node.id(), index, file_bytes, ms = stats.last_write_ms, "snapshot taken");
-        self.step(Event::SnapshotTaken { index })
+        self.step(Event::SnapshotTaken { index })?;
+        // The core ignores a snapshot older than one installed meanwhile; the
+        // file then goes with the next durable marker.
+        if self.node.snapshot().is_some_and(|m| m.last_included_index == index) {
+            let stats = &mut self.snapshots.stats;
+            stats.taken += 1;
+            stats.index = index;
+            stats.term = meta.last_included_term;
+            stats.file_bytes = file_bytes;
+            tracing::info!(node = self.node.id(), index, file_bytes, ms = stats.last_write_ms, "snapshot taken");
+        }
+        Ok(())
     }
 
     /// `Action::InstallSnapshot`: fetch `meta`'s snapshot from `from` on a

@@ -318,3 +318,15 @@ fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
         .unwrap_or(false)));
     drop(node);
 }
+
+#[test]
+fn snapshot_policy_is_due_at_either_bound_and_never_when_off() {
+    let p = SnapshotPolicy { every_entries: 10, every_bytes: 1000, trailing_entries: 0 };
+    assert!(!p.is_due(9, 999));
+    assert!(p.is_due(10, 0));
+    assert!(p.is_due(0, 1000));
+    let off = SnapshotPolicy { every_entries: 0, every_bytes: 0, trailing_entries: 0 };
+    assert!(!off.is_due(u64::MAX, u64::MAX));
+    let by_bytes = SnapshotPolicy { every_entries: 0, every_bytes: 5, trailing_entries: 0 };
+    assert!(!by_bytes.is_due(1_000_000, 4) && by_bytes.is_due(1, 5));
+}

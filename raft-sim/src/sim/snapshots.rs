@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use raft_core::{Event, Index, NodeId, SnapshotMeta};
+use raft_driver_std::node::SnapshotPolicy;
 use raft_driver_std::raftkv::store::KvStore;
 use raft_driver_std::{SnapshotImage, StateMachine};
 
@@ -23,7 +24,9 @@ impl Sim {
         let applied = node.applied_index();
         // Counted from the node's last snapshot, taken, installed or restored.
         let last = node.snapshot().map_or(0, |m| m.last_included_index);
-        if applied < last + every || node.installing_snapshot().is_some() {
+        // The driver's policy, by entry count (the simulated store's entries are tiny).
+        let policy = SnapshotPolicy { every_entries: every, every_bytes: 0, trailing_entries: 0 };
+        if !policy.is_due(applied.saturating_sub(last), 0) || node.installing_snapshot().is_some() {
             return;
         }
         // (The store's own `last_applied` is its last command: no-op entries
