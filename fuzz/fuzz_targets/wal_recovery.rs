@@ -22,8 +22,10 @@ fuzz_target!(|data: &[u8]| {
     match Wal::open(dir.path(), WalOptions::default()) {
         Ok((_, state, _)) => {
             assert!(SUPPORTED_WAL_VERSIONS.contains(&version), "version {version} must be refused");
+            // Contiguous, right after the snapshot the log follows (if any).
+            let base = state.snapshot.as_ref().map_or(0, |m| m.last_included_index);
             for (i, e) in state.entries.iter().enumerate() {
-                assert_eq!(e.index, i as u64 + 1, "recovered log must be contiguous");
+                assert_eq!(e.index, base + i as u64 + 1, "recovered log must be contiguous after its snapshot");
             }
         }
         Err(WalError::UnsupportedVersion { found, .. }) => {

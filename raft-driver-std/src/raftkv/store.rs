@@ -276,8 +276,37 @@ pub const KV_IMAGE_VERSION: u8 = 1;
 struct ImageV1 {
     last_applied: u64,
     clock_ms: u64,
+    #[serde(deserialize_with = "ordmap")]
     data: OrdMap<Bytes, Value>,
+    #[serde(deserialize_with = "ordmap")]
     sessions: OrdMap<u64, Session>,
+}
+
+/// Reads a map entry by entry. imbl's own deserializer first reserves room for as many entries as the
+/// image's count field claims, so an image with a forged count (it comes from a peer, or a disk) made
+/// a node allocate gigabytes and abort (found by `fuzz/fuzz_targets/snapshot_restore.rs`); here the
+/// map only grows with entries actually present.
+fn ordmap<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    struct Visitor<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de> + Ord + Clone, V: Deserialize<'de> + Clone> serde::de::Visitor<'de> for Visitor<K, V> {
+        type Value = OrdMap<K, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<OrdMap<K, V>, A::Error> {
+            let mut map = OrdMap::new();
+            while let Some((k, v)) = access.next_entry()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
 /// A frozen view of a [`KvStore`] taken by [`StateMachine::snapshot`]: O(1) to take (the maps are shared

@@ -569,3 +569,15 @@ fn session_of_reads_the_leading_fields_of_any_request() {
     }
     assert_eq!(KvRequest::session_of(&[0xFF]), None);
 }
+
+#[test]
+fn an_image_claiming_a_huge_map_is_refused_without_allocating_for_it() {
+    let mut h = Harness::new();
+    h.run(&["SET", "k", "v"]);
+    let before = h.kv.image();
+    // Version 1, last_applied 1, clock 0, then a key count of u64::MAX and nothing after it.
+    let mut forged = vec![KV_IMAGE_VERSION, 1, 0];
+    forged.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    assert!(h.kv.restore(&forged).is_err());
+    assert_eq!(h.kv.image(), before);
+}
