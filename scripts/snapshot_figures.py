@@ -156,9 +156,30 @@ def main():
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--rss-only", action="store_true",
                     help="only RSS and data dir after --writes SETs, sampled every tenth of them")
+    ap.add_argument("--restart-only", action="store_true",
+                    help="only the restart-to-correct-GET times after --writes SETs (follower, then leader)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="snapfig-")
     try:
+        if args.restart_only:
+            c = Cluster(os.path.join(tmp, "restart"))
+            leader = c.leader()
+            bench(c.port(leader), args.writes)
+            cli(c.port(leader), "SET", "probe", "v1")
+            follower = next(i for i in range(1, 4) if i != leader)
+            print(f"history {args.writes} writes: follower restart to correct GET "
+                  f"{restart_to_get(c, follower, 'probe', 'v1'):.3f} s", flush=True)
+            # The whole cluster: every node restarts from its snapshot and WAL tail.
+            for i in range(1, 4):
+                c.kill(i)
+            t0 = time.time()
+            for i in range(1, 4):
+                c.start(i)
+            ok = wait_for(lambda: cli(c.port(1), "GET", "probe").strip() == "v1", 60, 0.005)
+            print(f"history {args.writes} writes: whole cluster restart to correct GET "
+                  f"{time.time() - t0 if ok else float('inf'):.3f} s", flush=True)
+            c.stop()
+            return
         if args.rss_only:
             redis_figures(tmp, args.writes)
             c = Cluster(os.path.join(tmp, "rss"))
