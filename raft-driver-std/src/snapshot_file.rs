@@ -139,6 +139,19 @@ pub fn snapshot_file_name(index: Index) -> String {
     format!("snapshot-{index:020}.snap")
 }
 
+/// The index a complete snapshot file's name stands for (the inverse of
+/// [`snapshot_file_name`]); `None` for any other name, temp and partial
+/// files included.
+pub fn index_of_file_name(name: &str) -> Option<Index> {
+    name.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+/// Whether `name` is a temp file of [`write`] or a partial fetch: only a
+/// crash or an interrupted transfer leaves one behind.
+pub fn is_leftover_file_name(name: &str) -> bool {
+    name.starts_with("snapshot-") && (name.ends_with(".snap.tmp") || name.ends_with(".snap.part"))
+}
+
 /// The bytes before the image: magic, version, metadata and image length.
 fn head(meta: &SnapshotMeta, image_len: usize) -> Vec<u8> {
     let meta = postcard::to_allocvec(&SnapshotMetaV1::from(meta)).expect("serializing into a Vec cannot fail");
@@ -265,18 +278,22 @@ pub struct SnapshotFileInfo {
     pub error: Option<String>,
 }
 
+/// The complete snapshot files in `dir`, by index.
+pub fn list_dir(dir: &Path) -> io::Result<Vec<(Index, PathBuf)>> {
+    let mut files: Vec<(Index, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((index_of_file_name(e.file_name().to_str()?)?, e.path())))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Reads and checks every snapshot file in `dir` (by index), without
 /// changing anything. For `raftkv inspect`.
 pub fn inspect_dir(dir: &Path) -> io::Result<Vec<SnapshotFileInfo>> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snapshot-")))
-        .collect();
-    paths.sort();
-    Ok(paths
+    Ok(list_dir(dir)?
         .into_iter()
-        .map(|path| {
+        .map(|(_, path)| {
             let bytes = fs::metadata(&path).map_or(0, |m| m.len());
             let file = path.display().to_string();
             match read(&path) {
@@ -307,6 +324,21 @@ mod tests {
     use crate::golden;
 
     const GOLDEN: &str = "snapshot-v1.bin";
+
+    #[test]
+    fn file_names_round_trip_and_leftovers_are_told_apart() {
+        for index in [1, 70_000, u64::MAX] {
+            assert_eq!(index_of_file_name(&snapshot_file_name(index)), Some(index));
+        }
+        let name = snapshot_file_name(5);
+        for other in
+            [format!("{name}.tmp"), format!("{name}.part"), "wal-0000000000000001.log".into(), "snapshot-x.snap".into()]
+        {
+            assert_eq!(index_of_file_name(&other), None, "{other}");
+        }
+        assert!(is_leftover_file_name(&format!("{name}.tmp")) && is_leftover_file_name(&format!("{name}.part")));
+        assert!(!is_leftover_file_name(&name) && !is_leftover_file_name("other.part"));
+    }
 
     fn meta() -> SnapshotMeta {
         SnapshotMeta { last_included_index: 70_000, last_included_term: 300, voters: vec![1, 2, 0x1122] }

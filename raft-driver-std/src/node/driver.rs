@@ -104,7 +104,7 @@ impl<S: StateMachine> Driver<S> {
     ) -> Result<Driver<S>, DriverError> {
         let Parts { wal, inputs, self_inputs, snapshots } = parts;
         let (writer, wal) = WalProgress::spawn(wal, options.wal_queue_len)?;
-        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats(), snapshots.stats.clone())));
+        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats(), snapshots.stats)));
         Ok(Driver {
             node,
             state_machine,
@@ -292,8 +292,7 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn publish_status(&self) {
-        let status =
-            Status::of(&self.node, self.proposals.pending(), self.writer.stats(), self.snapshots.stats.clone());
+        let status = Status::of(&self.node, self.proposals.pending(), self.writer.stats(), self.snapshots.stats);
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }
 

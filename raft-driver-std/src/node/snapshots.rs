@@ -72,7 +72,7 @@ impl Default for SnapshotPolicy {
 }
 
 /// What the driver did with snapshots (in [`Status`](super::Status)).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SnapshotStats {
     /// Last included index of the newest snapshot this node holds (0: none).
     pub index: Index,
@@ -98,8 +98,8 @@ pub struct SnapshotStats {
 pub(super) struct Snapshots {
     pub(super) dir: PathBuf,
     policy: SnapshotPolicy,
-    /// A write in progress: its index, and the counters at its capture.
-    writing: Option<(Index, u64, u64)>,
+    /// A write in progress: the entry and byte counters at its capture.
+    writing: Option<(u64, u64)>,
     /// A fetch in progress.
     fetching: bool,
     /// The persist seq of the newest marker not yet known durable, and its
@@ -146,25 +146,9 @@ impl Snapshots {
     }
 }
 
-/// The snapshot files in `dir`, by index (temp and partial files excluded).
-fn snapshot_files(dir: &Path) -> Vec<(Index, PathBuf)> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name();
-            let index = name.to_str()?.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()?;
-            Some((index, e.path()))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Deletes the snapshot files whose index `doomed` picks, and every temp or
-/// partial file (only ever left by a crash or an interrupted transfer).
+/// Deletes the complete snapshot files whose index `doomed` picks.
 fn delete_files(dir: &Path, doomed: impl Fn(Index) -> bool) {
-    for (index, path) in snapshot_files(dir) {
+    for (index, path) in snapshot_file::list_dir(dir).unwrap_or_default() {
         if doomed(index) {
             match fs::remove_file(&path) {
                 Ok(()) => tracing::debug!(file = %path.display(), "old snapshot deleted"),
@@ -179,9 +163,7 @@ fn delete_files(dir: &Path, doomed: impl Fn(Index) -> bool) {
 fn delete_leftovers(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.filter_map(Result::ok) {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snapshot-") && (name.ends_with(".tmp") || name.ends_with(".part")) {
+        if e.file_name().to_str().is_some_and(snapshot_file::is_leftover_file_name) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -234,7 +216,7 @@ impl<S: StateMachine> Driver<S> {
         let dir = self.snapshots.dir.clone();
         let inputs = self.self_inputs.clone();
         let stats = &self.snapshots.stats;
-        self.snapshots.writing = Some((index, stats.entries_since, stats.bytes_since));
+        self.snapshots.writing = Some((stats.entries_since, stats.bytes_since));
         let started = Instant::now();
         let spawned = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.node.id())).spawn(move || {
             let bytes = image.encode();
@@ -257,7 +239,7 @@ impl<S: StateMachine> Driver<S> {
         result: Result<u64, String>,
         started: Instant,
     ) -> Result<(), DriverError> {
-        let (_, captured_entries, captured_bytes) = self.snapshots.writing.take().unwrap_or_default();
+        let (captured_entries, captured_bytes) = self.snapshots.writing.take().unwrap_or_default();
         let stats = &mut self.snapshots.stats;
         let file_bytes = match result {
             Ok(bytes) => bytes,

@@ -363,27 +363,6 @@ impl KvStore {
         Bytes::from(StateMachine::snapshot(self).encode())
     }
 
-    /// Replaces the state with an image produced by [`SnapshotImage::encode`], keeping this store's
-    /// configuration. On error the store is unchanged.
-    fn restore_image(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let (&version, rest) = snapshot.split_first().ok_or_else(|| RestoreError("empty image".into()))?;
-        if version != KV_IMAGE_VERSION {
-            return Err(RestoreError(format!(
-                "raftkv image format version {version}, but this build reads only version {KV_IMAGE_VERSION}"
-            )));
-        }
-        let image: ImageV1 = postcard::from_bytes(rest).map_err(|e| RestoreError(format!("raftkv image: {e}")))?;
-        self.expires = image.data.iter().filter_map(|(k, v)| v.expire_at.map(|at| (at, k.clone()))).collect();
-        self.lru = image.sessions.iter().map(|(&id, s)| (s.last_used, id)).collect();
-        self.data = image.data;
-        self.sessions = image.sessions;
-        self.clock_ms = image.clock_ms;
-        self.last_applied = image.last_applied;
-        // A smaller configured bound than the snapshot's producer: evict down to it.
-        self.evict_sessions();
-        Ok(())
-    }
-
     /// Looks up a key as of the store's clock, deleting it if it has expired.
     fn live(&mut self, key: &[u8]) -> Option<&Value> {
         let expired = self.data.get(key)?.expire_at.is_some_and(|at| self.clock_ms > at);
@@ -597,8 +576,25 @@ impl StateMachine for KvStore {
         })
     }
 
+    /// Keeps this store's configuration (`max_sessions`, evicting down to it). On error the store is
+    /// unchanged.
     fn restore(&mut self, image: &[u8]) -> Result<(), RestoreError> {
-        self.restore_image(image)
+        let (&version, rest) = image.split_first().ok_or_else(|| RestoreError("empty image".into()))?;
+        if version != KV_IMAGE_VERSION {
+            return Err(RestoreError(format!(
+                "raftkv image format version {version}, but this build reads only version {KV_IMAGE_VERSION}"
+            )));
+        }
+        let image: ImageV1 = postcard::from_bytes(rest).map_err(|e| RestoreError(format!("raftkv image: {e}")))?;
+        self.expires = image.data.iter().filter_map(|(k, v)| v.expire_at.map(|at| (at, k.clone()))).collect();
+        self.lru = image.sessions.iter().map(|(&id, s)| (s.last_used, id)).collect();
+        self.data = image.data;
+        self.sessions = image.sessions;
+        self.clock_ms = image.clock_ms;
+        self.last_applied = image.last_applied;
+        // A smaller configured bound than the snapshot's producer: evict down to it.
+        self.evict_sessions();
+        Ok(())
     }
 
     /// Decodes a [`KvRequest`], applies it at most once per `(session, seq)`, and returns its result.

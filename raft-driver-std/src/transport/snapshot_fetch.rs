@@ -259,7 +259,9 @@ pub(super) fn fetch(shared: &Shared, peer: NodeId, index: Index, dir: &Path) -> 
 fn remove_other_parts(dir: &Path, keep: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if path != keep && path.extension().is_some_and(|e| e == "part") {
+        // Not `.tmp` files: a snapshot write may be under way in the same directory.
+        let partial = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".snap.part"));
+        if partial && path != keep {
             let _ = fs::remove_file(path);
         }
     }
