@@ -158,9 +158,28 @@ def main():
                     help="only RSS and data dir after --writes SETs, sampled every tenth of them")
     ap.add_argument("--restart-only", action="store_true",
                     help="only the restart-to-correct-GET times after --writes SETs (follower, then leader)")
+    ap.add_argument("--throughput-rounds", type=int, default=0,
+                    help="only SET/s with snapshots off and on: this many alternating rounds, fresh clusters, medians")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="snapfig-")
     try:
+        if args.throughput_rounds:
+            results = {"off": [], "on": []}
+            for r in range(args.throughput_rounds):
+                order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
+                for mode in order:
+                    kw = {"every_entries": 0, "every_bytes": 0} if mode == "off" else {}
+                    c = Cluster(os.path.join(tmp, f"tp-{r}-{mode}"), **kw)
+                    leader = c.leader()
+                    rps = bench(c.port(leader), args.writes)
+                    taken = info(c.port(leader))["snapshots_taken"].strip()
+                    c.stop()
+                    results[mode].append(rps)
+                    print(f"round {r + 1} snapshots {mode}: {rps:.0f} SET/s ({taken} snapshots on the leader)", flush=True)
+            med = {m: sorted(v)[len(v) // 2] for m, v in results.items()}
+            print(f"median SET/s over {args.throughput_rounds} alternating rounds of {args.writes} writes: "
+                  f"off {med['off']:.0f}, on {med['on']:.0f}, ratio {med['on'] / med['off']:.3f}")
+            return
         if args.restart_only:
             c = Cluster(os.path.join(tmp, "restart"))
             leader = c.leader()
