@@ -146,7 +146,7 @@ pub fn index_of_file_name(name: &str) -> Option<Index> {
     name.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()
 }
 
-/// Whether `name` is a temp file of [`write`] or a partial fetch: only a
+/// Whether `name` is a temp file of [`write()`] or a partial fetch: only a
 /// crash or an interrupted transfer leaves one behind.
 pub fn is_leftover_file_name(name: &str) -> bool {
     name.starts_with("snapshot-") && (name.ends_with(".snap.tmp") || name.ends_with(".snap.part"))
