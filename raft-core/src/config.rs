@@ -9,9 +9,12 @@ use crate::types::NodeId;
 /// checked by [`Config::validate`] when the node is created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This node's id (non-zero, one of `voters`).
+    /// This node's id (non-zero).
     pub id: NodeId,
-    /// Every voting member of the cluster, this node included.
+    /// The voters of the cluster's first configuration (this node included),
+    /// in force until the log or a snapshot carries another one. Empty for
+    /// a node that joins an existing cluster: it waits, never campaigning,
+    /// until a leader adds it and replicates the configuration to it.
     pub voters: Vec<NodeId>,
     /// Minimum election timeout in ticks; each timeout is drawn uniformly
     /// from `[election_ticks, 2 * election_ticks)`.
@@ -75,7 +78,7 @@ impl Config {
         if self.voters.contains(&0) {
             return Err(ConfigError::ZeroId);
         }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return Err(ConfigError::NotAVoter { id: self.id });
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
@@ -102,7 +105,7 @@ impl Config {
 pub enum ConfigError {
     /// Node id 0 is reserved.
     ZeroId,
-    /// The node's own id is not among the voters.
+    /// The node's own id is not among the (non-empty) voters.
     NotAVoter {
         /// The node's id.
         id: NodeId,

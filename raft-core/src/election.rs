@@ -1,12 +1,9 @@
 //! Leader election: timeouts, PreVote, RequestVote, CheckQuorum
 //! (Raft paper §5.2 and §5.4.1; thesis §4.2.3, §6.2 and §9.6).
 
-use alloc::vec::Vec;
-
 use crate::event::Role;
 use crate::message::{MessageBody, RequestVote, RequestVoteResponse};
 use crate::node::Node;
-use crate::progress::Progress;
 use crate::types::{Entry, EntryKind, NodeId, Term};
 
 impl Node {
@@ -14,12 +11,10 @@ impl Node {
     /// timeout passes without hearing from a leader.
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_election_ticks {
-            if self.config.pre_vote {
-                self.campaign(true);
-            } else {
-                self.campaign(false);
-            }
+        // A learner, a removed node or one still waiting to join never
+        // starts an election (thesis §4.2.1, §4.2.3).
+        if self.election_elapsed >= self.randomized_election_ticks && self.is_voter() {
+            self.campaign(self.config.pre_vote, false);
         }
     }
 
@@ -29,6 +24,16 @@ impl Node {
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+        }
+        for p in &mut self.progress {
+            p.quiet_ticks = p.quiet_ticks.saturating_add(1);
+        }
+        if let Some(t) = &mut self.transfer {
+            t.elapsed += 1;
+            if t.elapsed >= self.config.election_ticks {
+                // The target did not win in time: lead on, accept proposals.
+                self.transfer = None;
+            }
         }
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_ticks {
@@ -42,23 +47,40 @@ impl Node {
         }
     }
 
+    /// Whether a quorum of the configuration answered since the last round
+    /// (this node counts only where it votes); starts a new round.
     fn quorum_recently_active(&mut self) -> bool {
-        let active = 1 + self.progress.iter().filter(|p| p.recent_active).count();
+        let me = self.config.id;
+        let progress = &self.progress;
+        let active =
+            self.membership.has_quorum(|id| id == me || progress.iter().any(|p| p.id == id && p.recent_active));
         for p in &mut self.progress {
             p.recent_active = false;
         }
-        active >= self.quorum()
+        active
     }
 
     /// `Event::Campaign`: an immediate real election, skipping PreVote.
     pub(crate) fn campaign_now(&mut self) {
-        if self.role != Role::Leader {
-            self.campaign(false);
+        if self.role != Role::Leader && self.is_voter() {
+            self.campaign(false, false);
         }
     }
 
-    /// Starts a PreVote round (`pre = true`) or a real election.
-    fn campaign(&mut self, pre: bool) {
+    /// `TimeoutNow` from the leader handing over to us: campaign at once,
+    /// skipping PreVote, with votes that override CheckQuorum's lease.
+    pub(crate) fn timeout_now(&mut self, from: NodeId) {
+        if self.role == Role::Leader || !self.is_voter() {
+            self.stats.ignored_unexpected += 1;
+            return;
+        }
+        let _ = from;
+        self.campaign(false, true);
+    }
+
+    /// Starts a PreVote round (`pre = true`) or a real election; `transfer`
+    /// marks one a leadership transfer asked for.
+    fn campaign(&mut self, pre: bool, transfer: bool) {
         if self.hard_state.term >= crate::node::MAX_TERM {
             // Unreachable from well-formed input (such terms are refused);
             // never let a term wrap around.
@@ -80,10 +102,13 @@ impl Node {
             self.mark_hard_state_dirty();
             self.hard_state.term
         };
-        let req =
-            RequestVote { pre_vote: pre, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
-        let peers: Vec<NodeId> = self.peers().collect();
-        for to in peers {
+        let req = RequestVote {
+            pre_vote: pre,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+        };
+        for to in self.other_voters() {
             self.send_with_term(to, term, MessageBody::RequestVote(req));
         }
         self.tally_votes();
@@ -160,16 +185,17 @@ impl Node {
             Role::Candidate => self.hard_state_durable(),
             _ => return,
         };
-        let granted = self.votes.iter().filter(|v| v.1).count() + usize::from(self_vote);
-        let rejected = self.votes.iter().filter(|v| !v.1).count();
-        let quorum = self.quorum();
-        if granted >= quorum {
+        let me = self.config.id;
+        let votes = &self.votes;
+        let won = self.membership.has_quorum(|id| if id == me { self_vote } else { votes.contains(&(id, true)) });
+        let lost = self.membership.quorum_impossible(|id| id != me && votes.contains(&(id, false)));
+        if won {
             if self.role == Role::PreCandidate {
-                self.campaign(false);
+                self.campaign(false, false);
             } else {
                 self.become_leader();
             }
-        } else if rejected >= quorum {
+        } else if lost {
             let term = self.hard_state.term;
             self.become_follower(term, None);
         }
@@ -182,7 +208,8 @@ impl Node {
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         let next = self.log.last_index() + 1;
-        self.progress = self.peers().map(|id| Progress::new(id, next)).collect();
+        self.progress.clear();
+        self.sync_progress();
         // The no-op lets the new leader commit entries of earlier terms,
         // which it may never do by counting replicas (§5.4.2, Figure 8).
         let noop = Entry { term: self.hard_state.term, index: next, kind: EntryKind::Noop, data: bytes::Bytes::new() };

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
 use crate::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
@@ -63,6 +64,27 @@ pub enum Event {
     /// state machine was not touched. Applying resumes; the leader will
     /// offer a snapshot again.
     SnapshotAborted,
+    /// Change the cluster's membership (leader only). The result is an
+    /// [`Action::ChangeProposed`] or an [`Action::ChangeRejected`]; the change
+    /// is done when the entry at the proposed index commits (for a joint
+    /// change: when the `C_new` entry the leader appends after it commits,
+    /// which [`Action::MembershipChanged`] reports like every change).
+    ChangeMembership {
+        /// What to change.
+        change: MembershipChange,
+        /// New [`Membership::context`] to replicate with the change; `None`
+        /// keeps the current one.
+        context: Option<Bytes>,
+    },
+    /// Hand leadership to voter `to` (leader only; thesis §3.10): the leader
+    /// stops accepting proposals, brings `to` up to date and tells it to
+    /// campaign at once. If `to` has not won within an election timeout the
+    /// transfer is abandoned and proposals resume. Refused with an
+    /// [`Action::TransferRejected`].
+    TransferLeadership {
+        /// The voter to lead next.
+        to: NodeId,
+    },
 }
 
 /// The node's role in its current term.
@@ -121,6 +143,9 @@ pub enum ProposeError {
     /// The leader holds more uncommitted entries than its configured limit
     /// (checked once per proposal or batch); retry later.
     Backpressure,
+    /// A leadership transfer is under way (proposals pause for at most an
+    /// election timeout); retry, at the new leader if it changed.
+    TransferInProgress,
     /// One command is larger than `Config::max_entry_bytes`; it would never
     /// fit a message to the followers. Nothing was appended.
     EntryTooLarge {
@@ -137,6 +162,7 @@ impl fmt::Display for ProposeError {
             ProposeError::NotLeader { leader: Some(id) } => write!(f, "not the leader; try node {id}"),
             ProposeError::NotLeader { leader: None } => f.write_str("not the leader; no leader known"),
             ProposeError::Backpressure => f.write_str("too many uncommitted entries; retry later"),
+            ProposeError::TransferInProgress => f.write_str("leadership is being transferred; retry shortly"),
             ProposeError::EntryTooLarge { size, max } => {
                 write!(f, "entry of {size} bytes exceeds the {max}-byte limit")
             }
@@ -187,6 +213,37 @@ pub enum Action {
         from: NodeId,
         /// Which snapshot.
         meta: SnapshotMeta,
+    },
+    /// A membership change was appended at `index` (answer to
+    /// [`Event::ChangeMembership`]); `membership` is now in force.
+    ChangeProposed {
+        /// Index of the configuration entry.
+        index: Index,
+        /// The leader's term.
+        term: Term,
+        /// The configuration the entry holds.
+        membership: Membership,
+    },
+    /// The membership change was refused; nothing changed.
+    ChangeRejected {
+        /// Why.
+        error: MembershipError,
+    },
+    /// The leadership transfer was refused; nothing changed.
+    TransferRejected {
+        /// Why.
+        error: MembershipError,
+    },
+    /// The configuration in force on this node changed: a configuration
+    /// entry was appended (or truncated away, falling back to an earlier
+    /// one), or a snapshot brought one. Connect to new members, drop
+    /// removed ones. `index` is the entry's (0 for the configuration the
+    /// node was created with).
+    MembershipChanged {
+        /// The configuration now in force.
+        membership: Membership,
+        /// Where it comes from in the log.
+        index: Index,
     },
     /// The node's role, term or known leader changed (for logs and metrics).
     RoleChanged {

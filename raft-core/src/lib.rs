@@ -6,11 +6,13 @@ extern crate alloc;
 
 mod config;
 mod event;
+mod membership;
 mod message;
 mod types;
 
 pub use config::{Config, ConfigError};
 pub use event::{Action, Event, Persist, ProposeError, Role};
+pub use membership::{MEMBERSHIP_FORMAT_VERSION, Membership, MembershipChange, MembershipError};
 pub use message::{
     AppendEntries, AppendEntriesResponse, InstallSnapshot, Message, MessageBody, RequestVote, RequestVoteResponse,
 };
@@ -22,6 +24,7 @@ mod election;
 mod log;
 mod node;
 mod progress;
+mod reconfig;
 mod replication;
 mod snapshot;
 mod stats;

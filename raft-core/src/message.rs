@@ -34,6 +34,9 @@ pub enum MessageBody {
     /// snapshot is installed and durable (or at once if it already holds
     /// that prefix).
     InstallSnapshot(InstallSnapshot),
+    /// Leadership transfer (thesis §3.10): the leader tells an up-to-date
+    /// voter to start a real election now, skipping PreVote.
+    TimeoutNow,
 }
 
 /// InstallSnapshot RPC arguments: the snapshot to fetch from the sender.
@@ -48,6 +51,10 @@ pub struct InstallSnapshot {
 pub struct RequestVote {
     /// True for a PreVote probe: no term changes, no vote recorded.
     pub pre_vote: bool,
+    /// True for an election started by a leadership transfer: voters that
+    /// still hear from the (handing-over) leader vote anyway instead of
+    /// ignoring it under CheckQuorum's lease (thesis §4.2.3).
+    pub transfer: bool,
     /// Index of the candidate's last log entry.
     pub last_log_index: Index,
     /// Term of the candidate's last log entry.

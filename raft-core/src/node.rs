@@ -15,10 +15,21 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use crate::config::{Config, ConfigError};
 use crate::event::{Action, Event, Persist, Role};
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::stats::Stats;
-use crate::types::{Entry, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
+
+/// A leadership transfer under way (thesis §3.10).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transfer {
+    /// The voter that is to lead next.
+    pub(crate) to: NodeId,
+    /// Leader ticks since the transfer began; it is abandoned after an
+    /// election timeout.
+    pub(crate) elapsed: u32,
+}
 
 /// A write handed to the driver and not yet acknowledged.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +68,13 @@ pub struct Node {
     /// A snapshot being installed by the driver ([`Action::InstallSnapshot`]);
     /// nothing is applied until it ends.
     pub(crate) installing: Option<SnapshotMeta>,
+    /// The configuration in force: the newest in the log (committed or not),
+    /// else the snapshot's, else the one the node was created with.
+    pub(crate) membership: Membership,
+    /// Index of the entry `membership` comes from (0: not from the log).
+    pub(crate) membership_index: Index,
+    /// A leadership transfer this leader is carrying out.
+    pub(crate) transfer: Option<Transfer>,
 
     // Persistence: what the driver has confirmed durable.
     next_persist_seq: u64,
@@ -86,7 +104,7 @@ pub struct Node {
     /// Highest `match_index` acknowledged to the current leader.
     pub(crate) acked_index: Index,
 
-    // Leader state: one entry per other voter, in `config.voters` order.
+    // Leader state: one entry per other member (voters and learners), by id.
     pub(crate) progress: Vec<Progress>,
 
     pub(crate) stats: Stats,
@@ -115,6 +133,9 @@ impl Node {
         let log = RaftLog::after(base, base_term, entries);
         let persisted_index = log.last_index();
         let mut node = Node {
+            membership: Membership::new(config.voters.clone()),
+            membership_index: 0,
+            transfer: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             hard_state,
             role: Role::Follower,
@@ -145,6 +166,9 @@ impl Node {
             match_scratch: Vec::new(),
             config,
         };
+        let (membership, membership_index) = node.membership_at(node.log.last_index());
+        node.membership = membership;
+        node.membership_index = membership_index;
         node.reset_election_timer();
         Ok(node)
     }
@@ -172,6 +196,8 @@ impl Node {
             Event::SnapshotTaken { index } => self.snapshot_taken(index),
             Event::SnapshotInstalled { meta } => self.snapshot_installed(meta),
             Event::SnapshotAborted => self.snapshot_aborted(),
+            Event::ChangeMembership { change, context } => self.change_membership(change, context),
+            Event::TransferLeadership { to } => self.transfer_leadership(to),
         }
         self.flush_persist();
         self.maybe_apply();
@@ -193,7 +219,11 @@ impl Node {
     /// Dispatch on term first, then on message type: the order of Figure 2's
     /// "rules for all servers".
     fn step_message(&mut self, from: NodeId, message: Message) {
-        if from == self.config.id || !self.config.voters.contains(&from) {
+        // Messages from nodes outside our configuration are accepted: a node
+        // that lags behind a membership change hears from members it does
+        // not know yet (a new leader among them). Who may connect at all is
+        // the transport's business.
+        if from == self.config.id || from == 0 {
             self.stats.dropped_unknown_sender += 1;
             return;
         }
@@ -215,6 +245,7 @@ impl Node {
             MessageBody::AppendEntries(req) => self.append_entries(from, req),
             MessageBody::AppendEntriesResponse(resp) => self.append_entries_response(from, resp),
             MessageBody::InstallSnapshot(req) => self.install_snapshot(from, req.meta),
+            MessageBody::TimeoutNow => self.timeout_now(from),
         }
     }
 
@@ -222,7 +253,8 @@ impl Node {
     fn step_higher_term(&mut self, from: NodeId, message: &Message) -> bool {
         match &message.body {
             MessageBody::RequestVote(req) => {
-                if self.in_leader_lease() || (req.pre_vote && self.heard_from_leader_recently()) {
+                let in_lease = self.in_leader_lease() || (req.pre_vote && self.heard_from_leader_recently());
+                if in_lease && !req.transfer {
                     // A leader is alive: a candidate that could not hear it
                     // must not depose it (thesis §4.2.3). For pre-votes this
                     // holds whether or not CheckQuorum is on (§9.6).
@@ -292,6 +324,7 @@ impl Node {
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
+        self.transfer = None;
     }
 
     pub(crate) fn reset_election_timer(&mut self) {
@@ -309,14 +342,95 @@ impl Node {
         self.out.push(Action::Send { to, message: Message { term, body } });
     }
 
-    /// The other voters, in id order.
-    pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// The voters of both halves of the configuration other than this node,
+    /// in id order.
+    pub(crate) fn other_voters(&self) -> Vec<NodeId> {
         let me = self.config.id;
-        self.config.voters.iter().copied().filter(move |&id| id != me)
+        let mut ids: Vec<NodeId> =
+            self.membership.voters.iter().chain(&self.membership.outgoing).copied().filter(|&id| id != me).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
-    pub(crate) fn quorum(&self) -> usize {
-        self.config.voters.len() / 2 + 1
+    /// True if this node votes in the configuration it holds.
+    pub(crate) fn is_voter(&self) -> bool {
+        self.membership.is_voter(self.config.id)
+    }
+
+    // ----- membership --------------------------------------------------
+
+    /// The configuration in force at `upto`: the newest configuration entry
+    /// at or before it among the entries held, else the snapshot's, else
+    /// the configuration the node was created with.
+    pub(crate) fn membership_at(&self, upto: Index) -> (Membership, Index) {
+        let held = self.log.slice(self.log.offset() + 1, upto.min(self.log.last_index()));
+        for e in held.iter().rev() {
+            if e.kind == EntryKind::Config {
+                // Config entries are checked when they enter the log (from
+                // a peer, a proposal or the disk), so this decodes.
+                if let Ok(m) = Membership::decode(&e.data) {
+                    return (m, e.index);
+                }
+            }
+        }
+        match &self.snapshot {
+            Some(meta) => (meta.membership.clone(), meta.last_included_index),
+            None => (Membership::new(self.config.voters.clone()), 0),
+        }
+    }
+
+    /// Makes `membership` the configuration in force, telling the driver,
+    /// and (as leader) tracking progress for exactly its members.
+    pub(crate) fn set_membership(&mut self, membership: Membership, index: Index) {
+        if membership == self.membership && index == self.membership_index {
+            return;
+        }
+        let changed = membership != self.membership;
+        self.membership = membership;
+        self.membership_index = index;
+        if changed {
+            self.out.push(Action::MembershipChanged { membership: self.membership.clone(), index });
+        }
+        if self.role == Role::Leader {
+            self.sync_progress();
+        }
+    }
+
+    /// Re-derives the configuration after the log lost entries (truncation
+    /// or a snapshot install).
+    pub(crate) fn recompute_membership(&mut self) {
+        let (m, i) = self.membership_at(self.log.last_index());
+        self.set_membership(m, i);
+    }
+
+    /// One progress tracker per member other than this node, in id order;
+    /// new members start probing at the end of the log.
+    pub(crate) fn sync_progress(&mut self) {
+        let me = self.config.id;
+        let next = self.log.last_index() + 1;
+        let members = self.membership.members();
+        self.progress.retain(|p| members.binary_search(&p.id).is_ok());
+        for id in members {
+            if id != me && !self.progress.iter().any(|p| p.id == id) {
+                self.progress.push(Progress::new(id, next));
+            }
+        }
+        self.progress.sort_unstable_by_key(|p| p.id);
+        if let Some(t) = self.transfer
+            && !self.membership.is_voter(t.to)
+        {
+            self.transfer = None;
+        }
+    }
+
+    /// The match index the leader counts for `id`: its own durable index
+    /// for itself, the acknowledged one for a follower.
+    pub(crate) fn matched(&self, id: NodeId) -> Index {
+        if id == self.config.id {
+            return self.persisted_index;
+        }
+        self.progress.iter().find(|p| p.id == id).map_or(0, |p| p.match_index)
     }
 
     /// True while this follower has heard from a live leader within the
@@ -345,6 +459,12 @@ impl Node {
     /// Appends entries to the log and to this step's write.
     pub(crate) fn append_to_log(&mut self, entries: Vec<Entry>) {
         self.log.append(&entries);
+        // A configuration takes effect as soon as it is in the log.
+        if let Some(e) = entries.iter().rev().find(|e| e.kind == EntryKind::Config)
+            && let Ok(m) = Membership::decode(&e.data)
+        {
+            self.set_membership(m, e.index);
+        }
         if self.pending_write.entries.is_empty() {
             self.pending_write.entries = entries;
         } else {
@@ -369,6 +489,11 @@ impl Node {
         self.pending_write.entries.retain(|e| e.index < from);
         let t = self.pending_write.truncate_from.map_or(from, |t| t.min(from));
         self.pending_write.truncate_from = Some(t);
+        if self.membership_index >= from {
+            // The configuration in force was truncated away: the previous
+            // one is in force again.
+            self.recompute_membership();
+        }
     }
 
     /// This step's write records that the stored log follows `meta`.
@@ -541,17 +666,50 @@ impl Node {
         self.snapshot.as_ref()
     }
 
+    /// What a snapshot of the state machine as of `index` stands for: the
+    /// entry's term and the configuration in force there. `None` unless the
+    /// entry at `index` is applied and held in memory. A driver writes this
+    /// into its snapshot file before reporting [`crate::Event::SnapshotTaken`]
+    /// for `index`, which records exactly this.
+    pub fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        if index == 0 || index > self.applied_index {
+            return None;
+        }
+        let last_included_term = self.log.term(index)?;
+        let (membership, _) = self.membership_at(index);
+        Some(SnapshotMeta { last_included_index: index, last_included_term, membership })
+    }
+
     /// The snapshot being installed, if any.
     pub fn installing_snapshot(&self) -> Option<&SnapshotMeta> {
         self.installing.as_ref()
     }
 
-    /// The voting members, sorted.
+    /// The voters of the configuration in force (`C_new` while joint), sorted.
     pub fn voters(&self) -> &[NodeId] {
-        &self.config.voters
+        &self.membership.voters
     }
 
-    /// The configuration in force.
+    /// The configuration in force (the newest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Index of the log entry the configuration in force comes from (0 for
+    /// the one the node was created with; a snapshot's last index for one
+    /// that came with a snapshot). The configuration is committed once
+    /// [`Node::commit_index`] reaches it.
+    pub fn membership_index(&self) -> Index {
+        self.membership_index
+    }
+
+    /// The voter a leadership transfer under way hands over to.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.map(|t| t.to)
+    }
+
+    /// The node's settings (its `voters` are the first configuration; the
+    /// one in force is [`Node::membership`]).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -581,6 +739,9 @@ fn validate_persisted_log(
             if m.last_included_index == 0 || m.last_included_term == 0 || m.last_included_term > hard_state.term {
                 return Err(ConfigError::CorruptState("snapshot index or term is 0 or exceeds the persisted term"));
             }
+            if m.membership.validate().is_err() {
+                return Err(ConfigError::CorruptState("the snapshot's configuration is malformed"));
+            }
             (m.last_included_index, m.last_included_term)
         }
     };
@@ -590,6 +751,9 @@ fn validate_persisted_log(
         }
         if e.term < prev_term || e.term > hard_state.term {
             return Err(ConfigError::CorruptState("log terms are 0, decrease, or exceed the persisted term"));
+        }
+        if e.kind == EntryKind::Config && Membership::decode(&e.data).is_err() {
+            return Err(ConfigError::CorruptState("a configuration entry does not decode"));
         }
         prev_term = e.term;
     }
@@ -629,6 +793,9 @@ fn message_is_well_formed(message: &Message) -> bool {
                 if e.index != req.prev_log_index + 1 + i as Index || e.term < term || e.term > message.term {
                     return false;
                 }
+                if e.kind == EntryKind::Config && Membership::decode(&e.data).is_err() {
+                    return false;
+                }
                 term = e.term;
             }
             true
@@ -639,8 +806,8 @@ fn message_is_well_formed(message: &Message) -> bool {
             m.last_included_index > 0
                 && m.last_included_term > 0
                 && m.last_included_term <= message.term
-                && !m.voters.is_empty()
-                && !m.voters.contains(&0)
+                && m.membership.validate().is_ok()
         }
+        MessageBody::TimeoutNow => true,
     }
 }

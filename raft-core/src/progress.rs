@@ -49,6 +49,9 @@ pub struct Progress {
     pub(crate) match_at_heartbeat: Index,
     /// In Snapshot: the last index of the snapshot offered.
     pub pending_snapshot: Index,
+    /// Leader ticks since the follower last answered (saturating): a
+    /// learner is promoted only if it answered within an election timeout.
+    pub(crate) quiet_ticks: u32,
 }
 
 impl Progress {
@@ -66,6 +69,7 @@ impl Progress {
             stalled_rounds: 0,
             match_at_heartbeat: 0,
             pending_snapshot: 0,
+            quiet_ticks: 0,
         }
     }
 
@@ -115,14 +119,4 @@ impl Progress {
             ProgressState::Snapshot => true,
         }
     }
-}
-
-/// The index replicated on a quorum of `match_indexes` (one per voter): the
-/// largest `i` such that a majority has `match >= i`.
-pub(crate) fn quorum_index(match_indexes: &mut [Index]) -> Index {
-    if match_indexes.is_empty() {
-        return 0;
-    }
-    match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-    match_indexes[match_indexes.len() / 2]
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::event::{Action, ProposeError, Role};
 use crate::message::{AppendEntries, AppendEntriesResponse, MessageBody};
 use crate::node::Node;
-use crate::progress::{ProgressState, quorum_index};
+use crate::progress::ProgressState;
 use crate::types::{Entry, EntryKind, Index, NodeId};
 
 impl Node {
@@ -37,6 +37,10 @@ impl Node {
         if self.role != Role::Leader {
             let error = ProposeError::NotLeader { leader: self.leader };
             self.out.push(Action::ProposeRejected { error });
+            return;
+        }
+        if self.transfer.is_some() {
+            self.out.push(Action::ProposeRejected { error: ProposeError::TransferInProgress });
             return;
         }
         let uncommitted = (self.log.last_index() - self.commit_index) as usize;
@@ -87,6 +91,7 @@ impl Node {
                 ProgressState::Replicate => self.send_commit(i),
             }
         }
+        self.send_timeout_now_if_ready();
     }
 
     /// An empty AppendEntries at the follower's `match_index`, carrying as
@@ -122,7 +127,7 @@ impl Node {
 
     /// Sends follower `i` what it is missing, as far as flow control allows:
     /// one probe in Probe state, a pipeline of batches in Replicate state.
-    fn send_append(&mut self, i: usize) {
+    pub(crate) fn send_append(&mut self, i: usize) {
         let max_inflight = self.config.max_inflight_msgs;
         loop {
             let pr = &self.progress[i];
@@ -177,6 +182,7 @@ impl Node {
                 }
                 let pr = &mut self.progress[i];
                 pr.recent_active = true;
+                pr.quiet_ticks = 0;
                 if pr.state == ProgressState::Snapshot && match_index < pr.pending_snapshot {
                     // Still installing (or an older answer): alive, nothing more.
                     return;
@@ -187,6 +193,9 @@ impl Node {
                     self.probe_for_gap(i);
                 }
                 self.send_append_or_commit(i);
+                if self.transfer.is_some_and(|t| t.to == from) {
+                    self.send_timeout_now_if_ready();
+                }
             }
             AppendEntriesResponse::Reject { rejected_index, conflict_term, conflict_index } => {
                 if rejected_index > last_index || conflict_index > rejected_index + 1 {
@@ -194,6 +203,7 @@ impl Node {
                     return;
                 }
                 self.progress[i].recent_active = true;
+                self.progress[i].quiet_ticks = 0;
                 self.backtrack(i, rejected_index, conflict_term, conflict_index);
             }
         }
@@ -260,12 +270,12 @@ impl Node {
     /// but only through an entry of the current term (§5.4.2): counting
     /// replicas of an older entry is exactly the Figure 8 mistake.
     pub(crate) fn maybe_commit(&mut self) {
-        let mut matches = core::mem::take(&mut self.match_scratch);
-        matches.clear();
-        matches.push(self.persisted_index);
-        matches.extend(self.progress.iter().map(|p| p.match_index));
-        let candidate = quorum_index(&mut matches);
-        self.match_scratch = matches;
+        // Only voters count, each half of a joint configuration on its
+        // own; this node counts only where it votes (a leader that is being
+        // removed manages the cluster without counting itself, §4.2.2).
+        let mut scratch = core::mem::take(&mut self.match_scratch);
+        let candidate = self.membership.committed_index(&mut scratch, |id| self.matched(id));
+        self.match_scratch = scratch;
         if candidate > self.commit_index && self.log.term(candidate) == Some(self.hard_state.term) {
             self.commit_index = candidate;
             // Tell followers promptly so they apply without waiting for the
@@ -273,6 +283,7 @@ impl Node {
             for i in 0..self.progress.len() {
                 self.send_append_or_commit(i);
             }
+            self.after_commit_as_leader();
         }
     }
 

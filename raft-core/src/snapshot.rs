@@ -26,12 +26,10 @@ impl Node {
     /// applied index `index`.
     pub(crate) fn snapshot_taken(&mut self, index: Index) {
         let newer = self.snapshot.as_ref().is_none_or(|m| index > m.last_included_index);
-        let applied = index > 0 && index <= self.applied_index;
-        let Some(last_included_term) = self.log.term(index).filter(|_| applied && newer) else {
+        let Some(meta) = self.snapshot_meta_at(index).filter(|_| newer) else {
             self.stats.dropped_bad_snapshot += 1;
             return;
         };
-        let meta = SnapshotMeta { last_included_index: index, last_included_term, voters: self.config.voters.clone() };
         self.record_snapshot(meta);
         // Keep a trailing window so that a follower a little behind still
         // catches up from the log.
@@ -80,6 +78,9 @@ impl Node {
             self.discard_log_for_snapshot(index, term);
         }
         self.record_snapshot(meta);
+        // The configuration is the snapshot's, or a newer one in the log
+        // kept after it (rule 6).
+        self.recompute_membership();
         // The snapshot holds committed state only.
         self.commit_index = self.commit_index.max(index);
         self.leader_commit = self.leader_commit.max(index);

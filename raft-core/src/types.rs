@@ -18,6 +18,10 @@ pub enum EntryKind {
     /// The empty entry a new leader appends so that it can commit entries of
     /// earlier terms (Raft paper §5.4.2 / thesis §3.6.2). Applied as a no-op.
     Noop,
+    /// A cluster configuration: `data` is [`crate::Membership::encode`]. It
+    /// takes effect when appended (thesis §4.1); the state machine applies it
+    /// as a no-op.
+    Config,
 }
 
 /// One log entry. The payload is reference-counted (`Bytes`), so the entry
@@ -63,9 +67,10 @@ pub struct SnapshotMeta {
     pub last_included_index: Index,
     /// Term of that entry.
     pub last_included_term: Term,
-    /// The voters of the configuration in force at `last_included_index`
-    /// (sorted). Membership changes will add to this, not change it.
-    pub voters: alloc::vec::Vec<NodeId>,
+    /// The configuration in force at `last_included_index` (the newest
+    /// configuration entry at or before it), so that a node restored from
+    /// the snapshot knows its cluster without the entries it covers.
+    pub membership: crate::Membership,
 }
 
 /// Everything a driver loads from stable storage to restart a node with
@@ -163,7 +168,11 @@ mod tests {
     }
 
     fn meta(index: Index, term: Term) -> SnapshotMeta {
-        SnapshotMeta { last_included_index: index, last_included_term: term, voters: vec![1, 2, 3] }
+        SnapshotMeta {
+            last_included_index: index,
+            last_included_term: term,
+            membership: crate::Membership::new(vec![1, 2, 3]),
+        }
     }
 
     fn state(range: core::ops::RangeInclusive<Index>) -> PersistedState {

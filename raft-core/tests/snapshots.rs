@@ -5,7 +5,7 @@
 
 use raft_core::{
     Action, AppendEntries, AppendEntriesResponse, Bytes, Config, Entry, EntryKind, Event, HardState, InstallSnapshot,
-    Message, MessageBody, Node, PersistedState, ProgressState, SnapshotMeta,
+    Membership, Message, MessageBody, Node, PersistedState, ProgressState, SnapshotMeta,
 };
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -13,7 +13,7 @@ fn entry(index: u64, term: u64) -> Entry {
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { last_included_index: index, last_included_term: term, voters: vec![1, 2, 3] }
+    SnapshotMeta { last_included_index: index, last_included_term: term, membership: Membership::new(vec![1, 2, 3]) }
 }
 
 fn restored(id: u64, term: u64, snapshot: Option<SnapshotMeta>, entries: Vec<Entry>) -> Node {
@@ -282,7 +282,7 @@ fn stray_snapshot_events_are_counted_and_ignored() {
 #[test]
 fn malformed_offers_are_dropped() {
     let mut node = restored(1, 3, None, vec![]);
-    for m in [meta(0, 1), meta(5, 0), meta(5, 4), SnapshotMeta { voters: vec![], ..meta(5, 1) }] {
+    for m in [meta(0, 1), meta(5, 0), meta(5, 4), SnapshotMeta { membership: Membership::default(), ..meta(5, 1) }] {
         let out = offer(&mut node, m.clone());
         assert!(out.iter().all(|a| !matches!(a, Action::InstallSnapshot { .. })), "{m:?} accepted");
     }

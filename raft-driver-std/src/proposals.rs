@@ -62,6 +62,9 @@ impl fmt::Display for ProposalError {
                 f.write_str("not the leader; no leader known")
             }
             ProposalError::Refused(ProposeError::Backpressure) => f.write_str("too many uncommitted entries"),
+            ProposalError::Refused(ProposeError::TransferInProgress) => {
+                f.write_str("leadership is being transferred; retry shortly")
+            }
             ProposalError::Refused(ProposeError::EntryTooLarge { size, max }) => {
                 write!(f, "command of {size} bytes exceeds the max_entry_bytes limit of {max} bytes")
             }

@@ -2,14 +2,14 @@
 //! stands for, stored so that a crash at any point leaves either the old
 //! file or the complete new one, and damage is refused, never loaded.
 //!
-//! Format version 1, all integers little-endian:
+//! Format version 2, all integers little-endian:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 4 | magic `RFTS` |
-//! | 4 | format version (`1`) |
+//! | 4 | format version (`2`) |
 //! | 4 | length `M` of the metadata |
-//! | `M` | metadata: postcard of [`SnapshotMetaV1`] (`last_included_index`, `last_included_term`, `voters`) |
+//! | `M` | metadata: postcard of [`SnapshotMetaV2`] (`last_included_index`, `last_included_term`, `membership` as [`Membership::encode`] bytes) |
 //! | 8 | length `D` of the image |
 //! | `D` | the state machine image (the application's bytes) |
 //! | 4 | CRC-32C of every byte before it |
@@ -21,6 +21,10 @@
 //! The driver (`node/snapshots.rs`) writes one after each snapshot it takes
 //! or fetches, restores from the one the WAL's newest snapshot record names
 //! on restart, and deletes older ones once a newer record is durable.
+//!
+//! Version 1 differs only in its metadata, [`SnapshotMetaV1`], which held a
+//! voter list instead of a whole configuration (from before membership
+//! changes); it is still read, as a configuration of those voters.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -28,7 +32,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raft_core::{Index, NodeId, SnapshotMeta, Term};
+use raft_core::{Index, Membership, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::failpoint::fail_point;
@@ -36,9 +40,9 @@ use crate::failpoint::fail_point;
 /// The magic bytes every snapshot file starts with.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RFTS";
 /// The format version this build writes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// The format versions this build reads.
-pub const SUPPORTED_SNAPSHOT_VERSIONS: &[u32] = &[1];
+pub const SUPPORTED_SNAPSHOT_VERSIONS: &[u32] = &[1, 2];
 
 /// The metadata as stored, version 1 (owned here, converted to and from the
 /// core type, so that a change in raft-core cannot silently change the bytes).
@@ -52,24 +56,48 @@ pub struct SnapshotMetaV1 {
     pub voters: Vec<NodeId>,
 }
 
-impl From<&SnapshotMeta> for SnapshotMetaV1 {
+/// The metadata as stored, version 2: the configuration is
+/// [`Membership::encode`] bytes (voters, joint outgoing voters, learners,
+/// context), checked when read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMetaV2 {
+    /// Index of the last entry the snapshot includes.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// The configuration in force at that index.
+    pub membership: Bytes,
+}
+
+impl From<&SnapshotMeta> for SnapshotMetaV2 {
     fn from(m: &SnapshotMeta) -> Self {
-        SnapshotMetaV1 {
+        SnapshotMetaV2 {
             last_included_index: m.last_included_index,
             last_included_term: m.last_included_term,
-            voters: m.voters.clone(),
+            membership: m.membership.encode(),
         }
     }
 }
 
-impl From<SnapshotMetaV1> for SnapshotMeta {
-    fn from(m: SnapshotMetaV1) -> Self {
-        SnapshotMeta {
+/// Decodes the metadata of a file of format `version`.
+fn decode_meta(version: u32, bytes: &[u8]) -> Result<SnapshotMeta, String> {
+    if version == 1 {
+        let m: SnapshotMetaV1 = postcard::from_bytes(bytes).map_err(|e| format!("metadata: {e}"))?;
+        let membership = Membership::new(m.voters);
+        membership.validate().map_err(|e| format!("metadata: {e}"))?;
+        return Ok(SnapshotMeta {
             last_included_index: m.last_included_index,
             last_included_term: m.last_included_term,
-            voters: m.voters,
-        }
+            membership,
+        });
     }
+    let m: SnapshotMetaV2 = postcard::from_bytes(bytes).map_err(|e| format!("metadata: {e}"))?;
+    let membership = Membership::decode(&m.membership).map_err(|e| format!("metadata: {e}"))?;
+    Ok(SnapshotMeta {
+        last_included_index: m.last_included_index,
+        last_included_term: m.last_included_term,
+        membership,
+    })
 }
 
 /// Why a snapshot file could not be written or read.
@@ -154,7 +182,7 @@ pub fn is_leftover_file_name(name: &str) -> bool {
 
 /// The bytes before the image: magic, version, metadata and image length.
 fn head(meta: &SnapshotMeta, image_len: usize) -> Vec<u8> {
-    let meta = postcard::to_allocvec(&SnapshotMetaV1::from(meta)).expect("serializing into a Vec cannot fail");
+    let meta = postcard::to_allocvec(&SnapshotMetaV2::from(meta)).expect("serializing into a Vec cannot fail");
     let mut out = Vec::with_capacity(4 + 4 + 4 + meta.len() + 8);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
@@ -215,7 +243,7 @@ fn check(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, (usize, usize)), Sn
     let meta_len = u32::from_le_bytes(meta_len.try_into().expect("4 bytes")) as usize;
     let meta =
         take(body, &mut at, meta_len).ok_or_else(|| corrupt(format!("metadata of {meta_len} bytes truncated")))?;
-    let meta: SnapshotMetaV1 = postcard::from_bytes(meta).map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let meta = decode_meta(version, meta).map_err(corrupt)?;
     let image_len = take(body, &mut at, 8).ok_or_else(|| corrupt("truncated image length".into()))?;
     let image_len = u64::from_le_bytes(image_len.try_into().expect("8 bytes"));
     let image_len = usize::try_from(image_len).map_err(|_| corrupt(format!("image of {image_len} bytes")))?;
@@ -225,7 +253,7 @@ fn check(file: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, (usize, usize)), Sn
         return Err(corrupt(format!("{} bytes after the image", body.len() - at)));
     }
     let start = image.as_ptr() as usize - bytes.as_ptr() as usize;
-    Ok((meta.into(), (start, image_len)))
+    Ok((meta, (start, image_len)))
 }
 
 /// Writes the snapshot file for `meta` in `dir` crash-safely (temp file,
@@ -323,7 +351,8 @@ mod tests {
     use super::*;
     use crate::golden;
 
-    const GOLDEN: &str = "snapshot-v1.bin";
+    const GOLDEN_V1: &str = "snapshot-v1.bin";
+    const GOLDEN: &str = "snapshot-v2.bin";
 
     #[test]
     fn file_names_round_trip_and_leftovers_are_told_apart() {
@@ -341,23 +370,43 @@ mod tests {
     }
 
     fn meta() -> SnapshotMeta {
-        SnapshotMeta { last_included_index: 70_000, last_included_term: 300, voters: vec![1, 2, 0x1122] }
+        let membership = Membership {
+            voters: vec![1, 2, 0x1122],
+            outgoing: vec![1, 2, 3],
+            learners: vec![7],
+            context: Bytes::from_static(b"addrs"),
+        };
+        SnapshotMeta { last_included_index: 70_000, last_included_term: 300, membership }
     }
 
     #[test]
     fn snapshot_golden_file_decodes_and_encodes() {
         let committed = golden::check(GOLDEN, &encode(&meta(), b"image bytes"));
-        // Spelled out too: magic, version 1, metadata length, then the
-        // metadata's varints (70000 = f0 a2 04, 300 = ac 02, 3 voters).
-        assert_eq!(committed[..8], *b"RFTS\x01\x00\x00\x00");
-        assert_eq!(committed[12..18], [0xf0, 0xa2, 0x04, 0xac, 0x02, 3]);
+        // Spelled out too: magic, version 2, metadata length, then the
+        // metadata's varints (70000 = f0 a2 04, 300 = ac 02), then the
+        // configuration's length and its version byte.
+        assert_eq!(committed[..8], *b"RFTS\x02\x00\x00\x00");
+        assert_eq!(committed[12..19], [0xf0, 0xa2, 0x04, 0xac, 0x02, 18, 1]);
         let (m, image) = decode(Path::new(GOLDEN), &committed).expect("decodes");
         assert_eq!((m, &image[..]), (meta(), &b"image bytes"[..]));
     }
 
     #[test]
+    fn snapshot_v1_golden_file_still_decodes_as_its_voters() {
+        // Written before membership changes: a voter list, no learners.
+        let committed = std::fs::read(golden::dir().join(GOLDEN_V1)).expect("committed v1 file");
+        let (m, image) = decode(Path::new(GOLDEN_V1), &committed).expect("decodes");
+        let expected = SnapshotMeta {
+            last_included_index: 70_000,
+            last_included_term: 300,
+            membership: Membership::new(vec![1, 2, 0x1122]),
+        };
+        assert_eq!((m, &image[..]), (expected, &b"image bytes"[..]));
+    }
+
+    #[test]
     fn snapshot_golden_files_are_exactly_the_tested_cases() {
-        golden::assert_complete("snapshot-", &[GOLDEN]);
+        golden::assert_complete("snapshot-", &[GOLDEN_V1, GOLDEN]);
     }
 
     #[test]
@@ -393,9 +442,9 @@ mod tests {
     #[test]
     fn an_unknown_version_is_named_as_such() {
         let mut bytes = encode(&meta(), b"abc");
-        bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+        bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
         let err = decode(Path::new("s.snap"), &bytes).unwrap_err();
-        assert!(matches!(err, SnapshotFileError::UnsupportedVersion { found: 2, .. }), "{err}");
-        assert!(err.to_string().contains("format version 2"), "{err}");
+        assert!(matches!(err, SnapshotFileError::UnsupportedVersion { found: 3, .. }), "{err}");
+        assert!(err.to_string().contains("format version 3"), "{err}");
     }
 }

@@ -37,7 +37,7 @@
 //! types must stay free to evolve. So the bytes are never "whatever serde
 //! makes of the core types today": the `record` submodule defines the
 //! payload types the WAL owns (`WalHardStateV1`, `WalTruncateV1`,
-//! `WalEntryV1`, `WalSnapshotV2`) and converts them to and from the core
+//! `WalEntryV1`, `WalSnapshotV3`) and converts them to and from the core
 //! types explicitly;
 //! the `format` submodule frames them. Every segment header carries the
 //! format version ([`WAL_FORMAT_VERSION`]); a segment of a version this
@@ -53,6 +53,8 @@
 //!
 //! Version 2 only added the snapshot record: a version-1 segment is still
 //! read, and appended to, as it is (its other records have the same bytes).
+//! Version 3 added Config entries and a snapshot marker that carries the
+//! whole configuration; older segments are still read and appended to.
 //!
 //! On [`Wal::open`] every segment is replayed. A record cut short by a
 //! crash at the very end of the log (a "torn tail") was never acknowledged,
@@ -79,7 +81,7 @@ use raft_core::{Entry, HardState, Index, Persist, PersistedState, SnapshotMeta};
 
 use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
-use record::{Record, WalEntriesV1, WalSnapshotV2, WalTruncateV1};
+use record::{Record, WalEntriesV1, WalSnapshotV3, WalTruncateV1};
 pub use recovery::{InspectReport, RecoveryReport, WalHealth};
 pub use writer::{WalWriter, WalWriterStats};
 
@@ -378,12 +380,12 @@ impl Wal {
         let mut last = self.last_index;
         let mut floor = self.snapshot_index();
         if let Some(meta) = &persist.snapshot {
-            // What recovery refuses to read back (see `WalSnapshotV2`).
+            // What recovery refuses to read back (see `WalSnapshotV3`).
             if meta.last_included_index == 0 {
                 return invalid("snapshot marker through index 0 (indexes start at 1)".into());
             }
-            if meta.voters.contains(&0) {
-                return invalid("snapshot marker with node id 0 (reserved) among its voters".into());
+            if let Err(e) = meta.membership.validate() {
+                return invalid(format!("snapshot marker with an invalid configuration: {e}"));
             }
             // The core only ever moves its snapshot forward; replay after
             // segment deletion relies on that (see `recovery`).
@@ -405,6 +407,11 @@ impl Wal {
         for e in &persist.entries {
             if e.index != last + 1 {
                 return invalid(format!("entry index {} does not follow last index {last}", e.index));
+            }
+            if e.kind == raft_core::EntryKind::Config
+                && let Err(err) = raft_core::Membership::decode(&e.data)
+            {
+                return invalid(format!("config entry {} does not decode: {err}", e.index));
             }
             last = e.index;
         }
@@ -442,7 +449,7 @@ impl Wal {
             self.poisoned = true;
             return Err(e);
         }
-        let marker = WalSnapshotV2::from(meta);
+        let marker = WalSnapshotV3::from(meta);
         for record in [Record::HardState(hs.into()), Record::Snapshot(&marker)] {
             let len = append_record(&mut self.buf, &record).map_err(|reason| WalError::InvalidWrite { reason })?;
             self.seg_len += len as u64;

@@ -9,6 +9,10 @@ use raft_driver_std::raftkv::store::{KvOp, KvRequest, SetCondition};
 pub fn entry(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+        EntryKind::Config => match raft_core::Membership::decode(&e.data) {
+            Ok(m) => format!("{}/{} config {}", e.index, e.term, membership(&m)),
+            Err(err) => format!("{}/{} config <{err}>", e.index, e.term),
+        },
         EntryKind::Normal => format!("{}/{} {}", e.index, e.term, payload(&e.data)),
     }
 }
@@ -40,6 +44,19 @@ fn kv_op(op: &KvOp) -> String {
     }
 }
 
+/// A configuration, e.g. `voters=[1,2,3] outgoing=[1,2,4] learners=[5]`.
+pub fn membership(m: &raft_core::Membership) -> String {
+    let ids = |v: &[NodeId]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let mut s = format!("voters=[{}]", ids(&m.voters));
+    if m.is_joint() {
+        let _ = write!(s, " outgoing=[{}]", ids(&m.outgoing));
+    }
+    if !m.learners.is_empty() {
+        let _ = write!(s, " learners=[{}]", ids(&m.learners));
+    }
+    s
+}
+
 /// A list of entries, abbreviated when long.
 pub fn entries(es: &[Entry]) -> String {
     if es.len() <= 4 {
@@ -55,7 +72,8 @@ pub fn message(m: &Message) -> String {
     match &m.body {
         MessageBody::RequestVote(r) => {
             let kind = if r.pre_vote { "PreVote" } else { "RequestVote" };
-            format!("{kind} t{t} last={}/{}", r.last_log_index, r.last_log_term)
+            let transfer = if r.transfer { " transfer" } else { "" };
+            format!("{kind} t{t} last={}/{}{transfer}", r.last_log_index, r.last_log_term)
         }
         MessageBody::RequestVoteResponse(r) => {
             let kind = if r.pre_vote { "PreVoteResp" } else { "RequestVoteResp" };
@@ -84,6 +102,7 @@ pub fn message(m: &Message) -> String {
         MessageBody::InstallSnapshot(r) => {
             format!("InstallSnapshot t{t} through {}", snapshot(&r.meta))
         }
+        MessageBody::TimeoutNow => format!("TimeoutNow t{t}"),
     }
 }
 
@@ -106,6 +125,7 @@ pub fn kind(m: &Message) -> &'static str {
         B::AppendEntriesResponse(R::Success { .. }) => "AppendOk",
         B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
         B::InstallSnapshot(_) => "InstallSnapshot",
+        B::TimeoutNow => "TimeoutNow",
     }
 }
 
@@ -139,6 +159,14 @@ pub fn action(id: NodeId, a: &Action) -> String {
         }
         Action::ProposeRejected { error } => format!("{id} propose rejected: {error}"),
         Action::InstallSnapshot { from, meta } => format!("{id} install snapshot {} from {from}", snapshot(meta)),
+        Action::ChangeProposed { index, term, membership: m } => {
+            format!("{id} change proposed at {index} t{term}: {}", membership(m))
+        }
+        Action::ChangeRejected { error } => format!("{id} change rejected: {error}"),
+        Action::TransferRejected { error } => format!("{id} transfer rejected: {error}"),
+        Action::MembershipChanged { membership: m, index } => {
+            format!("{id} membership {} (from {index})", membership(m))
+        }
         Action::RoleChanged { role, term, leader } => {
             let l = leader.map_or("none".to_string(), |l| l.to_string());
             format!("{id} is {role} t{term} leader={l}")

@@ -262,7 +262,14 @@ impl<S: StateMachine> Driver<S> {
                     tracing::info!(node = self.node.id(), %role, term, ?leader, "role changed");
                 }
                 Action::InstallSnapshot { from, meta } => self.fetch_snapshot(from, meta),
-                Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
+                Action::MembershipChanged { membership, index } => {
+                    tracing::info!(node = self.node.id(), %membership, index, "membership changed");
+                }
+                Action::Proposed { .. }
+                | Action::ProposeRejected { .. }
+                | Action::ChangeProposed { .. }
+                | Action::ChangeRejected { .. }
+                | Action::TransferRejected { .. } => {}
             }
         }
         Ok(last_persist)
@@ -275,7 +282,8 @@ impl<S: StateMachine> Driver<S> {
                 self.snapshots.applied(entry.data.len());
                 Some(self.state_machine.apply(entry.index, &entry.data))
             }
-            EntryKind::Noop => None,
+            // Configuration entries are the core's; the state machine never sees them.
+            EntryKind::Noop | EntryKind::Config => None,
         };
         match self.proposals.applied(entry, answer) {
             Some(Settled::Applied(reply)) => match response.take() {

@@ -207,11 +207,9 @@ impl<S: StateMachine> Driver<S> {
         }
         let index = self.node.applied_index();
         let newer = self.node.snapshot().is_none_or(|m| index > m.last_included_index);
-        let Some(term) = self.node.term_at(index).filter(|_| index > 0 && newer) else {
+        let Some(meta) = self.node.snapshot_meta_at(index).filter(|_| newer) else {
             return;
         };
-        let meta =
-            SnapshotMeta { last_included_index: index, last_included_term: term, voters: self.node.voters().to_vec() };
         let image = self.state_machine.snapshot();
         let dir = self.snapshots.dir.clone();
         let inputs = self.self_inputs.clone();

@@ -10,8 +10,8 @@
 //! the same bytes by accident.
 
 use raft_core::{
-    AppendEntries, AppendEntriesResponse, Bytes, Entry, EntryKind, InstallSnapshot, Message, MessageBody, RequestVote,
-    RequestVoteResponse, SnapshotMeta,
+    AppendEntries, AppendEntriesResponse, Bytes, Entry, EntryKind, InstallSnapshot, Membership, Message, MessageBody,
+    RequestVote, RequestVoteResponse, SnapshotMeta,
 };
 
 use super::frame::{ACK_LEN, AckStatus, HANDSHAKE_LEN, Handshake, HandshakeError};
@@ -28,7 +28,7 @@ fn message(term: u64, body: MessageBody) -> Message {
 }
 
 fn vote(pre_vote: bool, last_log_index: u64, last_log_term: u64) -> MessageBody {
-    MessageBody::RequestVote(RequestVote { pre_vote, last_log_index, last_log_term })
+    MessageBody::RequestVote(RequestVote { pre_vote, last_log_index, last_log_term, transfer: false })
 }
 
 fn vote_response(pre_vote: bool, granted: bool) -> MessageBody {
@@ -39,11 +39,25 @@ fn append(prev_log_index: u64, prev_log_term: u64, entries: Vec<Entry>, leader_c
     MessageBody::AppendEntries(AppendEntries { prev_log_index, prev_log_term, entries, leader_commit })
 }
 
-fn install_snapshot(last_included_index: u64, last_included_term: u64, voters: Vec<u64>) -> MessageBody {
+fn install_snapshot(last_included_index: u64, last_included_term: u64, membership: Membership) -> MessageBody {
     MessageBody::InstallSnapshot(InstallSnapshot {
-        meta: SnapshotMeta { last_included_index, last_included_term, voters },
+        meta: SnapshotMeta { last_included_index, last_included_term, membership },
     })
 }
+
+fn golden_membership() -> Membership {
+    Membership {
+        voters: vec![1, 2, 300],
+        outgoing: vec![1, 2, 3],
+        learners: vec![70_000],
+        context: Bytes::from_static(b"ctx"),
+    }
+}
+
+/// A frame an older build sent that this build still decodes (to the
+/// message given) but no longer sends: tag 4, a snapshot offer with a voter
+/// list.
+const INSTALL_SNAPSHOT_VOTERS: &str = "wire-v1-frame-install-snapshot.bin";
 
 fn entry(term: u64, index: u64, kind: EntryKind, data: &'static [u8]) -> Entry {
     Entry { term, index, kind, data: Bytes::from_static(data) }
@@ -76,8 +90,54 @@ fn frame_cases() -> Vec<(&'static str, Message)> {
         ),
         ("wire-v1-frame-append-entries-response-reject.bin", message(15, reject(500, Some(7), 450))),
         ("wire-v1-frame-append-entries-response-reject-short-log.bin", message(16, reject(600, None, 42))),
-        ("wire-v1-frame-install-snapshot.bin", message(17, install_snapshot(80_000, 16, vec![1, 2, 300]))),
+        ("wire-v1-frame-install-snapshot-config.bin", message(17, install_snapshot(80_000, 16, golden_membership()))),
+        ("wire-v1-frame-timeout-now.bin", message(18, MessageBody::TimeoutNow)),
+        (
+            "wire-v1-frame-request-vote-transfer.bin",
+            message(
+                19,
+                MessageBody::RequestVote(RequestVote {
+                    pre_vote: false,
+                    last_log_index: 700,
+                    last_log_term: 18,
+                    transfer: true,
+                }),
+            ),
+        ),
+        (
+            "wire-v1-frame-append-entries-config.bin",
+            message(
+                20,
+                append(
+                    900,
+                    19,
+                    vec![Entry { term: 20, index: 901, kind: EntryKind::Config, data: golden_membership().encode() }],
+                    899,
+                ),
+            ),
+        ),
     ]
+}
+
+/// Tag 4 still decodes, as a configuration of the voters it lists.
+#[test]
+fn transport_golden_old_install_snapshot_frame_still_decodes() {
+    let committed = std::fs::read(golden::dir().join(INSTALL_SNAPSHOT_VOTERS)).expect("committed file");
+    let (decoded, used) = decode_frame(&committed, DEFAULT_MAX_FRAME_BYTES).unwrap().unwrap();
+    assert_eq!(used, committed.len());
+    assert_eq!(decoded, message(17, install_snapshot(80_000, 16, Membership::new(vec![1, 2, 300]))));
+}
+
+/// A snapshot offer whose configuration does not decode is a frame error.
+#[test]
+fn transport_golden_install_snapshot_with_bad_configuration_is_refused() {
+    let name = "wire-v1-frame-install-snapshot-config.bin";
+    let mut bytes = check_frame(name);
+    // len (4) | term 17 | tag 5 | index 80000 (80 f1 04) | term 16 | length | version 1
+    assert_eq!(bytes[4..12], [17, 5, 0x80, 0xf1, 0x04, 16, 18, 1]);
+    bytes[11] = 9;
+    let err = decode_frame(&bytes, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
+    assert!(err.to_string().contains("configuration format version 9"), "{err}");
 }
 
 fn golden_handshake() -> Handshake {
@@ -94,7 +154,7 @@ fn check_frame(name: &str) -> Vec<u8> {
 #[test]
 fn transport_golden_files_are_exactly_the_tested_cases() {
     let mut names: Vec<&str> = frame_cases().iter().map(|(name, _)| *name).collect();
-    names.extend([HANDSHAKE, ACKS]);
+    names.extend([HANDSHAKE, ACKS, INSTALL_SNAPSHOT_VOTERS]);
     golden::assert_complete("wire-", &names);
 }
 
@@ -102,19 +162,21 @@ fn transport_golden_files_are_exactly_the_tested_cases() {
 /// breaks this match; the new arm needs a golden frame of its own.
 #[test]
 fn transport_golden_frames_cover_every_message_variant() {
-    let mut covered = [false; 6];
+    let mut covered = [false; 8];
     for (_, m) in frame_cases() {
         let slot = match m.body {
+            MessageBody::RequestVote(r) if r.transfer => 6,
             MessageBody::RequestVote(_) => 0,
             MessageBody::RequestVoteResponse(_) => 1,
             MessageBody::AppendEntries(_) => 2,
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Success { .. }) => 3,
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Reject { .. }) => 4,
             MessageBody::InstallSnapshot(_) => 5,
+            MessageBody::TimeoutNow => 7,
         };
         covered[slot] = true;
     }
-    assert_eq!(covered, [true; 6]);
+    assert_eq!(covered, [true; 8]);
 }
 
 #[test]
@@ -176,8 +238,19 @@ fn transport_golden_handshake_of_unknown_version_is_refused() {
 fn transport_golden_install_snapshot_frame_is_tag_4() {
     // Spelled out, so that re-creating the file cannot move the tag: length
     // 11 | term 17 | tag 4 | index 80000 (80 f1 04) | term 16 | 3 voters 1 2 300 (ac 02).
-    let bytes = check_frame("wire-v1-frame-install-snapshot.bin");
+    let bytes = std::fs::read(golden::dir().join(INSTALL_SNAPSHOT_VOTERS)).unwrap();
     assert_eq!(bytes, [0, 0, 0, 11, 17, 4, 0x80, 0xf1, 0x04, 16, 3, 1, 2, 0xac, 0x02]);
+}
+
+#[test]
+fn transport_golden_new_tags_are_appended() {
+    // TimeoutNow: length 2 | term 18 | tag 6.
+    assert_eq!(check_frame("wire-v1-frame-timeout-now.bin"), [0, 0, 0, 2, 18, 6]);
+    // A transfer's vote request: tag 7, then the same fields as tag 0.
+    let transfer = check_frame("wire-v1-frame-request-vote-transfer.bin");
+    assert_eq!(transfer, [0, 0, 0, 6, 19, 7, 0, 0xbc, 0x05, 18]);
+    // A snapshot offer with the whole configuration: tag 5.
+    assert_eq!(check_frame("wire-v1-frame-install-snapshot-config.bin")[5], 5);
 }
 
 #[test]
@@ -188,13 +261,13 @@ fn transport_golden_frame_with_unknown_kind_or_tag_is_refused() {
     assert_eq!(bytes[4..14], [12, 2, 0xe8, 0x07, 11, 3, 12, 0xe9, 0x07, 0]);
 
     let mut unknown_kind = bytes.clone();
-    unknown_kind[13] = 2;
+    unknown_kind[13] = 3;
     let err = decode_frame(&unknown_kind, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
-    assert!(matches!(err, FrameError::Invalid(WireError::UnknownEntryKind { index: 1001, kind: 2 })), "{err}");
-    assert!(err.to_string().contains("entry 1001 has unknown kind 2"), "{err}");
+    assert!(matches!(err, FrameError::Invalid(WireError::UnknownEntryKind { index: 1001, kind: 3 })), "{err}");
+    assert!(err.to_string().contains("entry 1001 has unknown kind 3"), "{err}");
 
     let mut unknown_tag = bytes;
-    unknown_tag[5] = 5;
+    unknown_tag[5] = 8;
     let err = decode_frame(&unknown_tag, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
     assert!(matches!(err, FrameError::Decode(_)), "{err}");
 }

@@ -18,7 +18,12 @@ const PATIENCE: Duration = Duration::from_secs(2);
 fn vote(term: u64) -> Message {
     Message {
         term,
-        body: MessageBody::RequestVote(RequestVote { pre_vote: false, last_log_index: term, last_log_term: 1 }),
+        body: MessageBody::RequestVote(RequestVote {
+            pre_vote: false,
+            last_log_index: term,
+            last_log_term: 1,
+            transfer: false,
+        }),
     }
 }
 

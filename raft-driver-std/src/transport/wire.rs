@@ -25,8 +25,8 @@ use std::fmt;
 
 use bytes::Bytes;
 use raft_core::{
-    AppendEntries, AppendEntriesResponse, Entry, EntryKind, Index, InstallSnapshot, Message, MessageBody, RequestVote,
-    RequestVoteResponse, SnapshotMeta, Term,
+    AppendEntries, AppendEntriesResponse, Entry, EntryKind, Index, InstallSnapshot, Membership, Message, MessageBody,
+    RequestVote, RequestVoteResponse, SnapshotMeta, Term,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,11 @@ use serde::{Deserialize, Serialize};
 pub(super) const ENTRY_KIND_NORMAL: u8 = 0;
 /// The kind byte of an [`EntryKind::Noop`] entry.
 pub(super) const ENTRY_KIND_NOOP: u8 = 1;
+/// The kind byte of an [`EntryKind::Config`] entry (appended with
+/// membership changes; an older build refuses it as an unknown kind). Its
+/// data is checked by the core, which drops a message whose configuration
+/// does not decode.
+pub(super) const ENTRY_KIND_CONFIG: u8 = 2;
 
 /// A frame payload, version 1: mirrors [`Message`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,8 +63,29 @@ pub(super) enum WireBodyV1 {
     AppendEntries(WireAppendEntriesV1),
     /// Tag 3: [`MessageBody::AppendEntriesResponse`].
     AppendEntriesResponse(WireAppendEntriesResponseV1),
-    /// Tag 4: [`MessageBody::InstallSnapshot`].
+    /// Tag 4: [`MessageBody::InstallSnapshot`] as sent before membership
+    /// changes (a voter list); still decoded, no longer sent.
     InstallSnapshot(WireInstallSnapshotV1),
+    /// Tag 5: [`MessageBody::InstallSnapshot`] with the whole configuration.
+    InstallSnapshotConfig(WireInstallSnapshotConfigV1),
+    /// Tag 6: [`MessageBody::TimeoutNow`].
+    TimeoutNow,
+    /// Tag 7: [`MessageBody::RequestVote`] of an election a leadership
+    /// transfer started (`transfer: true`); tag 0 carries the others, so a
+    /// vote request is byte-identical to an older build's.
+    RequestVoteTransfer(WireRequestVoteV1),
+}
+
+/// Mirrors [`InstallSnapshot`], with the configuration as
+/// [`raft_core::Membership::encode`] bytes (checked by the core).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WireInstallSnapshotConfigV1 {
+    /// Index of the last entry the snapshot includes.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// The configuration in force there.
+    pub membership: Bytes,
 }
 
 /// Mirrors [`InstallSnapshot`] (its [`SnapshotMeta`], flattened).
@@ -73,7 +99,7 @@ pub(super) struct WireInstallSnapshotV1 {
     pub voters: Vec<u64>,
 }
 
-/// Mirrors [`RequestVote`].
+/// Mirrors [`RequestVote`] (its `transfer` flag is the tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct WireRequestVoteV1 {
     /// True for a PreVote probe.
@@ -149,6 +175,8 @@ pub enum WireError {
         /// The kind byte found.
         kind: u8,
     },
+    /// A snapshot offer whose configuration does not decode.
+    BadMembership(raft_core::MembershipError),
 }
 
 impl fmt::Display for WireError {
@@ -156,8 +184,10 @@ impl fmt::Display for WireError {
         match self {
             WireError::UnknownEntryKind { index, kind } => write!(
                 f,
-                "entry {index} has unknown kind {kind} (known: {ENTRY_KIND_NORMAL} normal, {ENTRY_KIND_NOOP} noop)"
+                "entry {index} has unknown kind {kind} (known: {ENTRY_KIND_NORMAL} normal, {ENTRY_KIND_NOOP} noop, \
+                 {ENTRY_KIND_CONFIG} config)"
             ),
+            WireError::BadMembership(e) => write!(f, "snapshot offer with a bad configuration: {e}"),
         }
     }
 }
@@ -167,11 +197,14 @@ impl std::error::Error for WireError {}
 impl From<&Message> for WireMessageV1 {
     fn from(m: &Message) -> Self {
         let body = match &m.body {
-            MessageBody::RequestVote(rv) => WireBodyV1::RequestVote(WireRequestVoteV1 {
-                pre_vote: rv.pre_vote,
-                last_log_index: rv.last_log_index,
-                last_log_term: rv.last_log_term,
-            }),
+            MessageBody::RequestVote(rv) => {
+                let wire = WireRequestVoteV1 {
+                    pre_vote: rv.pre_vote,
+                    last_log_index: rv.last_log_index,
+                    last_log_term: rv.last_log_term,
+                };
+                if rv.transfer { WireBodyV1::RequestVoteTransfer(wire) } else { WireBodyV1::RequestVote(wire) }
+            }
             MessageBody::RequestVoteResponse(r) => {
                 WireBodyV1::RequestVoteResponse(WireRequestVoteResponseV1 { pre_vote: r.pre_vote, granted: r.granted })
             }
@@ -182,11 +215,12 @@ impl From<&Message> for WireMessageV1 {
                 leader_commit: ae.leader_commit,
             }),
             MessageBody::AppendEntriesResponse(r) => WireBodyV1::AppendEntriesResponse((*r).into()),
-            MessageBody::InstallSnapshot(req) => WireBodyV1::InstallSnapshot(WireInstallSnapshotV1 {
+            MessageBody::InstallSnapshot(req) => WireBodyV1::InstallSnapshotConfig(WireInstallSnapshotConfigV1 {
                 last_included_index: req.meta.last_included_index,
                 last_included_term: req.meta.last_included_term,
-                voters: req.meta.voters.clone(),
+                membership: req.meta.membership.encode(),
             }),
+            MessageBody::TimeoutNow => WireBodyV1::TimeoutNow,
         };
         WireMessageV1 { term: m.term, body }
     }
@@ -197,11 +231,8 @@ impl TryFrom<WireMessageV1> for Message {
 
     fn try_from(m: WireMessageV1) -> Result<Self, WireError> {
         let body = match m.body {
-            WireBodyV1::RequestVote(rv) => MessageBody::RequestVote(RequestVote {
-                pre_vote: rv.pre_vote,
-                last_log_index: rv.last_log_index,
-                last_log_term: rv.last_log_term,
-            }),
+            WireBodyV1::RequestVote(rv) => MessageBody::RequestVote(rv.into_core(false)),
+            WireBodyV1::RequestVoteTransfer(rv) => MessageBody::RequestVote(rv.into_core(true)),
             WireBodyV1::RequestVoteResponse(r) => {
                 MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: r.pre_vote, granted: r.granted })
             }
@@ -216,11 +247,32 @@ impl TryFrom<WireMessageV1> for Message {
                 meta: SnapshotMeta {
                     last_included_index: req.last_included_index,
                     last_included_term: req.last_included_term,
-                    voters: req.voters,
+                    // Before membership changes the voters were the whole
+                    // configuration.
+                    membership: Membership::new(req.voters),
                 },
             }),
+            WireBodyV1::InstallSnapshotConfig(req) => MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: SnapshotMeta {
+                    last_included_index: req.last_included_index,
+                    last_included_term: req.last_included_term,
+                    membership: Membership::decode(&req.membership).map_err(WireError::BadMembership)?,
+                },
+            }),
+            WireBodyV1::TimeoutNow => MessageBody::TimeoutNow,
         };
         Ok(Message { term: m.term, body })
+    }
+}
+
+impl WireRequestVoteV1 {
+    fn into_core(self, transfer: bool) -> RequestVote {
+        RequestVote {
+            pre_vote: self.pre_vote,
+            last_log_index: self.last_log_index,
+            last_log_term: self.last_log_term,
+            transfer,
+        }
     }
 }
 
@@ -251,6 +303,7 @@ impl From<&Entry> for WireEntryV1 {
         let kind = match e.kind {
             EntryKind::Normal => ENTRY_KIND_NORMAL,
             EntryKind::Noop => ENTRY_KIND_NOOP,
+            EntryKind::Config => ENTRY_KIND_CONFIG,
         };
         // `Bytes` is reference-counted: no payload copy.
         WireEntryV1 { term: e.term, index: e.index, kind, data: e.data.clone() }
@@ -264,6 +317,7 @@ impl TryFrom<WireEntryV1> for Entry {
         let kind = match e.kind {
             ENTRY_KIND_NORMAL => EntryKind::Normal,
             ENTRY_KIND_NOOP => EntryKind::Noop,
+            ENTRY_KIND_CONFIG => EntryKind::Config,
             kind => return Err(WireError::UnknownEntryKind { index: e.index, kind }),
         };
         Ok(Entry { term: e.term, index: e.index, kind, data: e.data })
@@ -278,7 +332,7 @@ mod tests {
     use crate::transport::{decode_frame, encode_frame};
 
     fn entry() -> impl Strategy<Value = Entry> {
-        let kind = prop_oneof![Just(EntryKind::Normal), Just(EntryKind::Noop)];
+        let kind = prop_oneof![Just(EntryKind::Normal), Just(EntryKind::Noop), Just(EntryKind::Config)];
         (any::<u64>(), any::<u64>(), kind, proptest::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(term, index, kind, data)| Entry { term, index, kind, data: Bytes::from(data) })
     }
@@ -291,9 +345,12 @@ mod tests {
             }),
         ];
         prop_oneof![
-            (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(pre_vote, last_log_index, last_log_term)| {
-                MessageBody::RequestVote(RequestVote { pre_vote, last_log_index, last_log_term })
-            }),
+            (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(pre_vote, last_log_index, last_log_term, transfer)| {
+                    MessageBody::RequestVote(RequestVote { pre_vote, last_log_index, last_log_term, transfer })
+                }
+            ),
+            Just(MessageBody::TimeoutNow),
             (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted)| {
                 MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted })
             }),
@@ -303,13 +360,22 @@ mod tests {
                 }
             ),
             response.prop_map(MessageBody::AppendEntriesResponse),
-            (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..7)).prop_map(
-                |(last_included_index, last_included_term, voters)| {
+            (any::<u64>(), any::<u64>(), proptest::collection::btree_set(1..u64::MAX, 1..7), any::<Vec<u8>>())
+                .prop_map(|(last_included_index, last_included_term, ids, context)| {
+                    // A valid configuration: the wire only carries valid ones
+                    // (a bad one is a decode error, tested with the golden files).
+                    let ids: Vec<u64> = ids.into_iter().collect();
+                    let (voters, learners) = ids.split_at(ids.len().div_ceil(2));
+                    let membership = Membership {
+                        voters: voters.to_vec(),
+                        outgoing: Vec::new(),
+                        learners: learners.to_vec(),
+                        context: Bytes::from(context),
+                    };
                     MessageBody::InstallSnapshot(InstallSnapshot {
-                        meta: SnapshotMeta { last_included_index, last_included_term, voters },
+                        meta: SnapshotMeta { last_included_index, last_included_term, membership },
                     })
-                }
-            ),
+                }),
         ]
     }
 

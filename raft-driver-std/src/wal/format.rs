@@ -11,8 +11,13 @@
 //! kind    := 1 HardState (postcard WalHardStateV1)
 //!          | 2 Truncate  (postcard WalTruncateV1: delete entries >= from)
 //!          | 3 Entries   (postcard sequence of WalEntryV1, contiguous indexes)
-//!          | 4 Snapshot  (postcard WalSnapshotV2; version 2 segments only)
+//!          | 4 Snapshot  (postcard WalSnapshotV2 in version 2 segments,
+//!                         WalSnapshotV3 in version 3 segments)
 //! ```
+//!
+//! Version 3 differs from version 2 by the snapshot marker's payload
+//! (the whole configuration instead of a voter list) and by entry kind 2
+//! (Config) inside Entries records; see `record`.
 //!
 //! Version 2 differs from version 1 only by record kind 4, the snapshot
 //! marker: kinds 1 to 3 have the same bytes in both, so a version-1 segment
@@ -38,13 +43,16 @@ pub(super) const MAGIC: [u8; 8] = *b"RAFTWAL\0";
 /// Bumped on *any* change to the bytes of the header, the framing or a
 /// record payload (including a new record or entry kind): a reader of the
 /// old version must refuse such a segment instead of misreading it.
-pub const WAL_FORMAT_VERSION: u32 = 2;
+pub const WAL_FORMAT_VERSION: u32 = 3;
 /// The segment versions this build can read. Segments of an older version
 /// stay readable as long as their version is listed here; new segments are
 /// always written as [`WAL_FORMAT_VERSION`].
-pub const SUPPORTED_WAL_VERSIONS: &[u32] = &[1, WAL_FORMAT_VERSION];
+pub const SUPPORTED_WAL_VERSIONS: &[u32] = &[1, 2, WAL_FORMAT_VERSION];
 /// The first version with [`RecordKind::Snapshot`].
 pub(super) const FIRST_VERSION_WITH_SNAPSHOT: u32 = 2;
+/// The first version whose snapshot marker carries a whole configuration
+/// (`WalSnapshotV3`) and whose entries may be of kind Config.
+pub(super) const FIRST_VERSION_WITH_MEMBERSHIP: u32 = 3;
 /// Bytes before the first record of a segment.
 pub(super) const SEGMENT_HEADER_LEN: usize = 16;
 /// Bytes before the kind byte of a record (`len` and `crc`).
@@ -337,7 +345,8 @@ mod tests {
         assert!(is_torn_header(&h[..5]));
         assert!(is_torn_header(&h[..9]));
         assert!(is_torn_header(&segment_header_for(1)[..9]));
-        assert!(!is_torn_header(&segment_header_for(3)[..9]));
+        assert!(is_torn_header(&segment_header_for(2)[..9]));
+        assert!(!is_torn_header(&segment_header_for(4)[..9]));
         assert!(is_torn_header(&[0; 40]));
         assert!(!is_torn_header(&h));
         assert!(!is_torn_header(b"garbage"));
@@ -355,7 +364,7 @@ mod tests {
         };
         assert_eq!(patched(0, 0x4B4C_4157), Err(BadHeader::NotASegment));
         assert_eq!(check_segment_header(&segment_header_for(1)), Ok(1));
-        for found in [0, 3, u32::MAX] {
+        for found in [0, 4, u32::MAX] {
             assert_eq!(patched(8, found), Err(BadHeader::UnsupportedVersion { found }));
         }
         assert_eq!(patched(12, 1), Err(BadHeader::Reserved { found: 1 }));

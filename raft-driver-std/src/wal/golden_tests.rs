@@ -1,10 +1,12 @@
-//! Golden tests of WAL format versions 1 and 2: the committed files in
-//! `tests/golden/wal-v1-*.bin` and `wal-v2-*.bin` are decoded and compared
+//! Golden tests of WAL format versions 1 to 3: the committed files in
+//! `tests/golden/wal-v1-*.bin`, `wal-v2-*.bin` and `wal-v3-*.bin` are decoded and compared
 //! with the expected core values, and the values are encoded and compared
 //! with the files. Version 2 only added the snapshot record, so the v1
 //! record files are also what this build writes for those records; the v1
-//! segment is written by this build with a v2 header and otherwise
-//! identical bytes, and is still read and appended to as it is.
+//! segment is written by this build with a v3 header and otherwise
+//! identical bytes, and is still read and appended to as it is. Version 3
+//! changed the snapshot marker's payload and added Config entries: the v2
+//! marker segment is only read (this build writes markers as v3).
 //!
 //! Every field of every case has a value no other field of the case has,
 //! and the integers span one-, two-, three- and ten-byte varints, so an
@@ -13,13 +15,13 @@
 
 use std::fs;
 
-use raft_core::{Bytes, Entry, EntryKind, HardState, Persist, PersistedState, SnapshotMeta};
+use raft_core::{Bytes, Entry, EntryKind, HardState, Membership, Persist, PersistedState, SnapshotMeta};
 use tempfile::TempDir;
 
 use super::format::{
     RecordKind, SEGMENT_HEADER_LEN, append_record, parse_record, segment_file_name, segment_header, segment_header_for,
 };
-use super::record::{Decoded, Record, WalEntriesV1, WalSnapshotV2, WalTruncateV1, decode_record};
+use super::record::{Decoded, Record, WalEntriesV1, WalSnapshotV3, WalTruncateV1, decode_record};
 use super::{Wal, WalError, WalHealth, WalOptions, inspect};
 use crate::golden;
 
@@ -30,6 +32,7 @@ const TRUNCATE: &str = "wal-v1-record-truncate.bin";
 const ENTRIES: &str = "wal-v1-record-entries.bin";
 const SEGMENT: &str = "wal-v1-segment.bin";
 const SEGMENT_V2_SNAPSHOT: &str = "wal-v2-segment-snapshot.bin";
+const SEGMENT_V3_SNAPSHOT: &str = "wal-v3-segment-snapshot.bin";
 
 fn entry(term: u64, index: u64, kind: EntryKind, data: &'static [u8]) -> Entry {
     Entry { term, index, kind, data: Bytes::from_static(data) }
@@ -62,13 +65,13 @@ fn decode_framed(bytes: &[u8]) -> Decoded {
     let raw = parse_record(bytes, 0).expect("valid framing and CRC");
     assert_eq!(raw.end, bytes.len(), "exactly one record");
     let kind = RecordKind::from_byte(raw.kind).expect("known record kind");
-    decode_record(kind, raw.payload).expect("valid payload")
+    decode_record(kind, raw.payload, super::WAL_FORMAT_VERSION).expect("valid payload")
 }
 
 #[test]
 fn wal_golden_files_are_exactly_the_tested_cases() {
     let mut names: Vec<&str> = record_cases(&golden_entries()).iter().map(|(name, ..)| *name).collect();
-    names.extend([SEGMENT_HEADER, SEGMENT, SEGMENT_V2_SNAPSHOT]);
+    names.extend([SEGMENT_HEADER, SEGMENT, SEGMENT_V2_SNAPSHOT, SEGMENT_V3_SNAPSHOT]);
     golden::assert_complete("wal-", &names);
 }
 
@@ -78,9 +81,9 @@ fn wal_golden_segment_header() {
     // Spelled out as well, so that the constants it is built from cannot
     // drift together with the file.
     assert_eq!(committed, b"RAFTWAL\0\x01\0\0\0\0\0\0\0");
-    // What this build writes into new segments (pinned by the v2 segment
+    // What this build writes into new segments (pinned by the v3 segment
     // golden file as well).
-    assert_eq!(segment_header(), *b"RAFTWAL\0\x02\0\0\0\0\0\0\0");
+    assert_eq!(segment_header(), *b"RAFTWAL\0\x03\0\0\0\0\0\0\0");
 }
 
 /// Encodes `record` with its framing and checks it against `name`;
@@ -116,11 +119,11 @@ fn wal_golden_entries_record_with_unknown_entry_kind_is_refused() {
     // len (4) crc (4) record kind (1) | count 4 (1) | term 7 (1), index
     // 1000 (2: e8 07), entry kind (1) ...
     assert_eq!(bytes[8..14], [RecordKind::Entries as u8, 4, 7, 0xe8, 0x07, 0]);
-    bytes[13] = 2;
+    bytes[13] = 3;
     recrc(&mut bytes);
     let raw = parse_record(&bytes, 0).unwrap();
-    let err = decode_record(RecordKind::Entries, raw.payload).unwrap_err();
-    assert!(err.to_string().contains("entry 1000 has unknown kind 2"), "{err}");
+    let err = decode_record(RecordKind::Entries, raw.payload, super::WAL_FORMAT_VERSION).unwrap_err();
+    assert!(err.to_string().contains("entry 1000 has unknown kind 3"), "{err}");
 
     // Through recovery: refused as corruption at the record's offset.
     let dir = TempDir::new().unwrap();
@@ -129,7 +132,7 @@ fn wal_golden_entries_record_with_unknown_entry_kind_is_refused() {
     fs::write(dir.path().join(segment_file_name(1)), &segment).unwrap();
     let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
     assert!(
-        matches!(&err, WalError::Corrupt { offset: 16, reason, .. } if reason.contains("unknown kind 2")),
+        matches!(&err, WalError::Corrupt { offset: 16, reason, .. } if reason.contains("unknown kind 3")),
         "{err:?}"
     );
 }
@@ -173,8 +176,8 @@ fn check_segment() -> Vec<u8> {
     wal.sync().unwrap();
     drop(wal);
     let written = fs::read(dir.path().join(segment_file_name(1))).unwrap();
-    // A new segment is version 2; every record after the header has the
-    // same bytes in both versions.
+    // A new segment is of the current version; every record after the
+    // header has the same bytes in all versions.
     assert_eq!(written[..SEGMENT_HEADER_LEN], segment_header());
     let mut as_v1 = segment_header_for(1).to_vec();
     as_v1.extend_from_slice(&written[SEGMENT_HEADER_LEN..]);
@@ -217,7 +220,8 @@ fn wal_golden_v1_segment_is_appended_to_and_then_followed_by_v2() {
     let (mut wal, state, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_eq!(state, expected);
 
-    let snapshot = SnapshotMeta { last_included_index: 2, last_included_term: 2, voters: vec![1, 2] };
+    let snapshot =
+        SnapshotMeta { last_included_index: 2, last_included_term: 2, membership: Membership::new(vec![1, 2]) };
     wal.write(&Persist {
         seq: 2,
         hard_state: None,
@@ -228,7 +232,7 @@ fn wal_golden_v1_segment_is_appended_to_and_then_followed_by_v2() {
     .unwrap();
     wal.sync().unwrap();
     drop(wal);
-    assert_eq!(fs::read(dir.path().join(segment_file_name(2))).unwrap()[8], 2);
+    assert_eq!(fs::read(dir.path().join(segment_file_name(2))).unwrap()[8], 3);
     let (_, state, report) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     expected.follow_snapshot(snapshot);
     assert_eq!(state, expected);
@@ -239,7 +243,8 @@ fn wal_golden_v1_segment_is_appended_to_and_then_followed_by_v2() {
 /// no record kind 4, whatever the bytes after it say.
 #[test]
 fn wal_golden_snapshot_record_in_a_v1_segment_is_refused() {
-    let snapshot = WalSnapshotV2 { last_included_index: 2, last_included_term: 1, voters: vec![1] };
+    let snapshot =
+        WalSnapshotV3 { last_included_index: 2, last_included_term: 1, membership: Membership::new(vec![1]).encode() };
     let mut v2 = segment_header().to_vec();
     append_record(&mut v2, &Record::HardState(HardState { term: 1, vote: None }.into())).unwrap();
     let marker_at = v2.len();
@@ -257,7 +262,7 @@ fn wal_golden_snapshot_record_in_a_v1_segment_is_refused() {
         }
         other => panic!("expected corruption, got {other:?}"),
     }
-    // The same records in a version-2 segment are fine.
+    // The same records in a current segment are fine.
     fs::write(dir.path().join(segment_file_name(1)), &v2).unwrap();
     let (_, state, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_eq!(state.snapshot.map(|m| m.last_included_index), Some(2));
@@ -266,10 +271,85 @@ fn wal_golden_snapshot_record_in_a_v1_segment_is_refused() {
 /// The history of the v2 golden segment: entries 1..=2, then a snapshot
 /// through 300 (installed from a leader, past this log's end) with a new
 /// hard state and two entries after it. Only the second segment (the one
-/// the marker opens) is the golden file.
-fn snapshot_segment_history() -> (Vec<Persist>, PersistedState) {
-    let meta = SnapshotMeta { last_included_index: 300, last_included_term: 2, voters: vec![1, 2, 70_000] };
+/// the marker opened) is the golden file. Version 2 markers held a voter
+/// list, read back as a configuration of those voters.
+fn snapshot_segment_history_v2() -> PersistedState {
+    let meta = SnapshotMeta {
+        last_included_index: 300,
+        last_included_term: 2,
+        membership: Membership::new(vec![1, 2, 70_000]),
+    };
     let after = vec![entry(3, 301, EntryKind::Normal, b"x"), entry(3, 302, EntryKind::Noop, b"")];
+    PersistedState { hard_state: HardState { term: 3, vote: Some(2) }, snapshot: Some(meta), entries: after }
+}
+
+/// Version 2, a segment a marker opened (written by an earlier build; this
+/// build writes markers as version 3, so the file is only read):
+///
+/// ```text
+/// header    52 41 46 54 57 41 4c 00 | 02 00 00 00 | 00 00 00 00
+/// HardState 04 00 00 00 | crc | 01 | term 3: 03 | vote Some(2): 01 02
+/// Snapshot  0a 00 00 00 | crc | 04 | last_included_index 300: ac 02
+///           | last_included_term 2: 02 | voters: count 3: 03, 1: 01,
+///           2: 02, 70000: f0 a2 04
+/// Entries   0d 00 00 00 | crc | 03 | count 2: 02
+///           | term 3: 03 | index 301: ad 02 | kind normal: 00 | data: 01 78
+///           | term 3: 03 | index 302: ae 02 | kind noop: 01 | data: 00
+/// ```
+#[test]
+fn wal_golden_v2_segment_with_snapshot_is_replayed_and_appended_to() {
+    let committed = fs::read(golden::dir().join(SEGMENT_V2_SNAPSHOT)).expect("committed v2 segment");
+    let mut spelled: Vec<u8> = b"RAFTWAL\0\x02\0\0\0\0\0\0\0".to_vec();
+    for (len, body) in [
+        (4u8, &[0x01, 0x03, 0x01, 0x02][..]),
+        (10, &[0x04, 0xac, 0x02, 0x02, 0x03, 0x01, 0x02, 0xf0, 0xa2, 0x04][..]),
+        (13, &[0x03, 0x02, 0x03, 0xad, 0x02, 0x00, 0x01, 0x78, 0x03, 0xae, 0x02, 0x01, 0x00][..]),
+    ] {
+        assert_eq!(usize::from(len), body.len());
+        spelled.extend_from_slice(&[len, 0, 0, 0]);
+        // The CRC covers the length bytes, the kind and the payload.
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[len, 0, 0, 0]), body);
+        spelled.extend_from_slice(&crc.to_le_bytes());
+        spelled.extend_from_slice(body);
+    }
+    assert_eq!(committed, spelled);
+
+    let replay_dir = TempDir::new().unwrap();
+    fs::write(replay_dir.path().join(segment_file_name(2)), &committed).unwrap();
+    let (mut wal, state, report) = Wal::open(replay_dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state, snapshot_segment_history_v2());
+    assert_eq!(
+        (report.records, report.snapshot_index, report.snapshot_term, report.first_index, report.last_index),
+        (3, 300, 2, 301, 302)
+    );
+    // Appended to in place, a Config entry included (version 3 entries are
+    // read from segments of any version).
+    let config = Membership { learners: vec![4], ..Membership::new(vec![1, 2, 70_000]) };
+    let more = vec![Entry { term: 3, index: 303, kind: EntryKind::Config, data: config.encode() }];
+    wal.write(&Persist { seq: 1, hard_state: None, snapshot: None, truncate_from: None, entries: more.clone() })
+        .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, state, _) = Wal::open(replay_dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(state.entries.last(), more.last());
+}
+
+/// The history of the v3 golden segment: entries 1..=2, then a snapshot
+/// through 300 whose configuration is joint, with learners and a context,
+/// with a new hard state and, after it, a Config entry and a normal one.
+fn snapshot_segment_history_v3() -> (Vec<Persist>, PersistedState) {
+    let membership = Membership {
+        voters: vec![1, 2, 70_000],
+        outgoing: vec![1, 2, 3],
+        learners: vec![9],
+        context: Bytes::from_static(b"ctx"),
+    };
+    let meta = SnapshotMeta { last_included_index: 300, last_included_term: 2, membership };
+    let leave_joint = Membership::new(vec![1, 2, 70_000]);
+    let after = vec![
+        Entry { term: 3, index: 301, kind: EntryKind::Config, data: leave_joint.encode() },
+        entry(3, 302, EntryKind::Normal, b"x"),
+    ];
     let hard_state = HardState { term: 3, vote: Some(2) };
     let persists = vec![
         Persist {
@@ -290,72 +370,72 @@ fn snapshot_segment_history() -> (Vec<Persist>, PersistedState) {
     (persists, PersistedState { hard_state, snapshot: Some(meta), entries: after })
 }
 
-/// Version 2, a segment a marker opened:
+/// Version 3, a segment a marker opened:
 ///
 /// ```text
-/// header    52 41 46 54 57 41 4c 00 | 02 00 00 00 | 00 00 00 00
+/// header    52 41 46 54 57 41 4c 00 | 03 00 00 00 | 00 00 00 00
 /// HardState 04 00 00 00 | crc | 01 | term 3: 03 | vote Some(2): 01 02
-/// Snapshot  0a 00 00 00 | crc | 04 | last_included_index 300: ac 02
-///           | last_included_term 2: 02 | voters: count 3: 03, 1: 01,
-///           2: 02, 70000: f0 a2 04
-/// Entries   0d 00 00 00 | crc | 03 | count 2: 02
-///           | term 3: 03 | index 301: ad 02 | kind normal: 00 | data: 01 78
-///           | term 3: 03 | index 302: ae 02 | kind noop: 01 | data: 00
+/// Snapshot  16 00 00 00 | crc | 04 | last_included_index 300: ac 02
+///           | last_included_term 2: 02 | membership: length 17: 11,
+///           version 01, voters 03 01 02 f0 a2 04, outgoing 03 01 02 03,
+///           learners 01 09, context 03 "ctx"
+/// Entries   17 00 00 00 | crc | 03 | count 2: 02
+///           | term 3: 03 | index 301: ad 02 | kind config: 02 | data: 0a
+///             01 03 01 02 f0 a2 04 00 00 00
+///           | term 3: 03 | index 302: ae 02 | kind normal: 00 | data: 01 78
 /// ```
 #[test]
-fn wal_golden_v2_segment_with_snapshot_written_and_replayed() {
-    let (persists, expected) = snapshot_segment_history();
+fn wal_golden_v3_segment_with_snapshot_written_and_replayed() {
+    let (persists, expected) = snapshot_segment_history_v3();
     let dir = TempDir::new().unwrap();
     let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     for p in &persists {
         wal.write(p).unwrap();
     }
     wal.sync().unwrap();
-    // Segment 1 only held entries the snapshot covers: deleted.
     assert_eq!(wal.segments_deleted(), 1);
     drop(wal);
-    assert!(!dir.path().join(segment_file_name(1)).exists());
     let written = fs::read(dir.path().join(segment_file_name(2))).unwrap();
-    let committed = golden::check(SEGMENT_V2_SNAPSHOT, &written);
+    let committed = golden::check(SEGMENT_V3_SNAPSHOT, &written);
 
-    let mut spelled: Vec<u8> = b"RAFTWAL\0\x02\0\0\0\0\0\0\0".to_vec();
-    for (len, body) in [
-        (4u8, &[0x01, 0x03, 0x01, 0x02][..]),
-        (10, &[0x04, 0xac, 0x02, 0x02, 0x03, 0x01, 0x02, 0xf0, 0xa2, 0x04][..]),
-        (13, &[0x03, 0x02, 0x03, 0xad, 0x02, 0x00, 0x01, 0x78, 0x03, 0xae, 0x02, 0x01, 0x00][..]),
-    ] {
-        assert_eq!(usize::from(len), body.len());
+    let mut spelled: Vec<u8> = b"RAFTWAL\0\x03\0\0\0\0\0\0\0".to_vec();
+    let mut snapshot = vec![0x04, 0xac, 0x02, 0x02, 17, 0x01, 0x03, 0x01, 0x02, 0xf0, 0xa2, 0x04];
+    snapshot.extend_from_slice(&[0x03, 0x01, 0x02, 0x03, 0x01, 0x09, 0x03, b'c', b't', b'x']);
+    let mut entries = vec![0x03, 0x02, 0x03, 0xad, 0x02, 0x02, 0x0a, 0x01, 0x03, 0x01, 0x02, 0xf0, 0xa2, 0x04];
+    entries.extend_from_slice(&[0x00, 0x00, 0x00, 0x03, 0xae, 0x02, 0x00, 0x01, 0x78]);
+    for body in [&[0x01, 0x03, 0x01, 0x02][..], &snapshot, &entries] {
+        let len = body.len() as u8;
         spelled.extend_from_slice(&[len, 0, 0, 0]);
-        // The CRC covers the length bytes, the kind and the payload.
         let crc = crc32c::crc32c_append(crc32c::crc32c(&[len, 0, 0, 0]), body);
         spelled.extend_from_slice(&crc.to_le_bytes());
         spelled.extend_from_slice(body);
     }
     assert_eq!(committed, spelled);
 
-    // Replayed on its own (segment 1 is gone): the snapshot, the hard
-    // state it carries, and the entries after it.
     let replay_dir = TempDir::new().unwrap();
     fs::write(replay_dir.path().join(segment_file_name(2)), &committed).unwrap();
-    let (mut wal, state, report) = Wal::open(replay_dir.path(), WalOptions::default()).unwrap();
+    let (_, state, report) = Wal::open(replay_dir.path(), WalOptions::default()).unwrap();
     assert_eq!(state, expected);
-    assert_eq!(
-        (report.records, report.snapshot_index, report.snapshot_term, report.first_index, report.last_index),
-        (3, 300, 2, 301, 302)
-    );
-    assert_eq!((wal.snapshot_index(), wal.last_index()), (300, 302));
-    // And appended to.
-    wal.write(&Persist {
-        seq: 1,
-        hard_state: None,
-        snapshot: None,
-        truncate_from: None,
-        entries: vec![entry(3, 303, EntryKind::Normal, b"")],
-    })
-    .unwrap();
-    wal.sync().unwrap();
+    assert_eq!((report.records, report.snapshot_index, report.first_index, report.last_index), (3, 300, 301, 302));
+}
+
+/// A Config entry whose configuration does not decode is refused as
+/// corruption, and a write of one is refused before it reaches the disk.
+#[test]
+fn wal_golden_config_entry_that_does_not_decode_is_refused() {
+    let bad = vec![Entry { term: 1, index: 1, kind: EntryKind::Config, data: Bytes::from_static(b"\x01\x00") }];
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let persist = Persist { seq: 1, hard_state: None, snapshot: None, truncate_from: None, entries: bad.clone() };
+    let err = wal.write(&persist).unwrap_err();
+    assert!(err.to_string().contains("config entry 1 does not decode"), "{err}");
     drop(wal);
-    assert_eq!(Wal::open(replay_dir.path(), WalOptions::default()).unwrap().1.entries.len(), 3);
+    // Written behind the WAL's back: refused on replay, naming the entry.
+    let mut segment = segment_header().to_vec();
+    append_record(&mut segment, &Record::Entries(WalEntriesV1(&bad))).unwrap();
+    fs::write(dir.path().join(segment_file_name(1)), &segment).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("configuration at index 1")), "{err:?}");
 }
 
 /// A segment whose header names another version is refused, naming the
@@ -364,7 +444,7 @@ fn wal_golden_v2_segment_with_snapshot_written_and_replayed() {
 #[test]
 fn wal_golden_segment_of_unknown_version_is_refused_untouched() {
     let committed = check_segment();
-    for found in [0u32, 3, 0x0100_0000] {
+    for found in [0u32, 4, 0x0100_0000] {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join(segment_file_name(1));
         let mut bytes = committed.clone();
@@ -374,12 +454,12 @@ fn wal_golden_segment_of_unknown_version_is_refused_untouched() {
         let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
         match &err {
             WalError::UnsupportedVersion { file, found: f, supported } => {
-                assert_eq!((file, *f, *supported), (&path, found, &[1u32, 2][..]));
+                assert_eq!((file, *f, *supported), (&path, found, &[1u32, 2, 3][..]));
             }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
         let message = err.to_string();
-        for needle in [path.display().to_string(), format!("version {found}"), "version(s) [1, 2]".into()] {
+        for needle in [path.display().to_string(), format!("version {found}"), "version(s) [1, 2, 3]".into()] {
             assert!(message.contains(&needle), "{message:?} lacks {needle:?}");
         }
         assert_eq!(fs::read(&path).unwrap(), bytes, "refused segment must not be modified");

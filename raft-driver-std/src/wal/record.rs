@@ -21,19 +21,31 @@
 //!
 //! Version 2 adds one payload, [`WalSnapshotV2`] (record kind 4, the
 //! snapshot marker); the `…V1` payloads are unchanged in version 2.
+//!
+//! Version 3 (membership changes) adds the entry kind
+//! [`ENTRY_KIND_CONFIG`] and writes the snapshot marker as
+//! [`WalSnapshotV3`], which carries the whole configuration instead of a
+//! voter list. A marker is decoded by its segment's version (a marker
+//! always opens a fresh segment, so a segment holds only one layout).
+//! Config entries are read from segments of any version: after an upgrade
+//! the newer build appends to the segment an older one started, and an
+//! older build refuses kind 2 as an unknown entry kind, never misreads it.
 
 use std::fmt;
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
+use raft_core::{Entry, EntryKind, HardState, Index, Membership, MembershipError, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::format::RecordKind;
+use super::format::{FIRST_VERSION_WITH_MEMBERSHIP, RecordKind};
 
 /// The kind byte of an [`EntryKind::Normal`] entry.
 pub(super) const ENTRY_KIND_NORMAL: u8 = 0;
 /// The kind byte of an [`EntryKind::Noop`] entry.
 pub(super) const ENTRY_KIND_NOOP: u8 = 1;
+/// The kind byte of an [`EntryKind::Config`] entry (version 3); its data is
+/// [`Membership::encode`], checked when read.
+pub(super) const ENTRY_KIND_CONFIG: u8 = 2;
 
 /// Payload of a `HardState` record, version 1.
 ///
@@ -84,6 +96,21 @@ pub(super) struct WalSnapshotV2 {
     pub voters: Vec<NodeId>,
 }
 
+/// Payload of a `Snapshot` record, version 3: as [`WalSnapshotV2`], with
+/// the configuration in force at the snapshot as [`Membership::encode`]
+/// bytes (voters, joint outgoing voters, learners, context).
+///
+/// Field order is the byte order: never reorder, never insert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct WalSnapshotV3 {
+    /// Index of the last entry the snapshot includes; never 0.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// [`Membership::encode`] of the configuration in force there.
+    pub membership: Bytes,
+}
+
 /// The encoding side of an `Entries` record: a postcard sequence of
 /// [`WalEntryV1`], produced straight from borrowed core entries so that a
 /// large batch is not copied into a second vector first. It encodes to the
@@ -106,8 +133,8 @@ pub(super) enum Record<'a> {
     Truncate(WalTruncateV1),
     /// A batch of contiguous entries.
     Entries(WalEntriesV1<'a>),
-    /// A snapshot marker (version 2 and later).
-    Snapshot(&'a WalSnapshotV2),
+    /// A snapshot marker (written as version 3).
+    Snapshot(&'a WalSnapshotV3),
 }
 
 impl Record<'_> {
@@ -167,6 +194,14 @@ pub(super) enum InvalidValue {
     SnapshotIndexZero,
     /// A snapshot whose voters include node id 0, which is reserved.
     VoterZero,
+    /// A configuration (in a Config entry or a snapshot marker) that does
+    /// not decode.
+    BadMembership {
+        /// The entry's index, or the snapshot's last index.
+        index: Index,
+        /// Why.
+        error: MembershipError,
+    },
 }
 
 impl fmt::Display for InvalidValue {
@@ -174,12 +209,14 @@ impl fmt::Display for InvalidValue {
         match self {
             InvalidValue::UnknownEntryKind { index, kind } => write!(
                 f,
-                "entry {index} has unknown kind {kind} (known: {ENTRY_KIND_NORMAL} normal, {ENTRY_KIND_NOOP} noop)"
+                "entry {index} has unknown kind {kind} (known: {ENTRY_KIND_NORMAL} normal, {ENTRY_KIND_NOOP} noop, \
+                 {ENTRY_KIND_CONFIG} config)"
             ),
             InvalidValue::VoteForZero => f.write_str("vote for node id 0 (reserved, never a valid id)"),
             InvalidValue::TruncateFromZero => f.write_str("truncation from index 0 (indexes start at 1)"),
             InvalidValue::SnapshotIndexZero => f.write_str("snapshot through index 0 (indexes start at 1)"),
             InvalidValue::VoterZero => f.write_str("snapshot voters include node id 0 (reserved, never a valid id)"),
+            InvalidValue::BadMembership { index, error } => write!(f, "configuration at index {index}: {error}"),
         }
     }
 }
@@ -221,9 +258,10 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// Decodes a record payload of `kind` into core values. (Whether `kind`
-/// may appear in the segment's version is the caller's check.)
-pub(super) fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Decoded, RecordError> {
+/// Decodes a record payload of `kind`, found in a segment of format
+/// `version`, into core values. (Whether `kind` may appear in that version
+/// is the caller's check.)
+pub(super) fn decode_record(kind: RecordKind, payload: &[u8], version: u32) -> Result<Decoded, RecordError> {
     let invalid = |value| RecordError::Invalid { kind, value };
     match kind {
         RecordKind::HardState => {
@@ -239,8 +277,12 @@ pub(super) fn decode_record(kind: RecordKind, payload: &[u8]) -> Result<Decoded,
             let entries = entries.into_iter().map(Entry::try_from).collect::<Result<_, _>>().map_err(invalid)?;
             Ok(Decoded::Entries(entries))
         }
-        RecordKind::Snapshot => {
+        RecordKind::Snapshot if version < FIRST_VERSION_WITH_MEMBERSHIP => {
             let snapshot = take_exact::<WalSnapshotV2>(kind, payload)?;
+            Ok(Decoded::Snapshot(snapshot.try_into().map_err(invalid)?))
+        }
+        RecordKind::Snapshot => {
+            let snapshot = take_exact::<WalSnapshotV3>(kind, payload)?;
             Ok(Decoded::Snapshot(snapshot.try_into().map_err(invalid)?))
         }
     }
@@ -288,6 +330,7 @@ impl From<&Entry> for WalEntryV1 {
         let kind = match e.kind {
             EntryKind::Normal => ENTRY_KIND_NORMAL,
             EntryKind::Noop => ENTRY_KIND_NOOP,
+            EntryKind::Config => ENTRY_KIND_CONFIG,
         };
         // `Bytes` is reference-counted: no payload copy.
         WalEntryV1 { term: e.term, index: e.index, kind, data: e.data.clone() }
@@ -301,19 +344,37 @@ impl TryFrom<WalEntryV1> for Entry {
         let kind = match e.kind {
             ENTRY_KIND_NORMAL => EntryKind::Normal,
             ENTRY_KIND_NOOP => EntryKind::Noop,
+            ENTRY_KIND_CONFIG => {
+                Membership::decode(&e.data).map_err(|error| InvalidValue::BadMembership { index: e.index, error })?;
+                EntryKind::Config
+            }
             kind => return Err(InvalidValue::UnknownEntryKind { index: e.index, kind }),
         };
         Ok(Entry { term: e.term, index: e.index, kind, data: e.data })
     }
 }
 
-impl From<&SnapshotMeta> for WalSnapshotV2 {
+impl From<&SnapshotMeta> for WalSnapshotV3 {
     fn from(m: &SnapshotMeta) -> Self {
-        WalSnapshotV2 {
+        WalSnapshotV3 {
             last_included_index: m.last_included_index,
             last_included_term: m.last_included_term,
-            voters: m.voters.clone(),
+            membership: m.membership.encode(),
         }
+    }
+}
+
+impl TryFrom<WalSnapshotV3> for SnapshotMeta {
+    type Error = InvalidValue;
+
+    fn try_from(s: WalSnapshotV3) -> Result<Self, InvalidValue> {
+        let index = s.last_included_index;
+        if index == 0 {
+            return Err(InvalidValue::SnapshotIndexZero);
+        }
+        let membership =
+            Membership::decode(&s.membership).map_err(|error| InvalidValue::BadMembership { index, error })?;
+        Ok(SnapshotMeta { last_included_index: index, last_included_term: s.last_included_term, membership })
     }
 }
 
@@ -327,11 +388,12 @@ impl TryFrom<WalSnapshotV2> for SnapshotMeta {
         if s.voters.contains(&0) {
             return Err(InvalidValue::VoterZero);
         }
-        Ok(SnapshotMeta {
-            last_included_index: s.last_included_index,
-            last_included_term: s.last_included_term,
-            voters: s.voters,
-        })
+        // A version-2 marker predates membership changes: its voters were
+        // the whole configuration.
+        let membership = Membership::new(s.voters);
+        let index = s.last_included_index;
+        membership.validate().map_err(|error| InvalidValue::BadMembership { index, error })?;
+        Ok(SnapshotMeta { last_included_index: index, last_included_term: s.last_included_term, membership })
     }
 }
 
@@ -351,46 +413,72 @@ mod tests {
         ];
         let owned: Vec<WalEntryV1> = entries.iter().map(WalEntryV1::from).collect();
         assert_eq!(encode(Record::Entries(WalEntriesV1(&entries))), postcard::to_allocvec(&owned).unwrap());
-        let decoded = decode_record(RecordKind::Entries, &encode(Record::Entries(WalEntriesV1(&entries)))).unwrap();
+        let decoded = decode_record(RecordKind::Entries, &encode(Record::Entries(WalEntriesV1(&entries))), 3).unwrap();
         assert_eq!(decoded, Decoded::Entries(entries));
     }
 
     #[test]
     fn wal_record_invalid_values_are_errors() {
-        let unknown = vec![WalEntryV1 { term: 1, index: 4, kind: 2, data: Bytes::new() }];
-        let err = decode_record(RecordKind::Entries, &postcard::to_allocvec(&unknown).unwrap()).unwrap_err();
+        let unknown = vec![WalEntryV1 { term: 1, index: 4, kind: 3, data: Bytes::new() }];
+        let err = decode_record(RecordKind::Entries, &postcard::to_allocvec(&unknown).unwrap(), 3).unwrap_err();
         assert!(
-            matches!(err, RecordError::Invalid { value: InvalidValue::UnknownEntryKind { index: 4, kind: 2 }, .. }),
+            matches!(err, RecordError::Invalid { value: InvalidValue::UnknownEntryKind { index: 4, kind: 3 }, .. }),
             "{err}"
         );
-        assert!(err.to_string().contains("entry 4 has unknown kind 2"), "{err}");
+        assert!(err.to_string().contains("entry 4 has unknown kind 3"), "{err}");
 
         let zero_vote = WalHardStateV1 { term: 5, vote: Some(0) };
-        let err = decode_record(RecordKind::HardState, &encode(Record::HardState(zero_vote))).unwrap_err();
+        let err = decode_record(RecordKind::HardState, &encode(Record::HardState(zero_vote)), 3).unwrap_err();
         assert!(matches!(err, RecordError::Invalid { value: InvalidValue::VoteForZero, .. }), "{err}");
 
         let err =
-            decode_record(RecordKind::Truncate, &encode(Record::Truncate(WalTruncateV1 { from: 0 }))).unwrap_err();
+            decode_record(RecordKind::Truncate, &encode(Record::Truncate(WalTruncateV1 { from: 0 })), 3).unwrap_err();
         assert!(matches!(err, RecordError::Invalid { value: InvalidValue::TruncateFromZero, .. }), "{err}");
 
+        let v2 = |s: &WalSnapshotV2| postcard::to_allocvec(s).unwrap();
         let zero_index = WalSnapshotV2 { last_included_index: 0, last_included_term: 1, voters: vec![1] };
-        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&zero_index))).unwrap_err();
+        let err = decode_record(RecordKind::Snapshot, &v2(&zero_index), 2).unwrap_err();
         assert!(matches!(err, RecordError::Invalid { value: InvalidValue::SnapshotIndexZero, .. }), "{err}");
         let zero_voter = WalSnapshotV2 { last_included_index: 5, last_included_term: 1, voters: vec![1, 0] };
-        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&zero_voter))).unwrap_err();
+        let err = decode_record(RecordKind::Snapshot, &v2(&zero_voter), 2).unwrap_err();
         assert!(matches!(err, RecordError::Invalid { value: InvalidValue::VoterZero, .. }), "{err}");
         assert!(err.to_string().contains("voters include node id 0"), "{err}");
+        let no_voters = WalSnapshotV2 { last_included_index: 5, last_included_term: 1, voters: vec![] };
+        let err = decode_record(RecordKind::Snapshot, &v2(&no_voters), 2).unwrap_err();
+        assert!(err.to_string().contains("configuration at index 5"), "{err}");
+        // Version 3: the configuration is checked.
+        let bad =
+            WalSnapshotV3 { last_included_index: 5, last_included_term: 1, membership: Bytes::from_static(b"\x01") };
+        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&bad)), 3).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::BadMembership { index: 5, .. }, .. }));
+        let zero_index = WalSnapshotV3 { last_included_index: 0, ..WalSnapshotV3::from(&SnapshotMeta::default()) };
+        let err = decode_record(RecordKind::Snapshot, &encode(Record::Snapshot(&zero_index)), 3).unwrap_err();
+        assert!(matches!(err, RecordError::Invalid { value: InvalidValue::SnapshotIndexZero, .. }), "{err}");
+        // A Config entry is checked too.
+        let config = vec![WalEntryV1 { term: 1, index: 8, kind: ENTRY_KIND_CONFIG, data: Bytes::from_static(b"\x09") }];
+        let err = decode_record(RecordKind::Entries, &postcard::to_allocvec(&config).unwrap(), 3).unwrap_err();
+        assert!(err.to_string().contains("configuration at index 8: configuration format version 9"), "{err}");
     }
 
     #[test]
     fn wal_record_snapshot_round_trip() {
-        let meta = SnapshotMeta { last_included_index: 300, last_included_term: 7, voters: vec![1, 2, 70_000] };
-        let payload = encode(Record::Snapshot(&WalSnapshotV2::from(&meta)));
-        // index 300 (ac 02), term 7, 3 voters: 1, 2, 70000 (f0 a2 04).
-        assert_eq!(payload, [0xac, 0x02, 7, 3, 1, 2, 0xf0, 0xa2, 0x04]);
-        assert_eq!(decode_record(RecordKind::Snapshot, &payload).unwrap(), Decoded::Snapshot(meta));
+        let meta = SnapshotMeta {
+            last_included_index: 300,
+            last_included_term: 7,
+            membership: Membership::new(vec![1, 2, 70_000]),
+        };
+        // Version 2: index 300 (ac 02), term 7, 3 voters: 1, 2, 70000 (f0 a2 04).
+        let payload = [0xac, 0x02, 7, 3, 1, 2, 0xf0, 0xa2, 0x04];
+        assert_eq!(decode_record(RecordKind::Snapshot, &payload, 2).unwrap(), Decoded::Snapshot(meta.clone()));
         for cut in 0..payload.len() {
-            assert!(decode_record(RecordKind::Snapshot, &payload[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_record(RecordKind::Snapshot, &payload[..cut], 2).is_err(), "cut at {cut}");
+        }
+        // Version 3: index, term, then the configuration's bytes (length 10).
+        let payload = encode(Record::Snapshot(&WalSnapshotV3::from(&meta)));
+        assert_eq!(payload[..5], [0xac, 0x02, 7, 10, 1]);
+        assert_eq!(decode_record(RecordKind::Snapshot, &payload, 3).unwrap(), Decoded::Snapshot(meta));
+        for cut in 0..payload.len() {
+            assert!(decode_record(RecordKind::Snapshot, &payload[..cut], 3).is_err(), "cut at {cut}");
         }
     }
 
@@ -398,11 +486,11 @@ mod tests {
     fn wal_record_trailing_and_truncated_payloads_are_errors() {
         let mut payload = encode(Record::Truncate(WalTruncateV1 { from: 300 }));
         payload.push(0);
-        let err = decode_record(RecordKind::Truncate, &payload).unwrap_err();
+        let err = decode_record(RecordKind::Truncate, &payload, 3).unwrap_err();
         assert!(matches!(err, RecordError::TrailingBytes { extra: 1, .. }), "{err}");
         let payload = encode(Record::HardState(WalHardStateV1 { term: 300, vote: Some(7) }));
         for cut in 0..payload.len() {
-            let err = decode_record(RecordKind::HardState, &payload[..cut]).unwrap_err();
+            let err = decode_record(RecordKind::HardState, &payload[..cut], 3).unwrap_err();
             assert!(matches!(err, RecordError::Decode { .. }), "cut at {cut}: {err}");
         }
     }

@@ -386,7 +386,7 @@ fn apply_record(
             return Err("Snapshot record that is not the second record of its segment, after a HardState".into());
         }
     }
-    match decode_record(kind, payload).map_err(|e| e.to_string())? {
+    match decode_record(kind, payload, position.version).map_err(|e| e.to_string())? {
         Decoded::HardState(hs) => log.state.hard_state = hs,
         Decoded::Truncate { from } => {
             // `from` past the end deletes nothing.

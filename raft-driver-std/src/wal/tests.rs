@@ -26,7 +26,11 @@ fn persist(seq: u64, hard_state: Option<HardState>, truncate_from: Option<u64>, 
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { last_included_index: index, last_included_term: term, voters: vec![1, 2, 3] }
+    SnapshotMeta {
+        last_included_index: index,
+        last_included_term: term,
+        membership: raft_core::Membership::new(vec![1, 2, 3]),
+    }
 }
 
 /// A write carrying a snapshot marker.
@@ -567,7 +571,7 @@ fn wal_snapshot_marker_then_reopen_follows_the_snapshot() {
     assert_ne!(wal.current_segment(), before);
     wal.sync().unwrap();
     let bytes = fs::read(wal.current_segment()).unwrap();
-    assert_eq!(bytes[8], 2, "a marker segment is version 2");
+    assert_eq!(bytes[8], 3, "a marker segment is version 3");
     assert_eq!(
         record_kinds(&bytes),
         [RecordKind::HardState as u8, RecordKind::Snapshot as u8, RecordKind::Entries as u8]
@@ -632,7 +636,8 @@ fn wal_marker_past_the_end_empties_the_log_and_writes_are_checked_against_it() {
     // A truncation into the snapshot deletes nothing there is.
     wal.write(&persist(3, None, Some(5), entries(2, 11..=12))).unwrap();
     // Refused: older than the current snapshot, through 0, voter 0.
-    for bad in [meta(9, 2), meta(0, 2), SnapshotMeta { voters: vec![0, 1], ..meta(11, 2) }] {
+    let zero_voter = raft_core::Membership { voters: vec![0, 1], ..Default::default() };
+    for bad in [meta(9, 2), meta(0, 2), SnapshotMeta { membership: zero_voter, ..meta(11, 2) }] {
         let err = wal.write(&marker(4, None, bad.clone(), vec![])).unwrap_err();
         assert!(matches!(err, WalError::InvalidWrite { .. }), "{bad:?}: {err}");
     }

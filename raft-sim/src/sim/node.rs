@@ -220,7 +220,12 @@ impl Sim {
             }
             Action::RoleChanged { role, term, .. } => self.role_changed(id, role, term),
             Action::InstallSnapshot { from, meta } => self.fetch_snapshot(id, from, meta),
-            Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
+            Action::Proposed { .. }
+            | Action::ProposeRejected { .. }
+            | Action::ChangeProposed { .. }
+            | Action::ChangeRejected { .. }
+            | Action::TransferRejected { .. }
+            | Action::MembershipChanged { .. } => {}
         }
     }
 
