@@ -12,8 +12,10 @@ impl Node {
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         // A learner, a removed node or one still waiting to join never
-        // starts an election (thesis §4.2.1, §4.2.3).
-        if self.election_elapsed >= self.randomized_election_ticks && self.is_voter() {
+        // starts an election (thesis §4.2.1, §4.2.3); nor does a node whose
+        // state machine is being replaced by a snapshot (its commit index
+        // would jump when the install ends).
+        if self.election_elapsed >= self.randomized_election_ticks && self.can_campaign() {
             self.campaign(self.config.pre_vote, false);
         }
     }
@@ -62,7 +64,7 @@ impl Node {
 
     /// `Event::Campaign`: an immediate real election, skipping PreVote.
     pub(crate) fn campaign_now(&mut self) {
-        if self.role != Role::Leader && self.is_voter() {
+        if self.role != Role::Leader && self.can_campaign() {
             self.campaign(false, false);
         }
     }
@@ -70,12 +72,17 @@ impl Node {
     /// `TimeoutNow` from the leader handing over to us: campaign at once,
     /// skipping PreVote, with votes that override CheckQuorum's lease.
     pub(crate) fn timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Leader || !self.is_voter() {
+        if self.role == Role::Leader || !self.can_campaign() {
             self.stats.ignored_unexpected += 1;
             return;
         }
         let _ = from;
         self.campaign(false, true);
+    }
+
+    /// A voter of its configuration with no snapshot install under way.
+    fn can_campaign(&self) -> bool {
+        self.is_voter() && self.installing.is_none()
     }
 
     /// Starts a PreVote round (`pre = true`) or a real election; `transfer`

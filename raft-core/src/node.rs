@@ -253,7 +253,14 @@ impl Node {
     fn step_higher_term(&mut self, from: NodeId, message: &Message) -> bool {
         match &message.body {
             MessageBody::RequestVote(req) => {
-                let in_lease = self.in_leader_lease() || (req.pre_vote && self.heard_from_leader_recently());
+                // A candidate outside our configuration is most likely a
+                // server that was removed without learning it (it no longer
+                // hears from the leader, times out, campaigns): ignore it
+                // while a leader is alive, whatever the settings (thesis
+                // §4.2.3). Ignoring a vote request is always safe.
+                let stranger = !self.membership.is_voter(from);
+                let in_lease =
+                    self.in_leader_lease() || ((req.pre_vote || stranger) && self.heard_from_leader_recently());
                 if in_lease && !req.transfer {
                     // A leader is alive: a candidate that could not hear it
                     // must not depose it (thesis §4.2.3). For pre-votes this

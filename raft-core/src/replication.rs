@@ -172,7 +172,7 @@ impl Node {
             self.stats.ignored_unexpected += 1;
             return;
         }
-        let Some(i) = self.progress.iter().position(|p| p.id == from) else { return };
+        let Some(mut i) = self.progress.iter().position(|p| p.id == from) else { return };
         let last_index = self.log.last_index();
         match resp {
             AppendEntriesResponse::Success { match_index } => {
@@ -189,6 +189,14 @@ impl Node {
                 }
                 if pr.ack(match_index) {
                     self.maybe_commit();
+                    // A commit can change the configuration (leaving a joint
+                    // one) or end this leadership (a removed leader steps
+                    // down): find the follower again.
+                    let Some(at) = self.progress.iter().position(|p| p.id == from) else { return };
+                    if self.role != Role::Leader {
+                        return;
+                    }
+                    i = at;
                 } else {
                     self.probe_for_gap(i);
                 }

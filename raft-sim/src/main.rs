@@ -195,7 +195,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} peak_log={} failures={} ({:.1}s, {} jobs)",
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} peak_log={} failures={} ({:.1}s, {} jobs)",
         summary.seeds,
         summary.events,
         summary.events as f64 / secs.max(1e-9),
@@ -204,6 +204,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
         summary.elections,
         summary.snapshots.0,
         summary.snapshots.1,
+        summary.reconfigs,
         summary.peak_log_len,
         summary.failures.len(),
         secs,
@@ -225,7 +226,7 @@ fn print_run(cfg: &SimConfig, r: &RunReport) {
     );
     let Some(f) = &r.failure else {
         println!(
-            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed, {} duplicate applications suppressed, snapshots {} taken / {} installed / {} aborted, peak log {}",
+            "seed {} ({} nodes, {}): ok, {} events, {} ops ({} completed), {} elections, {} committed, {} duplicate applications suppressed, snapshots {} taken / {} installed / {} aborted, {} membership operations, peak log {}",
             cfg.seed,
             cfg.nodes,
             cfg.profile.name,
@@ -238,6 +239,7 @@ fn print_run(cfg: &SimConfig, r: &RunReport) {
             r.snapshots.0,
             r.snapshots.1,
             r.snapshots.2,
+            r.reconfigs,
             r.peak_log_len
         );
         return;

@@ -57,6 +57,8 @@ pub struct SweepSummary {
     pub snapshots: (u64, u64),
     /// The longest in-memory log any node of any seed held.
     pub peak_log_len: usize,
+    /// Membership operations asked of leaders.
+    pub reconfigs: u64,
     /// Failing runs, by seed.
     pub failures: Vec<RunReport>,
 }
@@ -69,6 +71,7 @@ impl SweepSummary {
         self.snapshots.0 += r.snapshots.0;
         self.snapshots.1 += r.snapshots.1;
         self.peak_log_len = self.peak_log_len.max(r.peak_log_len);
+        self.reconfigs += r.reconfigs;
         match r.linearizability {
             Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
             Some(CheckResult::Undecided { .. }) => self.undecided += 1,
@@ -89,6 +92,7 @@ impl SweepSummary {
         self.snapshots.0 += other.snapshots.0;
         self.snapshots.1 += other.snapshots.1;
         self.peak_log_len = self.peak_log_len.max(other.peak_log_len);
+        self.reconfigs += other.reconfigs;
         self.failures.extend(other.failures);
     }
 }

@@ -12,8 +12,10 @@ use crate::linearizability::{Budget, CheckResult, check};
 impl Sim {
     /// The commit rule of Figure 2, checked from outside: a leader advances
     /// its commit index only to an entry of its own term, and only once that
-    /// entry is durable on a majority (judged by the simulated disks, not by
-    /// what the leader believes).
+    /// entry is durable on a quorum of the configuration it holds (a
+    /// majority of its voters, of each half while joint; learners never
+    /// count), judged by the simulated disks, not by what the leader
+    /// believes.
     pub(super) fn check_leader_commit(&mut self, id: NodeId) {
         let leader = self.nodes[&id].node.as_ref().expect("leader");
         let (commit, term) = (leader.commit_index(), leader.term());
@@ -24,17 +26,34 @@ impl Sim {
             self.fail("commit rule", detail);
             return;
         }
-        let durable = self.nodes.values().filter(|n| n.disk.durably_holds(commit, term)).count();
-        if durable < self.nodes.len() / 2 + 1 {
-            let detail = format!("leader {id} committed {commit}/{term} while only {durable} disks hold it");
+        let membership = leader.membership();
+        let holds = |v: NodeId| self.nodes.get(&v).is_some_and(|n| n.disk.durably_holds(commit, term));
+        if !membership.has_quorum(holds) {
+            let on: Vec<NodeId> =
+                self.nodes.iter().filter(|(_, n)| n.disk.durably_holds(commit, term)).map(|(v, _)| v).collect();
+            let detail = format!(
+                "leader {id} committed {commit}/{term} while only the disks of {on:?} hold it, no quorum of {}",
+                crate::fmt::membership(membership)
+            );
             self.fail("commit rule", detail);
         }
     }
 
-    /// Every live node has applied every acknowledged write.
+    /// Every live member of the final configuration has applied every
+    /// acknowledged write. (Removed nodes, and spares never added, are not
+    /// sent the log.)
     pub(super) fn caught_up(&self) -> bool {
         let acked = self.clients.max_acked_index();
-        self.nodes.values().all(|n| n.node.as_ref().is_none_or(|x| x.applied_index() >= acked))
+        // A patient client still waiting is not caught up either: the drain
+        // goes on for it (a slow configuration is not a stuck one).
+        if self.clients.overdue(self.ops_end_us()).is_some() {
+            return false;
+        }
+        let Some(members) = self.final_membership() else { return false };
+        self.nodes
+            .iter()
+            .filter(|(id, _)| members.contains(*id))
+            .all(|(_, n)| n.node.as_ref().is_none_or(|x| x.applied_index() >= acked))
     }
 
     /// After the faults heal: a leader exists, every node applied every
@@ -50,11 +69,15 @@ impl Sim {
         // Message loss goes on after the heal (it is part of the profile), so
         // an election may be under way at the very end; what must hold is
         // that a leader emerged once the partitions and crashes stopped.
-        if !self.faults.leader_since_heal {
+        let members = self.final_membership()?;
+        if !self.faults.leader_since_heal(&members) {
             return Some("no leader emerged after the faults healed".to_string());
         }
         let acked = self.clients.max_acked_index();
         for (id, n) in self.nodes.iter() {
+            if !members.contains(id) {
+                continue;
+            }
             let Some(node) = n.node.as_ref() else { continue };
             if node.applied_index() < acked {
                 return Some(format!(

@@ -228,7 +228,7 @@ impl Sim {
             ProposalError::Refused(ProposeError::NotLeader { leader }) => *leader,
             _ => None,
         };
-        let n = self.cfg.nodes as u64;
+        let n = self.node_count();
         let target = match hint {
             Some(h) if h != self.clients.list[c].target => h,
             _ => self.rng.gen_range(1..=n),
@@ -261,7 +261,7 @@ impl Sim {
         if self.clients.list[c].patience.is_some_and(|p| timeouts >= p) {
             return self.give_up(c);
         }
-        let n = self.cfg.nodes as u64;
+        let n = self.node_count();
         self.clients.list[c].target = self.rng.gen_range(1..=n);
         self.clients.list[c].current = Some(Outstanding { attempt: o.attempt + 1, timeouts, ..o });
         self.client_send(c);

@@ -45,22 +45,33 @@ pub struct ScheduledFault {
 pub(super) struct FaultState {
     /// Random faults are still being injected.
     pub(super) active: bool,
-    /// The highest term any node had when the faults stopped.
-    pub(super) heal_term: Term,
-    /// Some node was leader at some point after the faults stopped.
-    pub(super) leader_since_heal: bool,
+    /// Every running node's term when the faults stopped.
+    pub(super) heal_terms: Vec<(NodeId, Term)>,
+    /// The newest term any node led in at or after the faults stopped.
+    pub(super) leader_term_since_heal: Option<Term>,
 }
 
 impl FaultState {
     /// Faults on, nothing healed yet.
     pub(super) fn new() -> FaultState {
-        FaultState { active: true, heal_term: 0, leader_since_heal: false }
+        FaultState { active: true, heal_terms: Vec::new(), leader_term_since_heal: None }
     }
 
-    /// A node became leader in `term`: it counts for liveness if the faults
-    /// have stopped and no node had seen a newer term by then.
+    /// A node became leader in `term`.
     pub(super) fn on_leader(&mut self, term: Term) {
-        self.leader_since_heal |= !self.active && term >= self.heal_term;
+        if !self.active {
+            self.leader_term_since_heal = self.leader_term_since_heal.max(Some(term));
+        }
+    }
+
+    /// Whether a leader emerged after the heal that no member of `members`
+    /// (the final configuration) had outgrown by then: a leader elected in
+    /// a term older than some member's at the heal was a stale one. Nodes
+    /// outside the configuration do not count (a removed node that never
+    /// learned of its removal may campaign alone in ever higher terms).
+    pub(super) fn leader_since_heal(&self, members: &raft_core::Membership) -> bool {
+        let needed = self.heal_terms.iter().filter(|(id, _)| members.contains(*id)).map(|&(_, t)| t).max();
+        self.leader_term_since_heal.is_some_and(|t| t >= needed.unwrap_or(0))
     }
 }
 
@@ -175,10 +186,12 @@ impl Sim {
     /// minority does not), heal every link and restart every crashed node.
     pub(super) fn end_faults(&mut self) {
         self.faults.active = false;
-        let heal_term = self.nodes.values().filter_map(|n| n.node.as_ref().map(|x| x.term())).max().unwrap_or(0);
-        self.faults.heal_term = heal_term;
-        self.faults.leader_since_heal =
-            self.current_leader().is_some_and(|l| self.nodes[&l].node.as_ref().is_some_and(|x| x.term() >= heal_term));
+        self.faults.heal_terms =
+            self.nodes.iter().filter_map(|(id, n)| n.node.as_ref().map(|x| (id, x.term()))).collect();
+        if let Some(l) = self.current_leader() {
+            let term = self.nodes[&l].node.as_ref().map(|x| x.term());
+            self.faults.leader_term_since_heal = term;
+        }
         self.note(|| "faults end: heal and restart everything".into());
         self.apply_fault(Fault::Heal);
         for id in self.down_nodes() {

@@ -16,6 +16,7 @@ mod faults;
 mod network;
 mod node;
 mod queue;
+mod reconfig;
 mod record;
 mod snapshots;
 
@@ -76,6 +77,12 @@ pub struct SimConfig {
     /// Entries a node keeps behind its snapshot (`Config::snapshot_trailing_entries`);
     /// small values make followers catch up by snapshot often.
     pub snapshot_trailing: u64,
+    /// Nodes beyond `nodes` that start empty and outside the configuration
+    /// (ids `nodes + 1 ..`): membership changes add them.
+    pub spares: usize,
+    /// Mean time between membership operations (add, promote, remove,
+    /// replace, transfer) while the faults last; 0 for none.
+    pub reconfig_every_us: u64,
     /// Explicit fault schedule; replaces the profile's random partitions
     /// and crashes when set.
     pub schedule: Option<Vec<ScheduledFault>>,
@@ -97,6 +104,8 @@ impl SimConfig {
         let keys = shape.gen_range(1..=10);
         let snapshot_every = [None, Some(3), Some(8), Some(20), Some(50)][shape.gen_range(0..5)];
         let snapshot_trailing = [0, 1, 4, 16][shape.gen_range(0..4)];
+        let spares = shape.gen_range(0..=2);
+        let reconfig_every_us = [0, 15, 30, 60][shape.gen_range(0..4)] * TICK_US;
         SimConfig {
             seed,
             nodes: nodes.unwrap_or(if (seed / 5) % 2 == 0 { 3 } else { 5 }),
@@ -107,6 +116,8 @@ impl SimConfig {
             max_sessions: 4 * clients + 4,
             snapshot_every,
             snapshot_trailing,
+            spares,
+            reconfig_every_us,
             schedule: None,
             trace: false,
             timeline: false,
@@ -160,6 +171,8 @@ pub struct RunReport {
     pub snapshots: (u64, u64, u64),
     /// The longest in-memory log any node held at the end of a step.
     pub peak_log_len: usize,
+    /// Membership operations the leader was asked for.
+    pub reconfigs: u64,
 }
 
 /// Counters reported at the end of a run.
@@ -177,6 +190,8 @@ struct Stats {
     snapshots_aborted: u64,
     /// The longest in-memory log seen after a step.
     peak_log_len: usize,
+    /// Membership operations the leader was asked for.
+    reconfigs: u64,
 }
 
 /// One simulated world.
@@ -230,8 +245,13 @@ impl Sim {
         for id in 1..=n {
             sim.add_node(Config { id, ..template.clone() });
         }
+        // Spares join: no configuration until a leader adds them.
+        for id in n + 1..=n + sim.cfg.spares as u64 {
+            sim.add_node(Config { id, voters: Vec::new(), ..template.clone() });
+        }
         sim.start_clients(n);
         sim.schedule_faults();
+        sim.schedule_reconfig();
         sim
     }
 
@@ -263,6 +283,11 @@ impl Sim {
     /// When clients stop starting new operations.
     fn ops_end_us(&self) -> u64 {
         self.end_us() * 7 / 10
+    }
+
+    /// Every node id, spares included (clients may address any of them).
+    fn node_count(&self) -> u64 {
+        self.nodes.len() as u64
     }
 
     /// Schedules `ev` at virtual time `time`.
@@ -334,6 +359,7 @@ impl Sim {
             Ev::ClientWake { client } => self.client_wake(client),
             Ev::ClientTimeout { client, seq, attempt } => self.client_timeout(client, seq, attempt),
             Ev::SnapshotFetched { node, inc, from, meta } => self.snapshot_fetched(node, inc, from, meta),
+            Ev::Reconfig => self.reconfig_due(),
         }
     }
 
@@ -354,6 +380,7 @@ impl Sim {
             duplicates_suppressed: self.stats.duplicates_suppressed,
             snapshots: (self.stats.snapshots_taken, self.stats.snapshots_installed, self.stats.snapshots_aborted),
             peak_log_len: self.stats.peak_log_len,
+            reconfigs: self.stats.reconfigs,
         }
     }
 }

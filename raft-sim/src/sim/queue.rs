@@ -31,6 +31,8 @@ pub(super) enum Ev {
     ClientTimeout { client: u64, seq: u64, attempt: u64 },
     /// A snapshot transfer to `node` (in incarnation `inc`) from `from` ends.
     SnapshotFetched { node: NodeId, inc: u64, from: NodeId, meta: SnapshotMeta },
+    /// Time for the next membership operation.
+    Reconfig,
 }
 
 /// A queued event with its place in the order: (time, sequence). The sequence number is unique,
