@@ -9,6 +9,12 @@
 //! | command | effect |
 //! |---|---|
 //! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N] [trailing=N]` | create voters 1..=N |
+//! | `join ID` | create node ID with no configuration (it waits to be added), with the last `add-nodes` settings |
+//! | `add-learner LEADER ID` | ask LEADER to add ID as a learner |
+//! | `promote LEADER ID` | ask LEADER to make learner ID a voter |
+//! | `remove LEADER ID` | ask LEADER to remove voter or learner ID |
+//! | `set-voters LEADER A,B,.. [learners=C,..]` | ask LEADER for that configuration (joint when more than one voter changes) |
+//! | `transfer LEADER ID` | ask LEADER to hand leadership to ID |
 //! | `campaign ID` | start a real election now |
 //! | `tick ID [N]` | N clock ticks on one node |
 //! | `tick-all [N]` | N ticks on every node, in id order |
@@ -27,7 +33,7 @@
 //! | `abort-install ID` | the driver gave the install up |
 //! | `status` | one line per node |
 //! | `log ID` | the node's log |
-//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last`, `first` (first index in memory), `snapshot` (its last index, 0 for none), `installing` (true/false) match |
+//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last`, `first` (first index in memory), `snapshot` (its last index, 0 for none), `installing` (true/false), `voters`, `outgoing`, `learners` (comma-separated ids, `-` for none), `transfer` (target or `none`) match |
 //! | `expect-count KIND [<=]N` | fail unless N messages of KIND were sent since `reset-count` |
 //! | `reset-count` | zero the message counters |
 //! | `# ...` | comment, echoed |
@@ -35,7 +41,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
 
-use raft_core::{Action, Bytes, Config, Event, Message, Node, NodeId, Role};
+use raft_core::{Action, Bytes, Config, Event, MembershipChange, Message, Node, NodeId, Role};
 
 use crate::disk::SimDisk;
 use crate::fmt as tfmt;
@@ -78,6 +84,8 @@ pub struct Scenario {
     safety: crate::invariants::Safety,
     /// Snapshot installs a node asked its driver for (`Action::InstallSnapshot`).
     installs: BTreeMap<NodeId, raft_core::SnapshotMeta>,
+    /// The settings of the last `add-nodes`, for `join`.
+    template: Option<Config>,
 }
 
 /// Runs a whole script and returns its trace.
@@ -105,12 +113,54 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("bad {what}: {s:?}"))
 }
 
+/// `1,2,3` (or `-` for none).
+fn parse_ids(list: &str) -> Result<Vec<NodeId>, String> {
+    if list == "-" {
+        return Ok(Vec::new());
+    }
+    list.split(',').map(|s| parse(s, "node id")).collect()
+}
+
+/// The inverse of [`parse_ids`].
+fn ids_text(ids: &[NodeId]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
 impl Scenario {
     fn command(&mut self, line: &str) -> Result<(), String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let args = &words[1..];
         match words[0] {
             "add-nodes" => self.add_nodes(args),
+            "join" => self.join(args),
+            "add-learner" | "promote" | "remove" => {
+                let leader = self.id(args, 0)?;
+                let id: NodeId = parse(args.get(1).ok_or("missing node id")?, "node id")?;
+                let change = match words[0] {
+                    "add-learner" => MembershipChange::AddLearner(id),
+                    "promote" => MembershipChange::Promote(id),
+                    _ => MembershipChange::Remove(id),
+                };
+                self.step(leader, Event::ChangeMembership { change, context: None })
+            }
+            "set-voters" => {
+                let leader = self.id(args, 0)?;
+                let voters = parse_ids(args.get(1).ok_or("set-voters needs voters")?)?;
+                let learners = match args.get(2).and_then(|a| a.strip_prefix("learners=")) {
+                    Some(list) => parse_ids(list)?,
+                    None => Vec::new(),
+                };
+                let change = MembershipChange::Set { voters, learners };
+                self.step(leader, Event::ChangeMembership { change, context: None })
+            }
+            "transfer" => {
+                let leader = self.id(args, 0)?;
+                let to: NodeId = parse(args.get(1).ok_or("missing node id")?, "node id")?;
+                self.step(leader, Event::TransferLeadership { to })
+            }
             "campaign" => self.step(self.id(args, 0)?, Event::Campaign),
             "tick" => {
                 let id = self.id(args, 0)?;
@@ -249,6 +299,17 @@ impl Scenario {
             let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
             self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0 });
         }
+        self.template = Some(template);
+        Ok(())
+    }
+
+    /// A node that starts with no configuration and waits to be added.
+    fn join(&mut self, args: &[&str]) -> Result<(), String> {
+        let id: NodeId = parse(args.first().ok_or("join needs a node id")?, "node id")?;
+        let template = self.template.clone().ok_or("join needs an earlier add-nodes")?;
+        let config = Config { id, voters: Vec::new(), ..template };
+        let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
+        self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0 });
         Ok(())
     }
 
@@ -393,6 +454,10 @@ impl Scenario {
                 "first" => n.first_index().to_string(),
                 "snapshot" => n.snapshot().map_or(0, |m| m.last_included_index).to_string(),
                 "installing" => n.installing_snapshot().is_some().to_string(),
+                "voters" => ids_text(&n.membership().voters),
+                "outgoing" => ids_text(&n.membership().outgoing),
+                "learners" => ids_text(&n.membership().learners),
+                "transfer" => n.transfer_target().map_or("none".into(), |v| v.to_string()),
                 _ => return Err(format!("unknown expectation {k:?}")),
             };
             if got != want {

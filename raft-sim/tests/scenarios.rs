@@ -57,6 +57,14 @@ scenarios! {
     scenario_17_snapshot_newer_term_in_flight => "17_snapshot_newer_term_in_flight",
     scenario_18_stale_install_snapshot_ignored => "18_stale_install_snapshot_ignored",
     scenario_19_crash_mid_install => "19_crash_mid_install",
+    scenario_20_add_learner_promote => "20_add_learner_promote",
+    scenario_21_remove_follower => "21_remove_follower",
+    scenario_22_joint_replace => "22_joint_replace",
+    scenario_23_leader_removes_itself => "23_leader_removes_itself",
+    scenario_24_joint_interrupted_by_leader_crash => "24_joint_interrupted_by_leader_crash",
+    scenario_25_transfer_leadership => "25_transfer_leadership",
+    scenario_26_transfer_times_out => "26_transfer_times_out",
+    scenario_27_membership_refusals => "27_membership_refusals",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
