@@ -441,3 +441,18 @@ fn restore_recovers_the_configuration_from_snapshot_and_tail() {
     let state = PersistedState { snapshot: Some(bad), hard_state: c.disks[&2].hard_state, entries: vec![] };
     assert!(Node::restore(config(2, &[]), state, 2).is_err());
 }
+
+#[test]
+fn a_single_voter_adds_a_learner_and_promotes_it() {
+    let mut c = Cluster::new(&[1]);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.join(2);
+    c.change(1, MembershipChange::AddLearner(2)).unwrap();
+    c.tick(4);
+    assert_eq!(c.nodes[&2].commit_index(), c.nodes[&1].commit_index());
+    assert_eq!(c.nodes[&1].progress(2).map(|p| p.match_index), Some(c.nodes[&1].last_index()));
+    c.change(1, MembershipChange::Promote(2)).unwrap();
+    c.tick(2);
+    assert_eq!(c.membership(2).voters, vec![1, 2]);
+}

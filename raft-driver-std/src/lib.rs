@@ -16,6 +16,7 @@ pub mod failpoint;
 #[cfg(test)]
 pub(crate) mod golden;
 pub mod limits;
+pub mod members;
 pub mod node;
 pub mod proposals;
 pub mod snapshot_file;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, select};
 use raft_core::{Action, Entry, EntryKind, Event, Node, NodeId, Role};
 
+use super::membership::MembershipState;
 use super::snapshots::Snapshots;
 use super::{DriverError, Input, NodeOptions, ReplyTx, Status};
 use crate::proposals::{ProposalError, ProposalTracker, Settled};
@@ -92,6 +93,9 @@ pub(super) struct Driver<S: StateMachine> {
     proposals: ProposalTracker<ReplyTx<S>>,
     tick: Duration,
     stopping: bool,
+    pub(super) membership: MembershipState,
+    /// This node's service address, for the address book.
+    pub(super) service_addr: Option<std::net::SocketAddr>,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -105,7 +109,8 @@ impl<S: StateMachine> Driver<S> {
         let Parts { wal, inputs, self_inputs, snapshots } = parts;
         let (writer, wal) = WalProgress::spawn(wal, options.wal_queue_len)?;
         let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats(), snapshots.stats)));
-        Ok(Driver {
+        let membership = MembershipState::new(options.members.clone(), &node);
+        let mut driver = Driver {
             node,
             state_machine,
             actions: Vec::with_capacity(256),
@@ -122,7 +127,13 @@ impl<S: StateMachine> Driver<S> {
             proposals: ProposalTracker::new(),
             tick: options.timing.tick(),
             stopping: false,
-        })
+            membership,
+            service_addr: options.service_addr,
+        };
+        // The configuration restored from disk may have members the options do not.
+        let m = driver.node.membership().clone();
+        driver.membership_changed(&m);
+        Ok(driver)
     }
 
     /// The status cell the handle reads.
@@ -155,6 +166,14 @@ impl<S: StateMachine> Driver<S> {
                 Ok(())
             }
             Input::Campaign => self.step(Event::Campaign),
+            Input::ChangeMembership { change, addr, reply } => {
+                self.change_membership(change, addr, reply);
+                Ok(())
+            }
+            Input::TransferLeadership { to, reply } => {
+                self.transfer_leadership(to, reply);
+                Ok(())
+            }
             Input::SnapshotWritten { meta, result, started } => self.snapshot_written(meta, result, started),
             Input::SnapshotFetched { from, meta, result } => self.snapshot_fetched(from, meta, result),
             Input::Shutdown => {
@@ -232,6 +251,7 @@ impl<S: StateMachine> Driver<S> {
             // Answers the actions asked for (a snapshot fetch that could not start).
             next.append(&mut self.followups);
         }
+        self.after_membership_step();
         self.maybe_snapshot();
         Ok(())
     }
@@ -264,12 +284,12 @@ impl<S: StateMachine> Driver<S> {
                 Action::InstallSnapshot { from, meta } => self.fetch_snapshot(from, meta),
                 Action::MembershipChanged { membership, index } => {
                     tracing::info!(node = self.node.id(), %membership, index, "membership changed");
+                    self.membership_changed(&membership);
                 }
-                Action::Proposed { .. }
-                | Action::ProposeRejected { .. }
-                | Action::ChangeProposed { .. }
-                | Action::ChangeRejected { .. }
-                | Action::TransferRejected { .. } => {}
+                Action::ChangeProposed { index, term, .. } => self.change_answered(Ok((index, term))),
+                Action::ChangeRejected { error } => self.change_answered(Err(error)),
+                Action::TransferRejected { error } => self.transfer_refused(error),
+                Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
             }
         }
         Ok(last_persist)
@@ -307,6 +327,7 @@ impl<S: StateMachine> Driver<S> {
     /// Runs when the loop ends for any reason.
     pub(super) fn stop(&mut self) {
         self.proposals.fail_all(&ProposalError::Stopped, answer);
+        self.fail_admin();
         self.transport.shutdown();
         // Fail proposals still queued; later ones see the closed channel.
         while let Ok(input) = self.inputs.try_recv() {

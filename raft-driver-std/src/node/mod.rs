@@ -34,10 +34,12 @@
 //! node thread (where it would fail the whole batch it was drained into).
 
 mod driver;
+mod membership;
 mod snapshots;
 #[cfg(test)]
 mod tests;
 
+pub use membership::AdminError;
 pub use snapshots::{SnapshotPolicy, SnapshotStats};
 
 use std::fmt;
@@ -49,10 +51,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use raft_core::{Config, ConfigError, Index, Message, Node, NodeId, ProposeError, Role, Term};
+use raft_core::{
+    Config, ConfigError, Index, Membership, MembershipChange, Message, Node, NodeId, ProposeError, Role, Term,
+};
 use serde::Serialize;
 
 use crate::limits::{Limits, LimitsError};
+use crate::members::{MemberAddr, Members};
 use crate::proposals::ProposalError;
 #[cfg(doc)]
 use crate::proposals::ProposalTracker;
@@ -73,14 +78,26 @@ const INPUT_QUEUE_LEN: usize = 8192;
 pub struct NodeOptions {
     /// This node's id.
     pub id: NodeId,
-    /// Every voting member (this node included).
+    /// The voters of the cluster's first configuration (this node
+    /// included); empty for a node that joins an existing cluster (it waits
+    /// to be added, see [`RaftHandle::change_membership`]). Once the log or
+    /// a snapshot holds a configuration, that one is in force instead.
     pub voters: Vec<NodeId>,
     /// Cluster id checked in the peer handshake.
     pub cluster_id: u64,
     /// Where to accept peer connections.
     pub peer_listen: SocketAddr,
-    /// `(id, peer address)` of every other member.
+    /// `(id, peer address)` of every other member of the first
+    /// configuration (for a joining node: of the members it knows).
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Addresses of the first configuration's members, this node included:
+    /// the address book a membership change starts from (later ones travel
+    /// in the log, see [`crate::members`]). Default: `peers` and
+    /// `peer_listen`, no service addresses.
+    pub members: Members,
+    /// Where this node serves the application's clients, if it does; goes
+    /// into the address book when this node changes the membership.
+    pub service_addr: Option<SocketAddr>,
     /// The node's WAL directory.
     pub wal_dir: PathBuf,
     /// Where snapshot files go (default: `snapshots` inside `wal_dir`).
@@ -118,12 +135,17 @@ impl NodeOptions {
         let mut voters: Vec<NodeId> = peers.iter().map(|&(p, _)| p).collect();
         voters.push(id);
         let wal_dir = wal_dir.into();
+        let mut book: std::collections::BTreeMap<NodeId, MemberAddr> =
+            peers.iter().map(|&(p, addr)| (p, MemberAddr { peer: addr, service: None })).collect();
+        book.insert(id, MemberAddr { peer: peer_listen, service: None });
         NodeOptions {
             id,
             voters,
             cluster_id,
             peer_listen,
             peers,
+            members: Members(book),
+            service_addr: None,
             snapshot_dir: wal_dir.join("snapshots"),
             wal_dir,
             snapshot: SnapshotPolicy::default(),
@@ -150,6 +172,10 @@ impl NodeOptions {
         let mut config = TransportConfig::new(self.cluster_id, self.id, self.peer_listen, self.peers.clone());
         config.max_frame_bytes = self.limits.max_frame_bytes();
         config.snapshot_dir = Some(self.snapshot_dir.clone());
+        // This node's own entry in the address book, when it is a real
+        // address (not port 0, not the unspecified address).
+        config.advertise =
+            self.members.get(self.id).map(|a| a.peer).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
         config
     }
 }
@@ -231,6 +257,10 @@ pub struct Status {
     pub first_index: Index,
     /// Snapshot state and counters.
     pub snapshot: SnapshotStats,
+    /// The configuration in force (the newest in the log, committed or not).
+    pub membership: Membership,
+    /// Index of the entry it comes from; committed once `commit_index` reaches it.
+    pub membership_index: Index,
     /// Proposals waiting for their entry to be applied.
     pub pending_proposals: usize,
     /// WAL writer counters.
@@ -252,6 +282,8 @@ impl Status {
             persisted_index: node.persisted_index(),
             first_index: node.first_index(),
             snapshot,
+            membership: node.membership().clone(),
+            membership_index: node.membership_index(),
             pending_proposals: pending,
             wal,
             running: true,
@@ -271,6 +303,15 @@ enum Input<S: StateMachine> {
     Propose(Bytes, ReplyTx<S>),
     Inspect(InspectFn<S>),
     Campaign,
+    ChangeMembership {
+        change: MembershipChange,
+        addr: Option<(NodeId, MemberAddr)>,
+        reply: membership::AdminTx<Membership>,
+    },
+    TransferLeadership {
+        to: NodeId,
+        reply: membership::AdminTx<()>,
+    },
     /// A snapshot write finished (on its thread).
     SnapshotWritten {
         meta: raft_core::SnapshotMeta,
@@ -361,14 +402,54 @@ impl<S: StateMachine> RaftHandle<S> {
         rx.recv_timeout(timeout).ok()
     }
 
+    /// Changes the membership (this node must lead; see
+    /// [`MembershipChange`] for what each change allows) and waits up to
+    /// `timeout` for it to commit: for a joint change, until the final
+    /// configuration commits. `addr` is a new member's addresses, which
+    /// every node learns with the change. Returns the configuration now in
+    /// force.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+        addr: Option<(NodeId, MemberAddr)>,
+        timeout: Duration,
+    ) -> Result<Membership, AdminError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.inputs.send(Input::ChangeMembership { change, addr, reply }).map_err(|_| AdminError::Stopped)?;
+        wait_admin(&rx, timeout)
+    }
+
+    /// Hands leadership to voter `to` (this node must lead) and waits up to
+    /// `timeout` until `to` leads. Proposals pause meanwhile (for at most an
+    /// election timeout).
+    pub fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<(), AdminError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.inputs.send(Input::TransferLeadership { to, reply }).map_err(|_| AdminError::Stopped)?;
+        wait_admin(&rx, timeout)
+    }
+
     /// Starts an election now, skipping PreVote (for operators and tests).
     pub fn campaign(&self) {
         let _ = self.inputs.send(Input::Campaign);
     }
 
+    /// The address the peer transport listens on (the actual port if
+    /// `peer_listen` asked for port 0).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
     /// The peer transport's counters.
     pub fn transport_stats(&self) -> TransportStats {
         self.transport.stats()
+    }
+}
+
+fn wait_admin<T>(rx: &Receiver<Result<T, AdminError>>, timeout: Duration) -> Result<T, AdminError> {
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) => Err(AdminError::Timeout),
+        Err(RecvTimeoutError::Disconnected) => Err(AdminError::Stopped),
     }
 }
 

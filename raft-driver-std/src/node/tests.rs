@@ -330,3 +330,75 @@ fn snapshot_policy_is_due_at_either_bound_and_never_when_off() {
     let by_bytes = SnapshotPolicy { every_entries: 0, every_bytes: 5, trailing_entries: 0 };
     assert!(!by_bytes.is_due(1_000_000, 4) && by_bytes.is_due(1, 5));
 }
+
+/// Membership changes on real threads and sockets: a node that starts empty
+/// joins a one-node cluster as a learner (its address travels with the
+/// change), catches up, is promoted; leadership is handed to it; the first
+/// node removes itself and is refused by the handshake from then on.
+#[test]
+fn a_cluster_grows_hands_over_and_shrinks() {
+    use crate::members::MemberAddr;
+    use raft_core::MembershipChange;
+    let wait = Duration::from_secs(10);
+    let dir1 = tempfile::tempdir().expect("tempdir");
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let n1 = RaftNode::start(options(dir1.path(), true), Log::default()).expect("start 1");
+    let h1 = n1.handle();
+    wait_leader(&h1);
+    for i in 0..20 {
+        h1.propose_wait(Bytes::from(format!("a{i}")), wait).expect("applied");
+    }
+    // Node 2 joins: no configuration of its own, it knows where node 1 is.
+    let mut o2 = options(dir2.path(), true);
+    o2.id = 2;
+    o2.voters = Vec::new();
+    o2.peers = vec![(1, h1.peer_addr())];
+    let n2 = RaftNode::start(o2, Log::default()).expect("start 2");
+    let h2 = n2.handle();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(h2.status().term, 0, "a joining node never campaigns");
+    // Promoting a node that is not a learner yet is refused, and says so.
+    let err = h1.change_membership(MembershipChange::Promote(2), None, wait).unwrap_err();
+    assert_eq!(err, AdminError::Refused(raft_core::MembershipError::UnknownNode { id: 2 }));
+    assert!(!err.may_have_taken_effect());
+
+    let addr = MemberAddr { peer: h2.peer_addr(), service: None };
+    let m = h1.change_membership(MembershipChange::AddLearner(2), Some((2, addr)), wait).expect("learner added");
+    assert_eq!((m.voters.clone(), m.learners.clone()), (vec![1], vec![2]));
+    assert!(wait_until(wait, || h2.status().applied_index == h1.status().applied_index), "learner caught up");
+    assert_eq!(h2.inspect(|log: &Log| log.0.len(), wait), Some(20));
+    assert_eq!(h2.status().membership.learners, vec![2]);
+    // The learner's ack may still be on its way: promotion is retryable until it lands.
+    let mut promoted = h1.change_membership(MembershipChange::Promote(2), None, wait);
+    let deadline = Instant::now() + wait;
+    while let Err(e) = &promoted {
+        assert!(matches!(e, AdminError::Refused(raft_core::MembershipError::LearnerBehind { .. })), "{e}");
+        assert!(e.is_retryable() && Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+        promoted = h1.change_membership(MembershipChange::Promote(2), None, wait);
+    }
+    let m = promoted.expect("promoted");
+    assert_eq!(m.voters, vec![1, 2]);
+    assert!(wait_until(wait, || h2.status().membership.voters == vec![1, 2]));
+
+    h1.transfer_leadership(2, wait).expect("transferred");
+    assert!(wait_until(wait, || h2.status().role == Role::Leader));
+    h2.propose_wait(Bytes::from_static(b"under 2"), wait).expect("applied under the new leader");
+
+    // 2 removes 1; 1 is disconnected and refused from then on.
+    let m = h2.change_membership(MembershipChange::Remove(1), None, wait).expect("removed");
+    assert_eq!(m.voters, vec![2]);
+    assert!(wait_until(wait, || h2.transport_stats().handshake_rejected > 0), "node 1 refused by the handshake");
+    h2.propose_wait(Bytes::from_static(b"alone"), wait).expect("a one-voter cluster commits");
+    assert_eq!(h2.inspect(|log: &Log| log.0.len(), wait), Some(22));
+    // A restart keeps the configuration (it is in the log).
+    drop(n1);
+    n2.shutdown().expect("shutdown");
+    let mut o2 = options(dir2.path(), true);
+    o2.id = 2;
+    o2.voters = Vec::new();
+    let n2 = RaftNode::start(o2, Log::default()).expect("restart 2");
+    let h2 = n2.handle();
+    wait_leader(&h2);
+    assert_eq!(h2.status().membership.voters, vec![2]);
+}

@@ -165,11 +165,23 @@ pub(super) const MAGIC: [u8; 4] = *b"RFTx";
 /// Bumped on *any* change to those bytes (a field, a variant, an entry
 /// kind): a peer that only knows the old version must refuse the
 /// connection, not misread its frames.
-pub const WIRE_FORMAT_VERSION: u16 = 1;
+///
+/// Version 2 (membership changes) appends the sender's listen address to
+/// the handshake, so that a node can reach a member it has not heard of
+/// yet (one added while it lagged behind), and adds message tags 5 to 7 and
+/// entry kind 2 to frames. Every version-1 frame means the same in version
+/// 2, so connections from version-1 peers are still accepted and read with
+/// the same decoder.
+pub const WIRE_FORMAT_VERSION: u16 = 2;
 /// The wire versions this build accepts from connecting peers.
-pub const SUPPORTED_WIRE_VERSIONS: &[u16] = &[WIRE_FORMAT_VERSION];
-/// Encoded handshake length: magic, version, cluster id, from id, to id.
+pub const SUPPORTED_WIRE_VERSIONS: &[u16] = &[1, WIRE_FORMAT_VERSION];
+/// Length of the handshake's part every version has: magic, version,
+/// cluster id, from id, to id.
 pub(super) const HANDSHAKE_LEN: usize = 4 + 2 + 8 + 8 + 8;
+/// Length of the listen address a version-2 handshake appends: a family
+/// byte (0 none, 4 IPv4, 6 IPv6), 16 address bytes (an IPv4 address in the
+/// first 4, the rest zero) and the port, big-endian.
+pub(super) const HANDSHAKE_ADDR_LEN: usize = 1 + 16 + 2;
 /// Encoded reply length: magic and a status byte.
 pub(super) const ACK_LEN: usize = 4 + 1;
 
@@ -239,6 +251,9 @@ pub(super) struct Handshake {
     /// The node the sender means to reach; guards against stale address
     /// tables (a node restarted on another node's old address).
     pub(super) to: NodeId,
+    /// Where the sender's own listener is (version 2; `None` in a version-1
+    /// handshake or when the sender has no address to give).
+    pub(super) listen: Option<std::net::SocketAddr>,
 }
 
 /// Why a handshake is not one this build can accept, before its ids are
@@ -255,6 +270,11 @@ pub(super) enum HandshakeError {
         /// The version the peer sent.
         found: u16,
     },
+    /// A version-2 listen address with an unknown family byte.
+    BadAddress {
+        /// The family byte found.
+        family: u8,
+    },
 }
 
 impl HandshakeError {
@@ -263,6 +283,7 @@ impl HandshakeError {
         match self {
             HandshakeError::BadMagic { .. } => AckStatus::BadProtocol,
             HandshakeError::UnsupportedVersion { .. } => AckStatus::UnsupportedVersion,
+            HandshakeError::BadAddress { .. } => AckStatus::BadProtocol,
         }
     }
 }
@@ -278,25 +299,81 @@ impl fmt::Display for HandshakeError {
                 "peer speaks wire format version {found}, but this build supports only version(s) \
                  {SUPPORTED_WIRE_VERSIONS:?}"
             ),
+            HandshakeError::BadAddress { family } => {
+                write!(f, "handshake listen address of unknown family {family} (known: 0, 4, 6)")
+            }
         }
     }
 }
 
 impl Handshake {
-    /// Encodes the handshake (at [`WIRE_FORMAT_VERSION`]); all integers
-    /// big-endian.
-    pub(super) fn encode(&self) -> [u8; HANDSHAKE_LEN] {
+    /// Encodes the handshake at [`WIRE_FORMAT_VERSION`] (version 2: the
+    /// common part, then the listen address); all integers big-endian.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = self.encode_common(WIRE_FORMAT_VERSION).to_vec();
+        let mut addr = [0u8; HANDSHAKE_ADDR_LEN];
+        match self.listen {
+            None => {}
+            Some(std::net::SocketAddr::V4(a)) => {
+                addr[0] = 4;
+                addr[1..5].copy_from_slice(&a.ip().octets());
+            }
+            Some(std::net::SocketAddr::V6(a)) => {
+                addr[0] = 6;
+                addr[1..17].copy_from_slice(&a.ip().octets());
+            }
+        }
+        if let Some(a) = self.listen {
+            addr[17..19].copy_from_slice(&a.port().to_be_bytes());
+        }
+        out.extend_from_slice(&addr);
+        out
+    }
+
+    /// The part every version has, stamped with `version`.
+    pub(super) fn encode_common(&self, version: u16) -> [u8; HANDSHAKE_LEN] {
         let mut out = [0; HANDSHAKE_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&WIRE_FORMAT_VERSION.to_be_bytes());
+        out[4..6].copy_from_slice(&version.to_be_bytes());
         out[6..14].copy_from_slice(&self.cluster_id.to_be_bytes());
         out[14..22].copy_from_slice(&self.from.to_be_bytes());
         out[22..30].copy_from_slice(&self.to.to_be_bytes());
         out
     }
 
-    /// Decodes a handshake, checking only magic and version; the caller
-    /// checks the ids against its configuration.
+    /// How many bytes follow the common part in a handshake of `version`.
+    pub(super) fn extra_len(version: u16) -> usize {
+        if version >= 2 { HANDSHAKE_ADDR_LEN } else { 0 }
+    }
+
+    /// Decodes a version-2 listen address.
+    pub(super) fn decode_listen(
+        bytes: &[u8; HANDSHAKE_ADDR_LEN],
+    ) -> Result<Option<std::net::SocketAddr>, HandshakeError> {
+        let port = u16::from_be_bytes([bytes[17], bytes[18]]);
+        match bytes[0] {
+            0 => Ok(None),
+            4 => {
+                let ip = std::net::Ipv4Addr::new(bytes[1], bytes[2], bytes[3], bytes[4]);
+                Ok(Some(std::net::SocketAddr::from((ip, port))))
+            }
+            6 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&bytes[1..17]);
+                Ok(Some(std::net::SocketAddr::from((std::net::Ipv6Addr::from(octets), port))))
+            }
+            family => Err(HandshakeError::BadAddress { family }),
+        }
+    }
+
+    /// The version a handshake's common part names (checked by [`Handshake::decode`]).
+    pub(super) fn version_of(bytes: &[u8; HANDSHAKE_LEN]) -> u16 {
+        u16::from_be_bytes([bytes[4], bytes[5]])
+    }
+
+    /// Decodes a handshake's common part, checking only magic and version;
+    /// the caller reads [`Handshake::extra_len`] more bytes for the listen
+    /// address, and checks the ids against its configuration.
     pub(super) fn decode(bytes: &[u8; HANDSHAKE_LEN]) -> Result<Handshake, HandshakeError> {
         let u64_at = |at: usize| {
             let mut word = [0; 8];
@@ -311,6 +388,6 @@ impl Handshake {
         if !SUPPORTED_WIRE_VERSIONS.contains(&version) {
             return Err(HandshakeError::UnsupportedVersion { found: version });
         }
-        Ok(Handshake { cluster_id: u64_at(6), from: u64_at(14), to: u64_at(22) })
+        Ok(Handshake { cluster_id: u64_at(6), from: u64_at(14), to: u64_at(22), listen: None })
     }
 }

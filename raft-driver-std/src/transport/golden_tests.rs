@@ -20,6 +20,7 @@ use super::{DEFAULT_MAX_FRAME_BYTES, FrameError, decode_frame, encode_frame};
 use crate::golden;
 
 const HANDSHAKE: &str = "wire-v1-handshake.bin";
+const HANDSHAKE_V2: &str = "wire-v2-handshake.bin";
 const ACKS: &str = "wire-v1-acks.bin";
 const APPEND_ENTRIES: &str = "wire-v1-frame-append-entries.bin";
 
@@ -141,7 +142,7 @@ fn transport_golden_install_snapshot_with_bad_configuration_is_refused() {
 }
 
 fn golden_handshake() -> Handshake {
-    Handshake { cluster_id: 0x0102_0304_0506_0708, from: 3, to: 0x1122 }
+    Handshake { cluster_id: 0x0102_0304_0506_0708, from: 3, to: 0x1122, listen: None }
 }
 
 /// Checks the frame case `name` against its committed file; returns the
@@ -154,7 +155,7 @@ fn check_frame(name: &str) -> Vec<u8> {
 #[test]
 fn transport_golden_files_are_exactly_the_tested_cases() {
     let mut names: Vec<&str> = frame_cases().iter().map(|(name, _)| *name).collect();
-    names.extend([HANDSHAKE, ACKS, INSTALL_SNAPSHOT_VOTERS]);
+    names.extend([HANDSHAKE, HANDSHAKE_V2, ACKS, INSTALL_SNAPSHOT_VOTERS]);
     golden::assert_complete("wire-", &names);
 }
 
@@ -192,12 +193,31 @@ fn transport_golden_frames_decode_and_encode() {
 
 #[test]
 fn transport_golden_handshake_and_acks() {
-    let committed = golden::check(HANDSHAKE, &golden_handshake().encode());
+    // Version 1, as older builds send it: still accepted.
+    let committed = golden::check(HANDSHAKE, &golden_handshake().encode_common(1));
     // Spelled out as well, so that the constants it is built from cannot
     // drift together with the file: magic, version 1, then the ids.
     assert_eq!(committed[..6], *b"RFTx\x00\x01");
     let raw: [u8; HANDSHAKE_LEN] = committed.try_into().expect("handshake length");
     assert_eq!(Handshake::decode(&raw), Ok(golden_handshake()));
+    assert_eq!(Handshake::extra_len(1), 0);
+
+    // Version 2 appends the listen address: family 4, the IPv4 address in
+    // 16 bytes, the port.
+    let v2 = Handshake { listen: Some("127.0.0.1:7001".parse().unwrap()), ..golden_handshake() };
+    let committed = golden::check(HANDSHAKE_V2, &v2.encode());
+    assert_eq!(committed[..6], *b"RFTx\x00\x02");
+    assert_eq!(committed[30..35], [4, 127, 0, 0, 1]);
+    assert_eq!(committed[47..], 7001u16.to_be_bytes());
+    let raw: [u8; HANDSHAKE_LEN] = committed[..HANDSHAKE_LEN].try_into().unwrap();
+    assert_eq!(Handshake::extra_len(Handshake::version_of(&raw)), committed.len() - HANDSHAKE_LEN);
+    let listen = Handshake::decode_listen(committed[HANDSHAKE_LEN..].try_into().unwrap()).unwrap();
+    assert_eq!(Handshake { listen, ..Handshake::decode(&raw).unwrap() }, v2);
+    let mut bad = [0u8; 19];
+    bad[0] = 5;
+    assert_eq!(Handshake::decode_listen(&bad), Err(HandshakeError::BadAddress { family: 5 }));
+    let v6 = Handshake { listen: Some("[::1]:9".parse().unwrap()), ..golden_handshake() }.encode();
+    assert_eq!(Handshake::decode_listen(v6[30..].try_into().unwrap()).unwrap(), Some("[::1]:9".parse().unwrap()));
 
     let acks: Vec<u8> = AckStatus::ALL.iter().flat_map(|status| status.encode()).collect();
     let committed = golden::check(ACKS, &acks);
@@ -214,8 +234,8 @@ fn transport_golden_handshake_and_acks() {
 #[test]
 fn transport_golden_handshake_of_unknown_version_is_refused() {
     let raw: [u8; HANDSHAKE_LEN] =
-        golden::check(HANDSHAKE, &golden_handshake().encode()).try_into().expect("handshake length");
-    for found in [0u16, 2, 0x0100, u16::MAX] {
+        golden::check(HANDSHAKE, &golden_handshake().encode_common(1)).try_into().expect("handshake length");
+    for found in [0u16, 3, 0x0100, u16::MAX] {
         let mut bytes = raw;
         bytes[4..6].copy_from_slice(&found.to_be_bytes());
         let err = Handshake::decode(&bytes).unwrap_err();
@@ -223,7 +243,7 @@ fn transport_golden_handshake_of_unknown_version_is_refused() {
         assert_eq!(err.status(), AckStatus::UnsupportedVersion);
         let message = err.to_string();
         assert!(message.contains(&format!("version {found}")), "{message}");
-        assert!(message.contains("version(s) [1]"), "{message}");
+        assert!(message.contains("version(s) [1, 2]"), "{message}");
     }
     let mut bytes = raw;
     bytes[3] = b'y';

@@ -59,7 +59,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,8 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// Where to accept connections from peers (used by [`Transport::start`]).
     pub listen: SocketAddr,
-    /// Every other member of the cluster and its listen address. Only these
+    /// Every other member of the cluster and its listen address, at start
+    /// ([`Transport::set_peers`] changes the set while running). Only these
     /// ids are accepted inbound and only these can be sent to.
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// Largest accepted frame payload; a larger length prefix closes the
@@ -118,6 +119,11 @@ pub struct TransportConfig {
     /// and how often an idle writer checks that its connection is alive.
     /// Default 100 ms.
     pub poll_interval: Duration,
+    /// The address peers should dial to reach this node, given in every
+    /// handshake (so that a node that has not heard of this one can answer
+    /// it) and written into the cluster's address book. `None`: the bound
+    /// listen address.
+    pub advertise: Option<SocketAddr>,
     /// Where this node's snapshot files are, served to peers that fetch one
     /// (see [`snapshot_fetch`]); `None` answers every fetch with
     /// [`NoSnapshot`](snapshot_fetch::FetchStatus::NoSnapshot).
@@ -139,6 +145,7 @@ impl TransportConfig {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
+            advertise: None,
             snapshot_dir: None,
         }
     }
@@ -233,6 +240,9 @@ counters! {
     dropped_full,
     /// Messages dropped by [`Transport::send`] for an id not in `peers`.
     dropped_unknown_peer,
+    /// Peers added because they connected with their listen address
+    /// (members this node had not heard of yet).
+    peers_learned,
     /// Messages dropped because the transport was shut down.
     dropped_closed,
     /// Queued messages discarded after a failed connection attempt (stale
@@ -282,17 +292,53 @@ struct Shared {
     stats: Counters,
     stopping: AtomicBool,
     inbound: Box<dyn Inbound>,
-    /// Id of the newest accepted connection from each peer. A peer's writer
-    /// keeps one connection at a time, so when a newer one arrives the old
-    /// one is dead (e.g. the peer crashed without a FIN reaching us); its
-    /// reader notices here and exits instead of lingering forever.
-    newest_inbound: HashMap<NodeId, AtomicU64>,
+    /// The peers, by id: where each listens, and the id of the newest
+    /// accepted connection from it. A peer's writer keeps one connection at
+    /// a time, so when a newer one arrives the old one is dead (e.g. the
+    /// peer crashed without a FIN reaching us); its reader notices and exits
+    /// instead of lingering forever. A removed peer's counter is set to
+    /// `u64::MAX`, which every reader of its connections notices the same way.
+    peers: RwLock<HashMap<NodeId, PeerSlot>>,
+    /// Each peer's send queue (its writer thread holds the receiver).
+    queues: RwLock<HashMap<NodeId, Sender<Message>>>,
+    /// Ids whose connections are refused: members a committed
+    /// configuration removed ([`Transport::refuse`]).
+    refused: RwLock<HashSet<NodeId>>,
+    /// The listen address this node gives peers in its handshakes.
+    advertise: SocketAddr,
+    /// Never sent on; closed on shutdown, which wakes every thread.
+    stop_rx: Receiver<()>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     next_connection_id: AtomicU64,
+}
+
+/// One peer of a running transport.
+struct PeerSlot {
+    addr: SocketAddr,
+    newest_inbound: Arc<AtomicU64>,
+    /// Set when the peer is removed: its writer thread exits.
+    retired: Arc<AtomicBool>,
+}
+
+impl PeerSlot {
+    fn new(addr: SocketAddr) -> PeerSlot {
+        PeerSlot { addr, newest_inbound: Arc::new(AtomicU64::new(0)), retired: Arc::new(AtomicBool::new(false)) }
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.newest_inbound.store(u64::MAX, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The listen address of peer `id`, if it is one.
+    fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).get(&id).map(|p| p.addr)
     }
 }
 
@@ -302,11 +348,9 @@ impl Shared {
 pub struct Transport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    queues: HashMap<NodeId, Sender<Message>>,
     /// Never sent on: dropping it disconnects every thread's receiver, which
     /// wakes threads sleeping in backoff or waiting on their queue at once.
     stop_tx: Mutex<Option<Sender<()>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Transport {
@@ -334,7 +378,12 @@ impl Transport {
         let peers = config.peers.clone();
         let node_id = config.node_id;
         let shared = Arc::new(Shared {
-            newest_inbound: peers.iter().map(|&(peer, _)| (peer, AtomicU64::new(0))).collect(),
+            peers: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            refused: RwLock::new(HashSet::new()),
+            advertise: config.advertise.unwrap_or(local_addr),
+            stop_rx: stop_rx.clone(),
+            threads: Mutex::new(Vec::new()),
             next_connection_id: AtomicU64::new(1),
             stats: Counters::default(),
             stopping: AtomicBool::new(false),
@@ -343,29 +392,53 @@ impl Transport {
         });
         // Built before spawning so that if a spawn fails, dropping it stops
         // and joins the threads already running.
-        let mut transport = Transport {
-            shared: Arc::clone(&shared),
-            local_addr,
-            queues: HashMap::new(),
-            stop_tx: Mutex::new(Some(stop_tx)),
-            threads: Mutex::new(Vec::new()),
-        };
+        let transport = Transport { shared: Arc::clone(&shared), local_addr, stop_tx: Mutex::new(Some(stop_tx)) };
         let (shared_l, stop_l) = (Arc::clone(&shared), stop_rx.clone());
         let listener_thread = thread::Builder::new()
             .name(format!("raft-listen-{node_id}"))
             .spawn(move || listen_loop(shared_l, listener, stop_l))?;
-        lock(&transport.threads).push(listener_thread);
+        lock(&shared.threads).push(listener_thread);
         for (peer, addr) in peers {
-            let (queue_tx, queue_rx) = crossbeam_channel::bounded(shared.config.send_queue_len);
-            let (shared_w, stop_w) = (Arc::clone(&shared), stop_rx.clone());
-            let writer = thread::Builder::new()
-                .name(format!("raft-send-{node_id}-{peer}"))
-                .spawn(move || writer_loop(shared_w, peer, addr, queue_rx, stop_w))?;
-            lock(&transport.threads).push(writer);
-            transport.queues.insert(peer, queue_tx);
+            add_peer(&shared, peer, addr)?;
         }
         tracing::debug!(node_id, %local_addr, "transport started");
         Ok(transport)
+    }
+
+    /// Adds (or re-addresses) peers: each new one gets a writer thread and
+    /// is accepted inbound. Never removes one: see [`Transport::refuse`].
+    /// Ids 0 and this node's own are ignored. Fails only if a thread cannot
+    /// be spawned.
+    pub fn set_peers(&self, peers: &[(NodeId, SocketAddr)]) -> io::Result<()> {
+        for &(id, addr) in peers {
+            add_peer(&self.shared, id, addr)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ids` the refused set: each is disconnected (its writer stops,
+    /// its inbound connections close) and its handshakes are refused from
+    /// now on; ids refused before and not in `ids` are accepted again. The
+    /// driver refuses the members a committed configuration removed.
+    pub fn refuse(&self, ids: &[NodeId]) {
+        let me = self.shared.config.node_id;
+        let mut refused = write(&self.shared.refused);
+        refused.clear();
+        for &id in ids {
+            refused.insert(id);
+            if let Some(slot) = write(&self.shared.peers).remove(&id) {
+                slot.retire();
+                write(&self.shared.queues).remove(&id);
+                tracing::info!(node_id = me, peer = id, "peer removed and refused");
+            }
+        }
+    }
+
+    /// The current peers and their addresses, by id.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut v: Vec<_> = read(&self.shared.peers).iter().map(|(&id, p)| (id, p.addr)).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Queues `message` for peer `to` without ever blocking. Returns whether
@@ -374,7 +447,8 @@ impl Transport {
     /// connection may still lose it.
     pub fn send(&self, to: NodeId, message: Message) -> bool {
         let stats = &self.shared.stats;
-        let Some(queue) = self.queues.get(&to) else {
+        let queues = read(&self.shared.queues);
+        let Some(queue) = queues.get(&to) else {
             bump(&stats.dropped_unknown_peer, 1);
             return false;
         };
@@ -419,6 +493,12 @@ impl Transport {
         self.local_addr
     }
 
+    /// The address this node gives peers to dial (see
+    /// [`TransportConfig::advertise`]).
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.shared.advertise
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.shared.config.node_id
@@ -432,7 +512,7 @@ impl Transport {
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         drop(lock(&self.stop_tx).take());
-        let threads = std::mem::take(&mut *lock(&self.threads));
+        let threads = std::mem::take(&mut *lock(&self.shared.threads));
         for thread in threads {
             // A panicked thread has already reported itself; shutting down
             // the rest matters more than propagating it.
@@ -460,6 +540,47 @@ impl std::fmt::Debug for Transport {
 /// list of join handles) stays consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Adds peer `id` at `addr` (a no-op if it is already there at that
+/// address; a new address retires the old writer): registers it, starts its
+/// writer thread. Ignores 0, this node, and refused ids (returns false).
+fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) -> io::Result<bool> {
+    let me = shared.config.node_id;
+    if id == 0 || id == me || read(&shared.refused).contains(&id) {
+        return Ok(false);
+    }
+    let mut slots = write(&shared.peers);
+    if slots.get(&id).is_some_and(|slot| slot.addr == addr) {
+        return Ok(false);
+    }
+    if let Some(old) = slots.remove(&id) {
+        old.retire();
+    }
+    let slot = PeerSlot::new(addr);
+    let retired = Arc::clone(&slot.retired);
+    slots.insert(id, slot);
+    drop(slots);
+    let (queue_tx, queue_rx) = crossbeam_channel::bounded(shared.config.send_queue_len);
+    let (shared_w, stop_w) = (Arc::clone(shared), shared.stop_rx.clone());
+    let writer = thread::Builder::new()
+        .name(format!("raft-send-{me}-{id}"))
+        .spawn(move || writer_loop(shared_w, id, addr, queue_rx, stop_w, retired))?;
+    lock(&shared.threads).push(writer);
+    write(&shared.queues).insert(id, queue_tx);
+    tracing::info!(node_id = me, peer = id, %addr, "peer added");
+    Ok(true)
+}
+
+/// Read-locks, ignoring poisoning (the maps stay consistent: every update
+/// is a single insert or remove).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-locks, ignoring poisoning.
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Sleeps for `delay` unless the transport shuts down first; returns true
@@ -504,7 +625,14 @@ fn jitter_seed(node_id: NodeId, peer: NodeId) -> u64 {
 }
 
 /// The body of a peer's writer thread.
-fn writer_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr, queue: Receiver<Message>, stop_rx: Receiver<()>) {
+fn writer_loop(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+    queue: Receiver<Message>,
+    stop_rx: Receiver<()>,
+    retired: Arc<AtomicBool>,
+) {
     let rng = StdRng::seed_from_u64(jitter_seed(shared.config.node_id, peer));
     let backoff = Backoff::new(shared.config.backoff_initial, shared.config.backoff_max, rng);
     let writer = PeerWriter {
@@ -513,6 +641,7 @@ fn writer_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr, queue: Recei
         addr,
         queue,
         stop_rx,
+        retired,
         backoff,
         connection: None,
         batch: Vec::new(),
@@ -529,6 +658,8 @@ struct PeerWriter {
     addr: SocketAddr,
     queue: Receiver<Message>,
     stop_rx: Receiver<()>,
+    /// The peer was removed ([`Transport::set_peers`]): stop.
+    retired: Arc<AtomicBool>,
     backoff: Backoff,
     connection: Option<TcpStream>,
     batch: Vec<u8>,
@@ -549,7 +680,7 @@ enum Next {
 impl PeerWriter {
     /// Connects, sends batches, reconnects; returns on shutdown.
     fn run(mut self) {
-        while !self.shared.stopping() {
+        while !self.shared.stopping() && !self.retired.load(Ordering::SeqCst) {
             if self.connection.is_none() {
                 if self.connect_or_back_off().is_break() {
                     return;
@@ -710,7 +841,8 @@ fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream,
         stream.set_nodelay(true).map_err(ConnectError::Io)?;
         stream.set_write_timeout(Some(config.io_timeout)).map_err(ConnectError::Io)?;
         stream.set_read_timeout(Some(config.poll_interval)).map_err(ConnectError::Io)?;
-        let handshake = Handshake { cluster_id: config.cluster_id, from: config.node_id, to: peer };
+        let handshake =
+            Handshake { cluster_id: config.cluster_id, from: config.node_id, to: peer, listen: Some(shared.advertise) };
         (&stream).write_all(&handshake.encode()).map_err(ConnectError::Io)?;
         let mut reply = [0; ACK_LEN];
         let watch = Watch { shared, connection: None };
@@ -790,17 +922,17 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, stop_rx: Receiver<()>
 
 /// The body of a reader thread: handshake, then frames until the connection
 /// ends, turns bad, or the transport stops.
-fn serve_inbound(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
+fn serve_inbound(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let node_id = shared.config.node_id;
     if let Err(error) = configure_inbound(&stream, &shared.config) {
         tracing::debug!(node_id, %remote, %error, "cannot configure inbound connection");
         return;
     }
-    let Some((from, connection_id)) = accept_handshake(shared, &stream, remote) else {
+    let Some((from, newest, connection_id)) = accept_handshake(shared, &stream, remote) else {
         return;
     };
     tracing::debug!(node_id, from, %remote, "accepted peer connection");
-    receive_frames(shared, &stream, from, connection_id);
+    receive_frames(shared, &stream, from, newest, connection_id);
 }
 
 /// Accepted sockets inherit non-blocking mode on some platforms; the read
@@ -814,7 +946,11 @@ fn configure_inbound(stream: &TcpStream, config: &TransportConfig) -> io::Result
 /// Reads and checks the handshake, replies, and registers the connection
 /// as the peer's newest. Returns the peer and the connection id, or `None`
 /// (already counted and logged) if the connection must close.
-fn accept_handshake(shared: &Shared, stream: &TcpStream, remote: SocketAddr) -> Option<(NodeId, u64)> {
+fn accept_handshake(
+    shared: &Arc<Shared>,
+    stream: &TcpStream,
+    remote: SocketAddr,
+) -> Option<(NodeId, Arc<AtomicU64>, u64)> {
     let node_id = shared.config.node_id;
     let mut raw = [0; HANDSHAKE_LEN];
     let watch = Watch { shared, connection: None };
@@ -829,7 +965,7 @@ fn accept_handshake(shared: &Shared, stream: &TcpStream, remote: SocketAddr) -> 
         snapshot_fetch::serve(shared, stream, remote, &raw);
         return None;
     }
-    let from = match check_handshake(shared, &raw) {
+    let from = match read_rest_of_handshake(shared, stream, &raw).and_then(|h| check_handshake(shared, &h)) {
         Ok(from) => from,
         Err(Rejection { status, reason }) => {
             tracing::warn!(node_id, %remote, ?status, %reason, "rejecting connection");
@@ -840,17 +976,16 @@ fn accept_handshake(shared: &Shared, stream: &TcpStream, remote: SocketAddr) -> 
         }
     };
     let connection_id = shared.next_connection_id.fetch_add(1, Ordering::SeqCst);
-    if let Some(newest) = shared.newest_inbound.get(&from) {
-        newest.store(connection_id, Ordering::SeqCst);
-    }
+    let newest = read(&shared.peers).get(&from).map(|p| Arc::clone(&p.newest_inbound))?;
+    newest.store(connection_id, Ordering::SeqCst);
     (&*stream).write_all(&AckStatus::Accepted.encode()).ok()?;
-    Some((from, connection_id))
+    Some((from, newest, connection_id))
 }
 
 /// Decodes frames from an authenticated connection and delivers them until
 /// the connection ends, turns bad, is superseded, or the transport stops.
-fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, connection_id: u64) {
-    let watch = Watch { shared, connection: Some((from, connection_id)) };
+fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, newest: Arc<AtomicU64>, connection_id: u64) {
+    let watch = Watch { shared, connection: Some((newest, connection_id)) };
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut payload = Vec::new();
     loop {
@@ -925,10 +1060,33 @@ struct Rejection {
     reason: String,
 }
 
-/// Validates a handshake against our configuration; returns the sender.
-fn check_handshake(shared: &Shared, raw: &[u8; HANDSHAKE_LEN]) -> Result<NodeId, Rejection> {
-    let handshake =
-        Handshake::decode(raw).map_err(|error| Rejection { status: error.status(), reason: error.to_string() })?;
+/// Decodes the handshake whose common part is `raw`, reading the listen
+/// address a version-2 handshake appends.
+fn read_rest_of_handshake(
+    shared: &Shared,
+    stream: &TcpStream,
+    raw: &[u8; HANDSHAKE_LEN],
+) -> Result<Handshake, Rejection> {
+    let refuse = |error: frame::HandshakeError| Rejection { status: error.status(), reason: error.to_string() };
+    let mut handshake = Handshake::decode(raw).map_err(refuse)?;
+    if Handshake::extra_len(Handshake::version_of(raw)) > 0 {
+        let mut addr = [0; frame::HANDSHAKE_ADDR_LEN];
+        let watch = Watch { shared, connection: None };
+        read_full(&mut &*stream, &mut addr, false, shared.config.io_timeout, &watch).map_err(|stop| Rejection {
+            status: AckStatus::BadProtocol,
+            reason: format!("handshake cut short in its listen address ({stop:?})"),
+        })?;
+        handshake.listen = Handshake::decode_listen(&addr).map_err(refuse)?;
+    }
+    Ok(handshake)
+}
+
+/// Validates a handshake against our configuration; returns the sender. A
+/// sender we do not know that gives its listen address and is not refused
+/// is added as a peer: a member added while this node lagged behind (its
+/// leader, possibly), whose address is in log entries this node has yet to
+/// receive from it.
+fn check_handshake(shared: &Arc<Shared>, handshake: &Handshake) -> Result<NodeId, Rejection> {
     let config = &shared.config;
     let reject = |status, reason| Err(Rejection { status, reason });
     if handshake.cluster_id != config.cluster_id {
@@ -940,10 +1098,21 @@ fn check_handshake(shared: &Shared, raw: &[u8; HANDSHAKE_LEN]) -> Result<NodeId,
     if handshake.to != config.node_id {
         return reject(AckStatus::NotForUs, format!("meant for node {} (we are {})", handshake.to, config.node_id));
     }
-    if !shared.newest_inbound.contains_key(&handshake.from) {
-        return reject(AckStatus::UnknownPeer, format!("node {} is not a configured peer", handshake.from));
+    let from = handshake.from;
+    if read(&shared.refused).contains(&from) {
+        return reject(AckStatus::UnknownPeer, format!("node {from} was removed from the cluster"));
     }
-    Ok(handshake.from)
+    if !read(&shared.peers).contains_key(&from) {
+        let Some(listen) = handshake.listen else {
+            return reject(AckStatus::UnknownPeer, format!("node {from} is not a configured peer"));
+        };
+        match add_peer(shared, from, listen) {
+            Ok(true) => bump(&shared.stats.peers_learned, 1),
+            Ok(false) => return reject(AckStatus::UnknownPeer, format!("node {from} cannot be added")),
+            Err(e) => return reject(AckStatus::UnknownPeer, format!("cannot start a writer for node {from}: {e}")),
+        }
+    }
+    Ok(from)
 }
 
 /// Why a read gave up.
@@ -964,8 +1133,9 @@ enum Stop {
 /// What a blocked read checks each time its read timeout fires.
 struct Watch<'a> {
     shared: &'a Shared,
-    /// `(peer, connection id)` of an authenticated inbound connection.
-    connection: Option<(NodeId, u64)>,
+    /// The peer's newest-connection counter and this connection's id, for
+    /// an authenticated inbound connection.
+    connection: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Watch<'_> {
@@ -973,9 +1143,8 @@ impl Watch<'_> {
         if self.shared.stopping() {
             return Some(Stop::Shutdown);
         }
-        let (peer, id) = self.connection?;
-        let newest = self.shared.newest_inbound.get(&peer)?.load(Ordering::SeqCst);
-        (newest != id).then_some(Stop::Superseded)
+        let (newest, id) = self.connection.as_ref()?;
+        (newest.load(Ordering::SeqCst) != *id).then_some(Stop::Superseded)
     }
 }
 

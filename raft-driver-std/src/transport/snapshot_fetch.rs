@@ -15,8 +15,8 @@
 //! # Wire format (fetch version 1)
 //!
 //! The fetching side sends 46 bytes, all integers big-endian: magic `RFTs`,
-//! wire format version (`u16`, the peer transport's
-//! [`WIRE_FORMAT_VERSION`]), cluster id, its node id, the node id it means
+//! a version (`u16`, always 1: the layout of a version-1 peer handshake,
+//! which the request's head shares), cluster id, its node id, the node id it means
 //! to reach (`u64` each; the same checks as a peer handshake), then the
 //! snapshot's last included index and the byte offset to start at (`u64`
 //! each). The serving side replies with `RFTs` and a [`FetchStatus`] byte;
@@ -31,7 +31,12 @@ use std::time::Duration;
 
 use raft_core::{Index, NodeId};
 
-use super::frame::{AckStatus, HANDSHAKE_LEN, MAGIC, WIRE_FORMAT_VERSION};
+use super::frame::{AckStatus, HANDSHAKE_LEN, Handshake, MAGIC};
+
+/// The version a fetch request carries where a handshake has its wire
+/// version: 1, the version-1 handshake layout the request's head shares
+/// (the request has not changed since; a peer handshake is at version 2).
+const FETCH_VERSION: u16 = 1;
 use super::{Rejection, Shared, Stop, Watch, bump, check_handshake, read_full};
 use crate::snapshot_file::snapshot_file_name;
 
@@ -111,7 +116,7 @@ impl FetchRequest {
     pub(super) fn encode(&self) -> [u8; FETCH_REQUEST_LEN] {
         let mut out = [0; FETCH_REQUEST_LEN];
         out[0..4].copy_from_slice(&FETCH_MAGIC);
-        out[4..6].copy_from_slice(&WIRE_FORMAT_VERSION.to_be_bytes());
+        out[4..6].copy_from_slice(&FETCH_VERSION.to_be_bytes());
         for (at, word) in [(6, self.cluster_id), (14, self.from), (22, self.to), (30, self.index), (38, self.offset)] {
             out[at..at + 8].copy_from_slice(&word.to_be_bytes());
         }
@@ -145,7 +150,12 @@ impl std::error::Error for FetchError {}
 /// Serves one fetch request on an accepted connection whose first
 /// [`HANDSHAKE_LEN`] bytes (`head`, starting with [`FETCH_MAGIC`]) were
 /// already read.
-pub(super) fn serve(shared: &Shared, stream: &TcpStream, remote: SocketAddr, head: &[u8; HANDSHAKE_LEN]) {
+pub(super) fn serve(
+    shared: &std::sync::Arc<Shared>,
+    stream: &TcpStream,
+    remote: SocketAddr,
+    head: &[u8; HANDSHAKE_LEN],
+) {
     let node_id = shared.config.node_id;
     let mut rest = [0; FETCH_REQUEST_LEN - HANDSHAKE_LEN];
     let watch = Watch { shared, connection: None };
@@ -156,7 +166,10 @@ pub(super) fn serve(shared: &Shared, stream: &TcpStream, remote: SocketAddr, hea
     // The ids are checked exactly as a peer handshake's.
     let mut as_handshake = *head;
     as_handshake[..4].copy_from_slice(&MAGIC);
-    let from = match check_handshake(shared, &as_handshake) {
+    let checked = Handshake::decode(&as_handshake)
+        .map_err(|e| Rejection { status: e.status(), reason: e.to_string() })
+        .and_then(|h| check_handshake(shared, &h));
+    let from = match checked {
         Ok(from) => from,
         Err(Rejection { status, reason }) => {
             tracing::warn!(node_id, %remote, ?status, %reason, "rejecting snapshot fetch");
@@ -220,7 +233,7 @@ fn send_file(shared: &Shared, stream: &TcpStream, index: Index, offset: u64) -> 
 /// whoever reads it). Blocks: run it on its own thread.
 pub(super) fn fetch(shared: &Shared, peer: NodeId, index: Index, dir: &Path) -> Result<PathBuf, FetchError> {
     let config = &shared.config;
-    let addr = config.peers.iter().find(|(id, _)| *id == peer).map(|&(_, a)| a).ok_or(FetchError::UnknownPeer(peer))?;
+    let addr = shared.peer_addr(peer).ok_or(FetchError::UnknownPeer(peer))?;
     fs::create_dir_all(dir).map_err(FetchError::Io)?;
     let name = snapshot_file_name(index);
     let part = dir.join(format!("{name}.part"));

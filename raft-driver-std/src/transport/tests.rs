@@ -225,7 +225,7 @@ fn transport_reconnects_to_restarted_peer() {
 fn transport_rejects_bad_handshakes_and_keeps_serving_peers() {
     let ((t1, _inbox1), (t2, inbox2)) = pair();
     let a2 = t2.local_addr();
-    let valid = Handshake { cluster_id: CLUSTER, from: 1, to: 2 };
+    let valid = Handshake { cluster_id: CLUSTER, from: 1, to: 2, listen: None };
     let mut bad_version = valid.encode();
     bad_version[5] ^= 0xff;
     let attempts: Vec<Vec<u8>> = vec![
@@ -268,7 +268,7 @@ fn transport_bad_frames_close_only_that_connection() {
     let mut config2 = config(2, a2, vec![(1, a1), (3, free_addr())]);
     config2.max_frame_bytes = 1024;
     let (t2, inbox2) = start(config2, l2);
-    let handshake = Handshake { cluster_id: CLUSTER, from: 3, to: 2 }.encode();
+    let handshake = Handshake { cluster_id: CLUSTER, from: 3, to: 2, listen: None }.encode();
     let open = || {
         let mut stream = raw_connect(a2, &handshake);
         let mut reply = [0; ACK_LEN];
@@ -424,4 +424,49 @@ fn snapshot_fetch_request_golden_bytes() {
     assert_eq!(&committed[..6], b"RFTs\x00\x01");
     assert_eq!(&committed[30..38], &70_000u64.to_be_bytes());
     assert_eq!(&committed[38..46], &4096u64.to_be_bytes());
+}
+
+/// Membership changes reach the transport: a peer added later is connected
+/// to and accepted, one refused (removed by a committed configuration) is
+/// disconnected and its handshakes are refused, and refusing it no longer
+/// lets it back.
+#[test]
+fn transport_peers_change_while_running() {
+    let (l1, l2, l3) = (bind(), bind(), bind());
+    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), l3.local_addr().unwrap());
+    let (t1, inbox1) = start(config(1, a1, vec![(2, a2)]), l1);
+    let (t2, inbox2) = start(config(2, a2, vec![(1, a1)]), l2);
+    // 3 starts knowing only 1 (as a node that joins would).
+    let (t3, inbox3) = start(config(3, a3, vec![(1, a1)]), l3);
+    assert!(!t1.send(3, vote(1)), "3 is not a peer of 1 yet");
+    t1.set_peers(&[(2, a2), (3, a3)]).unwrap();
+    assert_eq!(t1.peers(), vec![(2, a2), (3, a3)]);
+    send_until_received(&t1, 3, &inbox3, &vote(2));
+    send_until_received(&t3, 1, &inbox1, &vote(3));
+    // 2 never heard of 3, but 3 tells its address in the handshake: 2
+    // learns it, and can answer.
+    t3.set_peers(&[(2, a2)]).unwrap();
+    send_until_received(&t3, 2, &inbox2, &vote(4));
+    assert_eq!(t2.stats().peers_learned, 1);
+    send_until_received(&t2, 3, &inbox3, &vote(5));
+
+    // 1 removes 3: 3's writer stops, sends to it are dropped, and 3's
+    // connection attempts are refused from now on.
+    let refused_before = t1.stats().handshake_rejected;
+    t1.refuse(&[3]);
+    assert_eq!(t1.peers(), vec![(2, a2)]);
+    assert!(!t1.send(3, vote(6)));
+    assert!(eventually(|| {
+        t3.send(1, vote(7));
+        t1.stats().handshake_rejected > refused_before
+    }));
+    while inbox1.try_recv().is_ok() {}
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(inbox1.try_recv().is_err(), "nothing from a refused peer gets through");
+    // set_peers does not bring a refused id back; lifting the refusal does.
+    t1.set_peers(&[(3, a3)]).unwrap();
+    assert!(!t1.send(3, vote(8)));
+    t1.refuse(&[]);
+    t1.set_peers(&[(3, a3)]).unwrap();
+    send_until_received(&t1, 3, &inbox3, &vote(9));
 }
