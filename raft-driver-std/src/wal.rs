@@ -82,7 +82,7 @@ use raft_core::{Entry, HardState, Index, Persist, PersistedState, SnapshotMeta};
 use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
 use record::{Record, WalEntriesV1, WalSnapshotV3, WalTruncateV1};
-pub use recovery::{InspectReport, RecoveryReport, WalHealth};
+pub use recovery::{InspectReport, MembershipSummary, RecoveryReport, WalHealth};
 pub use writer::{WalWriter, WalWriterStats};
 
 /// Default size at which a segment is closed and a new one started.
@@ -719,7 +719,21 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, WalError> {
         None if replay.tail.is_some() => (WalHealth::TornTail, None, None, None),
         None => (WalHealth::Ok, None, None, None),
     };
+    // The core's own rule for which configuration is in force (newest entry, else the snapshot's).
+    let membership = raft_core::Node::restore(raft_core::Config::new(1, Vec::new()), replay.state.clone(), 0)
+        .ok()
+        .filter(|n| n.membership_index() > 0)
+        .map(|n| {
+            let m = n.membership();
+            MembershipSummary {
+                voters: m.voters.clone(),
+                outgoing: m.outgoing.clone(),
+                learners: m.learners.clone(),
+                index: n.membership_index(),
+            }
+        });
     Ok(InspectReport {
+        membership,
         dir: dir.display().to_string(),
         health,
         error,

@@ -40,6 +40,8 @@ struct TestCluster {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     config: ClusterConfig,
+    /// Nodes not in the cluster file (ids after its nodes), for membership changes.
+    spares: Vec<NodeAddrs>,
     children: Vec<Option<Child>>,
 }
 
@@ -51,20 +53,34 @@ impl TestCluster {
     }
 
     fn start_with(n: u64, snapshot: SnapshotConfig) -> TestCluster {
-        let ports = free_ports(2 * n as u16);
-        let nodes = (0..n as usize)
+        TestCluster::start_with_spares(n, 0, snapshot)
+    }
+
+    /// `n` nodes in the cluster file, plus `spares` that are not (started with
+    /// [`TestCluster::spawn_joining`]).
+    fn start_with_spares(n: u64, spares: u64, snapshot: SnapshotConfig) -> TestCluster {
+        let total = (n + spares) as usize;
+        let ports = free_ports(2 * total as u16);
+        let mut nodes: Vec<NodeAddrs> = (0..total)
             .map(|i| NodeAddrs {
                 id: i as u64 + 1,
                 client_addr: format!("127.0.0.1:{}", ports[i]).parse().expect("addr"),
-                peer_addr: format!("127.0.0.1:{}", ports[n as usize + i]).parse().expect("addr"),
+                peer_addr: format!("127.0.0.1:{}", ports[total + i]).parse().expect("addr"),
             })
             .collect();
+        let spare_nodes = nodes.split_off(n as usize);
         let config =
             ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), snapshot, nodes };
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write config");
-        let mut cluster = TestCluster { dir, config_path, config, children: (0..n).map(|_| None).collect() };
+        let mut cluster = TestCluster {
+            dir,
+            config_path,
+            config,
+            spares: spare_nodes,
+            children: (0..n + spares).map(|_| None).collect(),
+        };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -145,12 +161,77 @@ impl TestCluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    fn addrs(&self, id: u64) -> &NodeAddrs {
+        self.config.node(id).or_else(|| self.spares.iter().find(|n| n.id == id)).expect("node")
+    }
+
     fn port(&self, id: u64) -> u16 {
-        self.config.node(id).expect("node").client_addr.port()
+        self.addrs(id).client_addr.port()
     }
 
     fn peer_port(&self, id: u64) -> u16 {
-        self.config.node(id).expect("node").peer_addr.port()
+        self.addrs(id).peer_addr.port()
+    }
+
+    /// Starts spare `id` with `--join` through node `via`: it asks to be added as a learner.
+    fn spawn_joining(&mut self, id: u64, via: u64) {
+        assert!(self.children[id as usize - 1].is_none(), "node {id} already running");
+        let a = self.addrs(id).clone();
+        let via = format!("127.0.0.1:{}", self.port(via));
+        let mut command = self.command(id);
+        command.args([
+            "--join",
+            &via,
+            "--peer-addr",
+            &a.peer_addr.to_string(),
+            "--client-addr",
+            &a.client_addr.to_string(),
+        ]);
+        self.children[id as usize - 1] = Some(command.spawn().expect("spawn raftkv"));
+    }
+
+    /// `RAFT args...` on node `id`: the reply text, or the error.
+    fn admin(&self, id: u64, args: &[&str]) -> Result<String, String> {
+        let mut conn = self.conn(id).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
+        let reply: redis::Value = redis::cmd("RAFT").arg(args).query(&mut conn).map_err(|e| e.to_string())?;
+        match reply {
+            redis::Value::Okay => Ok("OK".into()),
+            redis::Value::SimpleString(s) => Ok(s),
+            redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// [`TestCluster::admin`], retried while the answer is `TRYAGAIN` (a learner catching up, an
+    /// election, another change), for at most `timeout`.
+    fn admin_retrying(&self, id: u64, args: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.admin(id, args) {
+                Ok(reply) => return reply,
+                Err(e) if e.contains("TRYAGAIN") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("RAFT {args:?} on node {id}: {e}"),
+            }
+        }
+    }
+
+    /// Waits until INFO on every node of `among` shows `voters` and `learners` (comma-separated).
+    fn wait_membership(&self, among: &[u64], voters: &str, learners: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            let seen: Vec<Option<(String, String)>> =
+                among.iter().map(|&id| self.info(id).map(|i| (i["voters"].clone(), i["learners"].clone()))).collect();
+            if seen.iter().all(|s| s.as_ref().is_some_and(|(v, l)| v == voters && l == learners)) {
+                return;
+            }
+            last = seen;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodes {among:?} never showed voters={voters} learners={learners}; last {last:?}");
     }
 
     fn conn(&self, id: u64) -> redis::RedisResult<redis::Connection> {
@@ -911,4 +992,160 @@ fn crash_at_every_snapshot_step_loses_nothing() {
     for id in cluster.ids() {
         assert_present(&cluster, id, &acked);
     }
+}
+
+/// Writes `SET mk<i> v<i>` through node `via` until `stop`, keeping the acknowledged ones.
+fn background_writes(
+    cluster: &TestCluster,
+    via: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(String, String)>> {
+    let url = format!("redis://127.0.0.1:{}/", cluster.port(via));
+    std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("client");
+        let mut acked = Vec::new();
+        let mut conn = None;
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            if conn.is_none() {
+                conn = client.get_connection_with_timeout(Duration::from_secs(1)).ok();
+                if let Some(c) = &conn {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(6)));
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let (k, v) = (format!("mk{i}"), format!("v{i}"));
+            i += 1;
+            match redis::cmd("SET").arg(&k).arg(&v).query::<()>(c) {
+                Ok(()) => acked.push((k, v)),
+                Err(e) if e.is_io_error() || e.is_timeout() => conn = None,
+                Err(_) => {} // -TRYAGAIN (an election): not acknowledged
+            }
+        }
+        acked
+    })
+}
+
+/// (membership) Under a write load: grow 3 to 5 (each new node joins empty as a learner, catches up,
+/// is promoted), then replace node 1 by a sixth (learner, then one joint change), then stop node 1.
+/// No acknowledged write is lost, and node 1 is refused by the others' handshakes.
+#[test]
+fn grow_three_to_five_then_replace_a_node_under_load() {
+    let mut cluster = TestCluster::start_with_spares(3, 3, SnapshotConfig::default());
+    let wait = Duration::from_secs(30);
+    cluster.wait_leader(&[1, 2, 3], wait);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writes(&cluster, 3, Arc::clone(&stop));
+    for id in [4, 5] {
+        cluster.spawn_joining(id, 1);
+        let learners = id.to_string();
+        let voters = if id == 4 { "1,2,3" } else { "1,2,3,4" };
+        cluster.wait_membership(&[1, 2, 3, id], voters, &learners, wait);
+        let reply = cluster.admin_retrying(2, &["PROMOTE", &id.to_string()], wait);
+        assert!(reply.contains(&format!("voters={voters},{id}")), "{reply}");
+    }
+    cluster.wait_membership(&[1, 2, 3, 4, 5], "1,2,3,4,5", "", wait);
+
+    // Replace 1 by 6: 6 joins as a learner, then one joint change swaps them.
+    cluster.spawn_joining(6, 4);
+    cluster.wait_membership(&[2, 6], "1,2,3,4,5", "6", wait);
+    let reply = cluster.admin_retrying(5, &["REPLACE", "1", "6"], wait);
+    assert!(reply.contains("voters=2,3,4,5,6 learners="), "{reply}");
+    let members = cluster.admin(6, &["MEMBERS"]).expect("members");
+    assert!(members.contains("joint=no") && members.contains("id=6 role=voter"), "{members}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().expect("writer");
+    assert!(acked.len() > 100, "the load kept committing: {} writes", acked.len());
+    let survivors = [2, 3, 4, 5, 6];
+    cluster.wait_converged(&survivors, wait);
+    for id in survivors {
+        assert_present(&cluster, id, &acked);
+    }
+    // Node 1 was removed: the others refuse it.
+    let deadline = Instant::now() + wait;
+    let rejected = || -> u64 {
+        survivors.iter().map(|&id| info_u64(&cluster.info(id).expect("info"), "peer_handshakes_rejected")).sum()
+    };
+    while rejected() == 0 {
+        assert!(Instant::now() < deadline, "node 1 is still accepted by the others");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill(1);
+    cluster.set(2, "after", "1").expect("a write after node 1 is gone");
+}
+
+/// (membership) The leader removes itself: it steps down once the change commits and another node
+/// leads within a moment; a learner that crashes never blocks commits.
+#[test]
+fn remove_the_leader_and_a_learner_crash_never_blocks_commits() {
+    let mut cluster = TestCluster::start_with_spares(3, 1, SnapshotConfig::default());
+    let wait = Duration::from_secs(30);
+    let leader = cluster.wait_leader(&[1, 2, 3], wait);
+    let stop = Arc::new(AtomicBool::new(false));
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let writer = background_writes(&cluster, others[0], Arc::clone(&stop));
+    let reply = cluster.admin_retrying(leader, &["REMOVE", &leader.to_string()], wait);
+    let voters = others.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    assert!(reply.contains(&format!("voters={voters}")), "{reply}");
+    let next = cluster.wait_leader(&others, wait);
+    assert_ne!(next, leader);
+
+    // A learner joins, then crashes: the two voters still commit.
+    cluster.spawn_joining(4, others[0]);
+    cluster.wait_membership(&others, &voters, "4", wait);
+    cluster.kill(4);
+    for i in 0..20 {
+        cluster.set(others[1], &format!("after-crash-{i}"), "x").expect("commits without the learner");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().expect("writer");
+    cluster.wait_converged(&others, wait);
+    for &id in &others {
+        assert_present(&cluster, id, &acked);
+    }
+    // Restarted, the learner catches up.
+    cluster.spawn_joining(4, others[0]);
+    let deadline = Instant::now() + wait;
+    while cluster.digest(4) != cluster.digest(others[0]) {
+        assert!(Instant::now() < deadline, "learner 4 did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (membership) Leadership moves to the node asked for; a transfer to a non-voter is refused with
+/// nothing changed; `raftkv cluster --nodes 5` refuses a 3-node data directory, naming the admin
+/// commands.
+#[test]
+fn transfer_leadership_and_refusals() {
+    let cluster = TestCluster::start(3);
+    let wait = Duration::from_secs(30);
+    let leader = cluster.wait_leader(&[1, 2, 3], wait);
+    let target = if leader == 3 { 1 } else { 3 };
+    let started = Instant::now();
+    let reply = cluster.admin_retrying(2, &["TRANSFER-LEADER", &target.to_string()], wait);
+    let took = started.elapsed();
+    assert!(reply.contains(&format!("node {target} leads")), "{reply}");
+    assert_eq!(cluster.wait_leader(&[1, 2, 3], wait), target);
+    eprintln!("transfer to node {target} took {took:?} end to end (through a follower)");
+    let err = cluster.admin(target, &["TRANSFER-LEADER", "9"]).unwrap_err();
+    assert!(err.contains("not a voter") && err.contains("nothing changed"), "{err}");
+    let err = cluster.admin(target, &["REMOVE", "9"]).unwrap_err();
+    assert!(err.contains("not a member") && err.contains("nothing changed"), "{err}");
+    cluster.set(1, "still", "works").expect("write");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let three = ClusterConfig::local(3, 6379).expect("config");
+    std::fs::write(dir.path().join("cluster.toml"), three.to_toml()).expect("write");
+    let out = Command::new(RAFTKV)
+        .args(["cluster", "--nodes", "5", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run raftkv cluster");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3-node cluster") && stderr.contains("raftkv admin"), "{stderr}");
 }

@@ -4,6 +4,10 @@
 //! - `raftkv cluster --nodes 3 [--data-dir DIR] [--port 6379]` runs a whole local cluster as child
 //!   processes (the zero-configuration demo); Ctrl-C stops it.
 //! - `raftkv inspect --data-dir DIR` prints the WAL's persisted state and health as JSON.
+//! - `raftkv admin --addr ADDR members | add-learner | promote | remove | replace | transfer-leader`
+//!   changes the membership through any node (it forwards to the leader).
+//! - `raftkv node --id N --config cluster.toml --join ADDR --peer-addr P --client-addr C` starts an
+//!   empty node that asks the cluster at ADDR to add it as a learner.
 //!
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
@@ -22,9 +26,11 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use raft_driver_std::members::{MemberAddr, Members};
 use raft_driver_std::node::{NodeOptions, RaftNode};
 use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
-use raft_driver_std::raftkv::server::{Server, ServerOptions};
+use raft_driver_std::raftkv::resp::Reply;
+use raft_driver_std::raftkv::server::{Server, ServerOptions, admin};
 use raft_driver_std::raftkv::store::KvStore;
 use raft_driver_std::{snapshot_file, wal};
 
@@ -58,6 +64,29 @@ enum Cmd {
         /// outlive their parent).
         #[arg(long, hide = true)]
         exit_on_stdin_eof: bool,
+        /// Join the running cluster one of whose nodes serves clients at this address: start empty,
+        /// outside the configuration, and ask to be added as a learner (promote it with `raftkv admin
+        /// promote` once it has caught up).
+        #[arg(long)]
+        join: Option<SocketAddr>,
+        /// This node's peer address (needed when the cluster file does not list it).
+        #[arg(long)]
+        peer_addr: Option<SocketAddr>,
+        /// This node's client address (needed when the cluster file does not list it).
+        #[arg(long)]
+        client_addr: Option<SocketAddr>,
+    },
+    /// Change or show the cluster's membership through any node (followers forward to the leader).
+    Admin {
+        /// Client address of any node.
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        addr: SocketAddr,
+        /// How long to keep retrying while the answer is `-TRYAGAIN` (a learner still catching up,
+        /// another change in progress, an election).
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+        #[command(subcommand)]
+        command: AdminCmd,
     },
     /// Start a local cluster of child processes on 127.0.0.1 and stop it on Ctrl-C.
     Cluster {
@@ -82,6 +111,57 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Show the configuration: every member, its role and its addresses.
+    Members,
+    /// Add a new node as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its peer address.
+        #[arg(long)]
+        peer_addr: SocketAddr,
+        /// Its client address.
+        #[arg(long)]
+        client_addr: SocketAddr,
+    },
+    /// Make a learner a voter once it has caught up.
+    Promote {
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a voter (the leader included) or a learner.
+    Remove {
+        /// The member's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Replace voter OLD by NEW in one joint change; with addresses, NEW is first added as a learner.
+    Replace {
+        /// The voter to remove.
+        #[arg(long)]
+        old: u64,
+        /// The node to make a voter.
+        #[arg(long)]
+        new: u64,
+        /// NEW's peer address (to add it as a learner first).
+        #[arg(long, requires = "client_addr")]
+        peer_addr: Option<SocketAddr>,
+        /// NEW's client address.
+        #[arg(long, requires = "peer_addr")]
+        client_addr: Option<SocketAddr>,
+    },
+    /// Hand leadership to a voter.
+    TransferLeader {
+        /// The voter to lead next.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -92,9 +172,21 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Cmd::Node { id, config, data_dir, no_fsync, retry_ms, exit_on_stdin_eof } => {
-            run_node(id, &config, &data_dir, !no_fsync, Duration::from_millis(retry_ms), exit_on_stdin_eof)
+        Cmd::Node { id, config, data_dir, no_fsync, retry_ms, exit_on_stdin_eof, join, peer_addr, client_addr } => {
+            let node = NodeArgs {
+                id,
+                config,
+                data_dir,
+                fsync: !no_fsync,
+                retry: Duration::from_millis(retry_ms),
+                watch_stdin: exit_on_stdin_eof,
+                join,
+                peer_addr,
+                client_addr,
+            };
+            run_node(&node)
         }
+        Cmd::Admin { addr, wait_secs, command } => run_admin(addr, Duration::from_secs(wait_secs), &command),
         Cmd::Cluster { nodes, data_dir, port, no_fsync } => run_cluster(nodes, data_dir, port, no_fsync),
         Cmd::Inspect { data_dir } => run_inspect(&data_dir),
     }
@@ -111,13 +203,43 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duration, watch_stdin: bool) -> ExitCode {
+/// What `raftkv node` was asked.
+struct NodeArgs {
+    id: u64,
+    config: PathBuf,
+    data_dir: PathBuf,
+    fsync: bool,
+    retry: Duration,
+    watch_stdin: bool,
+    join: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+    client_addr: Option<SocketAddr>,
+}
+
+fn run_node(args: &NodeArgs) -> ExitCode {
+    let NodeArgs { id, ref config, ref data_dir, fsync, retry, watch_stdin, join, .. } = *args;
     let cluster = match ClusterConfig::load(config) {
         Ok(cluster) => cluster,
         Err(e) => return fail(format!("{}: {e}", config.display())),
     };
-    let Some(me) = cluster.node(id).cloned() else {
-        return fail(format!("node {id} is not listed in {}", config.display()));
+    let me = match (cluster.node(id).cloned(), args.peer_addr, args.client_addr) {
+        (_, Some(peer_addr), Some(client_addr)) => NodeAddrs { id, peer_addr, client_addr },
+        (Some(me), None, None) => me,
+        (None, _, _) => {
+            return fail(format!(
+                "node {id} is not listed in {}: give its --peer-addr and --client-addr (and --join to add it)",
+                config.display()
+            ));
+        }
+        _ => return fail("give both --peer-addr and --client-addr, or neither"),
+    };
+    // A joining node learns the members (and where they are) from the node it joins through.
+    let joined = match join {
+        Some(addr) => match members_of(addr) {
+            Ok(members) => Some(members),
+            Err(e) => return fail(format!("cannot join through {addr}: {e}")),
+        },
+        None => None,
     };
     if let Err(e) = std::fs::create_dir_all(data_dir) {
         return fail(format!("cannot create data directory {}: {e}", data_dir.display()));
@@ -130,6 +252,21 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
     };
     let mut options = NodeOptions::new(id, cluster.cluster_id, me.peer_addr, cluster.peers_of(id), wal_dir(data_dir));
     options.voters = cluster.voters();
+    let mut book: std::collections::BTreeMap<u64, MemberAddr> =
+        cluster.nodes.iter().map(|n| (n.id, MemberAddr { peer: n.peer_addr, service: Some(n.client_addr) })).collect();
+    book.insert(id, MemberAddr { peer: me.peer_addr, service: Some(me.client_addr) });
+    if let Some(members) = &joined {
+        // Outside the configuration until the leader adds it: no voters of its own.
+        options.voters = Vec::new();
+        options.peers = members.iter().filter(|m| m.0 != id).map(|m| (m.0, m.1)).collect();
+        for &(mid, peer, client) in members {
+            book.insert(mid, MemberAddr { peer, service: client });
+        }
+    } else if !options.voters.contains(&id) {
+        return fail(format!("node {id} is not a voter of {}: start it with --join", config.display()));
+    }
+    options.members = Members(book);
+    options.service_addr = Some(me.client_addr);
     options.timing = cluster.timing;
     options.limits = cluster.limits;
     options.snapshot_dir = data_dir.join("snapshots");
@@ -149,6 +286,10 @@ fn run_node(id: u64, config: &Path, data_dir: &Path, fsync: bool, retry: Duratio
         Err(e) => return fail(format!("cannot start client server: {e}")),
     };
     tracing::info!(node = id, client = %server.local_addr(), peer = %me.peer_addr, fsync, "raftkv node ready");
+    if let Some(addr) = join {
+        let me = me.clone();
+        std::thread::spawn(move || ask_to_join(addr, &me));
+    }
     if watch_stdin {
         std::thread::spawn(|| {
             let mut sink = [0u8; 256];
@@ -198,6 +339,116 @@ fn run_inspect(data_dir: &Path) -> ExitCode {
     if refused { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// Sends one `RAFT ...` command to `addr` and returns the reply (`Err` for an error reply or no
+/// answer).
+fn admin_call(addr: SocketAddr, args: &[&str]) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
+    let mut request = vec!["RAFT"];
+    request.extend_from_slice(args);
+    let mut out = bytes::BytesMut::new();
+    raft_driver_std::raftkv::resp::encode_request(&request, &mut out);
+    stream.write_all(&out).map_err(|e| format!("write {addr}: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match admin::parse_simple_reply(&buf) {
+            Ok(Some(Reply::Error(e))) => return Err(e),
+            Ok(Some(Reply::Simple(s))) => return Ok(s),
+            Ok(Some(Reply::Bulk(b))) => return Ok(String::from_utf8_lossy(&b).into_owned()),
+            Ok(Some(other)) => return Err(format!("unexpected reply {other:?}")),
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+        let n = stream.read(&mut chunk).map_err(|e| format!("read {addr}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{addr} closed the connection"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `admin_call`, retried while the answer is `-TRYAGAIN`, for at most `wait`.
+fn admin_call_retrying(addr: SocketAddr, args: &[&str], wait: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match admin_call(addr, args) {
+            Err(e) if e.starts_with("TRYAGAIN") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn run_admin(addr: SocketAddr, wait: Duration, command: &AdminCmd) -> ExitCode {
+    let result = match command {
+        AdminCmd::Members => admin_call(addr, &["MEMBERS"]),
+        AdminCmd::AddLearner { id, peer_addr, client_addr } => admin_call_retrying(
+            addr,
+            &["ADD-LEARNER", &id.to_string(), &peer_addr.to_string(), &client_addr.to_string()],
+            wait,
+        ),
+        AdminCmd::Promote { id } => admin_call_retrying(addr, &["PROMOTE", &id.to_string()], wait),
+        AdminCmd::Remove { id } => admin_call_retrying(addr, &["REMOVE", &id.to_string()], wait),
+        AdminCmd::Replace { old, new, peer_addr, client_addr } => {
+            let added = match (peer_addr, client_addr) {
+                (Some(p), Some(c)) => {
+                    match admin_call_retrying(
+                        addr,
+                        &["ADD-LEARNER", &new.to_string(), &p.to_string(), &c.to_string()],
+                        wait,
+                    ) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.contains("already a member") => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Ok(()),
+            };
+            added.and_then(|()| admin_call_retrying(addr, &["REPLACE", &old.to_string(), &new.to_string()], wait))
+        }
+        AdminCmd::TransferLeader { id } => admin_call_retrying(addr, &["TRANSFER-LEADER", &id.to_string()], wait),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// The members `RAFT MEMBERS` at `addr` lists: (id, peer address, client address).
+fn members_of(addr: SocketAddr) -> Result<Vec<(u64, SocketAddr, Option<SocketAddr>)>, String> {
+    let text = admin_call(addr, &["MEMBERS"])?;
+    let mut members = Vec::new();
+    for line in text.lines().skip(1) {
+        let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_owned);
+        let id = field("id=").and_then(|v| v.parse().ok()).ok_or_else(|| format!("bad member line {line:?}"))?;
+        let peer = field("peer=").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no peer address in {line:?}"))?;
+        let client = field("client=").and_then(|v| v.parse().ok());
+        members.push((id, peer, client));
+    }
+    if members.is_empty() {
+        return Err(format!("{addr} lists no members"));
+    }
+    Ok(members)
+}
+
+/// Asks the cluster at `addr` to add this node as a learner, retrying while it says to.
+fn ask_to_join(addr: SocketAddr, me: &NodeAddrs) {
+    let args = ["ADD-LEARNER", &me.id.to_string(), &me.peer_addr.to_string(), &me.client_addr.to_string()];
+    match admin_call_retrying(addr, &args, Duration::from_secs(60)) {
+        Ok(m) => {
+            tracing::info!(node = me.id, membership = %m, "added as a learner; promote with `raftkv admin promote`")
+        }
+        Err(e) if e.contains("already a member") => tracing::info!(node = me.id, "already a member"),
+        Err(e) => tracing::error!(node = me.id, error = %e, "could not join"),
+    }
+}
+
 /// Kills the children when dropped, so that no exit path leaves nodes running.
 struct Children(Vec<(u64, Child)>);
 
@@ -215,6 +466,22 @@ impl Drop for Children {
 fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool) -> ExitCode {
     if nodes == 0 || nodes > 255 {
         return fail("--nodes must be between 1 and 255");
+    }
+    // The data of an existing cluster keeps its membership: starting it with another node count
+    // would silently change the voters without any membership change.
+    if let Some(dir) = &data_dir {
+        let existing = dir.join("cluster.toml");
+        if let Ok(old) = ClusterConfig::load(&existing) {
+            if old.nodes.len() as u64 != nodes {
+                return fail(format!(
+                    "{} holds a {}-node cluster; to change its size, keep it running with --nodes {} and use \
+                     `raftkv admin add-learner` / `promote` / `remove` (see docs/operating.md)",
+                    dir.display(),
+                    old.nodes.len(),
+                    old.nodes.len()
+                ));
+            }
+        }
     }
     let cluster = match ClusterConfig::local(nodes, port) {
         Ok(cluster) => cluster,

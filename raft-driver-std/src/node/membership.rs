@@ -208,15 +208,17 @@ impl<S: StateMachine> Driver<S> {
     fn settle_change(&mut self) {
         let Some(p) = &self.membership.pending else { return };
         let node = &self.node;
+        let done = node.commit_index() >= p.index
+            && !node.membership().is_joint()
+            && node.membership_index() <= node.commit_index();
         let outcome = if node.term_at(p.index).is_some_and(|t| t != p.term) {
             Some(Err(AdminError::Overwritten))
+        } else if done {
+            // Checked before leadership: a leader that removed itself steps
+            // down in the very step that commits the change.
+            Some(Ok(node.membership().clone()))
         } else if node.role() != Role::Leader {
             Some(Err(AdminError::LeadershipLost))
-        } else if node.commit_index() >= p.index
-            && !node.membership().is_joint()
-            && node.membership_index() <= node.commit_index()
-        {
-            Some(Ok(node.membership().clone()))
         } else {
             None
         };

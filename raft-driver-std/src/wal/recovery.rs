@@ -104,6 +104,23 @@ pub struct InspectReport {
     pub snapshot_term: Term,
     /// What replay found (up to the corruption, if any).
     pub wal: RecoveryReport,
+    /// The configuration the log (or its snapshot) holds, with the index of
+    /// its entry; `None` when it holds none yet (the first configuration is
+    /// the one the node is started with).
+    pub membership: Option<MembershipSummary>,
+}
+
+/// A configuration, for [`InspectReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MembershipSummary {
+    /// The voters (`C_new` while joint).
+    pub voters: Vec<raft_core::NodeId>,
+    /// The outgoing voters while joint (`C_old`), else empty.
+    pub outgoing: Vec<raft_core::NodeId>,
+    /// The learners.
+    pub learners: Vec<raft_core::NodeId>,
+    /// The index of the entry (or snapshot) it comes from.
+    pub index: Index,
 }
 
 /// A segment file found in the directory.

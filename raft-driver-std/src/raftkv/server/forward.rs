@@ -104,9 +104,9 @@ fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, 
         return proposal_attempt(ProposalError::Refused(ProposeError::EntryTooLarge { size: encoded.len(), max }));
     }
     let Some(leader) = status.leader else { return Attempt::retry("no leader known", false) };
-    match shared.cluster.node(leader) {
-        Some(addrs) => forwarder.forward(shared, leader, addrs.client_addr, &encoded, deadline),
-        None => Attempt::retry(format!("leader {leader} is not in the cluster configuration"), false),
+    match super::admin::client_addr_of(shared, leader) {
+        Some(addr) => forwarder.forward(shared, leader, addr, &encoded, deadline),
+        None => Attempt::retry(format!("leader {leader} has no known client address"), false),
     }
 }
 

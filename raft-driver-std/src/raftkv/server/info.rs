@@ -51,8 +51,9 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
     );
     section("Clients", vec![("connected_clients", shared.clients.load(Ordering::Relaxed).to_string())]);
     let leader_addr =
-        status.leader.and_then(|id| shared.cluster.node(id)).map_or(String::new(), |n| n.client_addr.to_string());
-    let voters: Vec<String> = shared.cluster.voters().iter().map(ToString::to_string).collect();
+        status.leader.and_then(|id| super::admin::client_addr_of(shared, id)).map_or(String::new(), |a| a.to_string());
+    let m = &status.membership;
+    let ids = |v: &[u64]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     section(
         "Replication",
         vec![
@@ -65,7 +66,11 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("last_log_index", status.last_log_index.to_string()),
             ("persisted_index", status.persisted_index.to_string()),
             ("pending_proposals", status.pending_proposals.to_string()),
-            ("voters", voters.join(",")),
+            ("voters", ids(&m.voters)),
+            ("learners", ids(&m.learners)),
+            ("joint_outgoing_voters", ids(&m.outgoing)),
+            ("membership_index", status.membership_index.to_string()),
+            ("membership_committed", u8::from(status.membership_index <= status.commit_index).to_string()),
         ],
     );
     section(

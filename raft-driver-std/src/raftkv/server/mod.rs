@@ -50,6 +50,7 @@ use bytes::{Bytes, BytesMut};
 use raft_core::NodeId;
 use raft_core::Role;
 
+pub mod admin;
 mod forward;
 mod info;
 #[cfg(test)]
@@ -414,6 +415,10 @@ impl Conn<'_> {
         let name = args.first().map_or(&b""[..], |n| &n[..]);
         let reply = if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
             forward::forwarded(self.shared, &args[1..])
+        } else if name.eq_ignore_ascii_case(admin::ADMIN_COMMAND.as_bytes()) {
+            admin::command(self.shared, &args[1..], true)
+        } else if name.eq_ignore_ascii_case(admin::FORWARDED_ADMIN_COMMAND.as_bytes()) {
+            admin::command(self.shared, &args[1..], false)
         } else if name.eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
             self.digest()
         } else {
