@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         },
         1 => rest.to_vec(),
         _ => {
-            let meta = SnapshotMeta { last_included_index: 5, last_included_term: 1, voters: vec![1] };
+            let meta = SnapshotMeta { last_included_index: 5, last_included_term: 1, membership: raft_core::Membership::new(vec![1]) };
             let file = snapshot_file::encode(&meta, rest);
             let (decoded, image) = snapshot_file::decode(path, &file).expect("a file we framed decodes");
             assert_eq!(decoded, meta);

@@ -1,10 +1,10 @@
-//! Arbitrary event sequences (messages decoded from fuzz bytes, and the
-//! driver's snapshot reports) into one node: it must never panic, and its
-//! invariants must hold after every step.
+//! Arbitrary event sequences (messages decoded from fuzz bytes, the
+//! driver's snapshot reports, membership changes and transfers) into one
+//! node: it must never panic, and its invariants must hold after every step.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use raft_core::{Action, Bytes, Config, Event, Message, Node};
+use raft_core::{Action, Bytes, Config, Event, MembershipChange, Message, Node};
 
 fuzz_target!(|data: &[u8]| {
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), 7).expect("config");
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
-        let event = match op % 9 {
+        let event = match op % 11 {
             0 => Event::Tick,
             1 => Event::Propose { data: Bytes::from_static(b"x") },
             2 => Event::Persisted { seq: last_seq },
@@ -25,6 +25,18 @@ fuzz_target!(|data: &[u8]| {
                 Some(meta) => Event::SnapshotInstalled { meta },
                 None => Event::SnapshotAborted,
             },
+            // Any change or transfer, for any id (0 included).
+            6 => {
+                let id = u64::from(op / 11 % 6);
+                let change = match op / 66 {
+                    0 => MembershipChange::AddLearner(id),
+                    1 => MembershipChange::Promote(id),
+                    2 => MembershipChange::Remove(id),
+                    _ => MembershipChange::Set { voters: vec![1, id, id + 1], learners: vec![id + 2] },
+                };
+                Event::ChangeMembership { change, context: None }
+            }
+            7 => Event::TransferLeadership { to: u64::from(op / 11 % 6) },
             _ => {
                 let Some((&len, tail)) = rest.split_first() else { break };
                 let len = (len as usize).min(tail.len());
