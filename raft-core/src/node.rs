@@ -299,10 +299,15 @@ impl Node {
                     conflict_index: 0,
                 }),
             ),
-            MessageBody::RequestVote(req) if req.pre_vote => self.send(
+            // Figure 2: "reply false if term < currentTerm", with our term, so
+            // a stale candidate catches up. Without it a candidate whose peer
+            // never writes to it (a voter that, lagging behind a membership
+            // change, does not count it as a voter) could stay a term behind
+            // that peer forever, and neither would ever win.
+            MessageBody::RequestVote(req) => self.send(
                 from,
                 MessageBody::RequestVoteResponse(crate::message::RequestVoteResponse {
-                    pre_vote: true,
+                    pre_vote: req.pre_vote,
                     granted: false,
                 }),
             ),

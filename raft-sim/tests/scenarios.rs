@@ -65,6 +65,7 @@ scenarios! {
     scenario_25_transfer_leadership => "25_transfer_leadership",
     scenario_26_transfer_times_out => "26_transfer_times_out",
     scenario_27_membership_refusals => "27_membership_refusals",
+    scenario_28_removed_leader_finishes_its_change => "28_removed_leader_finishes_its_change",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
