@@ -1093,6 +1093,11 @@ fn remove_the_leader_and_a_learner_crash_never_blocks_commits() {
     assert!(reply.contains(&format!("voters={voters}")), "{reply}");
     let next = cluster.wait_leader(&others, wait);
     assert_ne!(next, leader);
+    // The configuration is durable: `raftkv inspect` reads it from the WAL.
+    let out =
+        Command::new(RAFTKV).args(["inspect", "--data-dir"]).arg(cluster.data_dir(next)).output().expect("inspect");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    assert_eq!(report["membership"]["voters"], serde_json::json!(others), "{report}");
 
     // A learner joins, then crashes: the two voters still commit.
     cluster.spawn_joining(4, others[0]);
