@@ -26,6 +26,8 @@ fn assert_clean(spec: &SweepSpec) -> u64 {
     assert_eq!(summary.seeds, spec.to - spec.from);
     // The checks must have had something to check.
     assert!(summary.linearizable_ops > 10 * summary.seeds, "too few client operations: {summary:?}");
+    // Membership changes and transfers happened (about four per seed).
+    assert!(summary.reconfigs > summary.seeds, "too few membership operations: {summary:?}");
     summary.seeds
 }
 
@@ -187,12 +189,14 @@ fn snapshots_bound_the_in_memory_log() {
         snapshot_every: Some(snapshot_every),
         jobs: 1,
     };
-    let bounded = run(spec(1_000).config(0));
+    // Without membership changes: a node removed midway would stop snapshotting.
+    let config = |every| SimConfig { reconfig_every_us: 0, ..spec(every).config(0) };
+    let bounded = run(config(1_000));
     assert!(bounded.failure.is_none(), "{:?}", bounded.failure);
     assert!(bounded.committed > 20_000, "a long run: {} committed", bounded.committed);
     assert!(bounded.snapshots.0 >= 3 * 20, "every node snapshots: {:?}", bounded.snapshots);
     assert!(bounded.peak_log_len <= 1_000 + 16 + 64, "peak log {}", bounded.peak_log_len);
-    let unbounded = run(spec(0).config(0));
+    let unbounded = run(config(0));
     assert_eq!(unbounded.snapshots, (0, 0, 0));
     assert!(unbounded.peak_log_len as u64 >= unbounded.committed, "peak log {}", unbounded.peak_log_len);
 }
