@@ -456,3 +456,32 @@ fn a_single_voter_adds_a_learner_and_promotes_it() {
     c.tick(2);
     assert_eq!(c.membership(2).voters, vec![1, 2]);
 }
+
+/// With PreVote and CheckQuorum both off, a follower that hears from its
+/// leader still ignores a vote request from a node outside its
+/// configuration (a removed node that missed its removal), but not one
+/// from a voter.
+#[test]
+fn a_strangers_vote_request_is_ignored_while_a_leader_is_heard() {
+    use raft_core::{Message, MessageBody, RequestVote};
+    let mut c = Cluster::new(&[1, 2, 3]);
+    for n in c.nodes.values_mut() {
+        *n = Node::new(Config { pre_vote: false, check_quorum: false, ..config(n.id(), &[1, 2, 3]) }, n.id()).unwrap();
+    }
+    c.elect(1);
+    let term = c.nodes[&2].term();
+    let vote = |t| Message {
+        term: t,
+        body: MessageBody::RequestVote(RequestVote {
+            pre_vote: false,
+            last_log_index: 100,
+            last_log_term: t,
+            transfer: false,
+        }),
+    };
+    c.step(2, Event::Message { from: 9, message: vote(term + 1) });
+    assert_eq!(c.nodes[&2].term(), term, "a stranger's request changes nothing");
+    assert_eq!(c.nodes[&2].leader(), Some(1));
+    c.step(2, Event::Message { from: 3, message: vote(term + 1) });
+    assert_eq!(c.nodes[&2].term(), term + 1, "a voter's is considered (no lease without CheckQuorum)");
+}

@@ -94,6 +94,9 @@ pub(super) struct Driver<S: StateMachine> {
     tick: Duration,
     stopping: bool,
     pub(super) membership: MembershipState,
+    /// The configuration in force, as the status publishes it (replaced on
+    /// every change, shared otherwise).
+    pub(super) shared_membership: Arc<raft_core::Membership>,
     /// This node's service address, for the address book.
     pub(super) service_addr: Option<std::net::SocketAddr>,
 }
@@ -108,7 +111,9 @@ impl<S: StateMachine> Driver<S> {
     ) -> Result<Driver<S>, DriverError> {
         let Parts { wal, inputs, self_inputs, snapshots } = parts;
         let (writer, wal) = WalProgress::spawn(wal, options.wal_queue_len)?;
-        let status = Arc::new(Mutex::new(Status::of(&node, 0, writer.stats(), snapshots.stats)));
+        let shared_membership = Arc::new(node.membership().clone());
+        let status =
+            Arc::new(Mutex::new(Status::of(&node, Arc::clone(&shared_membership), 0, writer.stats(), snapshots.stats)));
         let membership = MembershipState::new(options.members.clone(), &node);
         let mut driver = Driver {
             node,
@@ -128,6 +133,7 @@ impl<S: StateMachine> Driver<S> {
             tick: options.timing.tick(),
             stopping: false,
             membership,
+            shared_membership,
             service_addr: options.service_addr,
         };
         // The configuration restored from disk may have members the options do not.
@@ -320,7 +326,9 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn publish_status(&self) {
-        let status = Status::of(&self.node, self.proposals.pending(), self.writer.stats(), self.snapshots.stats);
+        let membership = Arc::clone(&self.shared_membership);
+        let status =
+            Status::of(&self.node, membership, self.proposals.pending(), self.writer.stats(), self.snapshots.stats);
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }
 

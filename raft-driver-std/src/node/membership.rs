@@ -98,6 +98,9 @@ pub(super) struct MembershipState {
     known: BTreeSet<NodeId>,
     /// The refused set last given to the transport.
     refused: Vec<NodeId>,
+    /// The configuration (its entry's index) the refused set was last
+    /// worked out for once committed: it only changes with the membership.
+    refused_for: Option<Index>,
     /// A change request not yet appended (waiting for the core's answer).
     asked: Option<AdminTx<Membership>>,
     pending: Option<PendingChange>,
@@ -108,7 +111,15 @@ impl MembershipState {
     pub(super) fn new(initial: Members, node: &Node) -> MembershipState {
         let mut known: BTreeSet<NodeId> = node.membership().members().into_iter().collect();
         known.extend(initial.0.keys().copied());
-        MembershipState { initial, known, refused: Vec::new(), asked: None, pending: None, transfer: None }
+        MembershipState {
+            initial,
+            known,
+            refused: Vec::new(),
+            refused_for: None,
+            asked: None,
+            pending: None,
+            transfer: None,
+        }
     }
 
     /// The address book in force: the configuration's context over the
@@ -127,6 +138,9 @@ impl<S: StateMachine> Driver<S> {
     /// The configuration in force changed: connect to its members.
     pub(super) fn membership_changed(&mut self, membership: &Membership) {
         let me = self.node.id();
+        self.shared_membership = std::sync::Arc::new(membership.clone());
+        // Worked out again once this configuration is committed.
+        self.membership.refused_for = None;
         let book = self.membership.book(membership);
         let mut peers = Vec::new();
         for id in membership.members() {
@@ -151,7 +165,9 @@ impl<S: StateMachine> Driver<S> {
         let m = node.membership();
         // Not before this node is in a configuration at all (a node that
         // joins knows the cluster's members, and must not refuse them).
-        if node.membership_index() <= node.commit_index() && !m.voters.is_empty() {
+        let committed = node.membership_index() <= node.commit_index() && !m.voters.is_empty();
+        if committed && self.membership.refused_for != Some(node.membership_index()) {
+            self.membership.refused_for = Some(node.membership_index());
             let refused: Vec<NodeId> =
                 self.membership.known.iter().copied().filter(|&id| id != node.id() && !m.contains(id)).collect();
             if refused != self.membership.refused {

@@ -258,7 +258,9 @@ pub struct Status {
     /// Snapshot state and counters.
     pub snapshot: SnapshotStats,
     /// The configuration in force (the newest in the log, committed or not).
-    pub membership: Membership,
+    /// Shared, so that publishing the status after every event and reading
+    /// it per client request copy a pointer, not the configuration.
+    pub membership: Arc<Membership>,
     /// Index of the entry it comes from; committed once `commit_index` reaches it.
     pub membership_index: Index,
     /// Proposals waiting for their entry to be applied.
@@ -270,7 +272,13 @@ pub struct Status {
 }
 
 impl Status {
-    fn of(node: &Node, pending: usize, wal: WalWriterStats, snapshot: SnapshotStats) -> Status {
+    fn of(
+        node: &Node,
+        membership: Arc<Membership>,
+        pending: usize,
+        wal: WalWriterStats,
+        snapshot: SnapshotStats,
+    ) -> Status {
         Status {
             id: node.id(),
             role: node.role(),
@@ -282,7 +290,7 @@ impl Status {
             persisted_index: node.persisted_index(),
             first_index: node.first_index(),
             snapshot,
-            membership: node.membership().clone(),
+            membership,
             membership_index: node.membership_index(),
             pending_proposals: pending,
             wal,

@@ -161,22 +161,26 @@ pub fn membership_text(m: &Membership) -> String {
     s
 }
 
-/// The address book in force: the configuration's, over the cluster file's.
+/// The address book in force: the configuration's, with the cluster file's
+/// entries for its members (the same precedence as [`client_addr_of`]).
 pub(super) fn address_book(shared: &Shared, membership: &Membership) -> Members {
-    let mut book = Members::default();
+    let mut book = Members::decode(&membership.context).unwrap_or_default();
     for n in &shared.cluster.nodes {
         book.0.insert(n.id, MemberAddr { peer: n.peer_addr, service: Some(n.client_addr) });
-    }
-    if let Ok(context) = Members::decode(&membership.context) {
-        book.0.extend(context.0);
     }
     book
 }
 
-/// Where member `id` serves clients, if known.
+/// Where member `id` serves clients, if known: the cluster file's address
+/// for its members (what the first configuration's book holds too), else
+/// the replicated address book. Called per forwarded request, so the common
+/// case decodes nothing.
 pub(super) fn client_addr_of(shared: &Shared, id: NodeId) -> Option<SocketAddr> {
+    if let Some(n) = shared.cluster.node(id) {
+        return Some(n.client_addr);
+    }
     let status = shared.node.status();
-    address_book(shared, &status.membership).get(id).and_then(|a| a.service)
+    Members::decode(&status.membership.context).ok()?.get(id).and_then(|a| a.service)
 }
 
 fn members_reply(shared: &Shared) -> Reply {
