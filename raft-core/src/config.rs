@@ -45,6 +45,22 @@ pub struct Config {
     /// little behind still catches up by AppendEntries instead of a whole
     /// snapshot (etcd keeps 5,000 by default for the same reason).
     pub snapshot_trailing_entries: u64,
+    /// Serve reads from a leader lease instead of confirming leadership
+    /// with a round of messages per read batch (thesis §6.4.1). Off by
+    /// default: a lease is only as safe as the clocks. It relies on
+    /// `check_quorum` (a follower that heard from the leader refuses other
+    /// candidates for `election_ticks` of *its* clock) and on no clock
+    /// running faster than another by more than `max_clock_drift_ticks`
+    /// over an election timeout. If clocks drift more (a paused VM, a
+    /// process stopped and resumed, a stepped clock), a deposed leader can
+    /// answer reads with stale data.
+    pub lease_reads: bool,
+    /// The bound on clock drift that `lease_reads` assumes: how many ticks
+    /// one node's clock may gain on another's over `election_ticks` ticks.
+    /// The lease lasts `election_ticks - 1 - max_clock_drift_ticks` ticks
+    /// from the time the round that confirmed it was sent (the 1 covers
+    /// tick granularity), so it ends before any follower's promise does.
+    pub max_clock_drift_ticks: u32,
 }
 
 impl Config {
@@ -64,6 +80,8 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             snapshot_trailing_entries: 1024,
+            lease_reads: false,
+            max_clock_drift_ticks: 1,
         }
     }
 
@@ -96,6 +114,17 @@ impl Config {
         if self.max_uncommitted_entries == 0 || self.max_entry_bytes == 0 {
             return Err(ConfigError::ZeroLimit);
         }
+        if self.lease_reads {
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            if self.max_clock_drift_ticks.saturating_add(1) >= self.election_ticks {
+                return Err(ConfigError::LeaseTooShort {
+                    max_clock_drift_ticks: self.max_clock_drift_ticks,
+                    election_ticks: self.election_ticks,
+                });
+            }
+        }
         Ok(self)
     }
 }
@@ -123,6 +152,16 @@ pub enum ConfigError {
     ZeroLimit,
     /// The persisted state given to `restore` is inconsistent.
     CorruptState(&'static str),
+    /// `lease_reads` needs `check_quorum`: the lease is the followers'
+    /// promise not to elect anyone else while they hear from the leader.
+    LeaseWithoutCheckQuorum,
+    /// The drift bound leaves no lease: `election_ticks - 1 - max_clock_drift_ticks` must be positive.
+    LeaseTooShort {
+        /// Configured drift bound.
+        max_clock_drift_ticks: u32,
+        /// Configured election timeout.
+        election_ticks: u32,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -137,6 +176,13 @@ impl fmt::Display for ConfigError {
             ConfigError::ElectionTicksTooLarge => f.write_str("election_ticks is too large"),
             ConfigError::ZeroLimit => f.write_str("message, in-flight and backlog limits must be non-zero"),
             ConfigError::CorruptState(why) => write!(f, "persisted state is inconsistent: {why}"),
+            ConfigError::LeaseWithoutCheckQuorum => f.write_str("lease_reads requires check_quorum"),
+            ConfigError::LeaseTooShort { max_clock_drift_ticks, election_ticks } => write!(
+                f,
+                "max_clock_drift_ticks ({max_clock_drift_ticks}) leaves no read lease: it must be below \
+                 election_ticks - 1 ({})",
+                election_ticks.saturating_sub(1)
+            ),
         }
     }
 }
@@ -185,5 +231,20 @@ mod tests {
         assert_eq!(e.to_string(), "heartbeat_ticks (10) must be at least 1 and below election_ticks (10)");
         assert_eq!(ConfigError::NotAVoter { id: 4 }.to_string(), "node 4 is not in the voter list");
         assert!(ConfigError::CorruptState("gap").to_string().contains("gap"));
+    }
+
+    #[test]
+    fn leases_need_check_quorum_and_room_for_the_drift_bound() {
+        let lease = Config { lease_reads: true, ..base() };
+        assert!(lease.clone().validate().is_ok(), "the defaults leave an 8-tick lease");
+        let no_cq = Config { check_quorum: false, ..lease.clone() };
+        assert_eq!(no_cq.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
+        let edge = Config { max_clock_drift_ticks: 8, ..lease.clone() };
+        assert!(edge.validate().is_ok(), "a 1-tick lease");
+        let none = Config { max_clock_drift_ticks: 9, ..lease.clone() };
+        let e = none.validate().expect_err("no lease left");
+        assert!(e.to_string().contains("below election_ticks - 1 (9)"), "{e}");
+        let off = Config { max_clock_drift_ticks: 100, check_quorum: false, ..base() };
+        assert!(off.validate().is_ok(), "the bound only matters with leases");
     }
 }

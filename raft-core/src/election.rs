@@ -26,6 +26,7 @@ impl Node {
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+            self.read_heartbeat();
         }
         for p in &mut self.progress {
             p.quiet_ticks = p.quiet_ticks.saturating_add(1);
@@ -64,6 +65,13 @@ impl Node {
 
     /// `Event::Campaign`: an immediate real election, skipping PreVote.
     pub(crate) fn campaign_now(&mut self) {
+        // With leases, a follower that hears from a leader has promised not
+        // to help elect another for an election timeout; campaigning would
+        // vote for itself.
+        if self.config.lease_reads && self.in_leader_lease() {
+            self.stats.ignored_unexpected += 1;
+            return;
+        }
         if self.role != Role::Leader && self.can_campaign() {
             self.campaign(false, false);
         }
@@ -122,6 +130,7 @@ impl Node {
             self.vote_reply_pending = None;
             self.matched_index = 0;
             self.acked_index = 0;
+            self.reads_new_term();
             self.mark_hard_state_dirty();
             self.hard_state.term
         };
@@ -236,6 +245,7 @@ impl Node {
         // The no-op lets the new leader commit entries of earlier terms,
         // which it may never do by counting replicas (§5.4.2, Figure 8).
         let noop = Entry { term: self.hard_state.term, index: next, kind: EntryKind::Noop, data: bytes::Bytes::new() };
+        self.reads_begin_term(next);
         self.push_to_log(noop);
         self.broadcast_append();
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::message::Message;
+use crate::read::ReadError;
 use crate::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// An input to the state machine. The driver owns time, the network and the
@@ -84,6 +85,15 @@ pub enum Event {
     TransferLeadership {
         /// The voter to lead next.
         to: NodeId,
+    },
+    /// A linearizable read, served without writing the log (see the
+    /// `read` module docs): on a leader by ReadIndex or its lease, on a
+    /// follower through its leader. Answered exactly once, by an
+    /// [`Action::ReadReady`] or an [`Action::ReadRejected`] with the same
+    /// `ctx`.
+    ReadIndex {
+        /// The driver's id for this read (unique among its pending reads).
+        ctx: u64,
     },
 }
 
@@ -244,6 +254,22 @@ pub enum Action {
         membership: Membership,
         /// Where it comes from in the log.
         index: Index,
+    },
+    /// The read `ctx` may be served now: the state machine has applied
+    /// `index` with the `Apply` actions before this one. Serve it after
+    /// applying those and before applying any that follow.
+    ReadReady {
+        /// The read's `ctx`.
+        ctx: u64,
+        /// The read index it was confirmed at.
+        index: Index,
+    },
+    /// The read `ctx` was not served (it never takes effect; retry).
+    ReadRejected {
+        /// The read's `ctx`.
+        ctx: u64,
+        /// Why.
+        error: ReadError,
     },
     /// The node's role, term or known leader changed (for logs and metrics).
     RoleChanged {

@@ -14,7 +14,8 @@ pub use config::{Config, ConfigError};
 pub use event::{Action, Event, Persist, ProposeError, Role};
 pub use membership::{MEMBERSHIP_FORMAT_VERSION, Membership, MembershipChange, MembershipError};
 pub use message::{
-    AppendEntries, AppendEntriesResponse, InstallSnapshot, Message, MessageBody, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, InstallSnapshot, Message, MessageBody, ReadIndex, ReadIndexResponse,
+    RequestVote, RequestVoteResponse,
 };
 pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
 
@@ -24,6 +25,7 @@ mod election;
 mod log;
 mod node;
 mod progress;
+mod read;
 mod reconfig;
 mod replication;
 mod snapshot;
@@ -31,4 +33,5 @@ mod stats;
 
 pub use node::Node;
 pub use progress::{Progress, ProgressState};
+pub use read::ReadError;
 pub use stats::Stats;

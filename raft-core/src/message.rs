@@ -37,6 +37,40 @@ pub enum MessageBody {
     /// Leadership transfer (thesis §3.10): the leader tells an up-to-date
     /// voter to start a real election now, skipping PreVote.
     TimeoutNow,
+    /// A follower asks its leader for a read index (thesis §6.4.1).
+    ReadIndex(ReadIndex),
+    /// The leader's answer to [`MessageBody::ReadIndex`].
+    ReadIndexResponse(ReadIndexResponse),
+    /// The leader confirms it still leads before serving reads: every voter
+    /// that is still in the leader's term answers with a
+    /// [`MessageBody::ReadRoundAck`] (see `read.rs`). It also counts as
+    /// hearing from the leader, like a heartbeat.
+    ReadRound {
+        /// The round's number, increasing within the leader's term.
+        seq: u64,
+    },
+    /// Answer to [`MessageBody::ReadRound`].
+    ReadRoundAck {
+        /// The highest round received from this term's leader.
+        seq: u64,
+    },
+}
+
+/// A follower's request for a read index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// The follower's id for the read, echoed in the answer.
+    pub ctx: u64,
+}
+
+/// The leader's answer to a [`ReadIndex`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// The request's `ctx`.
+    pub ctx: u64,
+    /// The index the follower must apply before serving the read; `None`:
+    /// the node asked does not lead (any more).
+    pub index: Option<Index>,
 }
 
 /// InstallSnapshot RPC arguments: the snapshot to fetch from the sender.

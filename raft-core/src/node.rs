@@ -75,6 +75,8 @@ pub struct Node {
     pub(crate) membership_index: Index,
     /// A leadership transfer this leader is carrying out.
     pub(crate) transfer: Option<Transfer>,
+    /// Reads in progress and the leader's read rounds.
+    pub(crate) reads: crate::read::Reads,
 
     // Persistence: what the driver has confirmed durable.
     next_persist_seq: u64,
@@ -136,6 +138,7 @@ impl Node {
             membership: Membership::new(config.voters.clone()),
             membership_index: 0,
             transfer: None,
+            reads: crate::read::Reads::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             hard_state,
             role: Role::Follower,
@@ -198,10 +201,13 @@ impl Node {
             Event::SnapshotAborted => self.snapshot_aborted(),
             Event::ChangeMembership { change, context } => self.change_membership(change, context),
             Event::TransferLeadership { to } => self.transfer_leadership(to),
+            Event::ReadIndex { ctx } => self.read_index(ctx),
         }
         self.flush_persist();
         self.maybe_apply();
+        self.release_applied_reads();
         if before != (self.role, self.hard_state.term, self.leader) {
+            self.reads_after_role_change();
             let (role, term, leader) = (self.role, self.hard_state.term, self.leader);
             self.out.push(Action::RoleChanged { role, term, leader });
         }
@@ -209,6 +215,7 @@ impl Node {
     }
 
     fn tick(&mut self) {
+        self.tick_reads();
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -246,6 +253,14 @@ impl Node {
             MessageBody::AppendEntriesResponse(resp) => self.append_entries_response(from, resp),
             MessageBody::InstallSnapshot(req) => self.install_snapshot(from, req.meta),
             MessageBody::TimeoutNow => self.timeout_now(from),
+            MessageBody::ReadIndex(req) => self.read_index_request(from, req.ctx),
+            MessageBody::ReadIndexResponse(resp) => self.read_index_response(from, resp),
+            MessageBody::ReadRound { seq } => {
+                if self.heard_from_leader(from) {
+                    self.read_round(from, seq);
+                }
+            }
+            MessageBody::ReadRoundAck { seq } => self.read_round_ack(from, seq),
         }
     }
 
@@ -259,8 +274,9 @@ impl Node {
                 // while a leader is alive, whatever the settings (thesis
                 // §4.2.3). Ignoring a vote request is always safe.
                 let stranger = !self.membership.is_voter(from);
-                let in_lease =
-                    self.in_leader_lease() || ((req.pre_vote || stranger) && self.heard_from_leader_recently());
+                let in_lease = self.in_leader_lease()
+                    || ((req.pre_vote || stranger) && self.heard_from_leader_recently())
+                    || self.in_restart_quiet();
                 if in_lease && !req.transfer {
                     // A leader is alive: a candidate that could not hear it
                     // must not depose it (thesis §4.2.3). For pre-votes this
@@ -277,7 +293,7 @@ impl Node {
             MessageBody::RequestVoteResponse(resp) if resp.pre_vote && resp.granted => {
                 // A granted pre-vote carries the term we would campaign in.
             }
-            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
+            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) | MessageBody::ReadRound { .. } => {
                 self.become_follower(message.term, Some(from))
             }
             _ => self.become_follower(message.term, None),
@@ -311,6 +327,14 @@ impl Node {
                     granted: false,
                 }),
             ),
+            // A stale leader's read round, a stale follower's read request:
+            // the answer carries our term, which deposes the one and tells
+            // the other to drop what it forwarded.
+            MessageBody::ReadRound { .. } => self.send(from, MessageBody::ReadRoundAck { seq: 0 }),
+            MessageBody::ReadIndex(req) => self.send(
+                from,
+                MessageBody::ReadIndexResponse(crate::message::ReadIndexResponse { ctx: req.ctx, index: None }),
+            ),
             _ => {}
         }
     }
@@ -323,6 +347,7 @@ impl Node {
             self.vote_reply_pending = None;
             self.matched_index = 0;
             self.acked_index = 0;
+            self.reads_new_term();
         }
         // Figure 2: the timer restarts on hearing from a leader (or granting
         // a vote, see `request_vote`), and when leaving candidacy or
@@ -406,6 +431,7 @@ impl Node {
         }
         if self.role == Role::Leader {
             self.sync_progress();
+            self.reads_after_membership_change();
         }
     }
 
@@ -820,6 +846,10 @@ fn message_is_well_formed(message: &Message) -> bool {
                 && m.last_included_term <= message.term
                 && m.membership.validate().is_ok()
         }
-        MessageBody::TimeoutNow => true,
+        MessageBody::TimeoutNow
+        | MessageBody::ReadIndex(_)
+        | MessageBody::ReadIndexResponse(_)
+        | MessageBody::ReadRound { .. }
+        | MessageBody::ReadRoundAck { .. } => true,
     }
 }

@@ -52,6 +52,8 @@ pub struct Progress {
     /// Leader ticks since the follower last answered (saturating): a
     /// learner is promoted only if it answered within an election timeout.
     pub(crate) quiet_ticks: u32,
+    /// The highest read round the follower acknowledged this term.
+    pub(crate) read_seq: u64,
 }
 
 impl Progress {
@@ -70,6 +72,7 @@ impl Progress {
             match_at_heartbeat: 0,
             pending_snapshot: 0,
             quiet_ticks: 0,
+            read_seq: 0,
         }
     }
 

@@ -165,6 +165,7 @@ impl Node {
                 .map(|p| p.id)
                 .next();
             if let Some(to) = heir {
+                self.end_lease();
                 self.send(to, MessageBody::TimeoutNow);
             }
             let term = self.hard_state.term;
@@ -201,6 +202,7 @@ impl Node {
     pub(crate) fn send_timeout_now_if_ready(&mut self) {
         let Some(t) = self.transfer else { return };
         if self.matched(t.to) == self.log.last_index() {
+            self.end_lease();
             self.send(t.to, MessageBody::TimeoutNow);
         }
     }

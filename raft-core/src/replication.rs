@@ -291,6 +291,8 @@ impl Node {
             for i in 0..self.progress.len() {
                 self.send_append_or_commit(i);
             }
+            // Reads that came before the term's first commit can go now.
+            self.release_confirmed_reads();
             self.after_commit_as_leader();
         }
     }

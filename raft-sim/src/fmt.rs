@@ -103,6 +103,13 @@ pub fn message(m: &Message) -> String {
             format!("InstallSnapshot t{t} through {}", snapshot(&r.meta))
         }
         MessageBody::TimeoutNow => format!("TimeoutNow t{t}"),
+        MessageBody::ReadIndex(r) => format!("ReadIndex t{t} ctx={}", r.ctx),
+        MessageBody::ReadIndexResponse(r) => match r.index {
+            Some(i) => format!("ReadIndexResp t{t} ctx={} index={i}", r.ctx),
+            None => format!("ReadIndexResp t{t} ctx={} refused", r.ctx),
+        },
+        MessageBody::ReadRound { seq } => format!("ReadRound t{t} seq={seq}"),
+        MessageBody::ReadRoundAck { seq } => format!("ReadRoundAck t{t} seq={seq}"),
     }
 }
 
@@ -126,6 +133,10 @@ pub fn kind(m: &Message) -> &'static str {
         B::AppendEntriesResponse(R::Reject { .. }) => "AppendReject",
         B::InstallSnapshot(_) => "InstallSnapshot",
         B::TimeoutNow => "TimeoutNow",
+        B::ReadIndex(_) => "ReadIndex",
+        B::ReadIndexResponse(_) => "ReadIndexResp",
+        B::ReadRound { .. } => "ReadRound",
+        B::ReadRoundAck { .. } => "ReadRoundAck",
     }
 }
 
@@ -171,5 +182,7 @@ pub fn action(id: NodeId, a: &Action) -> String {
             let l = leader.map_or("none".to_string(), |l| l.to_string());
             format!("{id} is {role} t{term} leader={l}")
         }
+        Action::ReadReady { ctx, index } => format!("{id} read {ctx} ready at {index}"),
+        Action::ReadRejected { ctx, error } => format!("{id} read {ctx} rejected: {error}"),
     }
 }

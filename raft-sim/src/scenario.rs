@@ -8,7 +8,7 @@
 //!
 //! | command | effect |
 //! |---|---|
-//! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N] [trailing=N]` | create voters 1..=N |
+//! | `add-nodes N [pre-vote=B] [check-quorum=B] [election=T] [heartbeat=T] [max-entries=N] [inflight=N] [trailing=N] [lease=B] [drift=T]` | create voters 1..=N |
 //! | `join ID` | create node ID with no configuration (it waits to be added), with the last `add-nodes` settings |
 //! | `add-learner LEADER ID` | ask LEADER to add ID as a learner |
 //! | `promote LEADER ID` | ask LEADER to make learner ID a voter |
@@ -19,6 +19,8 @@
 //! | `tick ID [N]` | N clock ticks on one node |
 //! | `tick-all [N]` | N ticks on every node, in id order |
 //! | `propose ID DATA` | propose a command |
+//! | `read ID CTX` | a linearizable read (`Event::ReadIndex`) on node ID |
+//! | `expect-read CTX OUTCOME` | fail unless read CTX is `pending`, `rejected`, `fresh` (served at an index covering every write committed anywhere when it was issued) or `stale` (served without one) |
 //! | `deliver [ID]` | deliver messages queued for ID (or everyone) once |
 //! | `drop [ID]` | discard messages queued for ID (or everyone) |
 //! | `duplicate [ID]` | queue a second copy of every message queued for ID (or everyone) |
@@ -86,6 +88,16 @@ pub struct Scenario {
     installs: BTreeMap<NodeId, raft_core::SnapshotMeta>,
     /// The settings of the last `add-nodes`, for `join`.
     template: Option<Config>,
+    /// Reads issued: the newest write committed anywhere when each was
+    /// issued, and how it ended.
+    reads: BTreeMap<u64, (u64, Option<ReadEnd>)>,
+}
+
+/// How a scripted read ended.
+#[derive(Clone, Copy, Debug)]
+enum ReadEnd {
+    Served { index: u64 },
+    Rejected,
 }
 
 /// Runs a whole script and returns its trace.
@@ -253,6 +265,8 @@ impl Scenario {
             }
             "expect" => self.expect(args),
             "expect-count" => self.expect_count(args),
+            "read" => self.read(args),
+            "expect-read" => self.expect_read(args),
             "reset-count" => {
                 self.counts.clear();
                 Ok(())
@@ -291,6 +305,8 @@ impl Scenario {
                 "max-entries" => template.max_entries_per_msg = parse(v, k)?,
                 "inflight" => template.max_inflight_msgs = parse(v, k)?,
                 "trailing" => template.snapshot_trailing_entries = parse(v, k)?,
+                "lease" => template.lease_reads = parse(v, k)?,
+                "drift" => template.max_clock_drift_ticks = parse(v, k)?,
                 _ => return Err(format!("unknown option {k:?}")),
             }
         }
@@ -334,10 +350,68 @@ impl Scenario {
                 Action::InstallSnapshot { meta, .. } => {
                     self.installs.insert(id, meta);
                 }
+                Action::ReadReady { ctx, index } => self.read_ended(ctx, ReadEnd::Served { index })?,
+                Action::ReadRejected { ctx, .. } => self.read_ended(ctx, ReadEnd::Rejected)?,
                 _ => {}
             }
         }
         checked.map_err(|v| format!("{} violated: {}", v.property, v.detail))
+    }
+
+    /// The newest committed write (normal entry) any node knows of.
+    fn newest_committed_write(&self) -> u64 {
+        let mut newest = 0;
+        for m in self.members.values() {
+            let n = &m.node;
+            let upto = n.commit_index().min(n.last_index());
+            if let Some(e) =
+                n.entries().iter().rev().find(|e| e.index <= upto && e.kind == raft_core::EntryKind::Normal)
+            {
+                newest = newest.max(e.index);
+            }
+        }
+        newest
+    }
+
+    fn read(&mut self, args: &[&str]) -> Result<(), String> {
+        let id = self.id(args, 0)?;
+        let ctx: u64 = parse(args.get(1).ok_or("read needs a ctx")?, "ctx")?;
+        if self.reads.contains_key(&ctx) {
+            return Err(format!("read {ctx} was already issued"));
+        }
+        let required = self.newest_committed_write();
+        self.reads.insert(ctx, (required, None));
+        self.step(id, Event::ReadIndex { ctx })
+    }
+
+    fn read_ended(&mut self, ctx: u64, end: ReadEnd) -> Result<(), String> {
+        let entry = self.reads.get_mut(&ctx).ok_or_else(|| format!("read {ctx} ended but was never issued"))?;
+        if entry.1.is_some() {
+            return Err(format!("read {ctx} answered twice"));
+        }
+        entry.1 = Some(end);
+        if let ReadEnd::Served { index } = end {
+            let required = entry.0;
+            let verdict = if index >= required { "fresh" } else { "STALE" };
+            let _ = writeln!(self.trace, "  (read {ctx}: {verdict}; newest write committed when issued: {required})");
+        }
+        Ok(())
+    }
+
+    fn expect_read(&mut self, args: &[&str]) -> Result<(), String> {
+        let ctx: u64 = parse(args.first().ok_or("expect-read needs a ctx")?, "ctx")?;
+        let want = *args.get(1).ok_or("expect-read needs an outcome")?;
+        let (required, end) = *self.reads.get(&ctx).ok_or_else(|| format!("read {ctx} was never issued"))?;
+        let got = match end {
+            None => "pending",
+            Some(ReadEnd::Rejected) => "rejected",
+            Some(ReadEnd::Served { index }) if index >= required => "fresh",
+            Some(ReadEnd::Served { .. }) => "stale",
+        };
+        if got != want {
+            return Err(format!("expected read {ctx} {want}, got {got}"));
+        }
+        Ok(())
     }
 
     fn deliver(&mut self, ids: Vec<NodeId>) -> Result<(), String> {

@@ -66,6 +66,12 @@ scenarios! {
     scenario_26_transfer_times_out => "26_transfer_times_out",
     scenario_27_membership_refusals => "27_membership_refusals",
     scenario_28_removed_leader_finishes_its_change => "28_removed_leader_finishes_its_change",
+    scenario_29_read_index => "29_read_index",
+    scenario_30_follower_read => "30_follower_read",
+    scenario_31_read_partitioned_old_leader => "31_read_partitioned_old_leader",
+    scenario_32_read_across_step_down => "32_read_across_step_down",
+    scenario_33_lease_read => "33_lease_read",
+    scenario_34_lease_clock_drift => "34_lease_clock_drift",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),

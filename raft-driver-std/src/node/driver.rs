@@ -296,6 +296,7 @@ impl<S: StateMachine> Driver<S> {
                 Action::ChangeRejected { error } => self.change_answered(Err(error)),
                 Action::TransferRejected { error } => self.transfer_refused(error),
                 Action::Proposed { .. } | Action::ProposeRejected { .. } => {}
+                Action::ReadReady { .. } | Action::ReadRejected { .. } => {}
             }
         }
         Ok(last_persist)

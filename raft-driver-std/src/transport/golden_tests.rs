@@ -11,7 +11,7 @@
 
 use raft_core::{
     AppendEntries, AppendEntriesResponse, Bytes, Entry, EntryKind, InstallSnapshot, Membership, Message, MessageBody,
-    RequestVote, RequestVoteResponse, SnapshotMeta,
+    ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, SnapshotMeta,
 };
 
 use super::frame::{ACK_LEN, AckStatus, HANDSHAKE_LEN, Handshake, HandshakeError};
@@ -117,6 +117,17 @@ fn frame_cases() -> Vec<(&'static str, Message)> {
                 ),
             ),
         ),
+        ("wire-v1-frame-read-index.bin", message(21, MessageBody::ReadIndex(ReadIndex { ctx: 70_002 }))),
+        (
+            "wire-v1-frame-read-index-response.bin",
+            message(22, MessageBody::ReadIndexResponse(ReadIndexResponse { ctx: 300, index: Some(u64::MAX) })),
+        ),
+        (
+            "wire-v1-frame-read-index-refused.bin",
+            message(23, MessageBody::ReadIndexResponse(ReadIndexResponse { ctx: 5, index: None })),
+        ),
+        ("wire-v1-frame-read-round.bin", message(24, MessageBody::ReadRound { seq: 129 })),
+        ("wire-v1-frame-read-round-ack.bin", message(25, MessageBody::ReadRoundAck { seq: 1 << 21 })),
     ]
 }
 
@@ -163,7 +174,7 @@ fn transport_golden_files_are_exactly_the_tested_cases() {
 /// breaks this match; the new arm needs a golden frame of its own.
 #[test]
 fn transport_golden_frames_cover_every_message_variant() {
-    let mut covered = [false; 8];
+    let mut covered = [false; 12];
     for (_, m) in frame_cases() {
         let slot = match m.body {
             MessageBody::RequestVote(r) if r.transfer => 6,
@@ -174,10 +185,14 @@ fn transport_golden_frames_cover_every_message_variant() {
             MessageBody::AppendEntriesResponse(AppendEntriesResponse::Reject { .. }) => 4,
             MessageBody::InstallSnapshot(_) => 5,
             MessageBody::TimeoutNow => 7,
+            MessageBody::ReadIndex(_) => 8,
+            MessageBody::ReadIndexResponse(_) => 9,
+            MessageBody::ReadRound { .. } => 10,
+            MessageBody::ReadRoundAck { .. } => 11,
         };
         covered[slot] = true;
     }
-    assert_eq!(covered, [true; 8]);
+    assert_eq!(covered, [true; 12]);
 }
 
 #[test]
@@ -271,6 +286,16 @@ fn transport_golden_new_tags_are_appended() {
     assert_eq!(transfer, [0, 0, 0, 6, 19, 7, 0, 0xbc, 0x05, 18]);
     // A snapshot offer with the whole configuration: tag 5.
     assert_eq!(check_frame("wire-v1-frame-install-snapshot-config.bin")[5], 5);
+    // Reads: tags 8 to 11. ReadIndex: term 21 | tag 8 | ctx 70002 (f2 a2 04).
+    assert_eq!(check_frame("wire-v1-frame-read-index.bin"), [0, 0, 0, 5, 21, 8, 0xf2, 0xa2, 0x04]);
+    // The refusal: term 23 | tag 9 | ctx 5 | None.
+    assert_eq!(check_frame("wire-v1-frame-read-index-refused.bin"), [0, 0, 0, 4, 23, 9, 5, 0]);
+    // An answer: ctx 300 (ac 02) | Some | u64::MAX (ten bytes).
+    let answer = check_frame("wire-v1-frame-read-index-response.bin");
+    assert_eq!(answer[4..10], [22, 9, 0xac, 0x02, 1, 0xff]);
+    assert_eq!(answer.len(), 4 + 5 + 10);
+    assert_eq!(check_frame("wire-v1-frame-read-round.bin"), [0, 0, 0, 4, 24, 10, 0x81, 0x01]);
+    assert_eq!(check_frame("wire-v1-frame-read-round-ack.bin"), [0, 0, 0, 6, 25, 11, 0x80, 0x80, 0x80, 0x01]);
 }
 
 #[test]
@@ -287,7 +312,7 @@ fn transport_golden_frame_with_unknown_kind_or_tag_is_refused() {
     assert!(err.to_string().contains("entry 1001 has unknown kind 3"), "{err}");
 
     let mut unknown_tag = bytes;
-    unknown_tag[5] = 8;
+    unknown_tag[5] = 12;
     let err = decode_frame(&unknown_tag, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
     assert!(matches!(err, FrameError::Decode(_)), "{err}");
 }

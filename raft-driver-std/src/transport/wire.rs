@@ -26,7 +26,7 @@ use std::fmt;
 use bytes::Bytes;
 use raft_core::{
     AppendEntries, AppendEntriesResponse, Entry, EntryKind, Index, InstallSnapshot, Membership, Message, MessageBody,
-    RequestVote, RequestVoteResponse, SnapshotMeta, Term,
+    ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,28 @@ pub(super) enum WireBodyV1 {
     /// transfer started (`transfer: true`); tag 0 carries the others, so a
     /// vote request is byte-identical to an older build's.
     RequestVoteTransfer(WireRequestVoteV1),
+    /// Tag 8: [`MessageBody::ReadIndex`] (appended with reads; so are 9 to 11).
+    ReadIndex {
+        /// The follower's id for the read.
+        ctx: u64,
+    },
+    /// Tag 9: [`MessageBody::ReadIndexResponse`].
+    ReadIndexResponse {
+        /// The request's `ctx`.
+        ctx: u64,
+        /// The read index, or `None` if the node asked does not lead.
+        index: Option<Index>,
+    },
+    /// Tag 10: [`MessageBody::ReadRound`].
+    ReadRound {
+        /// The round.
+        seq: u64,
+    },
+    /// Tag 11: [`MessageBody::ReadRoundAck`].
+    ReadRoundAck {
+        /// The highest round received.
+        seq: u64,
+    },
 }
 
 /// Mirrors [`InstallSnapshot`], with the configuration as
@@ -221,6 +243,10 @@ impl From<&Message> for WireMessageV1 {
                 membership: req.meta.membership.encode(),
             }),
             MessageBody::TimeoutNow => WireBodyV1::TimeoutNow,
+            MessageBody::ReadIndex(r) => WireBodyV1::ReadIndex { ctx: r.ctx },
+            MessageBody::ReadIndexResponse(r) => WireBodyV1::ReadIndexResponse { ctx: r.ctx, index: r.index },
+            MessageBody::ReadRound { seq } => WireBodyV1::ReadRound { seq: *seq },
+            MessageBody::ReadRoundAck { seq } => WireBodyV1::ReadRoundAck { seq: *seq },
         };
         WireMessageV1 { term: m.term, body }
     }
@@ -260,6 +286,12 @@ impl TryFrom<WireMessageV1> for Message {
                 },
             }),
             WireBodyV1::TimeoutNow => MessageBody::TimeoutNow,
+            WireBodyV1::ReadIndex { ctx } => MessageBody::ReadIndex(ReadIndex { ctx }),
+            WireBodyV1::ReadIndexResponse { ctx, index } => {
+                MessageBody::ReadIndexResponse(ReadIndexResponse { ctx, index })
+            }
+            WireBodyV1::ReadRound { seq } => MessageBody::ReadRound { seq },
+            WireBodyV1::ReadRoundAck { seq } => MessageBody::ReadRoundAck { seq },
         };
         Ok(Message { term: m.term, body })
     }
@@ -351,6 +383,11 @@ mod tests {
                 }
             ),
             Just(MessageBody::TimeoutNow),
+            any::<u64>().prop_map(|ctx| MessageBody::ReadIndex(ReadIndex { ctx })),
+            (any::<u64>(), any::<Option<u64>>())
+                .prop_map(|(ctx, index)| MessageBody::ReadIndexResponse(ReadIndexResponse { ctx, index })),
+            any::<u64>().prop_map(|seq| MessageBody::ReadRound { seq }),
+            any::<u64>().prop_map(|seq| MessageBody::ReadRoundAck { seq }),
             (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted)| {
                 MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted })
             }),

@@ -226,6 +226,7 @@ impl Sim {
             | Action::ChangeRejected { .. }
             | Action::TransferRejected { .. }
             | Action::MembershipChanged { .. } => {}
+            Action::ReadReady { .. } | Action::ReadRejected { .. } => {}
         }
     }
 
