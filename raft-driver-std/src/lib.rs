@@ -2,8 +2,8 @@
 //! The std-thread runtime for `raft-core`, in two layers.
 //!
 //! **The generic driver** runs any [`StateMachine`] on real threads, disks and sockets:
-//! [`node::RaftNode`] (the node loop), [`proposals`] (which client waits for which entry, shared with
-//! the simulator), [`timing`] and [`limits`] (the settings that feed the core), [`wal`] (a segmented,
+//! [`node::RaftNode`] (the node loop), [`proposals`] and [`reads`] (which client waits for which entry or
+//! read, shared with the simulator), [`timing`] and [`limits`] (the settings that feed the core), [`wal`] (a segmented,
 //! CRC-checked, group-committed write-ahead log) and [`transport`] (TCP between peers). It never
 //! imports the application: build with `default-features = false` to get just this.
 //!
@@ -19,6 +19,7 @@ pub mod limits;
 pub mod members;
 pub mod node;
 pub mod proposals;
+pub mod reads;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod timing;
@@ -31,5 +32,6 @@ pub mod raftkv;
 pub use limits::Limits;
 pub use node::{NodeOptions, RaftHandle, RaftNode};
 pub use proposals::{ProposalError, ProposalTracker};
+pub use reads::{ReadFailure, ReadTracker};
 pub use state_machine::{RestoreError, SnapshotImage, StateMachine};
 pub use timing::Timing;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_driver_std::Timing;
-use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs, SnapshotConfig};
+use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs, ReadMode, ReadsConfig, SnapshotConfig};
 use raft_driver_std::raftkv::store::{KvError, KvOp, KvRequest, KvResult};
 
 const RAFTKV: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -35,10 +35,86 @@ fn free_ports(count: u16) -> Vec<u16> {
     panic!("no free port range found");
 }
 
+/// Per-link TCP proxies for a partitionable cluster: node `a` reaches node `b` through proxy `(a, b)`
+/// (its cluster file lists the proxy as `b`'s peer address), so a test can cut any directed link while
+/// every process, and every client connection, stays up. A cut link closes its connections and refuses
+/// new ones, as a partition that resets connections would.
+struct Links {
+    cut: Mutex<std::collections::BTreeSet<(u64, u64)>>,
+    stop: AtomicBool,
+}
+
+impl Links {
+    fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cut.lock().expect("lock").contains(&(from, to))
+    }
+
+    /// Cuts every link to and from `id`.
+    fn isolate(&self, id: u64, all: &[u64]) {
+        let mut cut = self.cut.lock().expect("lock");
+        for &other in all.iter().filter(|&&o| o != id) {
+            cut.insert((id, other));
+            cut.insert((other, id));
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.lock().expect("lock").clear();
+    }
+
+    /// Accepts on `listener` (the proxy of link `from -> to`) and pumps each connection to `target`.
+    fn serve(self: Arc<Self>, from: u64, to: u64, listener: TcpListener, target: std::net::SocketAddr) {
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            while !self.stop.load(Ordering::Relaxed) {
+                let Ok((inbound, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if self.is_cut(from, to) {
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(target) else { continue };
+                let _ = inbound.set_nonblocking(false);
+                for (mut src, mut dst) in
+                    [(inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone")), (outbound, inbound)]
+                {
+                    let links = Arc::clone(&self);
+                    std::thread::spawn(move || {
+                        let _ = src.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buf = [0u8; 64 * 1024];
+                        while !links.is_cut(from, to) {
+                            match src.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if dst.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = src.shutdown(std::net::Shutdown::Both);
+                        let _ = dst.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+}
+
 /// A cluster of `raftkv node` processes.
 struct TestCluster {
     dir: tempfile::TempDir,
     config_path: PathBuf,
+    /// Per-node cluster files (a partitionable cluster's nodes each see the others through proxies).
+    node_config_paths: Vec<PathBuf>,
+    links: Option<Arc<Links>>,
     config: ClusterConfig,
     /// Nodes not in the cluster file (ids after its nodes), for membership changes.
     spares: Vec<NodeAddrs>,
@@ -69,14 +145,22 @@ impl TestCluster {
             })
             .collect();
         let spare_nodes = nodes.split_off(n as usize);
-        let config =
-            ClusterConfig { cluster_id: 7, timing: Timing::default(), limits: Default::default(), snapshot, nodes };
+        let config = ClusterConfig {
+            cluster_id: 7,
+            timing: Timing::default(),
+            limits: Default::default(),
+            snapshot,
+            nodes,
+            reads: Default::default(),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write config");
         let mut cluster = TestCluster {
             dir,
             config_path,
+            node_config_paths: Vec::new(),
+            links: None,
             config,
             spares: spare_nodes,
             children: (0..n + spares).map(|_| None).collect(),
@@ -85,6 +169,61 @@ impl TestCluster {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// `n` nodes whose peer links run through [`Links`] proxies, reading with `reads`.
+    fn start_partitionable(n: u64, reads: ReadsConfig) -> TestCluster {
+        let links = Arc::new(Links { cut: Mutex::new(Default::default()), stop: AtomicBool::new(false) });
+        let ports = free_ports(2 * n as u16);
+        let addr = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().expect("addr") };
+        let nodes: Vec<NodeAddrs> = (0..n as usize)
+            .map(|i| NodeAddrs {
+                id: i as u64 + 1,
+                client_addr: addr(ports[i]),
+                peer_addr: addr(ports[n as usize + i]),
+            })
+            .collect();
+        let config = ClusterConfig {
+            cluster_id: 7,
+            timing: Timing::default(),
+            limits: Default::default(),
+            snapshot: SnapshotConfig::default(),
+            nodes: nodes.clone(),
+            reads,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, config.to_toml()).expect("write config");
+        let mut node_config_paths = Vec::new();
+        for a in 1..=n {
+            let mut own = config.clone();
+            for node in own.nodes.iter_mut().filter(|node| node.id != a) {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+                let target = node.peer_addr;
+                node.peer_addr = listener.local_addr().expect("addr");
+                Arc::clone(&links).serve(a, node.id, listener, target);
+            }
+            let path = dir.path().join(format!("cluster-{a}.toml"));
+            std::fs::write(&path, own.to_toml()).expect("write config");
+            node_config_paths.push(path);
+        }
+        let mut cluster = TestCluster {
+            dir,
+            config_path,
+            node_config_paths,
+            links: Some(links),
+            config,
+            spares: Vec::new(),
+            children: (0..n).map(|_| None).collect(),
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn links(&self) -> &Links {
+        self.links.as_deref().expect("a partitionable cluster")
     }
 
     fn ids(&self) -> Vec<u64> {
@@ -105,7 +244,7 @@ impl TestCluster {
         let mut command = Command::new(RAFTKV);
         command
             .args(["node", "--id", &id.to_string(), "--exit-on-stdin-eof", "--config"])
-            .arg(&self.config_path)
+            .arg(self.node_config_paths.get(id as usize - 1).unwrap_or(&self.config_path))
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info")
@@ -313,6 +452,9 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for id in self.ids() {
             self.kill(id);
+        }
+        if let Some(links) = &self.links {
+            links.stop.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -1153,4 +1295,119 @@ fn transfer_leadership_and_refusals() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("3-node cluster") && stderr.contains("raftkv admin"), "{stderr}");
+}
+
+/// (reads) A leader cut off from its peers, with a client still connected to it, never answers that
+/// client with a value older than a write the majority acknowledged before the read was sent: with
+/// ReadIndex its read rounds reach no one, with a lease the lease runs out before the others can elect
+/// anyone (the clocks of one machine drift far less than the bound). Once the links heal, the same
+/// connection reads the new value.
+#[test]
+fn a_partitioned_leader_never_serves_a_stale_read() {
+    for mode in [ReadMode::Index, ReadMode::Lease] {
+        let cluster = TestCluster::start_partitionable(3, ReadsConfig { mode, ..ReadsConfig::default() });
+        let ids = cluster.ids();
+        let old = cluster.wait_leader(&ids, Duration::from_secs(10));
+        assert_eq!(cluster.info(old).expect("info")["read_mode"], mode.to_string());
+        cluster.set(old, "x", "old").expect("SET");
+        assert_eq!(cluster.get(old, "x").expect("GET").as_deref(), Some("old"));
+        let mut conn = cluster.conn(old).expect("conn");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+
+        cluster.links().isolate(old, &ids);
+        let start = Instant::now();
+        // Reads on the old leader's connection, all through the partition and the new write.
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    let invoked = start.elapsed();
+                    let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("x").query(&mut conn);
+                    seen.push((invoked, r.map_err(|e| format!("{} {e}", e.code().unwrap_or("?")))));
+                }
+                (conn, seen)
+            })
+        };
+        let others: Vec<u64> = ids.iter().copied().filter(|&id| id != old).collect();
+        let new = cluster.wait_leader(&others, Duration::from_secs(10));
+        cluster.set(new, "x", "new").expect("SET on the majority");
+        let acked = start.elapsed();
+        std::thread::sleep(Duration::from_secs(3));
+        done.store(true, Ordering::SeqCst);
+        let (mut conn, seen) = reader.join().expect("reader");
+        let after: Vec<_> = seen.iter().filter(|(invoked, _)| *invoked > acked).collect();
+        assert!(!after.is_empty(), "{mode}: no read was sent after the write: {seen:?}");
+        for (invoked, result) in &seen {
+            match result {
+                Ok(Some(v)) if v == "old" => {
+                    assert!(*invoked < acked, "{mode}: stale read sent {invoked:?} after the write at {acked:?}")
+                }
+                Ok(Some(v)) => assert_eq!(v, "new", "{mode}"),
+                Ok(None) => panic!("{mode}: x vanished"),
+                Err(e) => assert!(e.contains("TRYAGAIN"), "{mode}: a read fails only with TRYAGAIN: {e}"),
+            }
+        }
+
+        cluster.links().heal();
+        cluster.wait_leader(&ids, Duration::from_secs(10));
+        let value: Option<String> = redis::cmd("GET").arg("x").query(&mut conn).expect("GET after the heal");
+        assert_eq!(value.as_deref(), Some("new"), "{mode}");
+    }
+}
+
+/// (reads) Read-only commands on every node, followers included, write nothing: no log entry, not a
+/// byte of WAL, while every read sees the writes acknowledged before it.
+#[test]
+fn reads_on_every_node_never_write_the_log() {
+    let cluster = TestCluster::start(3);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(10));
+    let writes: Vec<(String, String)> = (0..50).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+    assert_eq!(write_all(&cluster, leader, writes.clone(), 2).len(), writes.len());
+    cluster.wait_converged(&ids, Duration::from_secs(10));
+    let before: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|&id| {
+            (info_u64(&cluster.info(id).expect("info"), "last_log_index"), dir_bytes(&cluster.data_dir(id).join("wal")))
+        })
+        .collect();
+    let readers: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let mut conn = cluster.conn(id).expect("conn");
+            let writes = writes.clone();
+            std::thread::spawn(move || {
+                for round in 0..100 {
+                    let (key, value) = &writes[round % writes.len()];
+                    let got: Option<String> = redis::cmd("GET").arg(key).query(&mut conn).expect("GET");
+                    assert_eq!(got.as_ref(), Some(value), "node {id}");
+                    let keys: Vec<&str> = writes.iter().take(5).map(|(k, _)| k.as_str()).collect();
+                    let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut conn).expect("MGET");
+                    assert!(got.iter().all(Option::is_some), "node {id}: {got:?}");
+                    let n: i64 = redis::cmd("EXISTS").arg(key).arg("missing").query(&mut conn).expect("EXISTS");
+                    assert_eq!(n, 1);
+                    let len: i64 = redis::cmd("STRLEN").arg(key).query(&mut conn).expect("STRLEN");
+                    assert_eq!(len as usize, value.len());
+                    let size: i64 = redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE");
+                    assert_eq!(size, 50);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("reader");
+    }
+    for (&id, &(last, wal)) in ids.iter().zip(&before) {
+        let info = cluster.info(id).expect("info");
+        assert_eq!(info["read_mode"], "index");
+        assert_eq!(info_u64(&info, "last_log_index"), last, "node {id} appended to its log for reads");
+        assert_eq!(dir_bytes(&cluster.data_dir(id).join("wal")), wal, "node {id}'s WAL grew under reads");
+    }
+    // A write after all those reads still works and is seen everywhere.
+    cluster.set(leader, "after", "reads").expect("SET");
+    for &id in &ids {
+        assert_eq!(cluster.get(id, "after").expect("GET").as_deref(), Some("reads"), "node {id}");
+    }
 }

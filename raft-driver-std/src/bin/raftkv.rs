@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use raft_driver_std::members::{MemberAddr, Members};
 use raft_driver_std::node::{NodeOptions, RaftNode};
+use raft_driver_std::raftkv::config::ReadMode;
 use raft_driver_std::raftkv::config::{ClusterConfig, NodeAddrs};
 use raft_driver_std::raftkv::resp::Reply;
 use raft_driver_std::raftkv::server::{Server, ServerOptions, admin};
@@ -273,6 +274,8 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     options.snapshot = cluster.snapshot.policy();
     options.wal = options.wal.clone().with_segment_size(cluster.snapshot.wal_segment_bytes);
     options.fsync = fsync;
+    options.lease_reads = cluster.reads.mode == ReadMode::Lease;
+    options.max_clock_drift_ticks = cluster.reads.max_clock_drift_ticks;
     if !fsync {
         tracing::warn!("--no-fsync: writes are acknowledged before they are durable");
     }

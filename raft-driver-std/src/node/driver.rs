@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, select};
@@ -10,8 +10,9 @@ use raft_core::{Action, Entry, EntryKind, Event, Node, NodeId, Role};
 
 use super::membership::MembershipState;
 use super::snapshots::Snapshots;
-use super::{DriverError, Input, NodeOptions, ReplyTx, Status};
+use super::{DriverError, Input, NodeOptions, ReadJob, ReplyTx, Status};
 use crate::proposals::{ProposalError, ProposalTracker, Settled};
+use crate::reads::{ReadFailure, ReadSettled, ReadTracker};
 use crate::state_machine::StateMachine;
 use crate::transport::Transport;
 use crate::wal::{Wal, WalError, WalWriter};
@@ -91,7 +92,10 @@ pub(super) struct Driver<S: StateMachine> {
     pub(super) transport: Arc<Transport>,
     status: Arc<Mutex<Status>>,
     proposals: ProposalTracker<ReplyTx<S>>,
+    reads: ReadTracker<ReadJob<S>>,
     tick: Duration,
+    /// With leases: every tick stepped so far, counted from this instant.
+    clock: Option<(Instant, u64)>,
     stopping: bool,
     pub(super) membership: MembershipState,
     /// The configuration in force, as the status publishes it (replaced on
@@ -130,7 +134,9 @@ impl<S: StateMachine> Driver<S> {
             transport,
             status,
             proposals: ProposalTracker::new(),
+            reads: ReadTracker::new(),
             tick: options.timing.tick(),
+            clock: options.lease_reads.then(|| (Instant::now(), 0)),
             stopping: false,
             membership,
             shared_membership,
@@ -156,7 +162,7 @@ impl<S: StateMachine> Driver<S> {
                     Err(_) => break,
                 },
                 recv(self.wal.wake) -> _ => self.on_wal_progress()?,
-                recv(ticker) -> _ => self.step(Event::Tick)?,
+                recv(ticker) -> _ => self.on_tick()?,
             }
             self.publish_status();
         }
@@ -170,6 +176,12 @@ impl<S: StateMachine> Driver<S> {
             Input::Inspect(f) => {
                 f(&self.state_machine);
                 Ok(())
+            }
+            Input::Read(job) => {
+                // The lease is measured on the core's clock: bring it up to date first.
+                self.catch_up_ticks()?;
+                let event = self.reads.start(job);
+                self.step(event)
             }
             Input::Campaign => self.step(Event::Campaign),
             Input::ChangeMembership { change, addr, reply } => {
@@ -221,6 +233,24 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// A timer tick. Without leases the timer's dropped ticks stay dropped (a stalled node must not
+    /// replay a burst of timeouts); with leases the core's clock must not fall behind real time, since a
+    /// slow leader clock would stretch its lease, so every tick due is stepped.
+    fn on_tick(&mut self) -> Result<(), DriverError> {
+        if self.clock.is_some() { self.catch_up_ticks() } else { self.step(Event::Tick) }
+    }
+
+    /// With leases: steps every tick that real time says is due.
+    fn catch_up_ticks(&mut self) -> Result<(), DriverError> {
+        let Some((start, stepped)) = self.clock else { return Ok(()) };
+        let due = (start.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
+        for n in stepped..due {
+            self.clock = Some((start, n + 1));
+            self.step(Event::Tick)?;
+        }
+        Ok(())
+    }
+
     fn on_wal_progress(&mut self) -> Result<(), DriverError> {
         if let Some(error) = self.wal.failure() {
             return Err(error);
@@ -267,6 +297,11 @@ impl<S: StateMachine> Driver<S> {
         let mut last_persist = None;
         for action in actions.drain(..) {
             self.proposals.on_action(&action, answer);
+            match self.reads.on_action(&action) {
+                Some(ReadSettled::Ready(job)) => job(Ok(&self.state_machine)),
+                Some(ReadSettled::Failed(job, error)) => job(Err(error)),
+                None => {}
+            }
             match action {
                 Action::Send { to, message } => {
                     self.transport.send(to, message);
@@ -336,12 +371,19 @@ impl<S: StateMachine> Driver<S> {
     /// Runs when the loop ends for any reason.
     pub(super) fn stop(&mut self) {
         self.proposals.fail_all(&ProposalError::Stopped, answer);
+        self.reads.fail_all(&ReadFailure::Stopped, |s| match s {
+            ReadSettled::Ready(job) | ReadSettled::Failed(job, _) => job(Err(ReadFailure::Stopped)),
+        });
         self.fail_admin();
         self.transport.shutdown();
         // Fail proposals still queued; later ones see the closed channel.
         while let Ok(input) = self.inputs.try_recv() {
-            if let Input::Propose(_, reply) = input {
-                let _ = reply.send(Err(ProposalError::Stopped));
+            match input {
+                Input::Propose(_, reply) => {
+                    let _ = reply.send(Err(ProposalError::Stopped));
+                }
+                Input::Read(job) => job(Err(ReadFailure::Stopped)),
+                _ => {}
             }
         }
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);

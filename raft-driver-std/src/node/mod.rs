@@ -61,6 +61,7 @@ use crate::members::{MemberAddr, Members};
 use crate::proposals::ProposalError;
 #[cfg(doc)]
 use crate::proposals::ProposalTracker;
+use crate::reads::ReadFailure;
 use crate::state_machine::StateMachine;
 use crate::timing::{Timing, TimingError};
 use crate::transport::{Transport, TransportConfig, TransportStats};
@@ -118,6 +119,14 @@ pub struct NodeOptions {
     pub fsync: bool,
     /// Capacity of the WAL writer's queue (and the largest group sharing one fsync).
     pub wal_queue_len: usize,
+    /// Serve linearizable reads from a leader lease instead of a round of messages per batch of reads
+    /// (see [`raft_core::Config::lease_reads`]): faster, but only as safe as the clocks. Off by default.
+    /// With it on, the node thread catches up on every tick its timer missed (a busy or paused thread
+    /// must not slow its clock down, which would stretch the lease) and before every read.
+    pub lease_reads: bool,
+    /// The clock drift bound leases assume, in ticks per election timeout
+    /// ([`raft_core::Config::max_clock_drift_ticks`]).
+    pub max_clock_drift_ticks: u32,
     /// Seed for the election-timeout jitter; `None` derives one from the id and the clock. The driver is
     /// not the deterministic part (the simulator is), so a time-based seed is fine.
     pub seed: Option<u64>,
@@ -154,6 +163,8 @@ impl NodeOptions {
             limits: Limits::default(),
             fsync: true,
             wal_queue_len: 1024,
+            lease_reads: false,
+            max_clock_drift_ticks: 1,
             seed: None,
         }
     }
@@ -164,6 +175,8 @@ impl NodeOptions {
         self.timing.apply_to(&mut config);
         self.limits.apply_to(&mut config);
         config.snapshot_trailing_entries = self.snapshot.trailing_entries;
+        config.lease_reads = self.lease_reads;
+        config.max_clock_drift_ticks = self.max_clock_drift_ticks;
         config
     }
 
@@ -265,6 +278,11 @@ pub struct Status {
     pub membership_index: Index,
     /// Proposals waiting for their entry to be applied.
     pub pending_proposals: usize,
+    /// Reads waiting for their confirmation or for the apply that releases them.
+    pub pending_reads: usize,
+    /// Whether this node serves reads from a lease right now (a leader with `lease_reads` whose last
+    /// confirmed round is recent enough).
+    pub lease: bool,
     /// WAL writer counters.
     pub wal: WalWriterStats,
     /// Whether the node thread is still running.
@@ -293,6 +311,8 @@ impl Status {
             membership,
             membership_index: node.membership_index(),
             pending_proposals: pending,
+            pending_reads: node.pending_reads(),
+            lease: node.has_lease(),
             wal,
             running: true,
         }
@@ -302,6 +322,10 @@ impl Status {
 /// A closure run on the node thread with the state machine (see [`RaftHandle::inspect`]).
 type InspectFn<S> = Box<dyn FnOnce(&S) + Send>;
 
+/// A read waiting on the node thread: run with the state machine once the read is confirmed and
+/// applied, or with the reason it failed.
+type ReadJob<S> = Box<dyn FnOnce(Result<&S, ReadFailure>) + Send>;
+
 /// The reply channel of one proposal.
 type ReplyTx<S> = Sender<ProposalResult<<S as StateMachine>::Response>>;
 
@@ -310,6 +334,7 @@ enum Input<S: StateMachine> {
     Message(NodeId, Message),
     Propose(Bytes, ReplyTx<S>),
     Inspect(InspectFn<S>),
+    Read(ReadJob<S>),
     Campaign,
     ChangeMembership {
         change: MembershipChange,
@@ -408,6 +433,31 @@ impl<S: StateMachine> RaftHandle<S> {
         });
         self.inputs.send(Input::Inspect(job)).ok()?;
         rx.recv_timeout(timeout).ok()
+    }
+
+    /// A linearizable read that writes nothing to the log: `f` runs on the node thread with the state
+    /// machine once it reflects every write that completed before this call (ReadIndex, or the lease
+    /// with [`NodeOptions::lease_reads`]; see `raft-core`'s `read` module). Works on any node: a
+    /// follower asks its leader for the read index and runs `f` on its own state machine. Waits at most
+    /// `timeout`. Every failure left the state untouched; all but [`ReadFailure::Stopped`] are worth
+    /// retrying. Keep `f` short: the node waits for it.
+    pub fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> R + Send + 'static,
+        timeout: Duration,
+    ) -> Result<R, ReadFailure> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job: ReadJob<S> = Box::new(move |sm| {
+            let _ = tx.send(sm.map(f));
+        });
+        if self.inputs.send(Input::Read(job)).is_err() {
+            return Err(ReadFailure::Stopped);
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ReadFailure::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(ReadFailure::Stopped),
+        }
     }
 
     /// Changes the membership (this node must lead; see

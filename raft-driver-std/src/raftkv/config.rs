@@ -17,6 +17,8 @@
 //! [`Limits`]' (e.g. `max_entry_bytes`, the largest command a client may send); every node should use
 //! the same values. An optional `[snapshot]` table sets when a node snapshots and compacts its log
 //! (`every_entries`, `every_bytes`, `wal_segment_bytes`: see [`SnapshotConfig`]); nodes may differ.
+//! An optional `[reads]` table chooses how read-only commands are served (see [`ReadsConfig`]); every
+//! node must use the same mode, since a lease relies on the followers' side of the bargain too.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -46,6 +48,9 @@ pub struct ClusterConfig {
     /// When to snapshot, and how the WAL is cut into segments.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// How read-only commands are served; all nodes must agree.
+    #[serde(default)]
+    pub reads: ReadsConfig,
     /// Every voting member, the node reading the file included.
     pub nodes: Vec<NodeAddrs>,
 }
@@ -85,6 +90,53 @@ impl SnapshotConfig {
             every_bytes: self.every_bytes,
             trailing_entries: self.trailing_entries,
         }
+    }
+}
+
+/// How read-only commands (`GET`, `MGET`, `EXISTS`, `STRLEN`, `DBSIZE`) are served. Every mode is
+/// linearizable under its assumptions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// ReadIndex (the default): the leader confirms it still leads with one round of messages per
+    /// batch of reads, then the node that took the command (leader or follower) answers from its own
+    /// store once it has applied the leader's commit index. Nothing is written to the log.
+    #[default]
+    Index,
+    /// Leader leases: the leader answers at once while a quorum's recent answer guarantees no other
+    /// leader can exist yet (followers ask the leader for the index as with `index`). Safe only while
+    /// clocks drift less than `max_clock_drift_ticks` per election timeout; a paused VM or process can
+    /// break it.
+    Lease,
+    /// Every read goes through the log like a write (slowest; no timing assumption at all).
+    Log,
+}
+
+impl fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadMode::Index => "index",
+            ReadMode::Lease => "lease",
+            ReadMode::Log => "log",
+        })
+    }
+}
+
+/// The `[reads]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadsConfig {
+    /// `index` (default), `lease` or `log`.
+    pub mode: ReadMode,
+    /// With `lease`: how many ticks one node's clock may gain on another's over an election timeout.
+    /// The lease is `election_ticks - 1 - max_clock_drift_ticks` ticks. Default 1 (10% of the default
+    /// election timeout: far beyond what NTP-disciplined clocks drift, but not a paused process).
+    pub max_clock_drift_ticks: u32,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        ReadsConfig { mode: ReadMode::Index, max_clock_drift_ticks: 1 }
     }
 }
 
@@ -206,6 +258,7 @@ impl ClusterConfig {
             timing: Timing::default(),
             limits: Limits::default(),
             snapshot: SnapshotConfig::default(),
+            reads: ReadsConfig::default(),
             nodes,
         };
         config.validate()?;

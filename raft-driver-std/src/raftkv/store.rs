@@ -426,6 +426,35 @@ impl KvStore {
         }
     }
 
+    /// Answers a read-only op from the current state without changing it: what a linearizable read
+    /// served by ReadIndex runs once this replica has applied the read index (no log entry, no apply).
+    /// `None` for an op that writes.
+    ///
+    /// `now_ms` is the reader's clock: a key whose TTL has passed by then reads as absent even though
+    /// no write has yet moved the store's own clock (which only advances with applied entries, so an
+    /// idle cluster would otherwise serve expired keys forever). The store's clock still wins when it
+    /// is ahead, so a key never reads as alive after a write saw it expire.
+    pub fn query(&self, op: &KvOp, now_ms: u64) -> Option<KvResult> {
+        let now = self.clock_ms.max(now_ms);
+        let live = |key: &[u8]| self.data.get(key).filter(|v| v.expire_at.is_none_or(|at| now <= at));
+        Some(match op {
+            KvOp::Get { key } => live(key).map_or(KvResult::Nil, |v| KvResult::Value(v.data.clone())),
+            KvOp::Exists { keys } => KvResult::Integer(keys.iter().filter(|k| live(k).is_some()).count() as i64),
+            KvOp::Strlen { key } => KvResult::Integer(live(key).map_or(0, |v| v.data.len() as i64)),
+            KvOp::MGet { keys } => KvResult::Values(keys.iter().map(|k| live(k).map(|v| v.data.clone())).collect()),
+            KvOp::DbSize => {
+                let expired = self.expires.iter().take_while(|(at, _)| now > *at).count();
+                KvResult::Integer((self.data.len() - expired) as i64)
+            }
+            KvOp::Set { .. }
+            | KvOp::Del { .. }
+            | KvOp::IncrBy { .. }
+            | KvOp::Append { .. }
+            | KvOp::MSet { .. }
+            | KvOp::FlushAll => return None,
+        })
+    }
+
     /// Executes one operation at the current clock.
     fn execute(&mut self, op: KvOp) -> KvResult {
         match op {

@@ -581,3 +581,50 @@ fn an_image_claiming_a_huge_map_is_refused_without_allocating_for_it() {
     assert!(h.kv.restore(&forged).is_err());
     assert_eq!(h.kv.image(), before);
 }
+
+/// `query` (reads served by ReadIndex, without the log) answers exactly what applying the same read
+/// through the log would, at the reader's clock, and changes nothing; writes are refused.
+#[test]
+fn query_answers_like_apply_and_changes_nothing() {
+    let mut h = Harness::new();
+    let t0 = h.now_ms;
+    h.run(&["SET", "a", "hello"]);
+    h.run(&["SET", "ttl", "v", "PX", "100"]);
+    h.run(&["SET", "later", "v", "PX", "5000"]);
+    let reads: [&[&str]; 6] = [
+        &["GET", "a"],
+        &["GET", "ttl"],
+        &["MGET", "a", "missing", "ttl", "later"],
+        &["EXISTS", "a", "ttl", "a", "nope"],
+        &["STRLEN", "a"],
+        &["DBSIZE"],
+    ];
+    for now in [t0, t0 + 100, t0 + 101, t0 + 6000] {
+        for words in reads {
+            let mut reference = Harness { kv: h.kv.clone(), index: h.index, now_ms: now };
+            let via_log = reference.run(words);
+            let Ok(req) = h.request(0, 0, words) else { panic!("{words:?} parses") };
+            let before = h.kv.image();
+            let direct = h.kv.query(&req.op, now).map(result_reply);
+            assert_eq!(direct, Some(via_log), "{words:?} at +{}ms", now - t0);
+            assert_eq!(h.kv.image(), before, "query changed the store");
+        }
+    }
+    // The store's own clock wins when it is ahead: an expired key never reads as alive again.
+    h.now_ms = t0 + 200;
+    h.run(&["SET", "b", "1"]);
+    let Ok(req) = h.request(0, 0, &["GET", "ttl"]) else { panic!("parses") };
+    assert_eq!(h.kv.query(&req.op, t0), Some(KvResult::Nil));
+    for write in [
+        &["SET", "a", "x"][..],
+        &["DEL", "a"],
+        &["INCR", "n"],
+        &["APPEND", "a", "x"],
+        &["MSET", "a", "b"],
+        &["FLUSHALL"],
+    ] {
+        let Ok(req) = h.request(0, 0, write) else { panic!("{write:?} parses") };
+        assert_eq!(h.kv.query(&req.op, t0), None, "{write:?} is not a read");
+        assert!(!req.op.is_read_only());
+    }
+}

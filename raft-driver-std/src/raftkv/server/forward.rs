@@ -10,9 +10,11 @@ use raft_core::{NodeId, ProposeError, Role};
 
 use super::{FORWARD_COMMAND, Shared, TRYAGAIN_NO_LEADER, UNCERTAIN, result_reply};
 use crate::proposals::ProposalError;
+use crate::raftkv::config::ReadMode;
 use crate::raftkv::resp::{self, Reply};
-use crate::raftkv::store::{KvRequest, KvResult};
+use crate::raftkv::store::{KvOp, KvRequest, KvResult, KvStore};
 use crate::raftkv::unix_ms;
+use crate::reads::ReadFailure;
 
 /// How one attempt to run a request ended.
 enum Attempt {
@@ -63,6 +65,9 @@ fn give_up_reply(request: &KvRequest, may_have_applied: bool) -> Reply {
 /// Runs `request` through the log via whichever node leads, retrying with the same `(session, seq)`
 /// until it gets a reply or the retry bound passes.
 pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest) -> Reply {
+    if request.op.is_read_only() && shared.cluster.reads.mode != ReadMode::Log {
+        return read(shared, &request.op);
+    }
     let deadline = Instant::now() + shared.options.retry_bound;
     let mut delay = Duration::from_millis(5);
     let mut may_have_applied = false;
@@ -77,6 +82,32 @@ pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut 
         let now = Instant::now();
         if now >= deadline {
             return give_up_reply(request, may_have_applied);
+        }
+        std::thread::sleep(delay.min(deadline - now));
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A read-only command, served on this node without the log (ReadIndex or the lease; a follower asks
+/// the leader for the read index and answers from its own store). Retried until the retry bound on
+/// every failure but a stopped node; a read never takes effect, so giving up is `-TRYAGAIN`.
+fn read(shared: &Shared, op: &KvOp) -> Reply {
+    let deadline = Instant::now() + shared.options.retry_bound;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let query = op.clone();
+        let now_ms = unix_ms();
+        match shared.node.read(move |kv: &KvStore| kv.query(&query, now_ms), remaining) {
+            Ok(Some(result)) => return result_reply(result),
+            // `is_read_only` and `query` disagree: a bug, answered without touching anything.
+            Ok(None) => return Reply::error("ERR internal error: not a read-only command; nothing was applied"),
+            Err(ReadFailure::Stopped) => return Reply::error("ERR node stopped; nothing was applied"),
+            Err(error) => tracing::debug!(%error, "retrying read"),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Reply::error(TRYAGAIN_NO_LEADER);
         }
         std::thread::sleep(delay.min(deadline - now));
         delay = (delay * 2).min(Duration::from_millis(50));
