@@ -33,5 +33,5 @@ mod stats;
 
 pub use node::Node;
 pub use progress::{Progress, ProgressState};
-pub use read::ReadError;
+pub use read::{ReadError, ReadStats};
 pub use stats::Stats;

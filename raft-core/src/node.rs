@@ -706,7 +706,9 @@ impl Node {
 
     /// What a snapshot of the state machine as of `index` stands for: the
     /// entry's term and the configuration in force there. `None` unless the
-    /// entry at `index` is applied and held in memory. A driver writes this
+    /// entry at `index` is applied and held in memory, and this node knows
+    /// that configuration (a joining node does not before the entry that
+    /// added it). A driver writes this
     /// into its snapshot file before reporting [`crate::Event::SnapshotTaken`]
     /// for `index`, which records exactly this.
     pub fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
@@ -715,6 +717,13 @@ impl Node {
         }
         let last_included_term = self.log.term(index)?;
         let (membership, _) = self.membership_at(index);
+        if membership.validate().is_err() {
+            // A node that joined with no configuration and has applied
+            // entries from before the one that added it: it cannot name
+            // the configuration in force there (a snapshot claiming none
+            // would not restore). It snapshots once it holds that entry.
+            return None;
+        }
         Some(SnapshotMeta { last_included_index: index, last_included_term, membership })
     }
 

@@ -78,6 +78,19 @@ impl fmt::Display for ReadError {
     }
 }
 
+/// How this node's reads were served (since it started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Reads this leader confirmed with a read round (its own and followers').
+    pub by_round: u64,
+    /// Reads this leader answered from its lease.
+    pub by_lease: u64,
+    /// Reads released to this node's driver (`Action::ReadReady`).
+    pub released: u64,
+    /// Reads refused (`Action::ReadRejected`).
+    pub rejected: u64,
+}
+
 /// A read waiting for the leader to confirm it still leads.
 #[derive(Clone, Copy, Debug)]
 struct Unconfirmed {
@@ -129,6 +142,7 @@ pub(crate) struct Reads {
     unconfirmed: VecDeque<Unconfirmed>,
     forwarded: VecDeque<Forwarded>,
     ready: Vec<Ready>,
+    stats: ReadStats,
 }
 
 impl Node {
@@ -153,7 +167,9 @@ impl Node {
                 self.reads.forwarded.push_back(Forwarded { ctx, deadline });
                 self.send(leader, MessageBody::ReadIndex(crate::message::ReadIndex { ctx }));
             }
-            (_, leader) => self.out.push(Action::ReadRejected { ctx, error: ReadError::NotLeader { leader } }),
+            (_, leader) => {
+                self.reject_read_action(Action::ReadRejected { ctx, error: ReadError::NotLeader { leader } })
+            }
         }
     }
 
@@ -161,6 +177,7 @@ impl Node {
     fn leader_read(&mut self, ctx: u64, from: Option<NodeId>) {
         let index = self.commit_index.max(self.reads.term_start);
         if self.lease_valid() && self.commit_index >= self.reads.term_start {
+            self.reads.stats.by_lease += 1;
             self.serve_read(ctx, from, index);
             return;
         }
@@ -282,6 +299,7 @@ impl Node {
                 break;
             }
             self.reads.unconfirmed.pop_front();
+            self.reads.stats.by_round += 1;
             self.serve_read(r.ctx, r.from, r.index);
         }
     }
@@ -308,7 +326,8 @@ impl Node {
         let r = self.reads.forwarded.remove(pos).expect("position is valid");
         match resp.index {
             Some(index) => self.reads.ready.push(Ready { ctx: r.ctx, index, deadline: r.deadline }),
-            None => self.out.push(Action::ReadRejected { ctx: r.ctx, error: ReadError::NotLeader { leader: None } }),
+            None => self
+                .reject_read_action(Action::ReadRejected { ctx: r.ctx, error: ReadError::NotLeader { leader: None } }),
         }
     }
 
@@ -346,7 +365,7 @@ impl Node {
             keep
         });
         for ctx in expired {
-            self.out.push(Action::ReadRejected { ctx, error: ReadError::Timeout });
+            self.reject_read_action(Action::ReadRejected { ctx, error: ReadError::Timeout });
         }
     }
 
@@ -357,7 +376,7 @@ impl Node {
     pub(crate) fn reads_after_role_change(&mut self) {
         for r in core::mem::take(&mut self.reads.unconfirmed) {
             match r.from {
-                None => self.out.push(Action::ReadRejected { ctx: r.ctx, error: ReadError::LeaderChanged }),
+                None => self.reject_read_action(Action::ReadRejected { ctx: r.ctx, error: ReadError::LeaderChanged }),
                 Some(to) => {
                     let body = MessageBody::ReadIndexResponse(ReadIndexResponse { ctx: r.ctx, index: None });
                     self.send(to, body);
@@ -365,7 +384,7 @@ impl Node {
             }
         }
         for r in core::mem::take(&mut self.reads.forwarded) {
-            self.out.push(Action::ReadRejected { ctx: r.ctx, error: ReadError::LeaderChanged });
+            self.reject_read_action(Action::ReadRejected { ctx: r.ctx, error: ReadError::LeaderChanged });
         }
     }
 
@@ -404,6 +423,7 @@ impl Node {
         }
         let applied = self.applied_index;
         let out = &mut self.out;
+        let before = self.reads.ready.len();
         self.reads.ready.retain(|r| {
             let done = r.index <= applied;
             if done {
@@ -411,6 +431,7 @@ impl Node {
             }
             !done
         });
+        self.reads.stats.released += (before - self.reads.ready.len()) as u64;
     }
 
     /// The configuration changed under a leader: confirmations and the
@@ -428,9 +449,19 @@ impl Node {
         self.reads.lease_off = true;
     }
 
+    fn reject_read_action(&mut self, action: Action) {
+        self.reads.stats.rejected += 1;
+        self.out.push(action);
+    }
+
     /// Reads waiting for an answer or for the apply that releases them.
     pub fn pending_reads(&self) -> usize {
         self.reads.unconfirmed.len() + self.reads.forwarded.len() + self.reads.ready.len()
+    }
+
+    /// How this node's reads were served.
+    pub fn read_stats(&self) -> ReadStats {
+        self.reads.stats
     }
 
     /// Whether this leader holds a read lease right now.

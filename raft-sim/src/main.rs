@@ -24,7 +24,7 @@ struct RunShape {
     /// Cluster size (default: 3 or 5, by seed).
     #[arg(long)]
     nodes: Option<usize>,
-    /// Fault profile: calm, lossy, partitions, crashes, chaos (default: by seed).
+    /// Fault profile: calm, lossy, partitions, crashes, chaos, or lease (chaos with lease reads; never chosen by seed) (default: by seed).
     #[arg(long)]
     profile: Option<String>,
     /// Run length in ticks (default 300).
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         Command::Scenario { .. } => None,
     };
     if let Some(p) = profile.filter(|p| Profile::named(p).is_none()) {
-        eprintln!("unknown profile {p:?}; one of {:?}", Profile::NAMES);
+        eprintln!("unknown profile {p:?}; one of {:?} or {:?}", Profile::NAMES, Profile::EXTRA);
         return ExitCode::from(2);
     }
     match cli.command {
@@ -195,7 +195,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} peak_log={} failures={} ({:.1}s, {} jobs)",
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} reads={}/{} peak_log={} failures={} ({:.1}s, {} jobs)",
         summary.seeds,
         summary.events,
         summary.events as f64 / secs.max(1e-9),
@@ -205,6 +205,8 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
         summary.snapshots.0,
         summary.snapshots.1,
         summary.reconfigs,
+        summary.reads.0,
+        summary.reads.1,
         summary.peak_log_len,
         summary.failures.len(),
         secs,

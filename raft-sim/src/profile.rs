@@ -35,11 +35,18 @@ pub struct Profile {
     pub down_for_us: (u64, u64),
     /// Maximum clock drift: each node ticks at `tick * (1 ± drift)`.
     pub clock_drift: f64,
+    /// Leaders serve reads from leases (`Config::lease_reads`), with a drift
+    /// bound that covers `clock_drift`.
+    pub lease_reads: bool,
 }
 
 impl Profile {
     /// Every named profile, in the order `--profile` lists them.
     pub const NAMES: [&'static str; 5] = ["calm", "lossy", "partitions", "crashes", "chaos"];
+
+    /// Profiles only chosen by name, never by seed: `lease` is `chaos` with
+    /// lease reads (its clocks drift 5%, inside the configured bound).
+    pub const EXTRA: [&'static str; 1] = ["lease"];
 
     /// A named profile.
     pub fn named(name: &str) -> Option<Profile> {
@@ -58,6 +65,7 @@ impl Profile {
             crash_every_us: 0,
             down_for_us: (0, 0),
             clock_drift: 0.0,
+            lease_reads: false,
         };
         let p = match name {
             "calm" => calm,
@@ -95,6 +103,23 @@ impl Profile {
                 crash_every_us: 400_000,
                 down_for_us: (10_000, 300_000),
                 clock_drift: 0.1,
+                ..calm
+            },
+            "lease" => Profile {
+                name: "lease",
+                latency_us: (200, 8_000),
+                drop: 0.05,
+                duplicate: 0.03,
+                delay: 0.03,
+                slow_latency_us: 60_000,
+                slow_disk: 0.02,
+                slow_fsync_us: 80_000,
+                partition_every_us: 400_000,
+                partition_for_us: (50_000, 400_000),
+                crash_every_us: 400_000,
+                down_for_us: (10_000, 300_000),
+                clock_drift: 0.05,
+                lease_reads: true,
                 ..calm
             },
             _ => return None,

@@ -59,6 +59,8 @@ pub struct SweepSummary {
     pub peak_log_len: usize,
     /// Membership operations asked of leaders.
     pub reconfigs: u64,
+    /// Reads served without the log: by a read round, by a lease.
+    pub reads: (u64, u64),
     /// Failing runs, by seed.
     pub failures: Vec<RunReport>,
 }
@@ -72,6 +74,8 @@ impl SweepSummary {
         self.snapshots.1 += r.snapshots.1;
         self.peak_log_len = self.peak_log_len.max(r.peak_log_len);
         self.reconfigs += r.reconfigs;
+        self.reads.0 += r.reads.0;
+        self.reads.1 += r.reads.1;
         match r.linearizability {
             Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
             Some(CheckResult::Undecided { .. }) => self.undecided += 1,
@@ -93,6 +97,8 @@ impl SweepSummary {
         self.snapshots.1 += other.snapshots.1;
         self.peak_log_len = self.peak_log_len.max(other.peak_log_len);
         self.reconfigs += other.reconfigs;
+        self.reads.0 += other.reads.0;
+        self.reads.1 += other.reads.1;
         self.failures.extend(other.failures);
     }
 }

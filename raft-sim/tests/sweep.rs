@@ -193,8 +193,9 @@ fn snapshots_bound_the_in_memory_log() {
     let config = |every| SimConfig { reconfig_every_us: 0, ..spec(every).config(0) };
     let bounded = run(config(1_000));
     assert!(bounded.failure.is_none(), "{:?}", bounded.failure);
-    assert!(bounded.committed > 20_000, "a long run: {} committed", bounded.committed);
-    assert!(bounded.snapshots.0 >= 3 * 20, "every node snapshots: {:?}", bounded.snapshots);
+    // (Reads do not reach the log: a third of the operations.)
+    assert!(bounded.committed > 12_000, "a long run: {} committed", bounded.committed);
+    assert!(bounded.snapshots.0 >= 3 * 12, "every node snapshots: {:?}", bounded.snapshots);
     assert!(bounded.peak_log_len <= 1_000 + 16 + 64, "peak log {}", bounded.peak_log_len);
     let unbounded = run(config(0));
     assert_eq!(unbounded.snapshots, (0, 0, 0));

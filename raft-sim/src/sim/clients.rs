@@ -14,12 +14,13 @@
 //! `client_reply` (a node's answer), and at the end `Clients::max_acked_index`, `Clients::overdue` and
 //! `Clients::finish`.
 
-use raft_core::{Index, NodeId, ProposeError};
+use raft_core::{Index, NodeId, ProposeError, ReadError};
 use raft_driver_std::proposals::ProposalError;
 use raft_driver_std::raftkv::store::{KvOp, KvResult};
+use raft_driver_std::reads::ReadFailure;
 use rand::Rng;
 
-use super::network::{CLIENT_BASE, NetMsg};
+use super::network::{CLIENT_BASE, ClientError, NetMsg};
 use super::node::{Request, Waiter};
 use super::queue::Ev;
 use super::{LIVENESS_BOUND_US, Sim, TICK_US};
@@ -181,7 +182,7 @@ impl Sim {
     }
 
     /// A node's answer reaches a client: the store's result, or the driver's error.
-    pub(super) fn client_reply(&mut self, client: u64, seq: u64, result: Result<(KvResult, Index), ProposalError>) {
+    pub(super) fn client_reply(&mut self, client: u64, seq: u64, result: Result<(KvResult, Index), ClientError>) {
         let c = (client - CLIENT_BASE) as usize;
         let Some(o) = self.clients.list[c].current.filter(|o| o.seq == seq) else { return };
         match result {
@@ -219,13 +220,18 @@ impl Sim {
     /// The node could not answer: retry shortly, at the leader it named if it named a different one,
     /// else at a random node. Every error of the driver is retryable for these commands (none is over
     /// the size limit, and a simulated node never stops while it answers).
-    fn client_retry(&mut self, c: usize, o: Outstanding, error: &ProposalError) {
-        if !error.is_retryable() {
+    fn client_retry(&mut self, c: usize, o: Outstanding, error: &ClientError) {
+        let retryable = match error {
+            ClientError::Proposal(e) => e.is_retryable(),
+            ClientError::Read(e) => e.is_retryable(),
+        };
+        if !retryable {
             let client = self.clients.list[c].id;
-            return self.fail("client", format!("client {client} seq {}: final error {error}", o.seq));
+            return self.fail("client", format!("client {client} seq {}: final error {error:?}", o.seq));
         }
         let hint = match error {
-            ProposalError::Refused(ProposeError::NotLeader { leader }) => *leader,
+            ClientError::Proposal(ProposalError::Refused(ProposeError::NotLeader { leader }))
+            | ClientError::Read(ReadFailure::Refused(ReadError::NotLeader { leader })) => *leader,
             _ => None,
         };
         let n = self.node_count();

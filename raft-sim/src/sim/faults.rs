@@ -226,7 +226,9 @@ impl Sim {
     fn crash(&mut self, id: NodeId) {
         let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else { return };
         let survive = self.rng.gen_range(0..=n.disk.pending_writes());
+        let reads = n.node.as_ref().map(raft_core::Node::read_stats).unwrap_or_default();
         n.power_off(survive);
+        self.stats.add_reads(reads);
         let now = self.now;
         self.rec.mark(|| Mark::Power { node: id, at_us: now, up: false });
         if let Err(v) = self.safety.after_sync(id, &n.disk) {

@@ -83,6 +83,9 @@ pub struct SimConfig {
     /// Mean time between membership operations (add, promote, remove,
     /// replace, transfer) while the faults last; 0 for none.
     pub reconfig_every_us: u64,
+    /// Read-only commands are served by ReadIndex (or the lease, with the
+    /// profile's `lease_reads`) instead of through the log, as raftkv does.
+    pub reads_without_log: bool,
     /// Explicit fault schedule; replaces the profile's random partitions
     /// and crashes when set.
     pub schedule: Option<Vec<ScheduledFault>>,
@@ -118,11 +121,21 @@ impl SimConfig {
             snapshot_trailing,
             spares,
             reconfig_every_us,
+            reads_without_log: true,
             schedule: None,
             trace: false,
             timeline: false,
         }
     }
+}
+
+/// The drift bound (in ticks per election timeout) that covers clocks each
+/// off by up to `drift` in either direction: over the `election - 1` ticks a
+/// follower is guaranteed to wait, a clock fast by `drift` gains
+/// `(election - 1) * 2 * drift / (1 + drift)` ticks on one slow by as much.
+pub fn lease_drift_bound(election_ticks: u32, drift: f64) -> u32 {
+    let gain = f64::from(election_ticks.saturating_sub(1)) * 2.0 * drift / (1.0 + drift);
+    gain.ceil() as u32
 }
 
 /// A safety or liveness failure of a run.
@@ -173,6 +186,9 @@ pub struct RunReport {
     pub peak_log_len: usize,
     /// Membership operations the leader was asked for.
     pub reconfigs: u64,
+    /// Reads served without the log: confirmed by a read round, from a
+    /// leader's lease.
+    pub reads: (u64, u64),
 }
 
 /// Counters reported at the end of a run.
@@ -192,6 +208,8 @@ struct Stats {
     peak_log_len: usize,
     /// Membership operations the leader was asked for.
     reconfigs: u64,
+    /// Reads served by a read round and by a lease, over every incarnation.
+    reads: raft_core::ReadStats,
 }
 
 /// One simulated world.
@@ -267,6 +285,11 @@ impl Sim {
         c.election_ticks = self.rng.gen_range(6..=12);
         c.heartbeat_ticks = self.rng.gen_range(1..=2);
         c.snapshot_trailing_entries = self.cfg.snapshot_trailing;
+        if self.cfg.profile.lease_reads {
+            c.check_quorum = true;
+            c.lease_reads = true;
+            c.max_clock_drift_ticks = lease_drift_bound(c.election_ticks, self.cfg.profile.clock_drift);
+        }
         c
     }
 
@@ -363,7 +386,12 @@ impl Sim {
         }
     }
 
-    fn report(self, history: Vec<Operation>, linearizability: Option<CheckResult>) -> RunReport {
+    fn report(mut self, history: Vec<Operation>, linearizability: Option<CheckResult>) -> RunReport {
+        for n in self.nodes.values() {
+            if let Some(node) = &n.node {
+                self.stats.add_reads(node.read_stats());
+            }
+        }
         let completed_ops = history.iter().filter(|o| o.outcome != Outcome::Unknown).count();
         RunReport {
             seed: self.cfg.seed,
@@ -381,7 +409,18 @@ impl Sim {
             snapshots: (self.stats.snapshots_taken, self.stats.snapshots_installed, self.stats.snapshots_aborted),
             peak_log_len: self.stats.peak_log_len,
             reconfigs: self.stats.reconfigs,
+            reads: (self.stats.reads.by_round, self.stats.reads.by_lease),
         }
+    }
+}
+
+impl Stats {
+    /// Adds one node incarnation's read counters.
+    fn add_reads(&mut self, r: raft_core::ReadStats) {
+        self.reads.by_round += r.by_round;
+        self.reads.by_lease += r.by_lease;
+        self.reads.released += r.released;
+        self.reads.rejected += r.rejected;
     }
 }
 

@@ -13,6 +13,16 @@ use super::queue::Ev;
 use crate::timeline::Mark;
 use raft_driver_std::proposals::ProposalError;
 use raft_driver_std::raftkv::store::KvResult;
+use raft_driver_std::reads::ReadFailure;
+
+/// Why a node could not answer a client: the driver's proposal or read error.
+#[derive(Clone, Debug)]
+pub(super) enum ClientError {
+    /// A write (or a read through the log) failed.
+    Proposal(ProposalError),
+    /// A read served without the log failed (it never takes effect).
+    Read(ReadFailure),
+}
 
 /// Client ids live above node ids so both share one address space.
 pub(super) const CLIENT_BASE: u64 = 1000;
@@ -26,7 +36,7 @@ pub(super) enum NetMsg {
     Request(Request),
     /// A node's answer to a client: the store's result and the log index it
     /// was applied at, or why there is none (the driver's error).
-    Reply { client: u64, seq: u64, result: Result<(KvResult, Index), ProposalError> },
+    Reply { client: u64, seq: u64, result: Result<(KvResult, Index), ClientError> },
 }
 
 /// Which links are cut, and the speed of each link.

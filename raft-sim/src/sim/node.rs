@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use raft_core::{Action, Bytes, Config, Entry, EntryKind, Event, Index, Node, NodeId, Persist, Role, Term};
 use raft_driver_std::StateMachine;
 use raft_driver_std::proposals::{ProposalTracker, Settled};
-use raft_driver_std::raftkv::store::{KvRequest, KvStore};
+use raft_driver_std::raftkv::store::{KvOp, KvRequest, KvStore};
+use raft_driver_std::reads::{ReadSettled, ReadTracker};
 use rand::Rng;
 
-use super::network::NetMsg;
+use super::network::{ClientError, NetMsg};
 use super::queue::Ev;
 use super::{Sim, TICK_US};
 use crate::disk::SimDisk;
@@ -51,6 +52,9 @@ pub(super) struct SimNode {
     max_sessions: usize,
     /// The driver's proposal bookkeeping: which client waits for which entry.
     proposals: ProposalTracker<Waiter>,
+    /// The driver's read bookkeeping: which client waits for which read, the op to run and the
+    /// reader's clock (ms) when it arrived.
+    reads: ReadTracker<(Waiter, KvOp, u64)>,
     /// (session, seq) of every command that took effect on this node's
     /// state machine since it (re)started: the exactly-once check.
     took_effect: BTreeSet<(u64, u64)>,
@@ -68,6 +72,7 @@ impl SimNode {
             sm: KvStore::with_max_sessions(max_sessions),
             max_sessions,
             proposals: ProposalTracker::new(),
+            reads: ReadTracker::new(),
             took_effect: BTreeSet::new(),
         }
     }
@@ -82,6 +87,7 @@ impl SimNode {
         self.sync_pending = false;
         // The process is gone, and with it every waiting client's connection.
         self.proposals = ProposalTracker::new();
+        self.reads = ReadTracker::new();
     }
 
     /// Brings the node back as `node` (restored from its disk) with a
@@ -206,9 +212,14 @@ impl Sim {
         let now = self.now;
         self.rec.note(now, || crate::fmt::action(id, &action));
         let mut settled = Vec::new();
-        self.nodes.get_mut(&id).expect("node").proposals.on_action(&action, |s| settled.push(s));
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.proposals.on_action(&action, |s| settled.push(s));
+        let read = n.reads.on_action(&action);
         if !settled.is_empty() {
             self.answer(id, settled);
+        }
+        if let Some(read) = read {
+            self.answer_read(id, read);
         }
         match action {
             Action::Send { to, message } => self.send(id, to, NetMsg::Raft(message)),
@@ -236,13 +247,30 @@ impl Sim {
         for s in settled {
             match s {
                 Settled::Failed(w, error) => {
-                    self.send(id, w.client, NetMsg::Reply { client: w.client, seq: w.seq, result: Err(error) });
+                    let result = Err(ClientError::Proposal(error));
+                    self.send(id, w.client, NetMsg::Reply { client: w.client, seq: w.seq, result });
                 }
                 Settled::Applied(w) => {
                     self.fail("proposal tracking", format!("node {id}: {w:?} settled as applied outside an apply"))
                 }
             }
         }
+    }
+
+    /// A read the core released (served from the store as it is now, after the step's applies, exactly
+    /// as the driver's node thread runs it) or refused.
+    fn answer_read(&mut self, id: NodeId, read: ReadSettled<(Waiter, KvOp, u64)>) {
+        let (w, result) = match read {
+            ReadSettled::Ready((w, op, now_ms)) => {
+                let Some(result) = self.nodes[&id].sm.query(&op, now_ms) else {
+                    return self.fail("reads", format!("node {id}: {op:?} was served as a read but is not one"));
+                };
+                // A read acknowledges no log index (`max_acked_index` is about writes).
+                (w, Ok((result, 0)))
+            }
+            ReadSettled::Failed((w, _, _), error) => (w, Err(ClientError::Read(error))),
+        };
+        self.send(id, w.client, NetMsg::Reply { client: w.client, seq: w.seq, result });
     }
 
     /// A write to the node's disk, volatile until an fsync covers it.
@@ -330,7 +358,16 @@ impl Sim {
     /// A node receives a client request and proposes it, as the driver's node thread does: the
     /// tracker learns who waits, and the core accepts or refuses.
     pub(super) fn request(&mut self, id: NodeId, request: Request) {
+        let now_ms = self.now / 1000;
         let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else { return };
+        // Read-only commands are served without the log, as the raftkv server serves them.
+        if let Ok(KvRequest { op, .. }) = KvRequest::decode(&request.data)
+            && op.is_read_only()
+            && self.cfg.reads_without_log
+        {
+            let event = n.reads.start((request.waiter, op, now_ms));
+            return self.step(id, event);
+        }
         n.proposals.queue(request.waiter);
         self.step(id, Event::Propose { data: request.data });
         let mut settled = Vec::new();

@@ -29,6 +29,11 @@ impl Sim {
         if !policy.is_due(applied.saturating_sub(last), 0) || node.installing_snapshot().is_some() {
             return;
         }
+        // As the driver: only where the core can describe the snapshot (a
+        // joining node cannot before the entry that added it).
+        if node.snapshot_meta_at(applied).is_none() {
+            return;
+        }
         // (The store's own `last_applied` is its last command: no-op entries
         // never reach it.)
         // Through the trait, as the driver takes it: the O(1) capture, then the encoding.
