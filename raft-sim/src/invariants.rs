@@ -83,6 +83,9 @@ pub struct Safety {
     entries: EntryCopies,
     /// Committed entries by index - 1: (term, fingerprint).
     committed: Vec<(Term, u64)>,
+    /// By index - 1: the term of the node that first reported each entry
+    /// committed (at least the term it was committed in).
+    commit_terms: Vec<Term>,
     nodes: IdMap<NodeWatch>,
     /// Each node's log, as terms by index - 1, mirrored from its writes.
     shadow: IdMap<Vec<Term>>,
@@ -141,7 +144,7 @@ impl Safety {
                 Action::Apply { entries } => {
                     self.check_apply_durable(id, applied, entries, disk)?;
                     applied = entries.last().map_or(applied, |e| e.index);
-                    self.check_apply(id, entries)?
+                    self.check_apply(id, node.term(), entries)?
                 }
                 Action::RoleChanged { role: Role::Leader, term, .. } => self.check_new_leader(id, *term, node)?,
                 _ => {}
@@ -282,14 +285,21 @@ impl Safety {
     }
 
     /// State machine safety: no two nodes apply different entries at an index.
-    fn check_apply(&mut self, id: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+    fn check_apply(&mut self, id: NodeId, node_term: Term, entries: &[Entry]) -> Result<(), Violation> {
         for e in entries {
-            self.record_committed(id, e.index, e.term, fingerprint(e))?;
+            self.record_committed(id, node_term, e.index, e.term, fingerprint(e))?;
         }
         Ok(())
     }
 
-    fn record_committed(&mut self, id: NodeId, index: Index, term: Term, fp: u64) -> Result<(), Violation> {
+    fn record_committed(
+        &mut self,
+        id: NodeId,
+        at_term: Term,
+        index: Index,
+        term: Term,
+        fp: u64,
+    ) -> Result<(), Violation> {
         let pos = (index - 1) as usize;
         if pos < self.committed.len() {
             if self.committed[pos] != (term, fp) {
@@ -301,6 +311,7 @@ impl Safety {
             }
         } else if pos == self.committed.len() {
             self.committed.push((term, fp));
+            self.commit_terms.push(at_term);
         } else {
             return violation(
                 "commit gap",
@@ -319,11 +330,17 @@ impl Safety {
         }
         self.leaders.insert(term, id);
         // Entries compacted into the leader's snapshot are judged by the
-        // snapshot checks; the rest must be in its log.
+        // snapshot checks; the rest must be in its log. Only entries
+        // committed in a lower term count (§5.4.3: "present in the logs of
+        // the leaders for all higher-numbered terms"): a candidate of an old
+        // term whose own vote became durable late can still win that term
+        // after a newer leader committed entries (seed 9672 of
+        // `--profile lease-drift`), and it can never commit anything.
         let compacted = node.first_index() - 1;
-        for (i, &(t, _)) in self.committed.iter().enumerate().skip(compacted as usize) {
+        let entries = self.committed.iter().zip(&self.commit_terms).enumerate().skip(compacted as usize);
+        for (i, (&(t, _), &at)) in entries {
             let index = i as Index + 1;
-            if node.term_at(index) != Some(t) {
+            if at < term && node.term_at(index) != Some(t) {
                 return violation(
                     "leader completeness",
                     format!("leader {id} of term {term} lacks committed entry {index}/{t}"),
@@ -360,7 +377,7 @@ impl Safety {
         for index in old_commit + 1..=node.commit_index() {
             if let Some(e) = node.entry(index) {
                 let fp = fingerprint(e);
-                self.record_committed(id, index, e.term, fp)?;
+                self.record_committed(id, node.term(), index, e.term, fp)?;
                 continue;
             }
             if index > snapshot.0 {

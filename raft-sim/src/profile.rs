@@ -35,9 +35,13 @@ pub struct Profile {
     pub down_for_us: (u64, u64),
     /// Maximum clock drift: each node ticks at `tick * (1 ± drift)`.
     pub clock_drift: f64,
-    /// Leaders serve reads from leases (`Config::lease_reads`), with a drift
-    /// bound that covers `clock_drift`.
-    pub lease_reads: bool,
+    /// Leaders serve reads from leases (`Config::lease_reads`), with the
+    /// drift bound this much clock drift calls for (`None`: no leases). The
+    /// `lease` profile's covers its `clock_drift`; `lease-drift`'s does not.
+    pub lease_reads: Option<f64>,
+    /// Some faults slow a node's clock to a quarter of its speed for a
+    /// while (`partition_for_us`), the leader's most often.
+    pub slow_clocks: bool,
 }
 
 impl Profile {
@@ -46,7 +50,15 @@ impl Profile {
 
     /// Profiles only chosen by name, never by seed: `lease` is `chaos` with
     /// lease reads (its clocks drift 5%, inside the configured bound).
-    pub const EXTRA: [&'static str; 1] = ["lease"];
+    ///
+    /// `lease-drift` is `lease` with clock faults beyond the bound (a node's
+    /// clock, most often the leader's, slowed to a quarter of its speed for a
+    /// while) and with frequent partitions instead of crashes: it shows the checker catching leases that outlive
+    /// the followers' promise (ReadIndex under the same clocks is `chaos`,
+    /// whose clocks drift 10%).
+    /// `slow-clocks` is `lease-drift` with ReadIndex instead of leases: the
+    /// same clock faults, which ReadIndex does not depend on.
+    pub const EXTRA: [&'static str; 3] = ["lease", "lease-drift", "slow-clocks"];
 
     /// A named profile.
     pub fn named(name: &str) -> Option<Profile> {
@@ -65,7 +77,8 @@ impl Profile {
             crash_every_us: 0,
             down_for_us: (0, 0),
             clock_drift: 0.0,
-            lease_reads: false,
+            lease_reads: None,
+            slow_clocks: false,
         };
         let p = match name {
             "calm" => calm,
@@ -119,8 +132,25 @@ impl Profile {
                 crash_every_us: 400_000,
                 down_for_us: (10_000, 300_000),
                 clock_drift: 0.05,
-                lease_reads: true,
+                lease_reads: Some(0.05),
                 ..calm
+            },
+            "lease-drift" => Profile {
+                name: "lease-drift",
+                clock_drift: 0.05,
+                slow_clocks: true,
+                // Frequent, long partitions and no crashes: a cut-off
+                // leader that keeps its lease is what this profile is for.
+                drop: 0.01,
+                partition_every_us: 150_000,
+                partition_for_us: (150_000, 400_000),
+                crash_every_us: 0,
+                ..Profile::named("lease").expect("lease")
+            },
+            "slow-clocks" => Profile {
+                name: "slow-clocks",
+                lease_reads: None,
+                ..Profile::named("lease-drift").expect("lease-drift")
             },
             _ => return None,
         };

@@ -29,6 +29,12 @@ pub enum Fault {
     Crash(NodeId),
     /// Restart a crashed node from its disk.
     Restart(NodeId),
+    /// A node's clock runs at a quarter of its speed (a stepped or slewed
+    /// clock, a starved VM) while the node itself keeps running: the fault
+    /// that leases assume away.
+    SlowClock(NodeId),
+    /// The node's clock runs at its normal speed again.
+    NormalClock(NodeId),
 }
 
 /// A fault at a virtual time.
@@ -122,6 +128,9 @@ impl Sim {
     fn random_fault(&mut self) -> Fault {
         let p = &self.cfg.profile;
         let (can_partition, can_crash) = (p.partition_every_us > 0, p.crash_every_us > 0);
+        if p.slow_clocks && self.rng.gen_bool(0.4) {
+            return self.random_slow_clock();
+        }
         let crash = can_crash && (!can_partition || self.rng.gen_bool(0.5));
         if crash {
             return self.random_crash();
@@ -140,6 +149,20 @@ impl Sim {
         let heal_after = self.rng.gen_range(lo..=hi);
         self.push(self.now + heal_after, Ev::Fault(Fault::Heal));
         self.random_partition()
+    }
+
+    /// Slows one node's clock (the leader most of the time) and queues its
+    /// return to normal.
+    fn random_slow_clock(&mut self) -> Fault {
+        let ids: Vec<NodeId> = self.nodes.keys().collect();
+        let victim = match self.current_leader() {
+            Some(l) if self.rng.gen_bool(0.7) => l,
+            _ => *ids.choose(&mut self.rng).expect("ids"),
+        };
+        let (lo, hi) = self.cfg.profile.partition_for_us;
+        let slow_for = self.rng.gen_range(lo..=hi);
+        self.push(self.now + slow_for, Ev::Fault(Fault::NormalClock(victim)));
+        Fault::SlowClock(victim)
     }
 
     /// Restarts a crashed node, or crashes one (the leader more often than
@@ -218,6 +241,8 @@ impl Sim {
             }
             Fault::Crash(id) => self.crash(id),
             Fault::Restart(id) => self.restart(id),
+            Fault::SlowClock(id) => self.set_clock_speed(id, 4),
+            Fault::NormalClock(id) => self.set_clock_speed(id, 1),
         }
     }
 

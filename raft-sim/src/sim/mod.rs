@@ -285,10 +285,10 @@ impl Sim {
         c.election_ticks = self.rng.gen_range(6..=12);
         c.heartbeat_ticks = self.rng.gen_range(1..=2);
         c.snapshot_trailing_entries = self.cfg.snapshot_trailing;
-        if self.cfg.profile.lease_reads {
+        if let Some(assumed) = self.cfg.profile.lease_reads {
             c.check_quorum = true;
             c.lease_reads = true;
-            c.max_clock_drift_ticks = lease_drift_bound(c.election_ticks, self.cfg.profile.clock_drift);
+            c.max_clock_drift_ticks = lease_drift_bound(c.election_ticks, assumed);
         }
         c
     }

@@ -44,6 +44,8 @@ pub(super) struct SimNode {
     pub(super) inc: u64,
     /// The length of this node's tick (its clock drifts).
     tick_us: u64,
+    /// A slow-clock fault divides the clock's speed by this (1: normal).
+    pub(super) clock_slowdown: u64,
     /// An fsync is in progress.
     sync_pending: bool,
     /// The real raftkv store, driven through the driver's `StateMachine` trait.
@@ -68,6 +70,7 @@ impl SimNode {
             disk: SimDisk::new(),
             inc: 0,
             tick_us,
+            clock_slowdown: 1,
             sync_pending: false,
             sm: KvStore::with_max_sessions(max_sessions),
             max_sessions,
@@ -157,6 +160,13 @@ impl Sim {
         (TICK_US as f64 * f) as u64
     }
 
+    /// A slow-clock fault starts (`slowdown` > 1) or ends (1).
+    pub(super) fn set_clock_speed(&mut self, id: NodeId, slowdown: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.clock_slowdown = slowdown;
+        }
+    }
+
     /// The crashed nodes, by id.
     pub(super) fn down_nodes(&self) -> Vec<NodeId> {
         self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| id).collect()
@@ -177,7 +187,7 @@ impl Sim {
         if n.inc != inc || n.node.is_none() {
             return;
         }
-        let next = self.now + n.tick_us;
+        let next = self.now + n.tick_us * n.clock_slowdown;
         self.push(next, Ev::Tick { node: id, inc });
         self.step(id, Event::Tick);
     }
