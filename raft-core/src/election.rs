@@ -224,9 +224,16 @@ impl Node {
         if won {
             if self.role == Role::PreCandidate {
                 self.campaign(false, false);
-            } else {
+            } else if self.hard_state_durable() {
                 self.become_leader();
             }
+            // Otherwise the others' votes suffice but our own term and vote
+            // are not yet on disk: wait for them (`after_persisted` tallies
+            // again). A leader that crashed before then would restart in the
+            // previous term, could win this term a second time with the same
+            // votes, and append a different entry at an index it already used
+            // in this term (found by the simulator: seed 3384 of
+            // `run --seeds 0..10000 --profile lease`, a Log Matching violation).
         } else if lost {
             let term = self.hard_state.term;
             self.become_follower(term, None);

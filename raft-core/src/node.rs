@@ -172,6 +172,7 @@ impl Node {
         let (membership, membership_index) = node.membership_at(node.log.last_index());
         node.membership = membership;
         node.membership_index = membership_index;
+        node.reads_start(seed);
         node.reset_election_timer();
         Ok(node)
     }

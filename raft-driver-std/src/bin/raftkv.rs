@@ -103,6 +103,10 @@ enum Cmd {
         /// Pass --no-fsync to every node.
         #[arg(long)]
         no_fsync: bool,
+        /// How read-only commands are served: index (ReadIndex, the default), lease, or log (the
+        /// cluster file's `[reads] mode`).
+        #[arg(long, default_value = "index", value_parser = parse_read_mode)]
+        read_mode: ReadMode,
     },
     /// Print the WAL's persisted term, vote, log range and health as JSON (exit 1 if corrupt).
     Inspect {
@@ -188,7 +192,9 @@ fn main() -> ExitCode {
             run_node(&node)
         }
         Cmd::Admin { addr, wait_secs, command } => run_admin(addr, Duration::from_secs(wait_secs), &command),
-        Cmd::Cluster { nodes, data_dir, port, no_fsync } => run_cluster(nodes, data_dir, port, no_fsync),
+        Cmd::Cluster { nodes, data_dir, port, no_fsync, read_mode } => {
+            run_cluster(nodes, data_dir, port, no_fsync, read_mode)
+        }
         Cmd::Inspect { data_dir } => run_inspect(&data_dir),
     }
 }
@@ -466,7 +472,16 @@ impl Drop for Children {
     }
 }
 
-fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool) -> ExitCode {
+fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
+    match s {
+        "index" => Ok(ReadMode::Index),
+        "lease" => Ok(ReadMode::Lease),
+        "log" => Ok(ReadMode::Log),
+        other => Err(format!("unknown read mode {other:?}: index, lease or log")),
+    }
+}
+
+fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool, read_mode: ReadMode) -> ExitCode {
     if nodes == 0 || nodes > 255 {
         return fail("--nodes must be between 1 and 255");
     }
@@ -486,10 +501,11 @@ fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool)
             }
         }
     }
-    let cluster = match ClusterConfig::local(nodes, port) {
+    let mut cluster = match ClusterConfig::local(nodes, port) {
         Ok(cluster) => cluster,
         Err(e) => return fail(e),
     };
+    cluster.reads.mode = read_mode;
     let (dir, temporary) = match data_dir {
         Some(dir) => (dir, false),
         None => (std::env::temp_dir().join(format!("raftkv-cluster-{}", std::process::id())), true),

@@ -177,12 +177,7 @@ impl<S: StateMachine> Driver<S> {
                 f(&self.state_machine);
                 Ok(())
             }
-            Input::Read(job) => {
-                // The lease is measured on the core's clock: bring it up to date first.
-                self.catch_up_ticks()?;
-                let event = self.reads.start(job);
-                self.step(event)
-            }
+            Input::Read(job) => self.read(job),
             Input::Campaign => self.step(Event::Campaign),
             Input::ChangeMembership { change, addr, reply } => {
                 self.change_membership(change, addr, reply);
@@ -231,6 +226,27 @@ impl<S: StateMachine> Driver<S> {
             Some(input) => self.handle(input),
             None => Ok(()),
         }
+    }
+
+    /// Steps a read together with every read already queued behind it (up to [`MAX_PROPOSE_BATCH`]),
+    /// then handles the first other input it drained: the core shares one read round among all reads
+    /// that arrive while a round is in flight, and this makes them arrive together.
+    fn read(&mut self, job: ReadJob<S>) -> Result<(), DriverError> {
+        // The lease is measured on the core's clock: bring it up to date first.
+        self.catch_up_ticks()?;
+        let event = self.reads.start(job);
+        self.step(event)?;
+        for _ in 1..MAX_PROPOSE_BATCH {
+            match self.inputs.try_recv() {
+                Ok(Input::Read(job)) => {
+                    let event = self.reads.start(job);
+                    self.step(event)?;
+                }
+                Ok(other) => return self.handle(other),
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     /// A timer tick. Without leases the timer's dropped ticks stay dropped (a stalled node must not
