@@ -1,19 +1,24 @@
 //! Arbitrary event sequences (messages decoded from fuzz bytes, the
-//! driver's snapshot reports, membership changes and transfers) into one
-//! node: it must never panic, and its invariants must hold after every step.
+//! driver's snapshot reports, membership changes, transfers and reads) into
+//! one node: it must never panic, its invariants must hold after every step,
+//! and every read is answered at most once, released only at an applied index.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeSet;
+
 use raft_core::{Action, Bytes, Config, Event, MembershipChange, Message, Node};
 
 fuzz_target!(|data: &[u8]| {
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), 7).expect("config");
     let mut last_seq = 0;
     let mut install = None;
+    let mut reads_open = BTreeSet::new();
+    let mut next_read = 0u64;
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
-        let event = match op % 11 {
+        let event = match op % 12 {
             0 => Event::Tick,
             1 => Event::Propose { data: Bytes::from_static(b"x") },
             2 => Event::Persisted { seq: last_seq },
@@ -37,6 +42,11 @@ fuzz_target!(|data: &[u8]| {
                 Event::ChangeMembership { change, context: None }
             }
             7 => Event::TransferLeadership { to: u64::from(op / 11 % 6) },
+            8 => {
+                next_read += 1;
+                reads_open.insert(next_read);
+                Event::ReadIndex { ctx: next_read }
+            }
             _ => {
                 let Some((&len, tail)) = rest.split_first() else { break };
                 let len = (len as usize).min(tail.len());
@@ -51,6 +61,11 @@ fuzz_target!(|data: &[u8]| {
             match action {
                 Action::Persist(p) => last_seq = p.seq,
                 Action::InstallSnapshot { meta, .. } => install = Some(meta),
+                Action::ReadReady { ctx, index } => {
+                    assert!(reads_open.remove(&ctx), "read {ctx} answered twice or never asked");
+                    assert!(index <= node.applied_index(), "read released before its index was applied");
+                }
+                Action::ReadRejected { ctx, .. } => assert!(reads_open.remove(&ctx), "read {ctx} answered twice"),
                 _ => {}
             }
         }

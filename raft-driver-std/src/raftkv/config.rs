@@ -276,6 +276,29 @@ mod tests {
         let config = ClusterConfig::parse(text).expect("example parses");
         assert_eq!(config.nodes.len(), 3);
         assert_eq!(config.timing, Timing::default());
+        assert_eq!(config.reads, ReadsConfig::default());
+    }
+
+    #[test]
+    fn reads_table_selects_the_mode_and_refuses_unknown_ones() {
+        let base = include_str!("../../examples/cluster.toml");
+        let lease = base.replace("mode = \"index\"", "mode = \"lease\"").replace("drift_ticks = 1", "drift_ticks = 3");
+        let config = ClusterConfig::parse(&lease).expect("parses");
+        assert_eq!(config.reads, ReadsConfig { mode: ReadMode::Lease, max_clock_drift_ticks: 3 });
+        assert_eq!(config.reads.mode.to_string(), "lease");
+        let log = ClusterConfig::parse(&base.replace("mode = \"index\"", "mode = \"log\"")).expect("parses");
+        assert_eq!(log.reads.mode, ReadMode::Log);
+        let bad = base.replace("mode = \"index\"", "mode = \"fast\"");
+        assert!(ClusterConfig::parse(&bad).is_err(), "an unknown read mode is refused");
+        let without: String = base
+            .lines()
+            .filter(|l| !l.starts_with("mode") && !l.starts_with("max_clock"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let without = without.replace("[reads]", "");
+        assert_eq!(ClusterConfig::parse(&without).expect("parses").reads, ReadsConfig::default());
+        let round_trip = ClusterConfig::parse(&config.to_toml()).expect("round trip");
+        assert_eq!(round_trip.reads, config.reads);
     }
 
     #[test]
