@@ -120,20 +120,9 @@ impl Profile {
             },
             "lease" => Profile {
                 name: "lease",
-                latency_us: (200, 8_000),
-                drop: 0.05,
-                duplicate: 0.03,
-                delay: 0.03,
-                slow_latency_us: 60_000,
-                slow_disk: 0.02,
-                slow_fsync_us: 80_000,
-                partition_every_us: 400_000,
-                partition_for_us: (50_000, 400_000),
-                crash_every_us: 400_000,
-                down_for_us: (10_000, 300_000),
                 clock_drift: 0.05,
                 lease_reads: Some(0.05),
-                ..calm
+                ..Profile::named("chaos").expect("chaos")
             },
             "lease-drift" => Profile {
                 name: "lease-drift",
