@@ -21,9 +21,14 @@ bench:
 fuzz target="step":
     cd fuzz && cargo +nightly fuzz run {{target}}
 
-# A local 3-node raftkv cluster on ports 6379-6381.
-cluster nodes="3":
-    cargo run --release -p raft-driver-std --bin raftkv -- cluster --nodes {{nodes}}
+# A local 3-node raftkv cluster on ports 6379-6381 (`just cluster 3 lease` for lease reads).
+cluster nodes="3" reads="index":
+    cargo run --release -p raft-driver-std --bin raftkv -- cluster --nodes {{nodes}} --read-mode {{reads}}
+
+# The read figures of docs/benchmarks.md against redis-server (needs redis-server, redis-benchmark, bc).
+read-figures:
+    cargo build --release -p raft-driver-std --bin raftkv --example mixed
+    scripts/read_figures.sh
 
 # Formatting and lints, as CI checks them.
 lint: fmt clippy
