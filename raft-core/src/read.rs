@@ -183,7 +183,7 @@ impl Node {
                 if self.reads.fwd_answered == self.reads.fwd_sent {
                     // No request in flight: ask now. Otherwise this read
                     // goes with the next request, sent when the one in flight
-                    // is answered (or at the next heartbeat interval).
+                    // is answered (or retried after half an election timeout).
                     self.send_read_request();
                 }
             }
@@ -196,12 +196,12 @@ impl Node {
     /// A read at this leader, from its own client (`from: None`) or a follower.
     fn leader_read(&mut self, ctx: u64, from: Option<NodeId>) {
         let index = self.commit_index.max(self.reads.term_start);
+        let deadline = self.reads.clock + self.read_timeout();
         if self.lease_valid() && self.commit_index >= self.reads.term_start {
             self.reads.stats.by_lease += 1;
-            self.serve_read(ctx, from, index);
+            self.serve_read(ctx, from, index, deadline);
             return;
         }
-        let deadline = self.reads.clock + self.read_timeout();
         let round = self.reads.seq_sent + 1;
         self.reads.unconfirmed.push_back(Unconfirmed { ctx, from, round, index, deadline });
         if self.reads.seq_sent - self.reads.seq_confirmed < MAX_READ_ROUNDS_IN_FLIGHT {
@@ -218,12 +218,9 @@ impl Node {
 
     /// The read's index is known: serve it here once applied, or tell the
     /// follower that asked.
-    fn serve_read(&mut self, ctx: u64, from: Option<NodeId>, index: Index) {
+    fn serve_read(&mut self, ctx: u64, from: Option<NodeId>, index: Index, deadline: u64) {
         match from {
-            None => {
-                let deadline = self.reads.clock + self.read_timeout();
-                self.reads.ready.push(Ready { ctx, index, deadline });
-            }
+            None => self.reads.ready.push(Ready { ctx, index, deadline }),
             Some(to) => {
                 let body = MessageBody::ReadIndexResponse(ReadIndexResponse { ctx, index: Some(index) });
                 self.send(to, body);
@@ -236,8 +233,12 @@ impl Node {
         self.reads.seq_sent += 1;
         let seq = self.reads.seq_sent;
         self.reads.rounds.push_back((seq, self.reads.clock));
-        for to in self.other_voters() {
-            self.send(to, MessageBody::ReadRound { seq });
+        // `progress` holds every other member: no list of voters to build.
+        for i in 0..self.progress.len() {
+            let to = self.progress[i].id;
+            if self.membership.is_voter(to) {
+                self.send(to, MessageBody::ReadRound { seq });
+            }
         }
         // A leader that is the only voter confirms its own round.
         self.update_read_confirmation();
@@ -317,7 +318,7 @@ impl Node {
             }
             self.reads.unconfirmed.pop_front();
             self.reads.stats.by_round += 1;
-            self.serve_read(r.ctx, r.from, r.index);
+            self.serve_read(r.ctx, r.from, r.index, r.deadline);
         }
     }
 

@@ -72,6 +72,7 @@ scenarios! {
     scenario_32_read_across_step_down => "32_read_across_step_down",
     scenario_33_lease_read => "33_lease_read",
     scenario_34_lease_clock_drift => "34_lease_clock_drift",
+    scenario_35_lease_rules => "35_lease_rules",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),

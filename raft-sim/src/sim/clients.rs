@@ -170,9 +170,9 @@ impl Sim {
         let client = &self.clients.list[c];
         let (Some(o), Some(command)) = (client.current, client.command.clone()) else { return };
         let (id, target) = (client.id, client.target);
-        let data = Op::request(command, o.session, o.seq, self.now / 1000);
+        let data = Op::request(command.clone(), o.session, o.seq, self.now / 1000);
         self.note(|| format!("client {id} -> {target} {:?} seq {} attempt {}", o.op, o.seq, o.attempt));
-        let request = Request { waiter: Waiter { client: id, seq: o.seq }, data };
+        let request = Request { waiter: Waiter { client: id, seq: o.seq }, op: command, data };
         self.send(id, target, NetMsg::Request(request));
         // The timeout doubles with each one that passed, as a real client's does: a fixed timeout
         // shorter than a slow leader's commit latency would add a copy of the command to its log on

@@ -26,10 +26,12 @@ pub(super) struct Waiter {
     pub(super) seq: u64,
 }
 
-/// A client request as it reaches a node: the encoded [`KvRequest`] and who waits for it.
+/// A client request as it reaches a node: the command as the server's parser read it, its encoded
+/// [`KvRequest`] and who waits for it.
 #[derive(Clone, Debug)]
 pub(super) struct Request {
     pub(super) waiter: Waiter,
+    pub(super) op: KvOp,
     pub(super) data: Bytes,
 }
 
@@ -371,11 +373,8 @@ impl Sim {
         let now_ms = self.now / 1000;
         let Some(n) = self.nodes.get_mut(&id).filter(|n| n.node.is_some()) else { return };
         // Read-only commands are served without the log, as the raftkv server serves them.
-        if let Ok(KvRequest { op, .. }) = KvRequest::decode(&request.data)
-            && op.is_read_only()
-            && self.cfg.reads_without_log
-        {
-            let event = n.reads.start((request.waiter, op, now_ms));
+        if request.op.is_read_only() && self.cfg.reads_without_log {
+            let event = n.reads.start((request.waiter, request.op, now_ms));
             return self.step(id, event);
         }
         n.proposals.queue(request.waiter);
