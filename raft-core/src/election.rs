@@ -99,7 +99,8 @@ impl Node {
     /// Elected, it leads without counting itself, commits
     /// the change and steps down (thesis §4.2.2).
     fn can_campaign(&self) -> bool {
-        if self.installing.is_some() {
+        // A node repairing a lost log would vote for itself on the short one.
+        if self.installing.is_some() || self.repair.is_some() {
             return false;
         }
         if self.is_voter() {
@@ -151,7 +152,13 @@ impl Node {
         let hs = self.hard_state;
         let can_vote =
             hs.vote == Some(from) || (hs.vote.is_none() && self.leader.is_none()) || (req.pre_vote && term > hs.term);
-        let granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);
+        let mut granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);
+        if granted && !self.up_to_date_with_lost_log(req.last_log_index, req.last_log_term) {
+            // Our disk lost entries we may have acknowledged; the candidate
+            // must be as up to date as the log we had.
+            self.stats.votes_refused_in_repair += 1;
+            granted = false;
+        }
         if req.pre_vote {
             // A granted pre-vote echoes the candidate's future term so it can
             // count it; a refusal carries ours so it can catch up.

@@ -17,7 +17,7 @@ pub use message::{
     AppendEntries, AppendEntriesResponse, InstallSnapshot, Message, MessageBody, ReadIndex, ReadIndexResponse,
     RequestVote, RequestVoteResponse,
 };
-pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
+pub use types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, Repair, SnapshotMeta, Term};
 
 pub use bytes::Bytes;
 

@@ -19,7 +19,7 @@ use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::stats::Stats;
-use crate::types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, SnapshotMeta, Term};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, PersistedState, Repair, SnapshotMeta, Term};
 
 /// A leadership transfer under way (thesis §3.10).
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +105,9 @@ pub struct Node {
     pub(crate) leader_commit: Index,
     /// Highest `match_index` acknowledged to the current leader.
     pub(crate) acked_index: Index,
+    /// Set while the node is repaired after its disk lost synced log
+    /// entries through this index ([`Node::begin_repair`]).
+    pub(crate) repair: Option<Repair>,
 
     // Leader state: one entry per other member (voters and learners), by id.
     pub(crate) progress: Vec<Progress>,
@@ -163,6 +166,7 @@ impl Node {
             matched_index: 0,
             leader_commit: 0,
             acked_index: 0,
+            repair: None,
             progress: Vec::new(),
             stats: Stats::default(),
             out: Vec::new(),
@@ -207,6 +211,7 @@ impl Node {
         self.flush_persist();
         self.maybe_apply();
         self.release_applied_reads();
+        self.check_repaired();
         if before != (self.role, self.hard_state.term, self.leader) {
             self.reads_after_role_change();
             let (role, term, leader) = (self.role, self.hard_state.term, self.leader);
@@ -667,6 +672,76 @@ impl Node {
     /// Highest index the driver has confirmed durable.
     pub fn persisted_index(&self) -> Index {
         self.persisted_index
+    }
+
+    /// The driver found that this node's disk lost log entries it had
+    /// synced (and so may have acknowledged): a segment shorter than its
+    /// synced length, a record below the synced mark that fails its check.
+    /// `lost` names the last entry the log held durably before the loss.
+    /// Call it after [`Node::restore`], before the first step, and again
+    /// after every restart with the same mark until [`Node::repairing`] says
+    /// the repair is over; the driver keeps the mark durably meanwhile.
+    ///
+    /// Why: entries this node acknowledged may be committed *because* it
+    /// acknowledged them. Voting with the shortened log could elect a
+    /// candidate that lacks them (Protocol-Aware Recovery, Alagappan et al.,
+    /// FAST 2018, shows lost logs breaking Raft this way). Raft's vote rule
+    /// (§5.4.1) needs only the voter's last entry: a candidate at least as
+    /// up to date as a log holding a committed entry holds that entry. So
+    /// the node judges candidates against the *lost* last entry as well as
+    /// its present one, which keeps every promise its lost log made, and
+    /// never campaigns (its own vote would rest on the short log). It still
+    /// follows a leader and acknowledges what it now durably holds; the
+    /// leader notices that it holds less than it acknowledged and resends
+    /// the rest ([`crate::Stats::follower_regressions`]).
+    ///
+    /// The repair is over once the durable log's last entry is at least as
+    /// up to date as the lost one: from then on the present log alone is
+    /// the stricter judge. Until then a majority of the others can still
+    /// elect a leader as usual. With more than one node of a majority
+    /// losing synced data at once, committed entries may be gone from every
+    /// copy and no protocol can keep its guarantees. The hard state (term
+    /// and vote) is not covered: a node that lost it must rejoin as a new
+    /// member.
+    pub fn begin_repair(&mut self, lost: Repair) {
+        if lost.lost_through == 0 {
+            return;
+        }
+        let later = |a: Repair, b: Repair| (a.last_term, a.lost_through) >= (b.last_term, b.lost_through);
+        self.repair = Some(match self.repair {
+            Some(r) if later(r, lost) => r,
+            _ => lost,
+        });
+        if self.role != Role::Follower {
+            let term = self.hard_state.term;
+            self.become_follower(term, None);
+        }
+        self.check_repaired();
+    }
+
+    /// `Some` while the node is being repaired (see [`Node::begin_repair`]):
+    /// it never campaigns and judges candidates against its lost log too.
+    /// `None` once repaired; the driver then drops its durable mark.
+    pub fn repairing(&self) -> Option<Repair> {
+        self.repair
+    }
+
+    /// Whether a candidate whose log ends at (`last_index`, `last_term`)
+    /// is at least as up to date as the log this node lost.
+    pub(crate) fn up_to_date_with_lost_log(&self, last_index: Index, last_term: Term) -> bool {
+        self.repair.is_none_or(|r| (last_term, last_index) >= (r.last_term, r.lost_through))
+    }
+
+    /// Ends the repair once the durable log's last entry is at least as up
+    /// to date as the lost one.
+    fn check_repaired(&mut self) {
+        if let Some(r) = self.repair {
+            let durable = self.persisted_index;
+            let term = self.log.term(durable).unwrap_or(0);
+            if (term, durable) >= (r.last_term, r.lost_through) {
+                self.repair = None;
+            }
+        }
     }
 
     /// Index of the last log entry (durable or not).

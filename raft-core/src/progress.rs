@@ -92,6 +92,16 @@ impl Progress {
         advanced
     }
 
+    /// The follower lost entries it had acknowledged and now holds the log
+    /// only through `holds`: lower `match_index` to that (the one place it
+    /// ever goes down) and probe from there.
+    pub(crate) fn regress(&mut self, holds: Index) {
+        self.match_index = self.match_index.min(holds);
+        self.match_at_heartbeat = self.match_at_heartbeat.min(holds);
+        self.commit_sent = self.commit_sent.min(holds);
+        self.become_probe(holds + 1);
+    }
+
     pub(crate) fn become_probe(&mut self, next_index: Index) {
         self.state = ProgressState::Probe;
         self.next_index = next_index.max(self.match_index + 1);

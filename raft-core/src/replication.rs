@@ -265,6 +265,18 @@ impl Node {
         if stale || rejected == 0 {
             return;
         }
+        // A current rejection at or below what the follower acknowledged,
+        // or one saying its log ends before that: its disk lost entries it
+        // had synced. Matching is not monotone after all; believe what it
+        // holds now and resend the rest, or it never catches up and its
+        // answers keep satisfying CheckQuorum while it holds nothing.
+        let holds = if conflict_term.is_none() { conflict_index.saturating_sub(1) } else { rejected - 1 };
+        if rejected <= pr.match_index || holds < pr.match_index {
+            self.stats.follower_regressions += 1;
+            let holds = holds.min(rejected - 1);
+            self.progress[i].regress(holds);
+        }
+        let pr = &self.progress[i];
         let next = match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
             Some(last_of_term) => last_of_term + 1,
             None => conflict_index,

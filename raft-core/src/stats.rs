@@ -25,4 +25,11 @@ pub struct Stats {
     /// applied or not newer than the current snapshot, `SnapshotInstalled`
     /// or `SnapshotAborted` with no install under way.
     pub dropped_bad_snapshot: u64,
+    /// Votes and pre-votes refused because the candidate is less up to date
+    /// than the log this node's disk lost ([`crate::Node::begin_repair`]).
+    pub votes_refused_in_repair: u64,
+    /// Times this node, as leader, found a follower holding less than the
+    /// match index it had acknowledged (its disk lost synced entries) and
+    /// went back to repair it.
+    pub follower_regressions: u64,
 }

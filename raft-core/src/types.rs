@@ -73,6 +73,20 @@ pub struct SnapshotMeta {
     pub membership: crate::Membership,
 }
 
+/// The last entry a node's log held durably before its disk lost synced
+/// entries (see [`crate::Node::begin_repair`]). The driver records the
+/// synced end of its log as it syncs, and keeps this mark durably (beside
+/// the hard state) from the moment it finds a loss until
+/// [`crate::Node::repairing`] returns `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Repair {
+    /// Index of the last synced entry before the loss (every entry the node
+    /// may have acknowledged lies at or below it).
+    pub lost_through: Index,
+    /// Term of that entry.
+    pub last_term: Term,
+}
+
 /// Everything a driver loads from stable storage to restart a node with
 /// [`crate::Node::restore`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

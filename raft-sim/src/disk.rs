@@ -54,6 +54,19 @@ impl SimDisk {
         self.pending.clear();
     }
 
+    /// The disk loses synced log entries: only the first `keep` entries
+    /// after the snapshot survive (the snapshot and hard state, kept
+    /// apart and redundantly, do). Returns the log's last index before the
+    /// loss if anything was lost.
+    pub fn lose_synced(&mut self, keep: usize) -> Option<Index> {
+        if keep >= self.durable.entries.len() {
+            return None;
+        }
+        let before = self.durable.last_index();
+        self.durable.entries.truncate(keep);
+        Some(before)
+    }
+
     /// What a restarting node loads.
     pub fn durable(&self) -> &PersistedState {
         &self.durable

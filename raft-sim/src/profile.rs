@@ -42,6 +42,13 @@ pub struct Profile {
     /// Some faults slow a node's clock to a quarter of its speed for a
     /// while (`partition_for_us`), the leader's most often.
     pub slow_clocks: bool,
+    /// Probability that a crash also costs the node's disk synced log
+    /// entries (a cut segment, a record failing its check), which its
+    /// driver notices ([`raft_core::Node::begin_repair`]). Never on two
+    /// nodes at once and only in clusters of three or more voters: with a
+    /// majority losing what it acknowledged, no protocol can keep its
+    /// guarantees, and a two-voter cluster needs the repairing node's vote.
+    pub disk_loss: f64,
 }
 
 impl Profile {
@@ -79,6 +86,7 @@ impl Profile {
             clock_drift: 0.0,
             lease_reads: None,
             slow_clocks: false,
+            disk_loss: 0.0,
         };
         let p = match name {
             "calm" => calm,
@@ -100,6 +108,7 @@ impl Profile {
                 crash_every_us: 250_000,
                 down_for_us: (10_000, 300_000),
                 clock_drift: 0.05,
+                disk_loss: 0.2,
                 ..calm
             },
             "chaos" => Profile {
@@ -116,6 +125,7 @@ impl Profile {
                 crash_every_us: 400_000,
                 down_for_us: (10_000, 300_000),
                 clock_drift: 0.1,
+                disk_loss: 0.15,
                 ..calm
             },
             "lease" => Profile {

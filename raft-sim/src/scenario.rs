@@ -30,12 +30,13 @@
 //! | `isolate ID` | cut every link of ID |
 //! | `heal` | restore all links |
 //! | `crash ID` | lose unsynced writes (and any install under way), restart from disk |
+//! | `lose-synced ID KEEP` | crash ID, and its disk loses every synced entry after the first KEEP following its snapshot; the restarted node is repaired (`Node::begin_repair`) |
 //! | `snapshot ID [INDEX]` | the driver took a snapshot at INDEX (default: the applied index) |
 //! | `install ID` | the driver finished the snapshot install the node asked for |
 //! | `abort-install ID` | the driver gave the install up |
 //! | `status` | one line per node |
 //! | `log ID` | the node's log |
-//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last`, `first` (first index in memory), `snapshot` (its last index, 0 for none), `installing` (true/false), `voters`, `outgoing`, `learners` (comma-separated ids, `-` for none), `transfer` (target or `none`) match |
+//! | `expect ID key=value...` | fail unless `role`, `term`, `vote`, `leader`, `commit`, `applied`, `last`, `first` (first index in memory), `snapshot` (its last index, 0 for none), `installing` (true/false), `voters`, `outgoing`, `learners` (comma-separated ids, `-` for none), `transfer` (target or `none`), `repairing` (true/false), `regressions` (followers found holding less than they acknowledged), `refused-in-repair` (votes refused for the lost log), `matchN` (the leader's match index for node N) match |
 //! | `expect-count KIND [<=]N` | fail unless N messages of KIND were sent since `reset-count` |
 //! | `reset-count` | zero the message counters |
 //! | `# ...` | comment, echoed |
@@ -72,6 +73,8 @@ struct Member {
     disk: SimDisk,
     config: Config,
     restarts: u64,
+    /// The driver's durable repair mark, after `lose-synced`.
+    repair: Option<raft_core::Repair>,
 }
 
 /// A hand-driven cluster.
@@ -231,7 +234,11 @@ impl Scenario {
                 self.cut.clear();
                 Ok(())
             }
-            "crash" => self.crash(self.id(args, 0)?),
+            "crash" => self.crash(self.id(args, 0)?, None),
+            "lose-synced" => {
+                let keep = parse::<usize>(args.get(1).ok_or("lose-synced needs a count")?, "count")?;
+                self.crash(self.id(args, 0)?, Some(keep))
+            }
             "snapshot" => {
                 let id = self.id(args, 0)?;
                 let index = match args.get(1) {
@@ -313,7 +320,7 @@ impl Scenario {
         for id in voters {
             let config = Config { id, ..template.clone() };
             let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
-            self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0 });
+            self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0, repair: None });
         }
         self.template = Some(template);
         Ok(())
@@ -325,7 +332,7 @@ impl Scenario {
         let template = self.template.clone().ok_or("join needs an earlier add-nodes")?;
         let config = Config { id, voters: Vec::new(), ..template };
         let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
-        self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0 });
+        self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0, repair: None });
         Ok(())
     }
 
@@ -482,14 +489,35 @@ impl Scenario {
         Ok(())
     }
 
-    fn crash(&mut self, id: NodeId) -> Result<(), String> {
+    /// Crashes and restarts `id`; with `keep`, its disk also loses the synced entries after the
+    /// first `keep`, and the driver (which notices) repairs the node.
+    fn crash(&mut self, id: NodeId, keep: Option<usize>) -> Result<(), String> {
         let m = self.members.get_mut(&id).expect("member");
+        if m.node.repairing().is_none() {
+            m.repair = None;
+        }
         m.disk.crash();
+        if let Some(keep) = keep {
+            let last_term = m.disk.durable().entries.last().map_or(0, |e| e.term);
+            if let Some(lost_through) = m.disk.lose_synced(keep) {
+                let lost = raft_core::Repair { lost_through, last_term };
+                let key = |r: &raft_core::Repair| (r.last_term, r.lost_through);
+                m.repair = Some(m.repair.filter(|r| key(r) > key(&lost)).unwrap_or(lost));
+            }
+        }
         m.restarts += 1;
         self.installs.remove(&id);
         let seed = id + 1000 * m.restarts;
         self.safety.on_restart(id, m.disk.durable());
         m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
+        if let Some(mark) = m.repair {
+            m.node.begin_repair(mark);
+            let _ = writeln!(
+                self.trace,
+                "{id} lost synced entries after {} of them: repairing {mark:?}",
+                keep.unwrap_or(0)
+            );
+        }
         self.inbox.remove(&id);
         let line = self.status_line(id);
         let _ = writeln!(self.trace, "{id} crashed and restarted: {line}");
@@ -532,6 +560,13 @@ impl Scenario {
                 "outgoing" => ids_text(&n.membership().outgoing),
                 "learners" => ids_text(&n.membership().learners),
                 "transfer" => n.transfer_target().map_or("none".into(), |v| v.to_string()),
+                "repairing" => n.repairing().is_some().to_string(),
+                "regressions" => n.stats().follower_regressions.to_string(),
+                "refused-in-repair" => n.stats().votes_refused_in_repair.to_string(),
+                k if k.starts_with("match") => {
+                    let peer = parse::<NodeId>(&k[5..], "match peer")?;
+                    n.progress(peer).map_or("none".into(), |p| p.match_index.to_string())
+                }
                 _ => return Err(format!("unknown expectation {k:?}")),
             };
             if got != want {

@@ -61,6 +61,8 @@ pub struct SweepSummary {
     pub reconfigs: u64,
     /// Reads served without the log: by a read round, by a lease.
     pub reads: (u64, u64),
+    /// Disks that lost synced entries, and repairs completed.
+    pub disk_losses: (u64, u64),
     /// Failing runs, by seed.
     pub failures: Vec<RunReport>,
 }
@@ -76,6 +78,8 @@ impl SweepSummary {
         self.reconfigs += r.reconfigs;
         self.reads.0 += r.reads.0;
         self.reads.1 += r.reads.1;
+        self.disk_losses.0 += r.disk_losses.0;
+        self.disk_losses.1 += r.disk_losses.1;
         match r.linearizability {
             Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
             Some(CheckResult::Undecided { .. }) => self.undecided += 1,
@@ -99,6 +103,8 @@ impl SweepSummary {
         self.reconfigs += other.reconfigs;
         self.reads.0 += other.reads.0;
         self.reads.1 += other.reads.1;
+        self.disk_losses.0 += other.disk_losses.0;
+        self.disk_losses.1 += other.disk_losses.1;
         self.failures.extend(other.failures);
     }
 }

@@ -73,6 +73,7 @@ scenarios! {
     scenario_33_lease_read => "33_lease_read",
     scenario_34_lease_clock_drift => "34_lease_clock_drift",
     scenario_35_lease_rules => "35_lease_rules",
+    scenario_36_repair_lost_synced_entries => "36_repair_lost_synced_entries",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),

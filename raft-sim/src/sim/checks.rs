@@ -27,7 +27,12 @@ impl Sim {
             return;
         }
         let membership = leader.membership();
-        let holds = |v: NodeId| self.nodes.get(&v).is_some_and(|n| n.disk.durably_holds(commit, term));
+        // A disk that lost synced entries in this leader's term may have
+        // acknowledged this one before: its ack counts as it was given.
+        let since = self.nodes[&id].led_since_us;
+        let holds = |v: NodeId| {
+            self.nodes.get(&v).is_some_and(|n| n.disk.durably_holds(commit, term) || n.lost_at_us >= Some(since))
+        };
         if !membership.has_quorum(holds) {
             let on: Vec<NodeId> =
                 self.nodes.iter().filter(|(_, n)| n.disk.durably_holds(commit, term)).map(|(v, _)| v).collect();
@@ -36,6 +41,38 @@ impl Sim {
                 crate::fmt::membership(membership)
             );
             self.fail("commit rule", detail);
+        }
+    }
+
+    /// The leader's match index for each follower names an entry that
+    /// follower holds on its disk, unless the follower has moved to a newer
+    /// term since (a newer leader may have cut it) or its disk lost synced
+    /// entries in this leader's term (the leader learns that from its next
+    /// rejection and repairs it).
+    pub(super) fn check_match_indexes(&mut self, id: NodeId) {
+        let leader = self.nodes[&id].node.as_ref().expect("leader");
+        let (term, since) = (leader.term(), self.nodes[&id].led_since_us);
+        let mut broken = None;
+        for (fid, f) in self.nodes.iter() {
+            let Some(pr) = (fid != id).then(|| leader.progress(fid)).flatten() else { continue };
+            let m = pr.match_index;
+            if m == 0 || f.lost_at_us >= Some(since) {
+                continue;
+            }
+            let f_term = f.node.as_ref().map_or(f.disk.durable().hard_state.term, |x| x.term());
+            if f_term != term {
+                continue;
+            }
+            let Some(t) = leader.term_at(m) else { continue };
+            if !f.disk.durably_holds(m, t) {
+                broken = Some(format!(
+                    "leader {id} of term {term} has match index {m}/{t} for node {fid}, whose disk does not hold it"
+                ));
+                break;
+            }
+        }
+        if let Some(detail) = broken {
+            self.fail("match index", detail);
         }
     }
 

@@ -35,6 +35,10 @@ pub enum Fault {
     SlowClock(NodeId),
     /// The node's clock runs at its normal speed again.
     NormalClock(NodeId),
+    /// A crashed node's disk loses a random suffix of its synced log
+    /// entries; its driver notices on restart and the node is repaired
+    /// ([`raft_core::Node::begin_repair`]). No effect on a running node.
+    LoseSynced(NodeId),
 }
 
 /// A fault at a virtual time.
@@ -181,7 +185,47 @@ impl Sim {
         let (lo, hi) = self.cfg.profile.down_for_us;
         let down_for = self.rng.gen_range(lo..=hi);
         self.push(self.now + down_for, Ev::Fault(Fault::Restart(victim)));
+        let loss = self.cfg.profile.disk_loss;
+        if loss > 0.0 && self.rng.gen_bool(loss) && self.may_lose_synced(victim) {
+            self.push(self.now + 1, Ev::Fault(Fault::LoseSynced(victim)));
+        }
         Fault::Crash(victim)
+    }
+
+    /// Whether the random faults may cost `victim` synced data: no other
+    /// node is being repaired or lost data in a term still led, and every
+    /// configuration any node holds has three or more voters (see
+    /// [`crate::profile::Profile::disk_loss`]).
+    fn may_lose_synced(&self, victim: NodeId) -> bool {
+        let others_clean = self.nodes.iter().all(|(id, n)| id == victim || n.repair_mark.is_none());
+        let big_enough = self.nodes.iter().filter_map(|(_, n)| n.node.as_ref()).all(|x| {
+            let m = x.membership();
+            m.voters.len() >= 3 && (m.outgoing.is_empty() || m.outgoing.len() >= 3)
+        });
+        others_clean && big_enough
+    }
+
+    /// A crashed node's disk loses a random suffix of its synced entries.
+    fn lose_synced(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get(&id).filter(|n| n.node.is_none()) else { return };
+        let len = n.disk.durable().entries.len();
+        if len == 0 {
+            return;
+        }
+        let keep = self.rng.gen_range(0..len);
+        let now = self.now;
+        let n = self.nodes.get_mut(&id).expect("node");
+        let last_term = n.disk.durable().entries.last().map_or(0, |e| e.term);
+        if let Some(lost_through) = n.disk.lose_synced(keep) {
+            // The driver's durable mark (kept beside the hard state): the
+            // more up to date of this loss and one not yet repaired.
+            let mark = raft_core::Repair { lost_through, last_term };
+            let key = |r: &raft_core::Repair| (r.last_term, r.lost_through);
+            n.repair_mark = Some(n.repair_mark.filter(|m| key(m) > key(&mark)).unwrap_or(mark));
+            n.lost_at_us = Some(now);
+            self.stats.disk_losses += 1;
+            self.note(|| format!("node {id} lost synced entries after {keep} of {len}"));
+        }
     }
 
     /// One of the partition shapes, at random.
@@ -243,6 +287,7 @@ impl Sim {
             Fault::Restart(id) => self.restart(id),
             Fault::SlowClock(id) => self.set_clock_speed(id, 4),
             Fault::NormalClock(id) => self.set_clock_speed(id, 1),
+            Fault::LoseSynced(id) => self.lose_synced(id),
         }
     }
 
@@ -271,7 +316,12 @@ impl Sim {
         let n = self.nodes.get_mut(&id).expect("node");
         self.safety.on_restart(id, n.disk.durable());
         let node = match Node::restore(n.config.clone(), n.disk.durable().clone(), seed) {
-            Ok(node) => node,
+            Ok(mut node) => {
+                if let Some(mark) = n.repair_mark {
+                    node.begin_repair(mark);
+                }
+                node
+            }
             Err(e) => {
                 self.fail("restart", format!("node {id} could not restore from its disk: {e}"));
                 return;

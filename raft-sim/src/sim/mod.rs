@@ -189,6 +189,8 @@ pub struct RunReport {
     /// Reads served without the log: confirmed by a read round, from a
     /// leader's lease.
     pub reads: (u64, u64),
+    /// Disks that lost synced entries, and nodes repaired after such a loss.
+    pub disk_losses: (u64, u64),
 }
 
 /// Counters reported at the end of a run.
@@ -210,6 +212,9 @@ struct Stats {
     reconfigs: u64,
     /// Reads served by a read round and by a lease, over every incarnation.
     reads: raft_core::ReadStats,
+    /// Crashes that also cost a disk synced entries, and repairs completed.
+    disk_losses: u64,
+    repairs: u64,
 }
 
 /// One simulated world.
@@ -410,6 +415,7 @@ impl Sim {
             peak_log_len: self.stats.peak_log_len,
             reconfigs: self.stats.reconfigs,
             reads: (self.stats.reads.by_round, self.stats.reads.by_lease),
+            disk_losses: (self.stats.disk_losses, self.stats.repairs),
         }
     }
 }

@@ -62,6 +62,13 @@ pub(super) struct SimNode {
     /// (session, seq) of every command that took effect on this node's
     /// state machine since it (re)started: the exactly-once check.
     took_effect: BTreeSet<(u64, u64)>,
+    /// The driver's durable repair mark: set when the disk lost synced
+    /// entries, dropped once the core says the repair is over.
+    pub(super) repair_mark: Option<raft_core::Repair>,
+    /// When the disk last lost synced entries.
+    pub(super) lost_at_us: Option<u64>,
+    /// When the node last became leader.
+    pub(super) led_since_us: u64,
 }
 
 impl SimNode {
@@ -79,6 +86,9 @@ impl SimNode {
             proposals: ProposalTracker::new(),
             reads: ReadTracker::new(),
             took_effect: BTreeSet::new(),
+            repair_mark: None,
+            lost_at_us: None,
+            led_since_us: 0,
         }
     }
 
@@ -203,6 +213,11 @@ impl Sim {
         let commit_before = node.commit_index();
         node.step_into(event, &mut actions);
         let inc = n.inc;
+        if n.repair_mark.is_some() && node.repairing().is_none() {
+            // The driver drops its durable mark.
+            n.repair_mark = None;
+            self.stats.repairs += 1;
+        }
         let node = n.node.as_ref().expect("node");
         self.stats.peak_log_len = self.stats.peak_log_len.max(node.entries().len());
         let checked = self.safety.after_step(id, inc, node, &n.disk, &actions);
@@ -212,6 +227,9 @@ impl Sim {
         }
         if leader_committed {
             self.check_leader_commit(id);
+        }
+        if self.nodes[&id].node.as_ref().is_some_and(|x| x.role() == Role::Leader) {
+            self.check_match_indexes(id);
         }
         for a in actions.drain(..) {
             self.execute(id, a);
@@ -362,6 +380,9 @@ impl Sim {
         let now = self.now;
         self.rec.mark(|| Mark::Role { node: id, at_us: now, role, term });
         if role == Role::Leader {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.led_since_us = now;
+            }
             self.stats.elections += 1;
             self.faults.on_leader(term);
         }
