@@ -39,17 +39,18 @@
 //! that, on every peer socket, outbound and inbound:
 //!
 //! - **Peer silence** (application level, outbound). Raft traffic is
-//!   bidirectional: every request (append, heartbeat, vote) is answered. So
-//!   when a writer has written something and nothing at all has arrived from
-//!   that peer, on any inbound connection, for
+//!   bidirectional: every request (append or heartbeat, snapshot offer,
+//!   vote, read index, read round) is answered. So when a writer has written
+//!   a request and nothing at all has arrived from that peer since, on any
+//!   inbound connection, for
 //!   [`peer_silence`](TransportConfig::peer_silence), the path is broken: the
 //!   writer closes the connection (discarding its unsent bytes, which are
 //!   stale by now), counts [`TransportStats::stalls_replaced`] and
-//!   reconnects after its backoff. A connection nothing is written on is
-//!   never replaced (followers legitimately never write to each other), and
-//!   the backoff only resets once the peer is heard from again, so a peer
-//!   that is reachable but mute is redialled at a rate the backoff bounds,
-//!   not in a loop.
+//!   reconnects after its backoff. A connection that carries no requests is
+//!   never replaced (followers legitimately never write to each other, and
+//!   nobody answers an answer), and the backoff only resets once the peer is
+//!   heard from again, so a peer that is reachable but mute is redialled at
+//!   a rate the backoff bounds, not in a loop.
 //! - **`TCP_USER_TIMEOUT`** (Linux, Android, Fuchsia):
 //!   [`tcp_user_timeout`](TransportConfig::tcp_user_timeout) bounds how long
 //!   written data may stay unacknowledged before the kernel drops the
@@ -746,6 +747,7 @@ fn writer_loop(
         batch: Vec::new(),
         last_check: Instant::now(),
         unanswered_since: None,
+        batch_asks: false,
         after_stall: false,
     };
     writer.run();
@@ -768,10 +770,13 @@ struct PeerWriter {
     batch: Vec<u8>,
     /// When the connection was last checked for liveness.
     last_check: Instant,
-    /// When ([`Shared::now`]) the first write on this connection that the
-    /// peer has not answered yet started: nothing arrived from the peer
-    /// since. `None`: everything written so far was answered.
+    /// When ([`Shared::now`]) the first write of a request on this
+    /// connection that the peer has not answered yet started: nothing
+    /// arrived from the peer since. `None`: every request written so far
+    /// was answered.
     unanswered_since: Option<u64>,
+    /// Whether the batch in `batch` holds a request (see [`asks`]).
+    batch_asks: bool,
     /// The previous connection was replaced for a stall, and the peer has
     /// not been heard from since: a new connection does not reset the
     /// backoff, so a peer that accepts connections but never answers is
@@ -933,11 +938,15 @@ impl PeerWriter {
     /// unencodable messages are dropped and counted.
     fn encode_batch(&mut self, first: Message) -> u64 {
         self.batch.clear();
+        self.batch_asks = false;
         let mut count = 0u64;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match encode_frame_into(&message, self.shared.config.max_frame_bytes, &mut self.batch) {
-                Ok(_) => count += 1,
+                Ok(_) => {
+                    count += 1;
+                    self.batch_asks |= asks(&message);
+                }
                 Err(error) => {
                     let (node_id, peer) = (self.shared.config.node_id, self.peer);
                     tracing::warn!(node_id, peer, %error, "dropping unsendable message");
@@ -962,7 +971,9 @@ impl PeerWriter {
         match stream.write_all(&self.batch).and_then(|()| stream.flush()) {
             Ok(()) => {
                 bump(&stats.sent, count);
-                self.unanswered_since.get_or_insert(started);
+                if self.batch_asks {
+                    self.unanswered_since.get_or_insert(started);
+                }
             }
             Err(error) => {
                 // Part of the batch may have been written; the stream is
@@ -973,6 +984,25 @@ impl PeerWriter {
                 self.connection = None;
             }
         }
+    }
+}
+
+/// Whether the peer answers `message`: what arms the writer's silence
+/// check. `TimeoutNow` gets no message back (its target campaigns, which it
+/// might not do at once), and answers are never answered.
+fn asks(message: &Message) -> bool {
+    use raft_core::MessageBody as Body;
+    match message.body {
+        Body::RequestVote(_)
+        | Body::AppendEntries(_)
+        | Body::InstallSnapshot(_)
+        | Body::ReadIndex(_)
+        | Body::ReadRound { .. } => true,
+        Body::RequestVoteResponse(_)
+        | Body::AppendEntriesResponse(_)
+        | Body::ReadIndexResponse(_)
+        | Body::ReadRoundAck { .. }
+        | Body::TimeoutNow => false,
     }
 }
 
