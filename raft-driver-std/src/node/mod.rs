@@ -74,6 +74,18 @@ use crate::wal::{RecoveryReport, Wal, WalError, WalOptions, WalWriterStats};
 /// buffering without limit.
 const INPUT_QUEUE_LEN: usize = 8192;
 
+/// The transport's peer silence is never set below this, however short the election timeout: under
+/// load (a busy CI machine, a slow fsync) a healthy peer can take this long to answer, and replacing its
+/// connection would only lose what is in flight.
+pub const MIN_PEER_SILENCE: Duration = Duration::from_millis(250);
+
+/// The transport's `TCP_USER_TIMEOUT` is never set below this: a few retransmissions must fit in it
+/// (Linux's shortest retransmission timeout is 200 ms), or one lost packet would cost a connection.
+pub const MIN_TCP_USER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connection attempts are given at least this long, however short the election timeout.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Everything needed to start a [`RaftNode`].
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -180,9 +192,23 @@ impl NodeOptions {
         config
     }
 
-    /// The transport configuration: the peers, and the frame bound from [`Limits`].
+    /// The transport configuration: the peers, the frame bound from [`Limits`], and liveness limits
+    /// scaled to the election timeout (see the transport's
+    /// [Liveness](crate::transport#liveness) section).
+    ///
+    /// With `e` the shortest election timeout in wall time (randomized up to `2e`): a peer silent for
+    /// `2e` after we wrote to it is treated as cut off (a follower that heard nothing from its leader for
+    /// that long has campaigned anyway), unacknowledged data is given two election timeouts (`4e`, at
+    /// least [`MIN_TCP_USER_TIMEOUT`]), and reconnects are retried at least once per `e` (connect
+    /// attempts give up after `e` too), so that after a partition heals a connection is back within
+    /// about one election timeout instead of after TCP's next retransmission.
     pub fn transport_config(&self) -> TransportConfig {
         let mut config = TransportConfig::new(self.cluster_id, self.id, self.peer_listen, self.peers.clone());
+        let election = self.timing.tick() * self.timing.election_ticks;
+        config.peer_silence = (election * 2).max(MIN_PEER_SILENCE);
+        config.tcp_user_timeout = (election * 4).max(MIN_TCP_USER_TIMEOUT);
+        config.backoff_max = election.clamp(config.backoff_initial, config.backoff_max);
+        config.connect_timeout = election.clamp(MIN_CONNECT_TIMEOUT, config.connect_timeout);
         config.max_frame_bytes = self.limits.max_frame_bytes();
         config.snapshot_dir = Some(self.snapshot_dir.clone());
         // This node's own entry in the address book, when it is a real

@@ -20,6 +20,52 @@
 //! retries), whereas a blocking send would let one slow peer stall the whole
 //! node.
 //!
+//! It never reorders, though: what one node sends another arrives in the
+//! order sent, with gaps but never an older message after a newer one. Each
+//! writer keeps one connection at a time (a replacement starts after the old
+//! one is closed), the receiving side registers a new connection from a peer
+//! as that peer's newest before reading from it, and a reader delivers a
+//! frame only while its connection is still the newest, checked under a
+//! per-peer lock that the delivery holds. So once a newer connection from a
+//! peer delivered anything, nothing from an older one ever is.
+//!
+//! # Liveness
+//!
+//! A closed connection is easy to notice (the writer peeks at an idle one,
+//! a write fails). A *stalled* one is not: during a partition that drops
+//! packets, writes keep landing in the socket buffer while TCP backs off its
+//! retransmissions exponentially, and after the heal nothing crosses until
+//! the next retransmission, tens of seconds later. Three mechanisms bound
+//! that, on every peer socket, outbound and inbound:
+//!
+//! - **Peer silence** (application level, outbound). Raft traffic is
+//!   bidirectional: every request (append or heartbeat, snapshot offer,
+//!   vote, read index, read round) is answered. So when a writer has written
+//!   a request and nothing at all has arrived from that peer since, on any
+//!   inbound connection, for
+//!   [`peer_silence`](TransportConfig::peer_silence), the path is broken: the
+//!   writer closes the connection (discarding its unsent bytes, which are
+//!   stale by now), counts [`TransportStats::stalls_replaced`] and
+//!   reconnects after its backoff. A connection that carries no requests is
+//!   never replaced (followers legitimately never write to each other, and
+//!   nobody answers an answer), and the backoff only resets once the peer is
+//!   heard from again, so a peer that is reachable but mute is redialled at
+//!   a rate the backoff bounds, not in a loop.
+//! - **`TCP_USER_TIMEOUT`** (Linux, Android, Fuchsia):
+//!   [`tcp_user_timeout`](TransportConfig::tcp_user_timeout) bounds how long
+//!   written data may stay unacknowledged before the kernel drops the
+//!   connection. It covers the direction the silence rule cannot see: a
+//!   follower whose answers are stuck while it still hears its leader.
+//! - **TCP keepalive**, probing after `peer_silence` of idleness (rounded up
+//!   to whole seconds) every second, three times: it ends a connection
+//!   whose peer vanished even when nothing is written on it, and it is the
+//!   readers' only silence check. A reader does *not* drop an inbound
+//!   connection for application-level silence: a writer with nothing to say
+//!   is silent legitimately, so doing so would make its connection flap,
+//!   while keepalive probes are answered by the peer's kernel whenever the
+//!   path works. A stalled inbound connection is also superseded as soon as
+//!   its sender reconnects.
+//!
 //! # Wire format
 //!
 //! The connecting side sends a 30-byte handshake: magic `RFTx`, wire format
@@ -115,6 +161,20 @@ pub struct TransportConfig {
     /// Limit for a handshake, for any write, and for a started frame to
     /// finish arriving. Default 5 s.
     pub io_timeout: Duration,
+    /// How long a writer waits, after writing to a peer, for anything at
+    /// all to arrive from that peer before it declares the connection
+    /// stalled and replaces it (see [Liveness](self#liveness)); also the
+    /// idle time before TCP keepalive starts probing. It should exceed the
+    /// peer's longest answer time (the driver uses the longest election
+    /// timeout: a follower silent that long has lost its leader anyway).
+    /// Default 1 s.
+    pub peer_silence: Duration,
+    /// `TCP_USER_TIMEOUT` of every peer socket on Linux (ignored elsewhere):
+    /// how long written data may stay unacknowledged before the kernel
+    /// closes the connection, instead of retransmitting with exponential
+    /// backoff for many minutes. Default 5 s, the default `io_timeout`; the
+    /// driver uses two election timeouts.
+    pub tcp_user_timeout: Duration,
     /// How often blocked threads wake up to notice shutdown (read timeout)
     /// and how often an idle writer checks that its connection is alive.
     /// Default 100 ms.
@@ -144,6 +204,8 @@ impl TransportConfig {
             backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(5),
+            peer_silence: Duration::from_secs(1),
+            tcp_user_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
             advertise: None,
             snapshot_dir: None,
@@ -169,7 +231,14 @@ impl TransportConfig {
         }
         // Zero durations would turn waits into busy loops, and std rejects a
         // zero socket timeout outright.
-        let durations = [self.backoff_initial, self.connect_timeout, self.io_timeout, self.poll_interval];
+        let durations = [
+            self.backoff_initial,
+            self.connect_timeout,
+            self.io_timeout,
+            self.peer_silence,
+            self.tcp_user_timeout,
+            self.poll_interval,
+        ];
         if durations.contains(&Duration::ZERO) || self.backoff_max < self.backoff_initial {
             return invalid("timeouts must be positive and backoff_max >= backoff_initial".into());
         }
@@ -258,8 +327,14 @@ counters! {
     connect_failures,
     /// Outbound handshakes the peer answered with a rejection.
     handshake_refused,
-    /// Established outbound connections lost (write error or peer closed).
+    /// Established outbound connections lost (write error or peer closed;
+    /// not counting `stalls_replaced`).
     disconnects,
+    /// Established outbound connections closed and redialled because the
+    /// peer stayed silent for `peer_silence` after we wrote to it: a path
+    /// that drops packets looks alive to TCP for tens of seconds, so this
+    /// is how a partition shows up (see [Liveness](self#liveness)).
+    stalls_replaced,
     /// Inbound TCP connections accepted.
     accepted,
     /// Inbound connections closed for a bad handshake: garbage or wrong
@@ -310,30 +385,52 @@ struct Shared {
     stop_rx: Receiver<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_connection_id: AtomicU64,
+    /// The origin of the [`Shared::now`] clock.
+    epoch: Instant,
 }
 
 /// One peer of a running transport.
 struct PeerSlot {
     addr: SocketAddr,
-    newest_inbound: Arc<AtomicU64>,
+    link: Arc<PeerLink>,
     /// Set when the peer is removed: its writer thread exits.
     retired: Arc<AtomicBool>,
 }
 
+/// What a peer's readers and its writer share.
+#[derive(Default)]
+struct PeerLink {
+    /// The id of the newest accepted connection from the peer.
+    newest_inbound: AtomicU64,
+    /// When a frame from the peer last arrived, on any connection
+    /// ([`Shared::now`]; 0: never). The writer's silence check reads it.
+    last_heard: AtomicU64,
+    /// Held by a reader while it checks that its connection is still the
+    /// newest and delivers a frame: what keeps a peer's messages in order
+    /// across a reconnect (see the [module documentation](self)).
+    delivery: Mutex<()>,
+}
+
 impl PeerSlot {
     fn new(addr: SocketAddr) -> PeerSlot {
-        PeerSlot { addr, newest_inbound: Arc::new(AtomicU64::new(0)), retired: Arc::new(AtomicBool::new(false)) }
+        PeerSlot { addr, link: Arc::default(), retired: Arc::new(AtomicBool::new(false)) }
     }
 
     fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
-        self.newest_inbound.store(u64::MAX, Ordering::SeqCst);
+        self.link.newest_inbound.store(u64::MAX, Ordering::SeqCst);
     }
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Nanoseconds since the transport started, never 0: a monotonic clock
+    /// that fits in an atomic.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
     }
 
     /// The listen address of peer `id`, if it is one.
@@ -385,6 +482,7 @@ impl Transport {
             stop_rx: stop_rx.clone(),
             threads: Mutex::new(Vec::new()),
             next_connection_id: AtomicU64::new(1),
+            epoch: Instant::now(),
             stats: Counters::default(),
             stopping: AtomicBool::new(false),
             inbound: Box::new(inbound),
@@ -558,14 +656,14 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) -> io::Result<bo
         old.retire();
     }
     let slot = PeerSlot::new(addr);
-    let retired = Arc::clone(&slot.retired);
+    let (retired, link) = (Arc::clone(&slot.retired), Arc::clone(&slot.link));
     slots.insert(id, slot);
     drop(slots);
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(shared.config.send_queue_len);
     let (shared_w, stop_w) = (Arc::clone(shared), shared.stop_rx.clone());
     let writer = thread::Builder::new()
         .name(format!("raft-send-{me}-{id}"))
-        .spawn(move || writer_loop(shared_w, id, addr, queue_rx, stop_w, retired))?;
+        .spawn(move || writer_loop(shared_w, id, addr, queue_rx, stop_w, retired, link))?;
     lock(&shared.threads).push(writer);
     write(&shared.queues).insert(id, queue_tx);
     tracing::info!(node_id = me, peer = id, %addr, "peer added");
@@ -632,6 +730,7 @@ fn writer_loop(
     queue: Receiver<Message>,
     stop_rx: Receiver<()>,
     retired: Arc<AtomicBool>,
+    link: Arc<PeerLink>,
 ) {
     let rng = StdRng::seed_from_u64(jitter_seed(shared.config.node_id, peer));
     let backoff = Backoff::new(shared.config.backoff_initial, shared.config.backoff_max, rng);
@@ -642,10 +741,14 @@ fn writer_loop(
         queue,
         stop_rx,
         retired,
+        link,
         backoff,
         connection: None,
         batch: Vec::new(),
         last_check: Instant::now(),
+        unanswered_since: None,
+        batch_asks: false,
+        after_stall: false,
     };
     writer.run();
 }
@@ -660,11 +763,25 @@ struct PeerWriter {
     stop_rx: Receiver<()>,
     /// The peer was removed ([`Transport::set_peers`]): stop.
     retired: Arc<AtomicBool>,
+    /// Shared with the peer's readers: when we last heard from it.
+    link: Arc<PeerLink>,
     backoff: Backoff,
     connection: Option<TcpStream>,
     batch: Vec<u8>,
     /// When the connection was last checked for liveness.
     last_check: Instant,
+    /// When ([`Shared::now`]) the first write of a request on this
+    /// connection that the peer has not answered yet started: nothing
+    /// arrived from the peer since. `None`: every request written so far
+    /// was answered.
+    unanswered_since: Option<u64>,
+    /// Whether the batch in `batch` holds a request (see [`asks`]).
+    batch_asks: bool,
+    /// The previous connection was replaced for a stall, and the peer has
+    /// not been heard from since: a new connection does not reset the
+    /// backoff, so a peer that accepts connections but never answers is
+    /// redialled ever more slowly instead of once per `peer_silence`.
+    after_stall: bool,
 }
 
 /// What waiting on the send queue produced.
@@ -706,8 +823,11 @@ impl PeerWriter {
             Ok(stream) => {
                 tracing::debug!(node_id, peer, %addr, "connected");
                 bump(&self.shared.stats.connects, 1);
-                self.backoff.reset();
+                if !self.after_stall {
+                    self.backoff.reset();
+                }
                 self.last_check = Instant::now();
+                self.unanswered_since = None;
                 self.connection = Some(stream);
             }
             Err(error) => {
@@ -730,12 +850,18 @@ impl PeerWriter {
     /// The peer never sends after its handshake reply, so an idle
     /// connection is only known to be dead if we look. Checking before
     /// writing avoids losing the next batch into a half-closed socket (e.g.
-    /// after the peer restarted). Checked at most once per poll interval.
+    /// after the peer restarted). A connection the peer has left unanswered
+    /// for `peer_silence` is replaced ([`PeerWriter::replace_stalled`]).
+    /// Checked at most once per poll interval.
     fn connection_alive(&mut self) -> bool {
         if self.last_check.elapsed() < self.shared.config.poll_interval {
             return true;
         }
         self.last_check = Instant::now();
+        if let Some(silent) = self.silence() {
+            self.replace_stalled(silent);
+            return false;
+        }
         let alive = self.connection.as_ref().is_some_and(peer_alive);
         if !alive {
             tracing::debug!(node_id = self.shared.config.node_id, peer = self.peer, "connection closed by peer");
@@ -743,6 +869,43 @@ impl PeerWriter {
             self.connection = None;
         }
         alive
+    }
+
+    /// How long the peer has left our writes unanswered, if that is at
+    /// least `peer_silence`. Anything heard from the peer since the first
+    /// unanswered write clears the clock (and, after a stall, the backoff).
+    fn silence(&mut self) -> Option<Duration> {
+        let since = self.unanswered_since?;
+        if self.link.last_heard.load(Ordering::SeqCst) >= since {
+            self.unanswered_since = None;
+            if std::mem::take(&mut self.after_stall) {
+                self.backoff.reset();
+            }
+            return None;
+        }
+        let silent = Duration::from_nanos(self.shared.now().saturating_sub(since));
+        (silent >= self.shared.config.peer_silence).then_some(silent)
+    }
+
+    /// Closes a connection the peer stopped answering and sleeps out the
+    /// backoff before the next attempt.
+    ///
+    /// The socket is closed with a zero linger: the kernel discards the
+    /// bytes it still holds (stale by now, and possibly stuck behind a
+    /// retransmission timer of many seconds) and resets the connection
+    /// instead of retransmitting them for minutes. The queue is kept: its
+    /// messages go out on the next connection, in order.
+    fn replace_stalled(&mut self, silent: Duration) {
+        let (node_id, peer) = (self.shared.config.node_id, self.peer);
+        tracing::info!(node_id, peer, silent_ms = silent.as_millis(), "peer silent; replacing the connection");
+        bump(&self.shared.stats.stalls_replaced, 1);
+        if let Some(stream) = self.connection.take() {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        self.unanswered_since = None;
+        self.after_stall = true;
+        // On shutdown the run loop's check ends the thread.
+        let _ = sleep_or_stop(&self.stop_rx, self.backoff.next_delay());
     }
 
     /// Waits up to the poll interval for a message to send.
@@ -775,11 +938,15 @@ impl PeerWriter {
     /// unencodable messages are dropped and counted.
     fn encode_batch(&mut self, first: Message) -> u64 {
         self.batch.clear();
+        self.batch_asks = false;
         let mut count = 0u64;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match encode_frame_into(&message, self.shared.config.max_frame_bytes, &mut self.batch) {
-                Ok(_) => count += 1,
+                Ok(_) => {
+                    count += 1;
+                    self.batch_asks |= asks(&message);
+                }
                 Err(error) => {
                     let (node_id, peer) = (self.shared.config.node_id, self.peer);
                     tracing::warn!(node_id, peer, %error, "dropping unsendable message");
@@ -799,8 +966,15 @@ impl PeerWriter {
             return;
         };
         let stats = &self.shared.stats;
+        // Taken before the write: an answer may arrive before it returns.
+        let started = self.shared.now();
         match stream.write_all(&self.batch).and_then(|()| stream.flush()) {
-            Ok(()) => bump(&stats.sent, count),
+            Ok(()) => {
+                bump(&stats.sent, count);
+                if self.batch_asks {
+                    self.unanswered_since.get_or_insert(started);
+                }
+            }
             Err(error) => {
                 // Part of the batch may have been written; the stream is
                 // unusable now, so start over on a new connection.
@@ -810,6 +984,25 @@ impl PeerWriter {
                 self.connection = None;
             }
         }
+    }
+}
+
+/// Whether the peer answers `message`: what arms the writer's silence
+/// check. `TimeoutNow` gets no message back (its target campaigns, which it
+/// might not do at once), and answers are never answered.
+fn asks(message: &Message) -> bool {
+    use raft_core::MessageBody as Body;
+    match message.body {
+        Body::RequestVote(_)
+        | Body::AppendEntries(_)
+        | Body::InstallSnapshot(_)
+        | Body::ReadIndex(_)
+        | Body::ReadRound { .. } => true,
+        Body::RequestVoteResponse(_)
+        | Body::AppendEntriesResponse(_)
+        | Body::ReadIndexResponse(_)
+        | Body::ReadRoundAck { .. }
+        | Body::TimeoutNow => false,
     }
 }
 
@@ -839,6 +1032,7 @@ fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream,
         // Raft is latency-bound (heartbeats, vote round trips) and we batch
         // ourselves, so Nagle's algorithm would only add delay.
         stream.set_nodelay(true).map_err(ConnectError::Io)?;
+        tune_peer_socket(&stream, config).map_err(ConnectError::Io)?;
         stream.set_write_timeout(Some(config.io_timeout)).map_err(ConnectError::Io)?;
         stream.set_read_timeout(Some(config.poll_interval)).map_err(ConnectError::Io)?;
         let handshake =
@@ -863,6 +1057,78 @@ fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream,
         Err(ConnectError::Refused(_)) => bump(&shared.stats.handshake_refused, 1),
     }
     result
+}
+
+/// Keepalive probes after the first: one a second, three of them.
+#[cfg(any(
+    windows,
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "ios",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+))]
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+#[cfg(any(
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "ios",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+))]
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Sets the kernel's liveness limits on a peer socket, outbound or inbound
+/// (see [Liveness](self#liveness)): keepalive after `peer_silence` idle, and
+/// `TCP_USER_TIMEOUT` where the platform has it.
+fn tune_peer_socket(stream: &TcpStream, config: &TransportConfig) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    // Keepalive times are whole seconds, and 0 is invalid.
+    let idle_secs = u64::try_from(config.peer_silence.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
+    socket
+        .set_tcp_keepalive(&keepalive_probes(socket2::TcpKeepalive::new().with_time(Duration::from_secs(idle_secs))))?;
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    socket.set_tcp_user_timeout(Some(config.tcp_user_timeout))?;
+    Ok(())
+}
+
+/// Adds the probe interval and count where they can be set.
+#[cfg(any(
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "ios",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+))]
+fn keepalive_probes(keepalive: socket2::TcpKeepalive) -> socket2::TcpKeepalive {
+    keepalive.with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_PROBES)
+}
+
+/// Adds the probe interval where it can be set (the count is the system's).
+#[cfg(windows)]
+fn keepalive_probes(keepalive: socket2::TcpKeepalive) -> socket2::TcpKeepalive {
+    keepalive.with_interval(KEEPALIVE_INTERVAL)
+}
+
+/// Elsewhere the system's probe interval and count apply.
+#[cfg(not(any(
+    windows,
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "fuchsia",
+    target_os = "ios",
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "netbsd",
+)))]
+fn keepalive_probes(keepalive: socket2::TcpKeepalive) -> socket2::TcpKeepalive {
+    keepalive
 }
 
 /// Whether an established outbound connection still looks usable, checked
@@ -928,17 +1194,19 @@ fn serve_inbound(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
         tracing::debug!(node_id, %remote, %error, "cannot configure inbound connection");
         return;
     }
-    let Some((from, newest, connection_id)) = accept_handshake(shared, &stream, remote) else {
+    let Some((from, link, connection_id)) = accept_handshake(shared, &stream, remote) else {
         return;
     };
     tracing::debug!(node_id, from, %remote, "accepted peer connection");
-    receive_frames(shared, &stream, from, newest, connection_id);
+    receive_frames(shared, &stream, from, link, connection_id);
 }
 
 /// Accepted sockets inherit non-blocking mode on some platforms; the read
-/// timeout is what lets a reader thread notice shutdown.
+/// timeout is what lets a reader thread notice shutdown, and keepalive one
+/// whose peer vanished.
 fn configure_inbound(stream: &TcpStream, config: &TransportConfig) -> io::Result<()> {
     stream.set_nonblocking(false)?;
+    tune_peer_socket(stream, config)?;
     stream.set_read_timeout(Some(config.poll_interval))?;
     stream.set_write_timeout(Some(config.io_timeout))
 }
@@ -950,7 +1218,7 @@ fn accept_handshake(
     shared: &Arc<Shared>,
     stream: &TcpStream,
     remote: SocketAddr,
-) -> Option<(NodeId, Arc<AtomicU64>, u64)> {
+) -> Option<(NodeId, Arc<PeerLink>, u64)> {
     let node_id = shared.config.node_id;
     let mut raw = [0; HANDSHAKE_LEN];
     let watch = Watch { shared, connection: None };
@@ -976,16 +1244,16 @@ fn accept_handshake(
         }
     };
     let connection_id = shared.next_connection_id.fetch_add(1, Ordering::SeqCst);
-    let newest = read(&shared.peers).get(&from).map(|p| Arc::clone(&p.newest_inbound))?;
-    newest.store(connection_id, Ordering::SeqCst);
+    let link = read(&shared.peers).get(&from).map(|p| Arc::clone(&p.link))?;
+    link.newest_inbound.store(connection_id, Ordering::SeqCst);
     (&*stream).write_all(&AckStatus::Accepted.encode()).ok()?;
-    Some((from, newest, connection_id))
+    Some((from, link, connection_id))
 }
 
 /// Decodes frames from an authenticated connection and delivers them until
 /// the connection ends, turns bad, is superseded, or the transport stops.
-fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, newest: Arc<AtomicU64>, connection_id: u64) {
-    let watch = Watch { shared, connection: Some((newest, connection_id)) };
+fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, link: Arc<PeerLink>, connection_id: u64) {
+    let watch = Watch { shared, connection: Some((Arc::clone(&link), connection_id)) };
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut payload = Vec::new();
     loop {
@@ -1000,6 +1268,13 @@ fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, newest: Arc
         };
         if payload.capacity() > KEEP_BUFFER_BYTES {
             payload = Vec::new();
+        }
+        link.last_heard.fetch_max(shared.now(), Ordering::SeqCst);
+        // A newer connection may have been accepted while this frame was
+        // read: then the frame is older than what that one carries.
+        let _turn = lock(&link.delivery);
+        if link.newest_inbound.load(Ordering::SeqCst) != connection_id {
+            return;
         }
         bump(&shared.stats.received, 1);
         shared.inbound.deliver(from, message);
@@ -1133,9 +1408,9 @@ enum Stop {
 /// What a blocked read checks each time its read timeout fires.
 struct Watch<'a> {
     shared: &'a Shared,
-    /// The peer's newest-connection counter and this connection's id, for
-    /// an authenticated inbound connection.
-    connection: Option<(Arc<AtomicU64>, u64)>,
+    /// The peer's link (whose newest-connection id is checked) and this
+    /// connection's id, for an authenticated inbound connection.
+    connection: Option<(Arc<PeerLink>, u64)>,
 }
 
 impl Watch<'_> {
@@ -1143,8 +1418,8 @@ impl Watch<'_> {
         if self.shared.stopping() {
             return Some(Stop::Shutdown);
         }
-        let (newest, id) = self.connection.as_ref()?;
-        (newest.load(Ordering::SeqCst) != *id).then_some(Stop::Superseded)
+        let (link, id) = self.connection.as_ref()?;
+        (link.newest_inbound.load(Ordering::SeqCst) != *id).then_some(Stop::Superseded)
     }
 }
 

@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use raft_core::{AppendEntries, Bytes, Entry, EntryKind, Message, MessageBody, NodeId, RequestVote};
+use raft_core::{
+    AppendEntries, Bytes, Entry, EntryKind, Message, MessageBody, NodeId, RequestVote, RequestVoteResponse,
+};
 
 use super::frame::{ACK_LEN, AckStatus, Handshake};
 use super::*;
@@ -469,4 +471,187 @@ fn transport_peers_change_while_running() {
     t1.refuse(&[]);
     t1.set_peers(&[(3, a3)]).unwrap();
     send_until_received(&t1, 3, &inbox3, &vote(9));
+}
+
+/// A TCP proxy whose path can stall the way one that drops packets does:
+/// `stall` freezes every connection it holds, and each one it accepts until
+/// `heal`, for good. A frozen connection stays open but carries nothing
+/// more either way (bytes already read are discarded), as a real one
+/// waiting out TCP's retransmission backoff, which after a long partition
+/// is tens of seconds, far beyond these tests. Connections accepted after
+/// `heal` forward normally. Dropping it closes everything.
+struct StallProxy {
+    addr: SocketAddr,
+    stalled: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallProxy {
+    fn start(target: SocketAddr) -> StallProxy {
+        let listener = bind();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stalled_a, connections_a, stop_a) = (Arc::clone(&stalled), Arc::clone(&connections), Arc::clone(&stop));
+        let acceptor = std::thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !stop_a.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                // Registered under the lock `stall` takes: none is missed.
+                let frozen = {
+                    let mut all = lock(&connections_a);
+                    let frozen = Arc::new(AtomicBool::new(stalled_a.load(Ordering::SeqCst)));
+                    all.push(Arc::clone(&frozen));
+                    frozen
+                };
+                client.set_nonblocking(false).unwrap();
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let (frozen, stop) = (Arc::clone(&frozen), Arc::clone(&stop_a));
+                    pumps.push(std::thread::spawn(move || pump(from, to, &frozen, &stop)));
+                }
+            }
+            for pump in pumps {
+                let _ = pump.join();
+            }
+        });
+        StallProxy { addr, stalled, connections, stop, acceptor: Some(acceptor) }
+    }
+
+    fn stall(&self) {
+        let all = lock(&self.connections);
+        self.stalled.store(true, Ordering::SeqCst);
+        for frozen in all.iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn heal(&self) {
+        let _all = lock(&self.connections);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// Copies `from` to `to` until either closes, the proxy stops, or forever
+/// nothing once `frozen`.
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, stop: &AtomicBool) {
+    from.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let mut buf = [0; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        if frozen.load(Ordering::SeqCst) {
+            // Reads nothing: the sender's socket buffers fill, as in a real stall.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            // Checked again: what arrives once frozen never crosses.
+            Ok(n) if !frozen.load(Ordering::SeqCst) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// Short silence limits; the handshake limit (`io_timeout`) bounds how long
+/// a connection attempt through a stalled proxy waits for its reply.
+fn stall_config(node_id: NodeId, listen: SocketAddr, peers: Vec<(NodeId, SocketAddr)>) -> TransportConfig {
+    let mut config = config(node_id, listen, peers);
+    config.peer_silence = Duration::from_millis(150);
+    config.io_timeout = Duration::from_millis(300);
+    config
+}
+
+/// The partition, in miniature: both directions stall (packets
+/// dropped, nothing closed) while both nodes keep talking, then the path
+/// heals. The old connections never recover by themselves (TCP would wait
+/// out its retransmission backoff); messages must flow again soon after the
+/// heal because each writer noticed the silence and replaced its connection.
+#[test]
+fn transport_replaces_a_stalled_connection() {
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (to_2, to_1) = (StallProxy::start(a2), StallProxy::start(a1));
+    let (t1, inbox1) = start(stall_config(1, a1, vec![(2, to_2.addr)]), l1);
+    let (t2, inbox2) = start(stall_config(2, a2, vec![(1, to_1.addr)]), l2);
+    send_until_received(&t1, 2, &inbox2, &vote(1));
+    send_until_received(&t2, 1, &inbox1, &granted(1));
+    assert_eq!((t1.stats().stalls_replaced, t2.stats().stalls_replaced), (0, 0));
+
+    to_2.stall();
+    to_1.stall();
+    // A leader's heartbeats one way, a candidate's vote requests the other:
+    // unanswered, so both writers give their connections up.
+    assert!(
+        eventually(|| {
+            t1.send(2, vote(2));
+            t2.send(1, vote(2));
+            std::thread::sleep(Duration::from_millis(10));
+            t1.stats().stalls_replaced >= 1 && t2.stats().stalls_replaced >= 1
+        }),
+        "stalled connections replaced: {:?} {:?}",
+        t1.stats(),
+        t2.stats()
+    );
+    let crossed = |inbox: &Inbox| inbox.try_iter().any(|(_, m)| m == vote(2));
+    assert!(!crossed(&inbox1) && !crossed(&inbox2), "nothing crosses a stalled path");
+
+    to_2.heal();
+    to_1.heal();
+    // Within PATIENCE (2 s); TCP alone would take until its next
+    // retransmission, which never comes through these frozen connections.
+    send_until_received(&t1, 2, &inbox2, &vote(3));
+    send_until_received(&t2, 1, &inbox1, &vote(3));
+    assert!(t1.stats().connects >= 2 && t2.stats().connects >= 2);
+}
+
+fn granted(term: u64) -> Message {
+    Message { term, body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote: false, granted: true }) }
+}
+
+/// Only an unanswered request counts as silence: a connection that idles
+/// after its requests were answered, or that carries only answers (nobody
+/// answers those), is never replaced.
+#[test]
+fn transport_keeps_idle_and_answering_connections() {
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    // A longer limit than the other tests: an answer slower than it (a
+    // loaded machine) would be a stall.
+    let config =
+        |id, listen, peers| TransportConfig { peer_silence: Duration::from_millis(400), ..config(id, listen, peers) };
+    let (t1, inbox1) = start(config(1, a1, vec![(2, a2)]), l1);
+    let (t2, inbox2) = start(config(2, a2, vec![(1, a1)]), l2);
+    send_until_received(&t1, 2, &inbox2, &vote(1));
+    send_until_received(&t2, 1, &inbox1, &granted(1));
+    // Three silence limits of idleness.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!((t1.stats().stalls_replaced, t2.stats().stalls_replaced), (0, 0));
+    send_until_received(&t1, 2, &inbox2, &vote(2));
+    send_until_received(&t2, 1, &inbox1, &granted(2));
+    assert_eq!((t1.stats().connects, t1.stats().disconnects), (1, 0));
+    assert_eq!((t2.stats().connects, t2.stats().disconnects), (1, 0));
 }

@@ -103,6 +103,8 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("peer_messages_received", t.received.to_string()),
             ("peer_messages_dropped", (t.dropped_full + t.dropped_unreachable + t.dropped_write).to_string()),
             ("peer_connects", t.connects.to_string()),
+            ("peer_disconnects", t.disconnects.to_string()),
+            ("peer_stalls_replaced", t.stalls_replaced.to_string()),
             ("peer_handshakes_rejected", t.handshake_rejected.to_string()),
             ("peer_bad_frames", t.bad_frames.to_string()),
             ("store_commands_executed", store.executed.to_string()),
