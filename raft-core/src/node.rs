@@ -707,11 +707,7 @@ impl Node {
         if lost.lost_through == 0 {
             return;
         }
-        let later = |a: Repair, b: Repair| (a.last_term, a.lost_through) >= (b.last_term, b.lost_through);
-        self.repair = Some(match self.repair {
-            Some(r) if later(r, lost) => r,
-            _ => lost,
-        });
+        self.repair = Some(self.repair.map_or(lost, |r| r.max(lost)));
         if self.role != Role::Follower {
             let term = self.hard_state.term;
             self.become_follower(term, None);
@@ -729,7 +725,7 @@ impl Node {
     /// Whether a candidate whose log ends at (`last_index`, `last_term`)
     /// is at least as up to date as the log this node lost.
     pub(crate) fn up_to_date_with_lost_log(&self, last_index: Index, last_term: Term) -> bool {
-        self.repair.is_none_or(|r| (last_term, last_index) >= (r.last_term, r.lost_through))
+        self.repair.is_none_or(|r| r.covered_by(last_index, last_term))
     }
 
     /// Ends the repair once the durable log's last entry is at least as up
@@ -737,8 +733,7 @@ impl Node {
     fn check_repaired(&mut self) {
         if let Some(r) = self.repair {
             let durable = self.persisted_index;
-            let term = self.log.term(durable).unwrap_or(0);
-            if (term, durable) >= (r.last_term, r.lost_through) {
+            if r.covered_by(durable, self.log.term(durable).unwrap_or(0)) {
                 self.repair = None;
             }
         }

@@ -87,6 +87,21 @@ pub struct Repair {
     pub last_term: Term,
 }
 
+impl Repair {
+    /// Whether a durable log ending at (`last_index`, `last_term`) is at
+    /// least as up to date as the lost one (Raft's order: last term first,
+    /// then length): the repair is over. The core and the driver's WAL both
+    /// decide by this, so they agree on when the durable mark goes.
+    pub fn covered_by(&self, last_index: Index, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.last_term, self.lost_through)
+    }
+
+    /// The more demanding of two marks (the one fewer logs cover).
+    pub fn max(self, other: Repair) -> Repair {
+        if other.covered_by(self.lost_through, self.last_term) { other } else { self }
+    }
+}
+
 /// Everything a driver loads from stable storage to restart a node with
 /// [`crate::Node::restore`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

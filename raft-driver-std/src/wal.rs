@@ -67,6 +67,7 @@ mod format;
 mod golden_tests;
 mod record;
 mod recovery;
+mod state_file;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -77,7 +78,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use raft_core::{Entry, HardState, Index, Persist, PersistedState, SnapshotMeta};
+use std::time::{Duration, Instant};
+
+use raft_core::{Entry, HardState, Index, Persist, PersistedState, Repair, SnapshotMeta, Term};
+pub use state_file::STATE_FILE_VERSION;
+use state_file::StateFileV1;
 
 use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_header};
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
@@ -103,11 +108,18 @@ pub struct WalOptions {
     /// A segment is closed once adding a record would take it past this
     /// many bytes (a single larger record still gets a segment of its own).
     pub segment_size: u64,
+    /// How long the synced mark in the state file (`raft-state`) may lag
+    /// the log: after a sync, the file is rewritten if this much time
+    /// passed since it last was (and always when the hard state changed).
+    /// Synced entries newer than the mark can be lost without recovery
+    /// noticing; zero closes that window at the price of a rename and two
+    /// more fsyncs per sync. Default 100 ms.
+    pub state_file_interval: Duration,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_size: DEFAULT_SEGMENT_SIZE }
+        WalOptions { segment_size: DEFAULT_SEGMENT_SIZE, state_file_interval: Duration::from_millis(100) }
     }
 }
 
@@ -237,6 +249,15 @@ pub struct Wal {
     segments_deleted: u64,
     fsyncs: u64,
     poisoned: bool,
+    /// Where each run of equal terms starts in the log, oldest first (the
+    /// term of the last entry is the synced mark's).
+    term_runs: Vec<(Index, Term)>,
+    /// What the state file holds (`None` before the first write).
+    state: Option<StateFileV1>,
+    /// When the state file was last written.
+    state_written: Instant,
+    /// A loss of synced entries not yet repaired (kept in the state file).
+    repair: Option<Repair>,
 }
 
 /// A segment before the current one: a candidate for deletion.
@@ -306,7 +327,17 @@ impl Wal {
         };
         let closed =
             segments.into_iter().map(|s| ClosedSegment { seq: s.seq, path: s.path, max_index: s.max_index }).collect();
-        let wal = Wal {
+        let mut state = replay.state;
+        let mut report = replay.report;
+        let saved = state_file::read(&dir)?;
+        let repair = check_against_state_file(&dir, saved.as_ref(), &mut state, &mut report);
+        let mut term_runs: Vec<(Index, Term)> = Vec::new();
+        for e in &state.entries {
+            if term_runs.last().is_none_or(|&(_, t)| t != e.term) {
+                term_runs.push((e.index, e.term));
+            }
+        }
+        let mut wal = Wal {
             dir,
             options,
             file,
@@ -314,17 +345,31 @@ impl Wal {
             seg_path,
             seg_len,
             buf: Vec::with_capacity(64 * 1024),
-            hard_state: replay.state.hard_state,
-            last_index: replay.state.last_index(),
-            snapshot: replay.state.snapshot.clone(),
+            hard_state: state.hard_state,
+            last_index: state.last_index(),
+            snapshot: state.snapshot.clone(),
             snapshot_seg: replay.snapshot_segment,
             closed,
             seg_max_index,
             segments_deleted: 0,
             fsyncs,
             poisoned: false,
+            term_runs,
+            state: saved,
+            state_written: Instant::now(),
+            repair,
         };
-        Ok((wal, replay.state, replay.report))
+        if report.hard_state_restored {
+            // The segments lost the hard state record: write it again.
+            let hs = wal.hard_state;
+            wal.append(&Record::HardState(hs.into()))?;
+        }
+        // Once per start: records a loss found now, and gives a data
+        // directory of an older build its state file.
+        wal.flush_buf()?;
+        wal.fsync_segment()?;
+        wal.write_state_file(wal.state_now())?;
+        Ok((wal, state, report))
     }
 
     /// Appends `persist` to the log buffer; it is durable only after the
@@ -360,8 +405,15 @@ impl Wal {
             // after it, which is what is written: replay after segment
             // deletion may not see the snapshot it would be cut short by.
             let from = from.max(floor + 1);
+            if let Some(saved) = self.state.filter(|s| s.synced_index >= from) {
+                // Lower the synced mark first: a crash after the cut but
+                // before the next state file must not look like a loss.
+                let lowered = StateFileV1 { synced_index: from - 1, synced_term: self.term_at(from - 1), ..saved };
+                self.write_state_file(lowered)?;
+            }
             self.append(&Record::Truncate(WalTruncateV1 { from }))?;
             self.last_index = from - 1;
+            self.term_runs.retain(|&(start, _)| start < from);
         }
         self.append_entries(&persist.entries)?;
         if self.buf.len() >= FLUSH_THRESHOLD {
@@ -431,6 +483,11 @@ impl Wal {
                 n += 1;
             }
             self.append(&Record::Entries(WalEntriesV1(&rest[..n])))?;
+            for e in &rest[..n] {
+                if self.term_runs.last().is_none_or(|&(_, t)| t != e.term) {
+                    self.term_runs.push((e.index, e.term));
+                }
+            }
             self.last_index = rest[n - 1].index;
             // `append` may have moved to a new segment: the record is in
             // the current one either way.
@@ -456,6 +513,15 @@ impl Wal {
         }
         self.hard_state = hs;
         self.last_index = last_index_after_marker(self.last_index, self.snapshot_index(), meta.last_included_index);
+        let covered = meta.last_included_index;
+        if self.last_index == covered {
+            // The log after the marker is empty: no run continues.
+            self.term_runs.clear();
+        } else {
+            // Keep the run the marker falls in and the ones after it.
+            let keep_from = self.term_runs.iter().rposition(|&(start, _)| start <= covered).unwrap_or(0);
+            self.term_runs.drain(..keep_from);
+        }
         self.snapshot = Some(meta.clone());
         self.snapshot_seg = Some(self.seg_seq);
         Ok(())
@@ -475,7 +541,73 @@ impl Wal {
         }
         self.flush_buf()?;
         self.fsync_segment()?;
+        self.after_sync_state()?;
         self.delete_obsolete_segments()
+    }
+
+    /// The term of the entry at `index` (`index` at or after the snapshot).
+    fn term_at(&self, index: Index) -> Term {
+        if let Some(m) = &self.snapshot
+            && index <= m.last_included_index
+        {
+            return m.last_included_term;
+        }
+        self.term_runs.iter().rev().find(|&&(start, _)| start <= index).map_or(0, |&(_, t)| t)
+    }
+
+    /// The state file for what is durable now (call right after an fsync).
+    fn state_now(&self) -> StateFileV1 {
+        StateFileV1 {
+            term: self.hard_state.term,
+            vote: self.hard_state.vote,
+            synced_index: self.last_index,
+            synced_term: self.term_at(self.last_index),
+            repair: self.repair.map(|r| (r.lost_through, r.last_term)),
+        }
+    }
+
+    /// After an fsync: ends a repair the durable log now covers (the same
+    /// rule as the core's, [`Repair::covered_by`]) and rewrites the state
+    /// file when the hard state or the repair changed, or the synced mark
+    /// is older than [`WalOptions::state_file_interval`].
+    fn after_sync_state(&mut self) -> Result<(), WalError> {
+        let last_term = self.term_at(self.last_index);
+        if self.repair.is_some_and(|r| r.covered_by(self.last_index, last_term)) {
+            tracing::info!(dir = %self.dir.display(), last_index = self.last_index, "WAL: the log lost on disk is repaired");
+            self.repair = None;
+        }
+        let next = self.state_now();
+        let due = match self.state {
+            None => true,
+            Some(s) if s == next => false,
+            Some(s) => {
+                s.hard_state() != self.hard_state
+                    || s.repair != next.repair
+                    || self.state_written.elapsed() >= self.options.state_file_interval
+            }
+        };
+        if due { self.write_state_file(next) } else { Ok(()) }
+    }
+
+    fn write_state_file(&mut self, next: StateFileV1) -> Result<(), WalError> {
+        match state_file::write(&self.dir, &next) {
+            Ok(fsyncs) => {
+                self.fsyncs += fsyncs;
+                self.state = Some(next);
+                self.state_written = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// A loss of synced entries found on open (or earlier) and not yet
+    /// repaired: hand it to [`raft_core::Node::begin_repair`].
+    pub fn repair(&self) -> Option<Repair> {
+        self.repair
     }
 
     /// Deletes, oldest first, every closed segment before the newest
@@ -650,6 +782,54 @@ fn last_index_after_marker(last: Index, floor: Index, covered: Index) -> Index {
     if floor <= covered && covered < last { last } else { covered }
 }
 
+/// Compares what replay found with the state file (if there is one): a
+/// hard state newer in the file means the segments lost its record (the
+/// file's is used, and `report` says so); a log less up to date than the
+/// synced mark means the disk lost synced entries. Both are logged as
+/// errors. Returns the loss to repair, merged with one the file still
+/// records, unless the log already covers it.
+fn check_against_state_file(
+    dir: &Path,
+    saved: Option<&StateFileV1>,
+    state: &mut PersistedState,
+    report: &mut RecoveryReport,
+) -> Option<Repair> {
+    let saved = saved?;
+    let (wal_hs, file_hs) = (state.hard_state, saved.hard_state());
+    if file_hs.term > wal_hs.term || (file_hs.term == wal_hs.term && wal_hs.vote.is_none() && file_hs.vote.is_some()) {
+        tracing::error!(
+            dir = %dir.display(),
+            wal = ?wal_hs,
+            state_file = ?file_hs,
+            "WAL lost synced data: the segments hold an older term or vote than the state file; using the state file's"
+        );
+        state.hard_state = file_hs;
+        report.term = file_hs.term;
+        report.vote = file_hs.vote;
+        report.hard_state_restored = true;
+    }
+    let last = state.last_index();
+    let last_term = state.entries.last().map(|e| e.term).or(state.snapshot.as_ref().map(|m| m.last_included_term));
+    let last_term = last_term.unwrap_or(0);
+    let mut repair = saved.repair();
+    let synced = Repair { lost_through: saved.synced_index, last_term: saved.synced_term };
+    if saved.synced_index > 0 && !synced.covered_by(last, last_term) {
+        tracing::error!(
+            dir = %dir.display(),
+            synced_index = saved.synced_index,
+            synced_term = saved.synced_term,
+            last_index = last,
+            last_term,
+            "WAL lost synced data: the log ends before the entries it had synced; the node will not vote for a \
+             candidate behind the lost log, nor campaign, until its peers repair it"
+        );
+        repair = Some(repair.map_or(synced, |r| r.max(synced)));
+    }
+    let repair = repair.filter(|r| !r.covered_by(last, last_term));
+    report.repair = repair;
+    repair
+}
+
 /// Cuts off (or removes) the torn tail replay found, durably, before any
 /// new record goes after it.
 fn repair_torn_tail(dir: &Path, replay: &recovery::Replay) -> Result<(), WalError> {
@@ -716,8 +896,19 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, WalError> {
             (WalHealth::UnsupportedVersion, Some(e.to_string()), Some(file.display().to_string()), Some(8))
         }
         Some(e) => (WalHealth::Corrupt, Some(e.to_string()), None, None),
-        None if replay.tail.is_some() => (WalHealth::TornTail, None, None, None),
-        None => (WalHealth::Ok, None, None, None),
+        None => {
+            let saved = state_file::read(dir)?;
+            let (mut state, mut report) = (replay.state.clone(), replay.report.clone());
+            let lost = check_against_state_file(dir, saved.as_ref(), &mut state, &mut report).is_some()
+                || report.hard_state_restored;
+            if lost {
+                (WalHealth::LostSynced, None, None, None)
+            } else if replay.tail.is_some() {
+                (WalHealth::TornTail, None, None, None)
+            } else {
+                (WalHealth::Ok, None, None, None)
+            }
+        }
     };
     // The core's own rule for which configuration is in force (newest entry, else the snapshot's).
     let membership = raft_core::Node::restore(raft_core::Config::new(1, Vec::new()), replay.state.clone(), 0)

@@ -1411,3 +1411,70 @@ fn reads_on_every_node_never_write_the_log() {
         assert_eq!(cluster.get(id, "after").expect("GET").as_deref(), Some("reads"), "node {id}");
     }
 }
+
+/// Byte offsets where each record of a WAL segment starts, and its end.
+fn record_boundaries(segment: &[u8]) -> Vec<usize> {
+    let mut at = 16;
+    let mut out = vec![at];
+    while at + 8 <= segment.len() {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 8 + len;
+        if at > segment.len() {
+            break;
+        }
+        out.push(at);
+    }
+    out
+}
+
+/// (issue 18, items 2 and 3) A follower's disk loses entries it had synced and acknowledged: first its
+/// segment is cut at a record boundary, then to its bare header. Before, recovery called both
+/// `health ok` (the second forgetting term and vote), and the follower then rejected every append
+/// forever: the leader never went below the match index it had recorded. Now the WAL's state file
+/// shows the loss, the node says so, keeps its vote, and the leader repairs it.
+#[test]
+fn a_follower_whose_disk_lost_acknowledged_entries_is_repaired() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    for i in 0..20 {
+        cluster.set(leader, &format!("k{i}"), "v").expect("SET");
+    }
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    let term_before = info_u64(&cluster.info(follower).expect("INFO"), "term");
+    let wal_dir = cluster.data_dir(follower).join("wal");
+    for (round, cut) in ["record boundary", "header"].into_iter().enumerate() {
+        // Let the synced mark catch up with the log (it may lag by up to 100 ms).
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.set(leader, &format!("mark{round}"), "v").expect("SET");
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill(follower);
+        let last = segments(&wal_dir).pop().expect("a segment");
+        let bytes = std::fs::read(&last).expect("read segment");
+        let keep = match cut {
+            "header" => 16,
+            _ => {
+                let b = record_boundaries(&bytes);
+                b[b.len() / 2]
+            }
+        };
+        std::fs::OpenOptions::new().write(true).open(&last).expect("open").set_len(keep as u64).expect("cut");
+        let inspect = Command::new(RAFTKV).arg("inspect").arg("--data-dir").arg(cluster.data_dir(follower)).output();
+        let report: serde_json::Value =
+            serde_json::from_slice(&inspect.expect("run inspect").stdout).expect("inspect prints JSON");
+        assert_eq!(report["health"], "lost_synced", "cut at the {cut}: {report}");
+        cluster.spawn(follower);
+        for i in 0..5 {
+            cluster.set(leader, &format!("after{round}-{i}"), "v").expect("writes go on");
+        }
+        let (applied, _) = cluster.wait_converged(&cluster.ids(), Duration::from_secs(15));
+        assert!(applied >= 26, "applied {applied}");
+        let info = cluster.info(follower).expect("INFO");
+        assert_eq!(info_u64(&info, "repairing_lost_log_through"), 0, "repaired after the cut at the {cut}");
+        assert!(info_u64(&info, "term") >= term_before, "term forgotten after the cut at the {cut}");
+        assert!(cluster.stderr(follower).contains("lost synced"), "{}", cluster.stderr(follower));
+        assert_eq!(cluster.get(follower, "k3").expect("GET").as_deref(), Some("v"));
+    }
+    assert_eq!(cluster.wait_leader(&cluster.ids(), Duration::from_secs(5)), leader, "the leader stayed");
+    assert!(info_u64(&cluster.info(leader).expect("INFO"), "follower_regressions") >= 1);
+}

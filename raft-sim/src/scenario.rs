@@ -501,8 +501,7 @@ impl Scenario {
             let last_term = m.disk.durable().entries.last().map_or(0, |e| e.term);
             if let Some(lost_through) = m.disk.lose_synced(keep) {
                 let lost = raft_core::Repair { lost_through, last_term };
-                let key = |r: &raft_core::Repair| (r.last_term, r.lost_through);
-                m.repair = Some(m.repair.filter(|r| key(r) > key(&lost)).unwrap_or(lost));
+                m.repair = Some(m.repair.map_or(lost, |r| r.max(lost)));
             }
         }
         m.restarts += 1;

@@ -309,6 +309,11 @@ pub struct Status {
     /// Whether this node serves reads from a lease right now (a leader with `lease_reads` whose last
     /// confirmed round is recent enough).
     pub lease: bool,
+    /// The disk lost synced log entries and the node is not yet repaired
+    /// ([`raft_core::Node::begin_repair`]): the index of the lost log's last entry.
+    pub repairing_through: Option<Index>,
+    /// Times this node, as leader, found a follower holding less than it had acknowledged.
+    pub follower_regressions: u64,
     /// WAL writer counters.
     pub wal: WalWriterStats,
     /// Whether the node thread is still running.
@@ -339,6 +344,8 @@ impl Status {
             pending_proposals: pending,
             pending_reads: node.pending_reads(),
             lease: node.has_lease(),
+            repairing_through: node.repairing().map(|r| r.lost_through),
+            follower_regressions: node.stats().follower_regressions,
             wal,
             running: true,
         }
@@ -573,7 +580,18 @@ impl<S: StateMachine> RaftNode<S> {
             "WAL recovered"
         );
         let seed = options.seed.unwrap_or_else(|| driver::time_seed(options.id));
-        let node = Node::restore(options.core_config(), persisted, seed).map_err(DriverError::Config)?;
+        let mut node = Node::restore(options.core_config(), persisted, seed).map_err(DriverError::Config)?;
+        if let Some(lost) = recovery.repair {
+            // The WAL found synced entries gone (it logged the details): keep every promise the lost
+            // log made until the peers have repaired it. The WAL drops its mark by the same rule.
+            tracing::error!(
+                node = options.id,
+                lost_through = lost.lost_through,
+                last_term = lost.last_term,
+                "this node's disk lost synced log entries: it will not campaign, nor vote for a candidate                  behind the lost log, until its peers have repaired it"
+            );
+            node.begin_repair(lost);
+        }
         let (input_tx, input_rx) = crossbeam_channel::bounded::<Input<S>>(INPUT_QUEUE_LEN);
         let inbound_tx = input_tx.clone();
         let transport = Transport::start(options.transport_config(), move |from, message| {

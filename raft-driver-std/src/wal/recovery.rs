@@ -57,6 +57,13 @@ pub struct RecoveryReport {
     pub snapshot_index: Index,
     /// Term of that entry, `0` when there is no snapshot.
     pub snapshot_term: Term,
+    /// The segments lost the hard state record the state file holds
+    /// (their term or vote was older): the state file's was used.
+    pub hard_state_restored: bool,
+    /// The disk lost synced log entries (the log ends before the synced
+    /// mark of the state file), or lost them earlier and the node is not
+    /// yet repaired: the last entry the log held before.
+    pub repair: Option<raft_core::Repair>,
 }
 
 /// The overall state of a WAL directory, as seen by [`inspect`](super::inspect).
@@ -75,6 +82,12 @@ pub enum WalHealth {
     /// newer release, most likely): not damage, and nothing was read from
     /// it. The node refuses to start until a build that reads it runs.
     UnsupportedVersion,
+    /// The disk lost synced data: the log ends before the synced mark of
+    /// the state file, or the segments hold an older term or vote than it.
+    /// The node starts (with the state file's hard state), says so loudly,
+    /// and does not vote for a candidate behind the lost log, nor campaign,
+    /// until its peers have repaired it.
+    LostSynced,
 }
 
 impl WalHealth {

@@ -886,3 +886,129 @@ fn wal_writer_reports_segments_deleted() {
     let wal = writer.shutdown().unwrap();
     assert_eq!(wal.segments_deleted(), before.len() as u64);
 }
+
+// ----- disks that lose synced data (issue 18) --------------------------------------------------
+
+/// Every sync writes the state file, so the synced mark is exact.
+fn exact_mark() -> WalOptions {
+    WalOptions { state_file_interval: std::time::Duration::ZERO, ..WalOptions::default() }
+}
+
+/// A WAL holding hard state (3, vote 2) and entries 1..=10 of term 3, each synced on its own;
+/// returns the directory and the segment's length after entry 5.
+fn synced_history() -> (TempDir, u64) {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _, _) = reopen(dir.path(), exact_mark());
+    wal.write(&persist(1, Some(hs(3, Some(2))), None, Vec::new())).unwrap();
+    let mut after_five = 0;
+    for i in 1..=10 {
+        wal.write(&persist(i + 1, None, None, entries(3, i..=i))).unwrap();
+        wal.sync().unwrap();
+        if i == 5 {
+            after_five = fs::metadata(wal.current_segment()).unwrap().len();
+        }
+    }
+    (dir, after_five)
+}
+
+fn cut_segment(dir: &Path, len: u64) {
+    let path = segment_paths(dir).pop().unwrap();
+    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+}
+
+/// A segment cut at a record boundary used to recover as a clean, shorter log with no word said:
+/// the entries it lost were synced and may have been acknowledged. The state file's synced mark
+/// shows the loss, and recovery hands it on for repair.
+#[test]
+fn wal_a_segment_cut_at_a_record_boundary_is_a_loss() {
+    let (dir, after_five) = synced_history();
+    cut_segment(dir.path(), after_five);
+    let (_, state, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(state.entries.len(), 5);
+    assert_eq!(report.repair, Some(raft_core::Repair { lost_through: 10, last_term: 3 }));
+    assert!(!report.hard_state_restored);
+    let health = inspect(dir.path()).unwrap();
+    assert_eq!(health.health, WalHealth::LostSynced);
+}
+
+/// Cut to its 16-byte header, a segment used to recover as `health ok` with the term and vote
+/// forgotten (a node that forgets its vote can vote twice in a term). The state file keeps them.
+#[test]
+fn wal_a_segment_cut_to_its_header_keeps_term_and_vote() {
+    let (dir, _) = synced_history();
+    cut_segment(dir.path(), SEGMENT_HEADER_LEN as u64);
+    let (_, state, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(state.hard_state, hs(3, Some(2)));
+    assert!(report.hard_state_restored);
+    assert_eq!(report.repair, Some(raft_core::Repair { lost_through: 10, last_term: 3 }));
+    // And it is written back: the next open finds it in the segments.
+    let (_, state, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(state.hard_state, hs(3, Some(2)));
+    assert!(!report.hard_state_restored);
+}
+
+/// A torn tail of writes never synced is cut as before: not a loss.
+#[test]
+fn wal_an_unsynced_torn_tail_is_not_a_loss() {
+    let (dir, _) = synced_history();
+    {
+        let (mut wal, _, _) = reopen(dir.path(), exact_mark());
+        wal.write(&persist(20, None, None, entries(3, 11..=12))).unwrap();
+        // Dropped without a sync: the bytes reach the file, unsynced.
+    }
+    let len = fs::metadata(segment_paths(dir.path()).pop().unwrap()).unwrap().len();
+    cut_segment(dir.path(), len - 3);
+    let (_, state, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(state.last_index(), 10, "entry 11 survives whole, 12 is torn");
+    assert!(report.torn_tail_bytes > 0 && report.repair.is_none(), "{report:?}");
+}
+
+/// The repair mark outlives restarts until the durable log covers the lost one, and then goes.
+#[test]
+fn wal_the_repair_mark_lasts_until_the_log_covers_the_loss() {
+    let (dir, after_five) = synced_history();
+    cut_segment(dir.path(), after_five);
+    let lost = Some(raft_core::Repair { lost_through: 10, last_term: 3 });
+    let (wal, _, report) = reopen(dir.path(), exact_mark());
+    assert_eq!((report.repair, wal.repair()), (lost, lost));
+    drop(wal);
+    let (mut wal, _, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(report.repair, lost, "forgotten across a restart");
+    wal.write(&persist(1, None, None, entries(3, 6..=9))).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.repair(), lost, "repaired one entry short");
+    wal.write(&persist(2, None, None, entries(3, 10..=10))).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.repair(), None);
+    drop(wal);
+    assert_eq!(reopen(dir.path(), exact_mark()).2.repair, None);
+}
+
+/// A truncation lowers the mark before it is written: a log cut by a new leader (and a crash before
+/// its entries were synced) is no loss.
+#[test]
+fn wal_a_truncation_is_not_a_loss() {
+    let (dir, _) = synced_history();
+    {
+        let (mut wal, _, _) = reopen(dir.path(), exact_mark());
+        wal.write(&persist(1, Some(hs(4, None)), Some(6), entries(4, 6..=6))).unwrap();
+        wal.sync().unwrap();
+        wal.write(&persist(2, None, Some(3), Vec::new())).unwrap();
+        // Crash before the sync: the truncation may or may not be on disk; either is fine.
+    }
+    let (_, state, report) = reopen(dir.path(), exact_mark());
+    assert_eq!(report.repair, None, "{state:?}");
+}
+
+/// A damaged state file is refused, never ignored.
+#[test]
+fn wal_a_damaged_state_file_is_refused() {
+    let (dir, _) = synced_history();
+    let path = dir.path().join("raft-state");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let err = Wal::open(dir.path(), exact_mark()).unwrap_err();
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+}

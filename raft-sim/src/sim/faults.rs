@@ -220,8 +220,7 @@ impl Sim {
             // The driver's durable mark (kept beside the hard state): the
             // more up to date of this loss and one not yet repaired.
             let mark = raft_core::Repair { lost_through, last_term };
-            let key = |r: &raft_core::Repair| (r.last_term, r.lost_through);
-            n.repair_mark = Some(n.repair_mark.filter(|m| key(m) > key(&mark)).unwrap_or(mark));
+            n.repair_mark = Some(n.repair_mark.map_or(mark, |m| m.max(mark)));
             n.lost_at_us = Some(now);
             self.stats.disk_losses += 1;
             self.note(|| format!("node {id} lost synced entries after {keep} of {len}"));

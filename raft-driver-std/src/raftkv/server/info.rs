@@ -69,6 +69,8 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("read_mode", shared.cluster.reads.mode.to_string()),
             ("read_lease_held", u8::from(status.lease).to_string()),
             ("pending_reads", status.pending_reads.to_string()),
+            ("repairing_lost_log_through", status.repairing_through.unwrap_or(0).to_string()),
+            ("follower_regressions", status.follower_regressions.to_string()),
             ("voters", ids(&m.voters)),
             ("learners", ids(&m.learners)),
             ("joint_outgoing_voters", ids(&m.outgoing)),
