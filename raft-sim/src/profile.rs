@@ -49,6 +49,10 @@ pub struct Profile {
     /// majority losing what it acknowledged, no protocol can keep its
     /// guarantees, and a two-voter cluster needs the repairing node's vote.
     pub disk_loss: f64,
+    /// Probability, per message sent, that the network also delivers a copy
+    /// of a random message sent earlier in the run (any time ago, across
+    /// elections and restarts): Raft assumes arbitrary delay.
+    pub old_messages: f64,
 }
 
 impl Profile {
@@ -87,12 +91,19 @@ impl Profile {
             lease_reads: None,
             slow_clocks: false,
             disk_loss: 0.0,
+            old_messages: 0.0,
         };
         let p = match name {
             "calm" => calm,
-            "lossy" => {
-                Profile { name: "lossy", drop: 0.05, duplicate: 0.03, delay: 0.03, slow_latency_us: 60_000, ..calm }
-            }
+            "lossy" => Profile {
+                name: "lossy",
+                drop: 0.05,
+                duplicate: 0.03,
+                delay: 0.03,
+                slow_latency_us: 60_000,
+                old_messages: 0.01,
+                ..calm
+            },
             "partitions" => Profile {
                 name: "partitions",
                 drop: 0.01,
@@ -126,6 +137,7 @@ impl Profile {
                 down_for_us: (10_000, 300_000),
                 clock_drift: 0.1,
                 disk_loss: 0.15,
+                old_messages: 0.01,
                 ..calm
             },
             "lease" => Profile {

@@ -3,11 +3,22 @@
 //! stop, and linearizability at the end of a run. (The per-event safety
 //! invariants live in `crate::invariants`.)
 
-use raft_core::NodeId;
+use raft_core::{Index, Node, NodeId, ProgressState, Role, Term};
 
 use super::Sim;
 use crate::history::Operation;
 use crate::linearizability::{Budget, CheckResult, check};
+
+/// See [`Sim::observable`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Observable {
+    role: Role,
+    term: Term,
+    vote: Option<NodeId>,
+    commit: Index,
+    leader: Option<NodeId>,
+    progress: Vec<(NodeId, Index, Index, ProgressState)>,
+}
 
 impl Sim {
     /// The commit rule of Figure 2, checked from outside: a leader advances
@@ -41,6 +52,77 @@ impl Sim {
                 crate::fmt::membership(membership)
             );
             self.fail("commit rule", detail);
+        }
+    }
+
+    /// What a message from an older term must leave alone: role, term, vote,
+    /// commit index, leader, and the leader's view of each follower.
+    pub(super) fn observable(&self, n: &Node) -> Observable {
+        let progress = self
+            .nodes
+            .keys()
+            .filter_map(|id| n.progress(id).map(|p| (id, p.match_index, p.next_index, p.state)))
+            .collect();
+        Observable {
+            role: n.role(),
+            term: n.term(),
+            vote: n.hard_state().vote,
+            commit: n.commit_index(),
+            leader: n.leader(),
+            progress,
+        }
+    }
+
+    /// A message from `from` in `term` reaches `to`: a leader of that term
+    /// has heard from `from` (for the CheckQuorum check).
+    pub(super) fn heard(&mut self, to: NodeId, from: NodeId, term: Term) {
+        let Some(n) = self.nodes.get_mut(&to) else { return };
+        if n.node.as_ref().is_some_and(|x| x.role() == Role::Leader && x.term() == term) {
+            n.heard_at.insert(from, n.ticks);
+        }
+    }
+
+    /// CheckQuorum (thesis §6.2): a leader that has heard from no quorum of
+    /// its configuration for two of its election timeouts has stepped down.
+    /// (It checks once per election timeout, so the longest it can take is
+    /// just under two.) Followers it has not heard from since it was
+    /// elected, or since they joined, count from then; the two timeouts run
+    /// from the last tick at which some quorum of the configuration then in
+    /// force had been heard from (a configuration change does not reset it).
+    pub(super) fn check_quorum_rule(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let Some(x) = n.node.as_ref().filter(|x| x.role() == Role::Leader) else { return };
+        if !n.config.check_quorum {
+            return;
+        }
+        let (ticks, limit) = (n.ticks, 2 * u64::from(n.config.election_ticks));
+        let m = x.membership();
+        for v in m.voters.iter().chain(&m.outgoing) {
+            n.heard_at.entry(*v).or_insert(ticks);
+        }
+        let heard = &n.heard_at;
+        if m.has_quorum(|v| v == id || heard.get(&v).is_some_and(|&t| t + limit >= ticks)) {
+            n.quorum_heard_at = ticks;
+        }
+        if n.quorum_heard_at + limit < ticks {
+            let detail = format!(
+                "leader {id} of term {} heard from no quorum of {} for {limit} ticks (at tick {ticks}, last heard {heard:?})",
+                x.term(),
+                crate::fmt::membership(m)
+            );
+            self.fail("check quorum", detail);
+        }
+    }
+
+    /// Every election rests on a majority of durable votes for the winner in
+    /// its term, the winner's own vote included (a vote that a crash could
+    /// still take back does not count).
+    pub(super) fn check_election(&mut self, id: NodeId, term: Term) {
+        let Some(x) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else { return };
+        let votes = &self.durable_votes;
+        if !x.membership().has_quorum(|v| votes.contains(&(term, v, id))) {
+            let on: Vec<NodeId> = self.nodes.keys().filter(|&v| votes.contains(&(term, v, id))).collect();
+            self.fail("election", format!("node {id} leads term {term} with durable votes only from {on:?}"));
         }
     }
 

@@ -303,6 +303,7 @@ impl Sim {
         if let Err(v) = self.safety.after_sync(id, &n.disk) {
             self.fail_violation(v);
         }
+        self.record_durable_vote(id);
     }
 
     /// Restarts a crashed node from what its disk holds.

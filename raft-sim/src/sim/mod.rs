@@ -22,7 +22,7 @@ mod snapshots;
 
 use std::collections::BTreeMap;
 
-use raft_core::{Config, Index, NodeId};
+use raft_core::{Config, Index, NodeId, Term};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -191,6 +191,29 @@ pub struct RunReport {
     pub reads: (u64, u64),
     /// Disks that lost synced entries, and nodes repaired after such a loss.
     pub disk_losses: (u64, u64),
+    /// Situations the run produced: old messages delivered again, messages
+    /// from an older term, pre-vote requests.
+    pub situations: Situations,
+}
+
+/// Counts of the situations a run produced, so a sweep shows it reached them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Situations {
+    /// Copies of messages sent earlier in the run, delivered again.
+    pub old_messages: u64,
+    /// Messages delivered to a node already in a newer term.
+    pub stale_deliveries: u64,
+    /// Pre-vote requests delivered.
+    pub pre_votes: u64,
+}
+
+impl Situations {
+    /// Adds another run's counts.
+    pub fn add(&mut self, o: Situations) {
+        self.old_messages += o.old_messages;
+        self.stale_deliveries += o.stale_deliveries;
+        self.pre_votes += o.pre_votes;
+    }
 }
 
 /// Counters reported at the end of a run.
@@ -215,6 +238,11 @@ struct Stats {
     /// Crashes that also cost a disk synced entries, and repairs completed.
     disk_losses: u64,
     repairs: u64,
+    /// Copies of earlier messages delivered again, messages delivered to a
+    /// node in a newer term, and pre-vote requests delivered.
+    old_messages: u64,
+    stale_deliveries: u64,
+    pre_votes: u64,
 }
 
 /// One simulated world.
@@ -238,6 +266,8 @@ pub struct Sim {
     /// Hash of the store image at each snapshot index, and the node that
     /// produced it first: every replica must produce the same.
     snapshot_hashes: BTreeMap<Index, (u64, NodeId)>,
+    /// Every (term, voter, candidate) vote that reached a disk.
+    durable_votes: std::collections::BTreeSet<(Term, NodeId, NodeId)>,
 }
 
 impl Sim {
@@ -259,6 +289,7 @@ impl Sim {
             rec: Recorder::new(cfg.trace, cfg.timeline),
             failure: None,
             snapshot_hashes: BTreeMap::new(),
+            durable_votes: std::collections::BTreeSet::new(),
             cfg,
         };
         let n = sim.cfg.nodes.clamp(1, 7) as u64;
@@ -416,6 +447,11 @@ impl Sim {
             reconfigs: self.stats.reconfigs,
             reads: (self.stats.reads.by_round, self.stats.reads.by_lease),
             disk_losses: (self.stats.disk_losses, self.stats.repairs),
+            situations: Situations {
+                old_messages: self.stats.old_messages,
+                stale_deliveries: self.stats.stale_deliveries,
+                pre_votes: self.stats.pre_votes,
+            },
         }
     }
 }

@@ -45,12 +45,20 @@ pub(super) struct Network {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Seeds the per-link latency factors.
     link_salt: u64,
+    /// A uniform sample (reservoir) of the Raft messages sent so far in the
+    /// run, any of which the network may deliver again at any later time.
+    old: Vec<(NodeId, NodeId, Message)>,
+    /// Raft messages offered to the reservoir.
+    sent: u64,
 }
+
+/// How many old messages the network keeps for redelivery.
+const OLD_MESSAGES: usize = 256;
 
 impl Network {
     /// A network with every link up; `link_salt` fixes the link speeds.
     pub(super) fn new(link_salt: u64) -> Network {
-        Network { cut: BTreeSet::new(), link_salt }
+        Network { cut: BTreeSet::new(), link_salt, old: Vec::new(), sent: 0 }
     }
 
     /// Whether the link `from -> to` is cut.
@@ -125,6 +133,14 @@ impl Sim {
             self.mark_message(kind, from, to, None);
             return;
         }
+        if self.cfg.profile.old_messages > 0.0
+            && let NetMsg::Raft(m) = &msg
+        {
+            self.keep_old(from, to, m);
+            if self.chance(self.cfg.profile.old_messages) {
+                self.redeliver_old();
+            }
+        }
         let copies = if self.chance(self.cfg.profile.duplicate) { 2 } else { 1 };
         let link_factor = self.net.link_factor(from, to);
         let mut msg = Some(msg);
@@ -135,6 +151,37 @@ impl Sim {
             let msg = if copy + 1 == copies { msg.take() } else { msg.clone() }.expect("message");
             self.push(arrive_us, Ev::Deliver { from, to, msg });
         }
+    }
+
+    /// Offers a sent message to the reservoir of old ones (Algorithm R: every
+    /// message sent so far is equally likely to be in it).
+    fn keep_old(&mut self, from: NodeId, to: NodeId, m: &Message) {
+        self.net.sent += 1;
+        if self.net.old.len() < OLD_MESSAGES {
+            self.net.old.push((from, to, m.clone()));
+            return;
+        }
+        let slot = self.rng.gen_range(0..self.net.sent);
+        if let Some(kept) = self.net.old.get_mut(slot as usize) {
+            *kept = (from, to, m.clone());
+        }
+    }
+
+    /// Delivers a copy of a message sent earlier in the run, any time ago
+    /// (Raft assumes arbitrary delay and duplication), unless its link is
+    /// cut now.
+    fn redeliver_old(&mut self) {
+        if self.net.old.is_empty() {
+            return;
+        }
+        let pick = self.rng.gen_range(0..self.net.old.len());
+        let (from, to, m) = self.net.old[pick].clone();
+        if self.net.is_cut(from, to) {
+            return;
+        }
+        self.stats.old_messages += 1;
+        let at = self.now + self.latency(1.0);
+        self.push(at, Ev::Deliver { from, to, msg: NetMsg::Raft(m) });
     }
 
     /// One copy's latency on a link of speed `link_factor`, sometimes with a
@@ -168,10 +215,28 @@ impl Sim {
                     return;
                 };
                 // Figure 2: a message from an older term is refused; it
-                // must never change the receiver's log.
-                self.stepping.stale_delivery = message.term < term;
+                // must never change the receiver's log, nor any other state.
+                let stale = message.term < term;
+                let pre_vote = matches!(&message.body, raft_core::MessageBody::RequestVote(r) if r.pre_vote);
+                let before = stale.then(|| self.nodes[&to].node.as_ref().map(|n| self.observable(n))).flatten();
+                self.stepping.stale_delivery = stale;
+                self.stats.stale_deliveries += u64::from(stale);
+                self.stats.pre_votes += u64::from(pre_vote);
+                self.heard(to, from, message.term);
                 self.step(to, Event::Message { from, message });
                 self.stepping.stale_delivery = false;
+                let Some(after) = self.nodes[&to].node.as_ref() else { return };
+                if pre_vote && after.term() != term {
+                    let detail = format!("node {to} moved from term {term} to {} on a pre-vote request", after.term());
+                    return self.fail("pre-vote", detail);
+                }
+                if let Some(before) = before {
+                    let now = self.observable(after);
+                    if now != before {
+                        let detail = format!("node {to} changed on a message of an older term: {before:?} -> {now:?}");
+                        self.fail("stale term", detail);
+                    }
+                }
             }
             NetMsg::Request(cmd) => self.request(to, cmd),
             NetMsg::Reply { client, seq, result } => self.client_reply(client, seq, result),

@@ -69,6 +69,13 @@ pub(super) struct SimNode {
     pub(super) lost_at_us: Option<u64>,
     /// When the node last became leader.
     pub(super) led_since_us: u64,
+    /// Ticks this incarnation has seen.
+    pub(super) ticks: u64,
+    /// While leading: the tick at which each peer was last heard from in the
+    /// leader's term.
+    pub(super) heard_at: std::collections::BTreeMap<NodeId, u64>,
+    /// While leading: the last tick at which a quorum had been heard from.
+    pub(super) quorum_heard_at: u64,
 }
 
 impl SimNode {
@@ -89,6 +96,9 @@ impl SimNode {
             repair_mark: None,
             lost_at_us: None,
             led_since_us: 0,
+            ticks: 0,
+            heard_at: std::collections::BTreeMap::new(),
+            quorum_heard_at: 0,
         }
     }
 
@@ -201,7 +211,11 @@ impl Sim {
         }
         let next = self.now + n.tick_us * n.clock_slowdown;
         self.push(next, Ev::Tick { node: id, inc });
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.ticks += 1;
+        }
         self.step(id, Event::Tick);
+        self.check_quorum_rule(id);
     }
 
     /// Steps a node and carries out its actions.
@@ -382,7 +396,10 @@ impl Sim {
         if role == Role::Leader {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.led_since_us = now;
+                n.heard_at.clear();
+                n.quorum_heard_at = n.ticks;
             }
+            self.check_election(id, term);
             self.stats.elections += 1;
             self.faults.on_leader(term);
         }
@@ -405,6 +422,14 @@ impl Sim {
             n.proposals.settle_unclaimed(|s| settled.push(s));
         }
         self.answer(id, settled);
+    }
+
+    /// Remembers the vote the node's disk now holds, for [`Sim::check_election`].
+    pub(super) fn record_durable_vote(&mut self, id: NodeId) {
+        let hs = self.nodes[&id].disk.durable().hard_state;
+        if let Some(v) = hs.vote {
+            self.durable_votes.insert((hs.term, id, v));
+        }
     }
 
     fn schedule_sync(&mut self, id: NodeId) {
@@ -430,6 +455,7 @@ impl Sim {
         }
         n.sync_pending = false;
         let synced = n.disk.sync(Some(count));
+        self.record_durable_vote(id);
         if let Err(v) = self.safety.after_sync(id, &self.nodes[&id].disk) {
             self.fail_violation(v);
         }
