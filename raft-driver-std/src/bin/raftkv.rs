@@ -62,7 +62,8 @@ enum Cmd {
         /// benchmarks only (see docs/errors.md and docs/operating.md).
         #[arg(long)]
         no_fsync: bool,
-        /// Milliseconds a command is retried without a leader before `-TRYAGAIN`.
+        /// Milliseconds a command is retried without a leader before `-TRYAGAIN` (certainly not applied) or
+        /// `-UNCERTAIN` (may have been applied; see docs/errors.md).
         #[arg(long, default_value_t = 2000)]
         retry_ms: u64,
         /// Exit when standard input reaches end of file (used by `raftkv cluster`, so that nodes do not
