@@ -34,6 +34,10 @@ pub enum ProposalError {
     Timeout,
     /// The node stopped. The command may have been appended before it did.
     Stopped,
+    /// The node stopped before the proposal reached the core (it was still queued, or the node's
+    /// input channel was already closed): nothing was appended, the command certainly did not take
+    /// effect here.
+    StoppedBeforeProposing,
 }
 
 impl ProposalError {
@@ -42,13 +46,18 @@ impl ProposalError {
     /// a command larger than any entry may be are final; everything else is a matter of time or of
     /// finding the leader.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ProposalError::Stopped | ProposalError::Refused(ProposeError::EntryTooLarge { .. }))
+        !matches!(
+            self,
+            ProposalError::Stopped
+                | ProposalError::StoppedBeforeProposing
+                | ProposalError::Refused(ProposeError::EntryTooLarge { .. })
+        )
     }
 
     /// Whether the command may have taken effect (or still may). `false` means it certainly did not,
     /// which is what lets a server answer "try again" without a session.
     pub fn may_have_taken_effect(&self) -> bool {
-        !matches!(self, ProposalError::Refused(_) | ProposalError::Overwritten)
+        !matches!(self, ProposalError::Refused(_) | ProposalError::Overwritten | ProposalError::StoppedBeforeProposing)
     }
 }
 
@@ -72,6 +81,7 @@ impl fmt::Display for ProposalError {
             ProposalError::LeadershipLost => f.write_str("leadership lost before the entry was applied"),
             ProposalError::Timeout => f.write_str("timed out waiting for the entry to be applied"),
             ProposalError::Stopped => f.write_str("node stopped"),
+            ProposalError::StoppedBeforeProposing => f.write_str("node stopped before the command was proposed"),
         }
     }
 }
@@ -322,5 +332,16 @@ mod tests {
         assert!(ProposalError::Overwritten.is_retryable() && !ProposalError::Overwritten.may_have_taken_effect());
         assert!(ProposalError::Timeout.is_retryable() && ProposalError::Timeout.may_have_taken_effect());
         assert!(!ProposalError::Stopped.is_retryable() && ProposalError::Stopped.may_have_taken_effect());
+        let before = ProposalError::StoppedBeforeProposing;
+        assert!(!before.is_retryable() && !before.may_have_taken_effect(), "never reached the core");
+        assert!(ProposalError::LeadershipLost.is_retryable() && ProposalError::LeadershipLost.may_have_taken_effect());
+        for refused in [
+            ProposeError::NotLeader { leader: None },
+            ProposeError::NotLeader { leader: Some(2) },
+            ProposeError::TransferInProgress,
+        ] {
+            let e = ProposalError::Refused(refused);
+            assert!(e.is_retryable() && !e.may_have_taken_effect(), "{e}");
+        }
     }
 }

@@ -1477,4 +1477,67 @@ fn a_follower_whose_disk_lost_acknowledged_entries_is_repaired() {
     }
     assert_eq!(cluster.wait_leader(&cluster.ids(), Duration::from_secs(5)), leader, "the leader stayed");
     assert!(info_u64(&cluster.info(leader).expect("INFO"), "follower_regressions") >= 1);
+
+/// The `(session, seq)` an `-UNCERTAIN` reply names for an exactly-once retry.
+fn uncertain_session(err: &redis::RedisError) -> (String, String) {
+    let text = err.to_string();
+    let mut words = text.split_whitespace().skip_while(|w| *w != "RAFTKV.SESSION").skip(1);
+    match (words.next(), words.next()) {
+        (Some(id), Some(seq)) => (id.to_owned(), seq.to_owned()),
+        _ => panic!("an -UNCERTAIN write must name its session: {text}"),
+    }
+}
+
+/// Issue 18: a write answered `-TRYAGAIN` was never applied, and a write answered `-UNCERTAIN`, resent
+/// on a new connection after `RAFTKV.SESSION <id> <seq>`, is applied exactly once in all.
+#[test]
+fn tryagain_writes_never_apply_and_uncertain_ones_resume_exactly_once() {
+    let cluster = TestCluster::start_partitionable(3, ReadsConfig::default());
+    let ids = cluster.ids();
+    let old = cluster.wait_leader(&ids, Duration::from_secs(10));
+
+    // Resuming a session whose last write was applied answers its reply again and applies nothing.
+    let mut first = cluster.conn(old).expect("conn");
+    let n: i64 = redis::cmd("INCR").arg("once").query(&mut first).expect("INCR");
+    assert_eq!(n, 1);
+    let session: Vec<String> = redis::cmd("RAFTKV.SESSION").query(&mut first).expect("RAFTKV.SESSION");
+    let last_seq = (session[1].parse::<u64>().expect("seq") - 1).to_string();
+    let other = ids.iter().copied().find(|&id| id != old).expect("a follower");
+    let mut resumed = cluster.conn(other).expect("conn");
+    let () = redis::cmd("RAFTKV.SESSION").arg(&session[0]).arg(&last_seq).query(&mut resumed).expect("resume");
+    let again: i64 = redis::cmd("INCR").arg("once").query(&mut resumed).expect("resent INCR");
+    assert_eq!(again, 1, "the resent INCR is answered from the session, not applied again");
+    let next: i64 = redis::cmd("INCR").arg("once").query(&mut resumed).expect("next INCR");
+    assert_eq!(next, 2, "the session goes on");
+
+    // Writes to a leader cut off from the others, one connection (one session) each.
+    cluster.links().isolate(old, &ids);
+    let started = Instant::now();
+    let (mut tryagain, mut uncertain) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut conn = cluster.conn(old).expect("conn");
+        match redis::cmd("INCR").arg("n").query::<i64>(&mut conn) {
+            Ok(n) => panic!("an isolated leader committed INCR n = {n}"),
+            Err(e) if e.code() == Some("TRYAGAIN") => tryagain += 1,
+            Err(e) if e.code() == Some("UNCERTAIN") => uncertain.push(uncertain_session(&e)),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(tryagain > 0, "a node that knows it does not lead answers TRYAGAIN ({} uncertain)", uncertain.len());
+
+    cluster.links().heal();
+    cluster.wait_leader(&ids, Duration::from_secs(10));
+    // Resolve every uncertain write by resending it in its own session, on a fresh connection.
+    for (id, seq) in &uncertain {
+        let mut conn = cluster.conn(other).expect("conn");
+        let () = redis::cmd("RAFTKV.SESSION").arg(id).arg(seq).query(&mut conn).expect("resume");
+        let _: i64 = redis::cmd("INCR").arg("n").query(&mut conn).expect("resent INCR after healing");
+    }
+    let n: Option<i64> = redis::cmd("GET").arg("n").query(&mut cluster.conn(other).expect("conn")).expect("GET");
+    assert_eq!(
+        n.unwrap_or(0),
+        uncertain.len() as i64,
+        "each uncertain write applied exactly once, none of the {tryagain} answered TRYAGAIN"
+    );
+    cluster.wait_converged(&ids, Duration::from_secs(10));
 }

@@ -55,10 +55,15 @@ enum Cmd {
         /// Where this node keeps its WAL (created if missing).
         #[arg(long)]
         data_dir: PathBuf,
-        /// Acknowledge writes before they are fsynced: fast, but a crash can lose acknowledged writes.
+        /// Never fsync the WAL: writes are acknowledged once they are in the page cache. What this gives
+        /// up: a power loss or kernel crash (not a process crash) can lose writes this node acknowledged
+        /// and votes it cast; a node restarted after such a loss may have lost entries it acknowledged,
+        /// and if several nodes lose them, committed writes can vanish from the cluster. For tests and
+        /// benchmarks only (see docs/errors.md and docs/operating.md).
         #[arg(long)]
         no_fsync: bool,
-        /// Milliseconds a command is retried without a leader before `-TRYAGAIN`.
+        /// Milliseconds a command is retried without a leader before `-TRYAGAIN` (certainly not applied) or
+        /// `-UNCERTAIN` (may have been applied; see docs/errors.md).
         #[arg(long, default_value_t = 2000)]
         retry_ms: u64,
         /// Exit when standard input reaches end of file (used by `raftkv cluster`, so that nodes do not
@@ -283,7 +288,10 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     options.lease_reads = cluster.reads.mode == ReadMode::Lease;
     options.max_clock_drift_ticks = cluster.reads.max_clock_drift_ticks;
     if !fsync {
-        tracing::warn!("--no-fsync: writes are acknowledged before they are durable");
+        tracing::warn!(
+            "--no-fsync: writes are acknowledged before they are durable; a power loss or kernel crash can lose \
+             acknowledged writes, and on several nodes at once committed writes"
+        );
     }
     let node = match RaftNode::start(options, KvStore::new()) {
         Ok(node) => node,
@@ -305,7 +313,8 @@ fn run_node(args: &NodeArgs) -> ExitCode {
             let mut stdin = std::io::stdin();
             while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
             tracing::info!("standard input closed; exiting");
-            // The WAL is crash-safe, so exiting without a shutdown loses nothing acknowledged.
+            // The WAL is crash-safe, so exiting without a shutdown loses nothing acknowledged (a process
+            // exit keeps the page cache, so this holds with --no-fsync too).
             std::process::exit(0);
         });
     }

@@ -327,7 +327,10 @@ impl<S: StateMachine> Driver<S> {
                     if let Some(meta) = &persist.snapshot {
                         self.snapshots.marker_submitted(seq, meta);
                     }
-                    self.writer.submit(persist).map_err(|e| DriverError::WalFailed(e.to_string()))?;
+                    // A stopped writer thread reported why it stopped: name that, not the stop.
+                    self.writer
+                        .submit(persist)
+                        .map_err(|e| self.wal.failure().unwrap_or_else(|| DriverError::WalFailed(e.to_string())))?;
                     last_persist = Some(seq);
                 }
                 Action::Apply { entries } => {
@@ -396,7 +399,7 @@ impl<S: StateMachine> Driver<S> {
         while let Ok(input) = self.inputs.try_recv() {
             match input {
                 Input::Propose(_, reply) => {
-                    let _ = reply.send(Err(ProposalError::Stopped));
+                    let _ = reply.send(Err(ProposalError::StoppedBeforeProposing));
                 }
                 Input::Read(job) => job(Err(ReadFailure::Stopped)),
                 _ => {}

@@ -432,7 +432,7 @@ impl<S: StateMachine> RaftHandle<S> {
         }
         if let Err(crossbeam_channel::SendError(Input::Propose(_, tx))) = self.inputs.send(Input::Propose(command, tx))
         {
-            let _ = tx.send(Err(ProposalError::Stopped));
+            let _ = tx.send(Err(ProposalError::StoppedBeforeProposing));
         }
         rx
     }

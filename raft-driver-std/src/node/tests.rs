@@ -98,7 +98,8 @@ fn single_node_commits_applies_and_recovers() {
         node.shutdown().expect("clean shutdown");
         assert_eq!(
             handle.propose_wait(Bytes::from_static(b"late"), Duration::from_secs(1)),
-            Err(ProposalError::Stopped)
+            Err(ProposalError::StoppedBeforeProposing),
+            "a proposal after the stop never reaches the core: certainly not applied"
         );
 
         // Restart: the log is replayed into a fresh state machine once committed again.

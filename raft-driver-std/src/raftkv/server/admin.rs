@@ -17,7 +17,7 @@
 //! effect: `-TRYAGAIN` means it certainly did not and may succeed if sent
 //! again (another change in progress, a learner still catching up, no
 //! leader); `-ERR ...; nothing changed` is a refusal that will not succeed
-//! as asked; an `-ERR` that says "may still take effect" is uncertain.
+//! as asked; `-UNCERTAIN ... may still take effect` is uncertain: read `RAFT MEMBERS` to find out.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -146,6 +146,9 @@ pub(super) fn admin_error_reply(e: &AdminError) -> Reply {
         AdminError::Refused(m) if m.is_retryable() => Reply::error(format!("TRYAGAIN {m}; nothing changed")),
         AdminError::Refused(m) => Reply::error(format!("ERR {m}; nothing changed")),
         AdminError::Overwritten | AdminError::TransferFailed => Reply::error(format!("TRYAGAIN {e}")),
+        other if other.may_have_taken_effect() => {
+            Reply::error(format!("{} {other}; the change may still take effect", super::UNCERTAIN))
+        }
         other => Reply::error(format!("ERR {other}")),
     }
 }
@@ -225,9 +228,10 @@ fn forward(shared: &Shared, leader: NodeId, args: &[Bytes]) -> Reply {
         Err(RelayError::NotSent(why)) => {
             Reply::error(format!("TRYAGAIN cannot reach the leader at {addr}: {why}; nothing changed"))
         }
-        Err(RelayError::NoAnswer(why)) => {
-            Reply::error(format!("ERR no answer from the leader at {addr} ({why}); the change may still take effect"))
-        }
+        Err(RelayError::NoAnswer(why)) => Reply::error(format!(
+            "{} no answer from the leader at {addr} ({why}); the change may still take effect",
+            super::UNCERTAIN
+        )),
     }
 }
 
@@ -325,6 +329,9 @@ mod tests {
         );
         assert!(text(AdminError::Timeout).contains("may still take effect"));
         assert!(text(AdminError::LeadershipLost).contains("may still take effect"));
+        for maybe in [AdminError::Timeout, AdminError::LeadershipLost, AdminError::Stopped] {
+            assert!(text(maybe).starts_with("UNCERTAIN "), "{}", text(maybe));
+        }
         assert!(text(AdminError::Overwritten).starts_with("TRYAGAIN"));
     }
 

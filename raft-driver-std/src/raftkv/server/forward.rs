@@ -17,12 +17,17 @@ use crate::raftkv::unix_ms;
 use crate::reads::ReadFailure;
 
 /// How one attempt to run a request ended.
+#[derive(Debug)]
 enum Attempt {
-    /// The answer for the client (a result, or a final error).
+    /// The command ran: the answer for the client (a result, or the store's error for the command).
     Done(Reply),
     /// Try again (the same `(session, seq)`); `may_have_applied` says whether this attempt may have
     /// taken effect.
     Retry { why: String, may_have_applied: bool },
+    /// Final, and this attempt certainly did not take effect (the `-ERR ...` reply for the client).
+    Refused(Reply),
+    /// Final, and this attempt may have taken effect (why).
+    Unknown(String),
 }
 
 impl Attempt {
@@ -31,34 +36,58 @@ impl Attempt {
     }
 }
 
-/// The client's answer for a proposal error: final errors as themselves, the rest as an attempt to
-/// retry. This and [`ProposalError::is_retryable`] are the only places that decide it.
+/// What a proposal error means for the attempt. This and [`ProposalError::is_retryable`] /
+/// [`ProposalError::may_have_taken_effect`] are the only places that decide it.
 fn proposal_attempt(error: ProposalError) -> Attempt {
+    let may_have_applied = error.may_have_taken_effect();
     if error.is_retryable() {
-        let may_have_applied = error.may_have_taken_effect();
-        return Attempt::retry(error.to_string(), may_have_applied);
-    }
-    Attempt::Done(final_error_reply(&error))
-}
-
-/// The reply for an error that retrying cannot fix, saying whether the command may have taken effect.
-fn final_error_reply(error: &ProposalError) -> Reply {
-    if error.may_have_taken_effect() {
-        Reply::error(format!("{UNCERTAIN} {error}; the command may or may not have been applied"))
+        Attempt::retry(error.to_string(), may_have_applied)
+    } else if may_have_applied {
+        Attempt::Unknown(error.to_string())
     } else {
-        Reply::error(format!("ERR {error}; nothing was applied"))
+        Attempt::Refused(Reply::error(format!("ERR {error}; nothing was applied")))
     }
 }
 
-/// The reply when the retry bound passed: `-TRYAGAIN` only if no attempt may have taken effect (a read
-/// never takes effect).
-fn give_up_reply(request: &KvRequest, may_have_applied: bool) -> Reply {
-    if may_have_applied && !request.op.is_read_only() {
-        Reply::error(format!(
-            "{UNCERTAIN} no leader confirmed the command within the retry bound; it may or may not have been applied"
-        ))
-    } else {
-        Reply::error(TRYAGAIN_NO_LEADER)
+/// The `-UNCERTAIN` reply: the command may or may not have taken effect. A write with a session says
+/// how to retry it exactly once from any connection (`RAFTKV.SESSION`, see [`super::SESSION_COMMAND`]).
+fn uncertain_reply(request: &KvRequest, why: &str) -> Reply {
+    let mut text = format!("{UNCERTAIN} {why}; the command may or may not have been applied");
+    if request.session != 0 {
+        text.push_str(&format!(
+            "; to retry it exactly once, on any connection send {} {} {} then the same command",
+            super::SESSION_COMMAND,
+            request.session,
+            request.seq
+        ));
+    }
+    Reply::error(text)
+}
+
+/// The client's reply when an attempt ended the command without a result. `may_have_applied` says
+/// whether an earlier attempt may have taken effect. `-TRYAGAIN` and `-ERR` only when no attempt may
+/// have taken effect; a read never takes effect.
+fn final_reply(request: &KvRequest, attempt: Attempt, may_have_applied: bool) -> Reply {
+    let earlier = may_have_applied && !request.op.is_read_only();
+    match attempt {
+        Attempt::Done(reply) => reply,
+        Attempt::Refused(reply) if earlier => {
+            let why = match &reply {
+                Reply::Error(text) => text.trim_end_matches("; nothing was applied").to_string(),
+                other => format!("{other:?}"),
+            };
+            uncertain_reply(request, &format!("an earlier attempt may have been applied, then: {why}"))
+        }
+        Attempt::Refused(reply) => reply,
+        Attempt::Unknown(why) if request.op.is_read_only() => {
+            Reply::error(format!("ERR {why}; a read changes nothing"))
+        }
+        Attempt::Unknown(why) => uncertain_reply(request, &why),
+        // The retry bound passed.
+        Attempt::Retry { .. } if earlier => {
+            uncertain_reply(request, "no leader confirmed the command within the retry bound")
+        }
+        Attempt::Retry { .. } => Reply::error(TRYAGAIN_NO_LEADER),
     }
 }
 
@@ -72,16 +101,15 @@ pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut 
     let mut delay = Duration::from_millis(5);
     let mut may_have_applied = false;
     loop {
-        match attempt(shared, forwarder, request, deadline) {
-            Attempt::Done(reply) => return reply,
-            Attempt::Retry { why, may_have_applied: maybe } => {
-                may_have_applied |= maybe;
-                tracing::debug!(session = request.session, seq = request.seq, %why, maybe, "retrying command");
-            }
-        }
+        let outcome = attempt(shared, forwarder, request, deadline);
+        let Attempt::Retry { why, may_have_applied: maybe } = &outcome else {
+            return final_reply(request, outcome, may_have_applied);
+        };
+        may_have_applied |= *maybe;
+        tracing::debug!(session = request.session, seq = request.seq, %why, maybe, "retrying command");
         let now = Instant::now();
         if now >= deadline {
-            return give_up_reply(request, may_have_applied);
+            return final_reply(request, outcome, may_have_applied);
         }
         std::thread::sleep(delay.min(deadline - now));
         delay = (delay * 2).min(Duration::from_millis(50));
@@ -118,7 +146,8 @@ fn read(shared: &Shared, op: &KvOp) -> Reply {
 fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, deadline: Instant) -> Attempt {
     let status = shared.node.status();
     if !status.running {
-        return Attempt::Done(final_error_reply(&ProposalError::Stopped));
+        // Nothing of this attempt reached the node.
+        return proposal_attempt(ProposalError::StoppedBeforeProposing);
     }
     request.now_ms = unix_ms();
     let encoded = request.encode();
@@ -165,11 +194,25 @@ pub(super) fn forwarded(shared: &Shared, args: &[Bytes]) -> Reply {
     match shared.node.propose_wait(Bytes::copy_from_slice(payload), timeout) {
         Ok(result) => Reply::Bulk(result.encode()),
         // The follower may find another leader: a stopped one is not final for it.
-        Err(ProposalError::Stopped) => Reply::error(format!("{UNCERTAIN} leader {} stopped", shared.node_id)),
-        Err(error) => match proposal_attempt(error) {
-            Attempt::Done(reply) => reply,
+        Err(error) => forwarded_error_reply(shared.node_id, error),
+    }
+}
+
+/// The leader's answer to a forwarded request that failed: `-TRYAGAIN` (certainly not applied) or
+/// `-UNCERTAIN` (may have been applied) for the follower to retry, `-ERR` for a final refusal. The
+/// follower may find another leader: a stopped one is not final for it.
+fn forwarded_error_reply(node_id: NodeId, error: ProposalError) -> Reply {
+    match error {
+        ProposalError::StoppedBeforeProposing => {
+            Reply::error(format!("TRYAGAIN leader {node_id} stopped before proposing the command"))
+        }
+        ProposalError::Stopped => Reply::error(format!("{UNCERTAIN} leader {node_id} stopped")),
+        error => match proposal_attempt(error) {
             Attempt::Retry { why, may_have_applied: false } => Reply::error(format!("TRYAGAIN {why}")),
-            Attempt::Retry { why, may_have_applied: true } => Reply::error(format!("{UNCERTAIN} {why}")),
+            Attempt::Retry { why, may_have_applied: true } | Attempt::Unknown(why) => {
+                Reply::error(format!("{UNCERTAIN} {why}"))
+            }
+            Attempt::Done(reply) | Attempt::Refused(reply) => reply,
         },
     }
 }
@@ -306,7 +349,8 @@ fn parse_forward_reply(buf: &[u8]) -> Result<Option<(Attempt, usize)>, String> {
             } else if text.starts_with(UNCERTAIN) {
                 Attempt::retry(text, true)
             } else {
-                Attempt::Done(Reply::Error(text))
+                // Every other error the leader answers refuses the request before proposing it.
+                Attempt::Refused(Reply::Error(text))
             };
             Ok(Some((attempt, line_end + 2)))
         }
@@ -321,6 +365,8 @@ mod tests {
     fn kind(parsed: Result<Option<(Attempt, usize)>, String>) -> Option<(&'static str, usize)> {
         match parsed {
             Ok(Some((Attempt::Done(_), used))) => Some(("done", used)),
+            Ok(Some((Attempt::Refused(_), used))) => Some(("refused", used)),
+            Ok(Some((Attempt::Unknown(_), used))) => Some(("unknown", used)),
             Ok(Some((Attempt::Retry { may_have_applied: false, .. }, used))) => Some(("certainly-not", used)),
             Ok(Some((Attempt::Retry { may_have_applied: true, .. }, used))) => Some(("maybe", used)),
             Ok(None) => None,
@@ -341,39 +387,106 @@ mod tests {
         assert_eq!((r, used), (Reply::Integer(7), wire.len()));
         assert_eq!(kind(parse_forward_reply(b"-TRYAGAIN x\r\n")), Some(("certainly-not", 13)));
         assert_eq!(kind(parse_forward_reply(b"-UNCERTAIN x\r\n")), Some(("maybe", 14)));
-        assert_eq!(kind(parse_forward_reply(b"-ERR x\r\n")), Some(("done", 8)));
+        assert_eq!(kind(parse_forward_reply(b"-ERR x\r\n")), Some(("refused", 8)));
         assert_eq!(kind(parse_forward_reply(b"+OK\r\n")), Some(("broken", 0)));
         assert_eq!(kind(parse_forward_reply(b"$-5\r\n")), Some(("broken", 0)));
         assert_eq!(kind(parse_forward_reply(b"\r\n")), Some(("broken", 0)));
     }
 
+    fn write() -> KvRequest {
+        KvRequest { session: 7, seq: 3, now_ms: 0, op: KvOp::IncrBy { key: "k".into(), delta: 1 } }
+    }
+
+    fn read() -> KvRequest {
+        KvRequest { session: 0, seq: 0, now_ms: 0, op: KvOp::Get { key: "k".into() } }
+    }
+
+    fn error_text(reply: Reply) -> String {
+        match reply {
+            Reply::Error(text) => text,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    /// The client's reply when `error` ends the only attempt (or the retry bound passes after it), as
+    /// `execute` computes it.
+    fn client_reply(error: ProposalError, request: &KvRequest) -> String {
+        let attempt = proposal_attempt(error);
+        let maybe = matches!(attempt, Attempt::Retry { may_have_applied: true, .. });
+        error_text(final_reply(request, attempt, maybe))
+    }
+
     #[test]
     fn every_proposal_error_says_whether_it_may_have_applied() {
-        let text = |a: Attempt| match a {
-            Attempt::Done(Reply::Error(text)) => format!("final {text}"),
-            Attempt::Done(other) => panic!("not an error: {other:?}"),
-            Attempt::Retry { may_have_applied, .. } => format!("retry maybe={may_have_applied}"),
-        };
+        use ProposeError as P;
+        let certainly_not = [
+            ProposalError::Refused(P::NotLeader { leader: None }),
+            ProposalError::Refused(P::NotLeader { leader: Some(2) }),
+            ProposalError::Refused(P::Backpressure),
+            ProposalError::Refused(P::TransferInProgress),
+            ProposalError::Overwritten,
+        ];
+        for error in certainly_not {
+            assert_eq!(client_reply(error.clone(), &write()), TRYAGAIN_NO_LEADER, "{error}");
+        }
+        for error in [ProposalError::LeadershipLost, ProposalError::Timeout, ProposalError::Stopped] {
+            let text = client_reply(error.clone(), &write());
+            assert!(text.starts_with(&format!("{UNCERTAIN} ")), "{error}: {text}");
+            assert!(text.ends_with("RAFTKV.SESSION 7 3 then the same command"), "{error}: {text}");
+            // A read never takes effect: it is never uncertain.
+            let text = client_reply(error.clone(), &read());
+            assert!(!text.starts_with(UNCERTAIN), "{error}: {text}");
+        }
+        let text = client_reply(ProposalError::StoppedBeforeProposing, &write());
+        assert_eq!(text, "ERR node stopped before the command was proposed; nothing was applied");
         let too_large = ProposalError::Refused(ProposeError::EntryTooLarge { size: 20 << 20, max: 16 << 20 });
-        let reply = text(proposal_attempt(too_large));
-        assert!(reply.starts_with("final ERR command of 20971520 bytes exceeds the max_entry_bytes limit"), "{reply}");
-        assert!(reply.ends_with("nothing was applied"), "{reply}");
-        assert_eq!(text(proposal_attempt(ProposalError::Stopped)).split(' ').nth(1), Some(UNCERTAIN));
-        let not_leader = ProposalError::Refused(ProposeError::NotLeader { leader: None });
-        assert_eq!(text(proposal_attempt(not_leader)), "retry maybe=false");
-        assert_eq!(text(proposal_attempt(ProposalError::Overwritten)), "retry maybe=false");
-        assert_eq!(text(proposal_attempt(ProposalError::LeadershipLost)), "retry maybe=true");
-        assert_eq!(text(proposal_attempt(ProposalError::Timeout)), "retry maybe=true");
+        let text = client_reply(too_large, &write());
+        assert!(text.starts_with("ERR command of 20971520 bytes exceeds the max_entry_bytes limit"), "{text}");
+        assert!(text.ends_with("nothing was applied"), "{text}");
+    }
+
+    #[test]
+    fn a_final_refusal_after_an_uncertain_attempt_is_uncertain() {
+        let stopped = proposal_attempt(ProposalError::StoppedBeforeProposing);
+        let text = error_text(final_reply(&write(), stopped, true));
+        assert!(text.starts_with(UNCERTAIN) && text.contains("node stopped before"), "{text}");
+        let from_leader = Attempt::Refused(Reply::error("ERR max number of clients reached"));
+        assert!(error_text(final_reply(&write(), from_leader, true)).starts_with(UNCERTAIN));
+        let from_leader = Attempt::Refused(Reply::error("ERR max number of clients reached"));
+        assert_eq!(error_text(final_reply(&read(), from_leader, true)), "ERR max number of clients reached");
+        // A result is the command's outcome, whatever happened before.
+        assert_eq!(final_reply(&write(), Attempt::Done(Reply::Integer(1)), true), Reply::Integer(1));
     }
 
     #[test]
     fn giving_up_says_tryagain_only_when_nothing_may_have_applied() {
-        use crate::raftkv::store::KvOp;
-        let write = KvRequest { session: 1, seq: 1, now_ms: 0, op: KvOp::IncrBy { key: "k".into(), delta: 1 } };
-        let read = KvRequest { session: 0, seq: 0, now_ms: 0, op: KvOp::Get { key: "k".into() } };
-        assert_eq!(give_up_reply(&write, false), Reply::error(TRYAGAIN_NO_LEADER));
-        let Reply::Error(uncertain) = give_up_reply(&write, true) else { panic!("error") };
-        assert!(uncertain.starts_with(UNCERTAIN), "{uncertain}");
-        assert_eq!(give_up_reply(&read, true), Reply::error(TRYAGAIN_NO_LEADER), "a read never takes effect");
+        let give_up = |request: &KvRequest, maybe: bool| final_reply(request, Attempt::retry("x", maybe), maybe);
+        assert_eq!(give_up(&write(), false), Reply::error(TRYAGAIN_NO_LEADER));
+        let uncertain = error_text(give_up(&write(), true));
+        assert!(uncertain.starts_with(UNCERTAIN) && uncertain.contains("RAFTKV.SESSION 7 3"), "{uncertain}");
+        assert_eq!(give_up(&read(), true), Reply::error(TRYAGAIN_NO_LEADER), "a read never takes effect");
+    }
+
+    #[test]
+    fn the_leader_tells_a_follower_whether_a_forwarded_request_may_have_applied() {
+        let reply = |e| error_text(forwarded_error_reply(1, e));
+        assert_eq!(
+            reply(ProposalError::StoppedBeforeProposing),
+            "TRYAGAIN leader 1 stopped before proposing the command"
+        );
+        assert_eq!(reply(ProposalError::Stopped), format!("{UNCERTAIN} leader 1 stopped"));
+        assert!(reply(ProposalError::Timeout).starts_with(UNCERTAIN));
+        assert!(reply(ProposalError::LeadershipLost).starts_with(UNCERTAIN));
+        assert!(reply(ProposalError::Overwritten).starts_with("TRYAGAIN "));
+        assert!(reply(ProposalError::Refused(ProposeError::NotLeader { leader: None })).starts_with("TRYAGAIN "));
+        let too_large = ProposalError::Refused(ProposeError::EntryTooLarge { size: 2, max: 1 });
+        assert!(reply(too_large).starts_with("ERR "));
+        // And the follower reads the answers back the same way.
+        for (wire, kind_) in [
+            (format!("-{}\r\n", reply(ProposalError::Stopped)), "maybe"),
+            (format!("-{}\r\n", reply(ProposalError::StoppedBeforeProposing)), "certainly-not"),
+        ] {
+            assert_eq!(kind(parse_forward_reply(wire.as_bytes())).map(|k| k.0), Some(kind_), "{wire}");
+        }
     }
 }

@@ -17,6 +17,10 @@
 //! store caches only the last reply per session, which is why a connection keeps at most one command in
 //! flight (pipelined commands are processed one after another).
 //!
+//! A session outlives its connection: [`SESSION_COMMAND`] makes a new connection (to any node) continue
+//! it, so that a write answered `-UNCERTAIN` (which names its session and sequence number) can be
+//! resent and still applies at most once.
+//!
 //! # Any node accepts any command
 //!
 //! The leader proposes commands itself. A follower forwards them to the leader's client address over a
@@ -31,8 +35,9 @@
 //! Every error says whether the command may have taken effect:
 //! - `-TRYAGAIN ...`: it certainly did not (no attempt was appended to any log, or every attempt was
 //!   overwritten); sending it again is safe.
-//! - `-UNCERTAIN ...`: an attempt was appended but no leader confirmed it within the retry bound; it may
-//!   still be applied. Read the state before retrying a non-idempotent command.
+//! - `-UNCERTAIN ...`: an attempt may have been appended but no leader confirmed it within the retry
+//!   bound (or the node stopped); it may still be applied. Resend it after `RAFTKV.SESSION <id> <seq>`
+//!   (named in the message) to apply it exactly once, or read the state before retrying.
 //! - `-ERR ...`: the command was refused for what it is (syntax, type, a value over
 //!   [`Limits::max_entry_bytes`]); it did not take effect.
 //!
@@ -71,6 +76,12 @@ pub const FORWARD_COMMAND: &str = "RAFTKV.FORWARD";
 /// Replies `[applied index, digest]` of this node's local state machine, without going through the log:
 /// replicas that applied the same log must report the same digest (used by tests to detect divergence).
 pub const DIGEST_COMMAND: &str = "RAFTKV.DIGEST";
+/// `RAFTKV.SESSION` replies this connection's `[session id, next sequence number]`;
+/// `RAFTKV.SESSION <id> <seq>` makes this connection continue session `id`, its next write carrying
+/// sequence number `seq`. Sent before resending a write answered `-UNCERTAIN` (whose message names both
+/// numbers), it makes the retry apply at most once in all: the store answers an already applied
+/// `(session, seq)` from its cache.
+pub const SESSION_COMMAND: &str = "RAFTKV.SESSION";
 /// The reply when no leader could take the command within the retry bound and no attempt was appended
 /// anywhere: the command certainly did not take effect.
 pub const TRYAGAIN_NO_LEADER: &str = "TRYAGAIN no leader available";
@@ -421,6 +432,19 @@ impl Conn<'_> {
             admin::command(self.shared, &args[1..], false)
         } else if name.eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
             self.digest()
+        } else if name.eq_ignore_ascii_case(SESSION_COMMAND.as_bytes()) {
+            match parse_session_command(&args[1..]) {
+                Ok(None) => Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(self.session.to_string())),
+                    Reply::Bulk(Bytes::from((self.seq + 1).to_string())),
+                ]),
+                Ok(Some((session, next_seq))) => {
+                    self.session = session;
+                    self.seq = next_seq - 1;
+                    Reply::ok()
+                }
+                Err(reply) => reply,
+            }
         } else {
             match command::parse_command(args) {
                 Err(reply) => reply,
@@ -495,6 +519,22 @@ impl Conn<'_> {
             }
             None => Reply::error("ERR node stopped"),
         }
+    }
+}
+
+/// The arguments of [`SESSION_COMMAND`]: none (`Ok(None)`), or a session id (not 0) and the next
+/// sequence number (at least 1).
+fn parse_session_command(args: &[Bytes]) -> Result<Option<(u64, u64)>, Reply> {
+    let number = |raw: &Bytes| std::str::from_utf8(raw).ok().and_then(|s| s.parse::<u64>().ok());
+    match args {
+        [] => Ok(None),
+        [session, seq] => match (number(session), number(seq)) {
+            (Some(session), Some(seq)) if session != 0 && seq != 0 => Ok(Some((session, seq))),
+            _ => Err(Reply::error(format!(
+                "ERR {SESSION_COMMAND}: the session id and the sequence number must be positive integers"
+            ))),
+        },
+        _ => Err(Reply::error(format!("ERR wrong number of arguments for '{SESSION_COMMAND}' command"))),
     }
 }
 

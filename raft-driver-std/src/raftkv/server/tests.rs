@@ -46,3 +46,35 @@ fn parser_bounds_follow_the_entry_limit() {
     };
     assert_eq!(conn_reply, (1001, 1000));
 }
+
+#[test]
+fn session_command_arguments() {
+    let args = |words: &[&str]| words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>();
+    assert_eq!(parse_session_command(&[]), Ok(None));
+    assert_eq!(parse_session_command(&args(&["72057594037927937", "5"])), Ok(Some((72_057_594_037_927_937, 5))));
+    assert_eq!(parse_session_command(&args(&["18446744073709551615", "1"])), Ok(Some((u64::MAX, 1))));
+    for bad in [&["0", "1"][..], &["1", "0"], &["-1", "2"], &["x", "1"], &["1", ""]] {
+        let Err(Reply::Error(text)) = parse_session_command(&args(bad)) else { panic!("{bad:?} accepted") };
+        assert!(text.starts_with("ERR RAFTKV.SESSION"), "{text}");
+    }
+    let Err(Reply::Error(text)) = parse_session_command(&args(&["1"])) else { panic!("one argument accepted") };
+    assert!(text.starts_with("ERR wrong number of arguments"), "{text}");
+}
+
+/// What `RAFTKV.SESSION <id> <seq>` on a new connection relies on: resending a write with the
+/// `(session, seq)` of one already applied answers the original reply and applies nothing.
+#[test]
+fn a_resumed_session_applies_a_resent_write_once() {
+    use crate::raftkv::store::KvOp;
+    let mut store = KvStore::new();
+    let incr =
+        |session, seq| KvRequest { session, seq, now_ms: 1, op: KvOp::IncrBy { key: "n".into(), delta: 1 } }.encode();
+    let applied = |store: &mut KvStore, index, bytes: &Bytes| StateMachine::apply(store, index, bytes);
+    assert_eq!(applied(&mut store, 1, &incr(9, 1)), KvResult::Integer(1));
+    assert_eq!(applied(&mut store, 2, &incr(9, 2)), KvResult::Integer(2));
+    // The reply to seq 2 was lost ("-UNCERTAIN ... RAFTKV.SESSION 9 2"); the new connection resends it.
+    assert_eq!(applied(&mut store, 3, &incr(9, 2)), KvResult::Integer(2), "answered from the session cache");
+    assert_eq!(applied(&mut store, 4, &incr(9, 3)), KvResult::Integer(3), "the next write applies");
+    // A fresh session (what a reconnect without RAFTKV.SESSION gets) would have applied it again.
+    assert_eq!(applied(&mut store, 5, &incr(10, 1)), KvResult::Integer(4));
+}
