@@ -1477,6 +1477,7 @@ fn a_follower_whose_disk_lost_acknowledged_entries_is_repaired() {
     }
     assert_eq!(cluster.wait_leader(&cluster.ids(), Duration::from_secs(5)), leader, "the leader stayed");
     assert!(info_u64(&cluster.info(leader).expect("INFO"), "follower_regressions") >= 1);
+}
 
 /// The `(session, seq)` an `-UNCERTAIN` reply names for an exactly-once retry.
 fn uncertain_session(err: &redis::RedisError) -> (String, String) {
