@@ -195,7 +195,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} reads={}/{} disk_losses={}/{} peak_log={} failures={} ({:.1}s, {} jobs)",
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} reads={}/{} disk_losses={}/{} old_msgs={} peak_log={} failures={} ({:.1}s, {} jobs)",
         summary.seeds,
         summary.events,
         summary.events as f64 / secs.max(1e-9),
@@ -209,6 +209,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
         summary.reads.1,
         summary.disk_losses.0,
         summary.disk_losses.1,
+        summary.situations.old_messages,
         summary.peak_log_len,
         summary.failures.len(),
         secs,

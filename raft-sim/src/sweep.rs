@@ -63,6 +63,8 @@ pub struct SweepSummary {
     pub reads: (u64, u64),
     /// Disks that lost synced entries, and repairs completed.
     pub disk_losses: (u64, u64),
+    /// Situations the runs produced (old messages, stale deliveries, pre-votes).
+    pub situations: crate::sim::Situations,
     /// Failing runs, by seed.
     pub failures: Vec<RunReport>,
 }
@@ -80,6 +82,7 @@ impl SweepSummary {
         self.reads.1 += r.reads.1;
         self.disk_losses.0 += r.disk_losses.0;
         self.disk_losses.1 += r.disk_losses.1;
+        self.situations.add(r.situations);
         match r.linearizability {
             Some(CheckResult::Linearizable) if r.failure.is_none() => self.linearizable_ops += r.ops as u64,
             Some(CheckResult::Undecided { .. }) => self.undecided += 1,
@@ -105,6 +108,7 @@ impl SweepSummary {
         self.reads.1 += other.reads.1;
         self.disk_losses.0 += other.disk_losses.0;
         self.disk_losses.1 += other.disk_losses.1;
+        self.situations.add(other.situations);
         self.failures.extend(other.failures);
     }
 }
