@@ -222,12 +222,12 @@ fn reads_by_read_index_and_by_lease_are_checked() {
 }
 
 /// Clocks that run slow beyond the lease's drift bound break leases and not ReadIndex: the same seeds
-/// with the same clock faults (`lease-drift` and `slow-clocks`) fail only with leases. Seed 543 is the
-/// first of `run --seeds 0..10000 --profile lease-drift` to fail (5 of 10,000 do).
+/// with the same clock faults (`lease-drift` and `slow-clocks`) fail only with leases. Seed 798 is the
+/// first of `run --seeds 0..10000 --profile lease-drift` to fail (6 of 10,000 do).
 #[test]
 fn slow_clocks_break_leases_and_not_read_index() {
-    let seeds = 540..560;
-    let leased = run(profile_spec("lease-drift", 0, 1).config(543));
+    let seeds = 790..810;
+    let leased = run(profile_spec("lease-drift", 0, 1).config(798));
     let failure = leased.failure.expect("a stale lease read");
     assert_eq!(failure.property, "linearizability", "{failure:?}");
     assert_clean(&profile_spec("slow-clocks", seeds.start, seeds.end));

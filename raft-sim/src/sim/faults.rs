@@ -21,6 +21,10 @@ pub enum Fault {
     OneWay(NodeId, NodeId),
     /// Cut the current leader away.
     IsolateLeader,
+    /// Stall every link of one node, both ways: messages are accepted and
+    /// none delivered until the next heal, which delivers them late or
+    /// loses them all (by seed).
+    Stall(NodeId),
     /// Restore every link.
     Heal,
     /// Restore the links from one node to the others (not back to it).
@@ -143,8 +147,8 @@ impl Sim {
             // Sometimes a partition heals in one direction first: a node
             // that was cut off can talk again but not yet hear (a stale
             // leader keeps sending in its old term).
-            if self.rng.gen_bool(0.3) {
-                let senders = self.net.cut_senders();
+            let senders = self.net.cut_senders();
+            if !senders.is_empty() && self.rng.gen_bool(0.3) {
                 return Fault::HealOutbound(*senders.choose(&mut self.rng).expect("cut"));
             }
             return Fault::Heal;
@@ -230,8 +234,15 @@ impl Sim {
     /// One of the partition shapes, at random.
     fn random_partition(&mut self) -> Fault {
         let ids: Vec<NodeId> = self.nodes.keys().collect();
-        match self.rng.gen_range(0..4) {
+        match self.rng.gen_range(0..5) {
             0 => Fault::IsolateLeader,
+            4 => {
+                let victim = match self.current_leader() {
+                    Some(l) if self.rng.gen_bool(0.5) => l,
+                    _ => *ids.choose(&mut self.rng).expect("ids"),
+                };
+                Fault::Stall(victim)
+            }
             1 => {
                 let a = *ids.choose(&mut self.rng).expect("ids");
                 let b = *ids.choose(&mut self.rng).expect("ids");
@@ -272,7 +283,11 @@ impl Sim {
         self.rec.mark(|| Mark::Fault { at_us: now, label: format!("{f:?}") });
         let ids: Vec<NodeId> = self.nodes.keys().collect();
         match f {
-            Fault::Heal => self.net.heal(),
+            Fault::Heal => {
+                self.net.heal();
+                self.resume_stalls();
+            }
+            Fault::Stall(a) => self.net.stall(&ids, a),
             Fault::HealOutbound(a) => self.net.heal_outbound(a),
             Fault::Isolate(a) => self.net.isolate(&ids, &[a]),
             Fault::Split(side) => self.net.isolate(&ids, &side),

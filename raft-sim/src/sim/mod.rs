@@ -210,6 +210,9 @@ pub struct Situations {
     pub stale_deliveries: u64,
     /// Pre-vote requests delivered.
     pub pre_votes: u64,
+    /// Messages held by stalled links: delivered late when they resumed,
+    /// and lost with a replaced connection.
+    pub stalled: (u64, u64),
 }
 
 impl Situations {
@@ -218,6 +221,8 @@ impl Situations {
         self.old_messages += o.old_messages;
         self.stale_deliveries += o.stale_deliveries;
         self.pre_votes += o.pre_votes;
+        self.stalled.0 += o.stalled.0;
+        self.stalled.1 += o.stalled.1;
     }
 }
 
@@ -248,6 +253,9 @@ struct Stats {
     old_messages: u64,
     stale_deliveries: u64,
     pre_votes: u64,
+    /// Messages stalled links delivered late at the heal, and lost.
+    stalled_delivered: u64,
+    stalled_lost: u64,
 }
 
 /// One simulated world.
@@ -456,6 +464,7 @@ impl Sim {
                 old_messages: self.stats.old_messages,
                 stale_deliveries: self.stats.stale_deliveries,
                 pre_votes: self.stats.pre_votes,
+                stalled: (self.stats.stalled_delivered, self.stats.stalled_lost),
             },
         }
     }

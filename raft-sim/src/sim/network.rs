@@ -50,7 +50,17 @@ pub(super) struct Network {
     old: Vec<(NodeId, NodeId, Message)>,
     /// Raft messages offered to the reservoir.
     sent: u64,
+    /// Stalled directed links: they accept messages and deliver none (a TCP
+    /// connection whose packets are dropped while the sender's buffer
+    /// fills), until they resume.
+    stalled: BTreeSet<(NodeId, NodeId)>,
+    /// What stalled links hold, in send order.
+    held: Vec<(NodeId, NodeId, Message)>,
 }
+
+/// How many messages stalled links hold in all (a socket buffer's worth);
+/// later ones are lost, as a full send queue drops them.
+const HELD_MESSAGES: usize = 2048;
 
 /// How many old messages the network keeps for redelivery.
 const OLD_MESSAGES: usize = 256;
@@ -58,7 +68,42 @@ const OLD_MESSAGES: usize = 256;
 impl Network {
     /// A network with every link up; `link_salt` fixes the link speeds.
     pub(super) fn new(link_salt: u64) -> Network {
-        Network { cut: BTreeSet::new(), link_salt, old: Vec::new(), sent: 0 }
+        Network {
+            cut: BTreeSet::new(),
+            link_salt,
+            old: Vec::new(),
+            sent: 0,
+            stalled: BTreeSet::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Stalls every link of `a`, both ways.
+    pub(super) fn stall(&mut self, ids: &[NodeId], a: NodeId) {
+        for &b in ids.iter().filter(|&&b| b != a) {
+            self.stalled.insert((a, b));
+            self.stalled.insert((b, a));
+        }
+    }
+
+    /// Whether the link `from -> to` is stalled.
+    pub(super) fn is_stalled(&self, from: u64, to: u64) -> bool {
+        !self.stalled.is_empty() && self.stalled.contains(&(from, to))
+    }
+
+    /// A stalled link takes a message it will not deliver for now.
+    fn hold(&mut self, from: NodeId, to: NodeId, m: Message) -> bool {
+        if self.held.len() < HELD_MESSAGES {
+            self.held.push((from, to, m));
+            return true;
+        }
+        false
+    }
+
+    /// Ends every stall; returns what the links held, in send order.
+    fn resume_all(&mut self) -> Vec<(NodeId, NodeId, Message)> {
+        self.stalled.clear();
+        std::mem::take(&mut self.held)
     }
 
     /// Whether the link `from -> to` is cut.
@@ -66,9 +111,9 @@ impl Network {
         self.cut.contains(&(from, to))
     }
 
-    /// Whether any link is cut.
+    /// Whether any link is cut or stalled.
     pub(super) fn is_partitioned(&self) -> bool {
-        !self.cut.is_empty()
+        !self.cut.is_empty() || !self.stalled.is_empty()
     }
 
     /// The sending side of every cut link, in link order.
@@ -153,6 +198,24 @@ impl Sim {
         }
     }
 
+    /// The stalled links resume (at a heal): either the stalled connections
+    /// come back to life and deliver what they held, late and in order, or
+    /// (as the real transport does when it replaces a stalled connection)
+    /// all of it is lost.
+    pub(super) fn resume_stalls(&mut self) {
+        let held = self.net.resume_all();
+        if held.is_empty() || self.rng.gen_bool(0.5) {
+            self.stats.stalled_lost += held.len() as u64;
+            return;
+        }
+        let mut at = self.now;
+        for (from, to, m) in held {
+            at = at.max(self.now + self.latency(1.0)) + 1;
+            self.stats.stalled_delivered += 1;
+            self.push(at, Ev::Deliver { from, to, msg: NetMsg::Raft(m) });
+        }
+    }
+
     /// Offers a sent message to the reservoir of old ones (Algorithm R: every
     /// message sent so far is equally likely to be in it).
     fn keep_old(&mut self, from: NodeId, to: NodeId, m: &Message) {
@@ -210,6 +273,9 @@ impl Sim {
             return;
         }
         match msg {
+            NetMsg::Raft(message) if self.net.is_stalled(from, to) => {
+                self.net.hold(from, to, message);
+            }
             NetMsg::Raft(message) => {
                 let Some(term) = self.nodes.get(&to).and_then(|n| n.node.as_ref()).map(|n| n.term()) else {
                     return;
