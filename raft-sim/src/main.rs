@@ -195,7 +195,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} reads={}/{} disk_losses={}/{} old_msgs={} stalled={}/{} peak_log={} failures={} ({:.1}s, {} jobs)",
+        "seeds={} events={} events/s={:.0} linearizable ops={} undecided={} elections={} snapshots={}/{} reconfigs={} reads={}/{} disk_losses={}/{} old_msgs={} stalled={}/{} flaps={} peak_log={} failures={} ({:.1}s, {} jobs)",
         summary.seeds,
         summary.events,
         summary.events as f64 / secs.max(1e-9),
@@ -212,6 +212,7 @@ fn run_sweep(spec: &SweepSpec) -> ExitCode {
         summary.situations.old_messages,
         summary.situations.stalled.0,
         summary.situations.stalled.1,
+        summary.situations.leader_flaps,
         summary.peak_log_len,
         summary.failures.len(),
         secs,

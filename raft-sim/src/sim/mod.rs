@@ -213,6 +213,9 @@ pub struct Situations {
     /// Messages held by stalled links: delivered late when they resumed,
     /// and lost with a replaced connection.
     pub stalled: (u64, u64),
+    /// Nodes elected leader again after another leader cut part of their
+    /// log ("leader flapping").
+    pub leader_flaps: u64,
 }
 
 impl Situations {
@@ -223,6 +226,7 @@ impl Situations {
         self.pre_votes += o.pre_votes;
         self.stalled.0 += o.stalled.0;
         self.stalled.1 += o.stalled.1;
+        self.leader_flaps += o.leader_flaps;
     }
 }
 
@@ -256,6 +260,8 @@ struct Stats {
     /// Messages stalled links delivered late at the heal, and lost.
     stalled_delivered: u64,
     stalled_lost: u64,
+    /// Leaders elected again after losing part of their log to another.
+    leader_flaps: u64,
 }
 
 /// One simulated world.
@@ -465,6 +471,7 @@ impl Sim {
                 stale_deliveries: self.stats.stale_deliveries,
                 pre_votes: self.stats.pre_votes,
                 stalled: (self.stats.stalled_delivered, self.stats.stalled_lost),
+                leader_flaps: self.stats.leader_flaps,
             },
         }
     }

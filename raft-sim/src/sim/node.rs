@@ -76,6 +76,10 @@ pub(super) struct SimNode {
     pub(super) heard_at: std::collections::BTreeMap<NodeId, u64>,
     /// While leading: the last tick at which a quorum had been heard from.
     pub(super) quorum_heard_at: u64,
+    /// The node has led, and since then lost part of its log to another
+    /// leader (a truncation): if it leads again, that is a leader flap.
+    cut_since_led: bool,
+    has_led: bool,
 }
 
 impl SimNode {
@@ -99,6 +103,8 @@ impl SimNode {
             ticks: 0,
             heard_at: std::collections::BTreeMap::new(),
             quorum_heard_at: 0,
+            cut_since_led: false,
+            has_led: false,
         }
     }
 
@@ -323,6 +329,9 @@ impl Sim {
             self.fail("stale term", format!("node {id} changed its log on a message from an older term"));
         }
         let n = self.nodes.get_mut(&id).expect("node");
+        if p.truncate_from.is_some() && n.has_led {
+            n.cut_since_led = true;
+        }
         n.disk.write(p);
         if !n.sync_pending {
             self.schedule_sync(id);
@@ -398,6 +407,11 @@ impl Sim {
                 n.led_since_us = now;
                 n.heard_at.clear();
                 n.quorum_heard_at = n.ticks;
+                if n.cut_since_led {
+                    self.stats.leader_flaps += 1;
+                }
+                n.has_led = true;
+                n.cut_since_led = false;
             }
             self.check_election(id, term);
             self.stats.elections += 1;
