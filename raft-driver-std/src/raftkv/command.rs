@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::int::parse_i64;
 use super::resp::{Protocol, Reply};
-use super::store::{KvOp, SetCondition, SetExpiry};
+use super::store::{DEFAULT_SCAN_COUNT, ExpireCondition, KeyType, KvOp, SetCondition, SetExpiry, parse_float};
 
 /// What the server should do with a parsed request.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +120,9 @@ pub fn parse_command(args: &[Bytes]) -> Result<ParsedCommand, Reply> {
     if let Some(op) = parse_keyspace_command(cmd, rest)? {
         return Ok(ParsedCommand::Replicate(op));
     }
+    if let Some(op) = parse_hash_command(cmd, rest)? {
+        return Ok(ParsedCommand::Replicate(op));
+    }
     parse_server_command(cmd, rest).unwrap_or_else(|| Err(unknown_command(name, rest)))
 }
 
@@ -155,9 +158,177 @@ fn parse_string_command(cmd: &str, rest: &[Bytes]) -> Result<Option<KvOp>, Reply
             KvOp::MSet { pairs: rest.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect() }
         }
         "mget" => arity(cmd, n >= 1).map(|()| KvOp::MGet { keys: rest.to_vec() })?,
+        "setnx" => arity(cmd, n == 2).map(|()| KvOp::SetNx { key: key(), value: rest[1].clone() })?,
+        "getset" => {
+            arity(cmd, n == 2)?;
+            KvOp::Set {
+                key: key(),
+                value: rest[1].clone(),
+                condition: SetCondition::Always,
+                expiry: SetExpiry::Clear,
+                get: true,
+            }
+        }
+        "getdel" => arity(cmd, n == 1).map(|()| KvOp::GetDel { key: key() })?,
+        "getex" => arity(cmd, n >= 1).and_then(|()| parse_getex(rest))?,
+        "setex" | "psetex" => {
+            arity(cmd, n == 3)?;
+            let v = int_arg(&rest[1])?;
+            let invalid = || Reply::error(format!("ERR invalid expire time in '{cmd}' command"));
+            let ms = if cmd == "setex" { v.checked_mul(1000).ok_or_else(invalid)? } else { v };
+            if v <= 0 {
+                return Err(invalid());
+            }
+            KvOp::Set {
+                key: key(),
+                value: rest[2].clone(),
+                condition: SetCondition::Always,
+                expiry: SetExpiry::AfterMs(ms as u64),
+                get: false,
+            }
+        }
+        "getrange" | "substr" => {
+            arity(cmd, n == 3)?;
+            KvOp::GetRange { key: key(), start: int_arg(&rest[1])?, end: int_arg(&rest[2])? }
+        }
+        "setrange" => {
+            arity(cmd, n == 3)?;
+            let offset = int_arg(&rest[1])?;
+            let offset = u64::try_from(offset).map_err(|_| Reply::error("ERR offset is out of range"))?;
+            KvOp::SetRange { key: key(), offset, value: rest[2].clone() }
+        }
+        "incrbyfloat" => {
+            arity(cmd, n == 2)?;
+            float_arg(&rest[1])?;
+            KvOp::IncrByFloat { key: key(), delta: rest[1].clone() }
+        }
+        "msetnx" => {
+            arity(cmd, n >= 2 && n % 2 == 0)?;
+            KvOp::MSetNx { pairs: rest.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect() }
+        }
         _ => return Ok(None),
     };
     Ok(Some(op))
+}
+
+fn float_arg(arg: &[u8]) -> Result<f64, Reply> {
+    parse_float(arg).ok_or_else(|| Reply::error("ERR value is not a valid float"))
+}
+
+/// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`.
+fn parse_getex(rest: &[Bytes]) -> Result<KvOp, Reply> {
+    let key = rest[0].clone();
+    let opts = &rest[1..];
+    let invalid = || Reply::error("ERR invalid expire time in 'getex' command");
+    let expiry = match opts {
+        [] => None,
+        [p] if p.eq_ignore_ascii_case(b"persist") => Some(SetExpiry::Clear),
+        [opt, v] => {
+            let opt = opt.to_ascii_uppercase();
+            let v = int_arg(v)?;
+            if v <= 0 {
+                return Err(invalid());
+            }
+            let ms = |secs: bool| if secs { v.checked_mul(1000).ok_or_else(invalid) } else { Ok(v) };
+            Some(match opt.as_slice() {
+                b"EX" => SetExpiry::AfterMs(ms(true)? as u64),
+                b"PX" => SetExpiry::AfterMs(ms(false)? as u64),
+                b"EXAT" => SetExpiry::AtMs(ms(true)? as u64),
+                b"PXAT" => SetExpiry::AtMs(ms(false)? as u64),
+                _ => return Err(syntax_error()),
+            })
+        }
+        _ => return Err(syntax_error()),
+    };
+    Ok(KvOp::GetEx { key, expiry })
+}
+
+/// `EXPIRE`/`PEXPIRE`/`EXPIREAT`/`PEXPIREAT key time [NX|XX|GT|LT]`.
+fn parse_expire(cmd: &str, rest: &[Bytes]) -> Result<KvOp, Reply> {
+    let v = int_arg(&rest[1])?;
+    let seconds = matches!(cmd, "expire" | "expireat");
+    let absolute = matches!(cmd, "expireat" | "pexpireat");
+    let ms = if seconds {
+        v.checked_mul(1000).ok_or_else(|| Reply::error(format!("ERR invalid expire time in '{cmd}' command")))?
+    } else {
+        v
+    };
+    // A deadline at or before now deletes the key; negative ones are simply "long ago".
+    let at = match (absolute, u64::try_from(ms)) {
+        (_, Err(_)) => SetExpiry::AtMs(0),
+        (true, Ok(ms)) => SetExpiry::AtMs(ms),
+        (false, Ok(ms)) => SetExpiry::AfterMs(ms),
+    };
+    let mut condition = ExpireCondition::Always;
+    for opt in &rest[2..] {
+        let opt = opt.to_ascii_uppercase();
+        let next = match opt.as_slice() {
+            b"NX" => ExpireCondition::IfNone,
+            b"XX" => ExpireCondition::IfSome,
+            b"GT" => ExpireCondition::Later,
+            b"LT" => ExpireCondition::Earlier,
+            _ => {
+                let opt = String::from_utf8_lossy(&opt);
+                return Err(Reply::error(format!("ERR Unsupported option {opt}")));
+            }
+        };
+        use ExpireCondition::*;
+        condition = match (condition, next) {
+            (Always, c) => c,
+            (a, b) if a == b => a,
+            (IfNone, _) | (_, IfNone) => {
+                return Err(Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible"));
+            }
+            (Later, Earlier) | (Earlier, Later) => {
+                return Err(Reply::error("ERR GT and LT options at the same time are not compatible"));
+            }
+            // XX combines with GT or LT: the TTL must exist and satisfy the comparison, which GT
+            // already requires and LT, on an existing TTL, adds.
+            (IfSome, c) | (c, IfSome) => c,
+            (a, _) => a,
+        };
+    }
+    Ok(KvOp::Expire { key: rest[0].clone(), at, condition })
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]` (and `HSCAN key cursor ...`, without TYPE).
+fn parse_scan(rest: &[Bytes], with_type: bool) -> Result<(u64, Option<Bytes>, u32, Option<KeyType>), Reply> {
+    let cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut kind) = (None, DEFAULT_SCAN_COUNT, None);
+    let mut opts = rest[1..].chunks(2);
+    for pair in &mut opts {
+        let [opt, value] = pair else { return Err(syntax_error()) };
+        let opt = opt.to_ascii_uppercase();
+        match opt.as_slice() {
+            b"MATCH" => pattern = Some(value.clone()),
+            b"COUNT" => {
+                let n = int_arg(value)?;
+                if n < 1 {
+                    return Err(syntax_error());
+                }
+                count = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            b"TYPE" if with_type => {
+                kind = Some(match value.to_ascii_lowercase().as_slice() {
+                    b"string" => KeyType::String,
+                    b"hash" => KeyType::Hash,
+                    b"list" => KeyType::List,
+                    b"set" => KeyType::Set,
+                    b"zset" => KeyType::ZSet,
+                    b"stream" => KeyType::Stream,
+                    _ => {
+                        let t = String::from_utf8_lossy(value);
+                        return Err(Reply::error(format!("ERR unknown type name '{t}'")));
+                    }
+                });
+            }
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok((cursor, pattern, count, kind))
 }
 
 /// The commands on the key space as a whole: `Ok(None)` if `cmd` is not one of them.
@@ -167,6 +338,24 @@ fn parse_keyspace_command(cmd: &str, rest: &[Bytes]) -> Result<Option<KvOp>, Rep
         "del" | "unlink" => arity(cmd, n >= 1).map(|()| KvOp::Del { keys: rest.to_vec() })?,
         "exists" => arity(cmd, n >= 1).map(|()| KvOp::Exists { keys: rest.to_vec() })?,
         "dbsize" => arity(cmd, n == 0).map(|()| KvOp::DbSize)?,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => arity(cmd, n >= 2).and_then(|()| parse_expire(cmd, rest))?,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+            arity(cmd, n == 1)?;
+            KvOp::Ttl { key: rest[0].clone(), millis: cmd.starts_with('p'), absolute: cmd.ends_with("expiretime") }
+        }
+        "persist" => arity(cmd, n == 1).map(|()| KvOp::Persist { key: rest[0].clone() })?,
+        "type" => arity(cmd, n == 1).map(|()| KvOp::Type { key: rest[0].clone() })?,
+        "rename" | "renamenx" => {
+            arity(cmd, n == 2)?;
+            KvOp::Rename { from: rest[0].clone(), to: rest[1].clone(), nx: cmd == "renamenx" }
+        }
+        "keys" => arity(cmd, n == 1).map(|()| KvOp::Keys { pattern: rest[0].clone() })?,
+        "randomkey" => arity(cmd, n == 0).map(|()| KvOp::RandomKey)?,
+        "scan" => {
+            arity(cmd, n >= 1)?;
+            let (cursor, pattern, count, kind) = parse_scan(rest, true)?;
+            KvOp::Scan { cursor, pattern, count, kind }
+        }
         "flushall" | "flushdb" => {
             arity(cmd, n <= 1)?;
             if let Some(mode) = rest.first() {
@@ -175,6 +364,48 @@ fn parse_keyspace_command(cmd: &str, rest: &[Bytes]) -> Result<Option<KvOp>, Rep
                 }
             }
             KvOp::FlushAll
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(op))
+}
+
+/// The hash commands: `Ok(None)` if `cmd` is not one of them.
+fn parse_hash_command(cmd: &str, rest: &[Bytes]) -> Result<Option<KvOp>, Reply> {
+    let n = rest.len();
+    let key = || rest[0].clone();
+    let op = match cmd {
+        "hset" | "hmset" => {
+            arity(cmd, n >= 3 && n % 2 == 1)?;
+            let pairs = rest[1..].chunks_exact(2).map(|fv| (fv[0].clone(), fv[1].clone())).collect();
+            KvOp::HSet { key: key(), pairs, ok_reply: cmd == "hmset" }
+        }
+        "hsetnx" => {
+            arity(cmd, n == 3)?;
+            KvOp::HSetNx { key: key(), field: rest[1].clone(), value: rest[2].clone() }
+        }
+        "hget" => arity(cmd, n == 2).map(|()| KvOp::HGet { key: key(), field: rest[1].clone() })?,
+        "hmget" => arity(cmd, n >= 2).map(|()| KvOp::HMGet { key: key(), fields: rest[1..].to_vec() })?,
+        "hdel" => arity(cmd, n >= 2).map(|()| KvOp::HDel { key: key(), fields: rest[1..].to_vec() })?,
+        "hgetall" => arity(cmd, n == 1).map(|()| KvOp::HGetAll { key: key() })?,
+        "hincrby" => {
+            arity(cmd, n == 3)?;
+            KvOp::HIncrBy { key: key(), field: rest[1].clone(), delta: int_arg(&rest[2])? }
+        }
+        "hincrbyfloat" => {
+            arity(cmd, n == 3)?;
+            float_arg(&rest[2])?;
+            KvOp::HIncrByFloat { key: key(), field: rest[1].clone(), delta: rest[2].clone() }
+        }
+        "hlen" => arity(cmd, n == 1).map(|()| KvOp::HLen { key: key() })?,
+        "hexists" => arity(cmd, n == 2).map(|()| KvOp::HExists { key: key(), field: rest[1].clone() })?,
+        "hkeys" => arity(cmd, n == 1).map(|()| KvOp::HKeys { key: key() })?,
+        "hvals" => arity(cmd, n == 1).map(|()| KvOp::HVals { key: key() })?,
+        "hstrlen" => arity(cmd, n == 2).map(|()| KvOp::HStrlen { key: key(), field: rest[1].clone() })?,
+        "hscan" => {
+            arity(cmd, n >= 2)?;
+            let (cursor, pattern, count, _) = parse_scan(&rest[1..], false)?;
+            KvOp::HScan { key: key(), cursor, pattern, count }
         }
         _ => return Ok(None),
     };
@@ -190,7 +421,14 @@ fn parse_server_command(cmd: &str, rest: &[Bytes]) -> Option<Result<ParsedComman
         "ping" => arity(cmd, n <= 1).and_then(|()| {
             reply(rest.first().map_or_else(|| Reply::Simple("PONG".to_owned()), |msg| Reply::Bulk(msg.clone())))
         }),
+        // Outside MULTI the server handles UNWATCH itself; inside, it is queued and answers +OK.
+        "unwatch" => arity(cmd, n == 0).and_then(|()| reply(Reply::ok())),
         "echo" => arity(cmd, n == 1).and_then(|()| reply(Reply::Bulk(rest[0].clone()))),
+        "time" => arity(cmd, n == 0).and_then(|()| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let text = |v: u64| Reply::Bulk(Bytes::from(v.to_string()));
+            reply(Reply::Array(vec![text(now.as_secs()), text(u64::from(now.subsec_micros()))]))
+        }),
         "hello" => parse_hello(rest).map(ParsedCommand::Connection),
         "client" => parse_client(rest),
         "info" => connection(ConnCommand::Info { sections: rest.to_vec() }),

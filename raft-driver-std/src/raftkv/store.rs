@@ -37,7 +37,12 @@ use imbl::ordmap::Entry as MapEntry;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::int::parse_i64;
+mod ops;
+mod pattern;
+
+pub use ops::{DEFAULT_SCAN_COUNT, parse_float};
+pub use pattern::glob_match;
+
 use crate::state_machine::{RestoreError, SnapshotImage, StateMachine};
 
 /// Default bound on the number of client sessions a [`KvStore`] remembers.
@@ -188,22 +193,354 @@ pub enum KvOp {
     DbSize,
     /// `FLUSHALL`/`FLUSHDB`: removes every key (sessions are kept). `+OK`.
     FlushAll,
+    // Everything below was added after format version 1 of the log: append only.
+    /// `SETNX key value`: 1 if the key was set, 0 if it existed (the value is then unchanged).
+    SetNx {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// `GETDEL key`: the value (Null if absent), and the key is deleted.
+    GetDel {
+        /// The key.
+        key: Bytes,
+    },
+    /// `GETEX key [EX|PX|EXAT|PXAT|PERSIST]`: the value; `expiry` `None` leaves the TTL as it is,
+    /// `Some(SetExpiry::Clear)` is `PERSIST`.
+    GetEx {
+        /// The key.
+        key: Bytes,
+        /// The new TTL, if any.
+        expiry: Option<SetExpiry>,
+    },
+    /// `GETRANGE key start end`: the substring, with Redis' negative-index rules (empty if absent).
+    GetRange {
+        /// The key.
+        key: Bytes,
+        /// First byte, negative counts from the end.
+        start: i64,
+        /// Last byte (inclusive), negative counts from the end.
+        end: i64,
+    },
+    /// `SETRANGE key offset value`: overwrites from `offset`, zero-padding; the new length.
+    SetRange {
+        /// The key.
+        key: Bytes,
+        /// Where to write.
+        offset: u64,
+        /// What to write.
+        value: Bytes,
+    },
+    /// `INCRBYFLOAT key increment`: the new value as a bulk string. The increment travels as the text
+    /// the client sent (validated by the parser) so the op stays `Eq` and its bytes exact.
+    IncrByFloat {
+        /// The key.
+        key: Bytes,
+        /// The increment's text.
+        delta: Bytes,
+    },
+    /// `MSETNX key value [...]`: sets all the pairs if none of the keys exists (1), else nothing (0).
+    MSetNx {
+        /// The pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// `EXPIRE`/`PEXPIRE` (`at` is [`SetExpiry::AfterMs`]) and `EXPIREAT`/`PEXPIREAT`
+    /// ([`SetExpiry::AtMs`]): 1 if the TTL was set (a deadline already past deletes the key), 0 if the
+    /// key is absent or the condition failed. The deadline is fixed in the log (relative ones from the
+    /// logged clock), so every replica expires the key at the same index.
+    Expire {
+        /// The key.
+        key: Bytes,
+        /// The deadline.
+        at: SetExpiry,
+        /// `NX`/`XX`/`GT`/`LT`.
+        condition: ExpireCondition,
+    },
+    /// `TTL`/`PTTL` (`absolute` false) and `EXPIRETIME`/`PEXPIRETIME` (true): -2 if the key is absent,
+    /// -1 if it has no TTL, else the remaining time (or the deadline) in seconds or milliseconds.
+    Ttl {
+        /// The key.
+        key: Bytes,
+        /// Milliseconds rather than seconds.
+        millis: bool,
+        /// The deadline rather than the time left.
+        absolute: bool,
+    },
+    /// `PERSIST key`: 1 if a TTL was removed.
+    Persist {
+        /// The key.
+        key: Bytes,
+    },
+    /// `TYPE key`: `string`, `hash` or `none`.
+    Type {
+        /// The key.
+        key: Bytes,
+    },
+    /// `RENAME from to` (`+OK`) and `RENAMENX` (1, or 0 if `to` exists). The TTL moves with the value;
+    /// `ERR no such key` if `from` is absent.
+    Rename {
+        /// The key to rename.
+        from: Bytes,
+        /// Its new name.
+        to: Bytes,
+        /// `RENAMENX`.
+        nx: bool,
+    },
+    /// `KEYS pattern`: every live key matching the glob pattern, in key order.
+    Keys {
+        /// The pattern (`*`, `?`, `[a-z]`, `[^a]`, `\\` escapes).
+        pattern: Bytes,
+    },
+    /// `RANDOMKEY`: some live key, or Null. Deterministic in the log (chosen from the index).
+    RandomKey,
+    /// The version of each key (the log index of its last write, 0 if absent): what `WATCH` records.
+    Versions {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// `EXEC`: the queued ops of a `MULTI` block, applied in one log entry (so atomically on every
+    /// replica), if every watched key still has the version `WATCH` saw; else nothing (Null). The ops
+    /// are encoded one by one (each a postcard [`KvOp`]), which keeps the op type non-recursive: a
+    /// hostile entry cannot nest transactions deep enough to exhaust the stack while it decodes.
+    Exec {
+        /// `(key, version)` pairs from `WATCH`.
+        watched: Vec<(Bytes, u64)>,
+        /// The encoded ops.
+        ops: Vec<Bytes>,
+    },
+    /// `HSET key field value [...]` (the number of new fields) and `HMSET` (`+OK`, `ok_reply`).
+    HSet {
+        /// The key.
+        key: Bytes,
+        /// The field/value pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+        /// Reply `+OK` (HMSET) instead of the count.
+        ok_reply: bool,
+    },
+    /// `HSETNX key field value`: 1 if the field was set, 0 if it existed.
+    HSetNx {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// `HGET key field`.
+    HGet {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `HMGET key field [...]`.
+    HMGet {
+        /// The key.
+        key: Bytes,
+        /// The fields.
+        fields: Vec<Bytes>,
+    },
+    /// `HDEL key field [...]`: how many fields were removed (the key goes with its last field).
+    HDel {
+        /// The key.
+        key: Bytes,
+        /// The fields.
+        fields: Vec<Bytes>,
+    },
+    /// `HGETALL key`: a map of every field (empty if absent).
+    HGetAll {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HINCRBY key field increment`: the new value.
+    HIncrBy {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The increment.
+        delta: i64,
+    },
+    /// `HINCRBYFLOAT key field increment`: the new value (text, as for [`KvOp::IncrByFloat`]).
+    HIncrByFloat {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The increment's text.
+        delta: Bytes,
+    },
+    /// `HLEN key`.
+    HLen {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HEXISTS key field`.
+    HExists {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `HKEYS key`.
+    HKeys {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HVALS key`.
+    HVals {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HSTRLEN key field`.
+    HStrlen {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`: `[next cursor, keys]`. The cursor is a
+    /// position in a fixed hash order of the keys, so a key present for the whole scan is returned at
+    /// least once however the key space changes meanwhile (Redis' guarantee).
+    Scan {
+        /// Where to go on (0 starts).
+        cursor: u64,
+        /// `MATCH`.
+        pattern: Option<Bytes>,
+        /// `COUNT`: about how many keys to look at.
+        count: u32,
+        /// `TYPE`.
+        kind: Option<KeyType>,
+    },
+    /// `HSCAN key cursor [MATCH pattern] [COUNT n]`: `[next cursor, field value ...]`.
+    HScan {
+        /// The key.
+        key: Bytes,
+        /// Where to go on (0 starts).
+        cursor: u64,
+        /// `MATCH`.
+        pattern: Option<Bytes>,
+        /// `COUNT`.
+        count: u32,
+    },
+}
+
+/// `EXPIRE`'s option (Redis 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCondition {
+    /// No option.
+    Always,
+    /// `NX`: only if the key has no TTL.
+    IfNone,
+    /// `XX`: only if the key has a TTL.
+    IfSome,
+    /// `GT`: only if the new deadline is later (no TTL counts as infinite).
+    Later,
+    /// `LT`: only if the new deadline is earlier (no TTL counts as infinite).
+    Earlier,
+}
+
+/// The type of a value, as `TYPE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    /// `string`.
+    String,
+    /// `hash`.
+    Hash,
+    /// `list` (no key holds one yet: `SCAN ... TYPE list` finds nothing).
+    List,
+    /// `set` (likewise).
+    Set,
+    /// `zset` (likewise).
+    ZSet,
+    /// `stream` (likewise).
+    Stream,
+}
+
+impl KeyType {
+    /// Redis' name for the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::Hash => "hash",
+            KeyType::List => "list",
+            KeyType::Set => "set",
+            KeyType::ZSet => "zset",
+            KeyType::Stream => "stream",
+        }
+    }
 }
 
 impl KvOp {
     /// Whether the op only reads: such ops carry no session (applying a read twice is harmless, and
-    /// the session table then does not cache possibly large read results).
+    /// the session table then does not cache possibly large read results), and may be served by a
+    /// ReadIndex or lease read through [`KvStore::query`].
     pub fn is_read_only(&self) -> bool {
-        matches!(self, KvOp::Get { .. } | KvOp::Exists { .. } | KvOp::Strlen { .. } | KvOp::MGet { .. } | KvOp::DbSize)
+        matches!(
+            self,
+            KvOp::Get { .. }
+                | KvOp::Exists { .. }
+                | KvOp::Strlen { .. }
+                | KvOp::MGet { .. }
+                | KvOp::DbSize
+                | KvOp::GetRange { .. }
+                | KvOp::Ttl { .. }
+                | KvOp::Type { .. }
+                | KvOp::Keys { .. }
+                | KvOp::RandomKey
+                | KvOp::Versions { .. }
+                | KvOp::HGet { .. }
+                | KvOp::HMGet { .. }
+                | KvOp::HGetAll { .. }
+                | KvOp::HLen { .. }
+                | KvOp::HExists { .. }
+                | KvOp::HKeys { .. }
+                | KvOp::HVals { .. }
+                | KvOp::HStrlen { .. }
+                | KvOp::Scan { .. }
+                | KvOp::HScan { .. }
+        )
+    }
+
+    /// Encodes the op alone (an element of [`KvOp::Exec`]).
+    pub fn encode(&self) -> Bytes {
+        encode_exact(self)
+    }
+}
+
+/// What a key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Data {
+    /// A string.
+    Str(Bytes),
+    /// A hash: field to value, in field order.
+    Hash(#[serde(deserialize_with = "ordmap")] OrdMap<Bytes, Bytes>),
+}
+
+impl Data {
+    pub(super) fn kind(&self) -> KeyType {
+        match self {
+            Data::Str(_) => KeyType::String,
+            Data::Hash(_) => KeyType::Hash,
+        }
     }
 }
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Value {
-    data: Bytes,
+pub(super) struct Value {
+    pub(super) data: Data,
     /// Unix milliseconds after which the key no longer exists.
-    expire_at: Option<u64>,
+    pub(super) expire_at: Option<u64>,
+    /// The log index of the key's last write: what `WATCH` compares. Always at least 1.
+    pub(super) version: u64,
+}
+
+impl Value {
+    pub(super) fn alive_at(&self, now: u64) -> bool {
+        self.expire_at.is_none_or(|at| now <= at)
+    }
 }
 
 /// What the store remembers about a client session to make its requests exactly-once.
@@ -217,7 +554,8 @@ struct Session {
     last_used: u64,
 }
 
-/// The replicated key-value store (Redis strings). See the [module docs](self).
+/// The replicated key-value store (Redis strings and hashes, with TTLs and transactions). See the
+/// [module docs](self).
 ///
 /// Sessions: each request carries `(session, seq)`. The store keeps, per session, the highest applied
 /// `seq` and its reply; a retried request (same `seq`) gets the cached reply without being re-applied,
@@ -227,18 +565,21 @@ struct Session {
 /// session was evicted is applied again, so keep the bound well above the number of live clients.
 #[derive(Debug, Clone)]
 pub struct KvStore {
-    data: OrdMap<Bytes, Value>,
+    pub(super) data: OrdMap<Bytes, Value>,
     /// `(expire_at, key)` for every key with a TTL, ordered by expiry for the eager sweep. Derived from
     /// `data`, so not part of the snapshot.
-    expires: BTreeSet<(u64, Bytes)>,
+    pub(super) expires: BTreeSet<(u64, Bytes)>,
+    /// `(scan_hash(key), key)` for every key: the order `SCAN` walks, so that its cursor (a hash) stays
+    /// meaningful while keys come and go. Derived from `data`.
+    pub(super) scan_order: BTreeSet<(u64, Bytes)>,
     sessions: OrdMap<u64, Session>,
     /// `last_used -> session id`, to find the least recently used session. Derived from `sessions`.
     lru: BTreeMap<u64, u64>,
     /// The state machine's clock: the largest `now_ms` applied so far. Taking the maximum keeps time
     /// monotonic when leadership moves to a node whose clock is behind, so a key that has expired never
     /// comes back to life.
-    clock_ms: u64,
-    last_applied: u64,
+    pub(super) clock_ms: u64,
+    pub(super) last_applied: u64,
     /// Configuration, not state: every replica must use the same value.
     max_sessions: usize,
     /// Counters since this store was created (not replicated state, not in the snapshot).
@@ -267,13 +608,33 @@ impl Default for KvStore {
 
 /// The version of the store's snapshot image, its first byte: the image outlives the binary that wrote
 /// it (in snapshot files, and sent to replicas of another release), so a layout change gets a new number
-/// and an image of an unknown one is refused, never misread. Pinned by `tests/golden/kv-image-v1.bin`.
-pub const KV_IMAGE_VERSION: u8 = 1;
+/// and an image of an unknown one is refused, never misread. Version 2 (typed values with versions)
+/// is pinned by `tests/golden/kv-image-v2.bin`; version 1 images (strings only,
+/// `tests/golden/kv-image-v1.bin`) are still read.
+pub const KV_IMAGE_VERSION: u8 = 2;
+
+/// Version 1 of the image (strings only): read, never written.
+#[derive(Debug, Clone, Deserialize)]
+struct ImageV1 {
+    last_applied: u64,
+    clock_ms: u64,
+    #[serde(deserialize_with = "ordmap")]
+    data: OrdMap<Bytes, ValueV1>,
+    #[serde(deserialize_with = "ordmap")]
+    sessions: OrdMap<u64, Session>,
+}
+
+/// A version 1 value: a string and its deadline.
+#[derive(Debug, Clone, Deserialize)]
+struct ValueV1 {
+    data: Bytes,
+    expire_at: Option<u64>,
+}
 
 /// The serialized form of a [`KvStore`], after the version byte: postcard of these fields in this order
 /// (maps as a varint length and their pairs in key order). Field order is the byte order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ImageV1 {
+struct ImageV2 {
     last_applied: u64,
     clock_ms: u64,
     #[serde(deserialize_with = "ordmap")]
@@ -312,12 +673,27 @@ where
 /// A frozen view of a [`KvStore`] taken by [`StateMachine::snapshot`]: O(1) to take (the maps are shared
 /// with the store, copy-on-write), encoded later with [`SnapshotImage::encode`], on any thread.
 #[derive(Debug, Clone)]
-pub struct KvSnapshot(ImageV1);
+pub struct KvSnapshot(ImageV2);
 
 impl SnapshotImage for KvSnapshot {
     fn encode(&self) -> Vec<u8> {
         postcard::to_extend(&self.0, vec![KV_IMAGE_VERSION]).expect("serializing into a Vec cannot fail")
     }
+}
+
+/// The hash that orders keys for `SCAN`: fixed (FNV-1a, then a 64-bit finaliser so that keys differing
+/// only in their last bytes spread over the whole range), never 0 (cursor 0 means "start" and "done").
+pub(super) fn scan_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h.max(1)
 }
 
 impl KvStore {
@@ -332,6 +708,7 @@ impl KvStore {
         KvStore {
             data: OrdMap::new(),
             expires: BTreeSet::new(),
+            scan_order: BTreeSet::new(),
             sessions: OrdMap::new(),
             lru: BTreeMap::new(),
             clock_ms: 0,
@@ -364,8 +741,8 @@ impl KvStore {
     }
 
     /// Looks up a key as of the store's clock, deleting it if it has expired.
-    fn live(&mut self, key: &[u8]) -> Option<&Value> {
-        let expired = self.data.get(key)?.expire_at.is_some_and(|at| self.clock_ms > at);
+    pub(super) fn live(&mut self, key: &[u8]) -> Option<&Value> {
+        let expired = !self.data.get(key)?.alive_at(self.clock_ms);
         if expired {
             self.remove(key);
             return None;
@@ -373,37 +750,69 @@ impl KvStore {
         self.data.get(key)
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Value> {
+    /// The live value of `key` at the store's clock, mutably, or `None` (an expired key is deleted).
+    /// A caller that changes it sets its `version` to the current index, and moves its deadline with
+    /// [`KvStore::reindex_expiry`].
+    pub(super) fn live_mut(&mut self, key: &[u8]) -> Option<&mut Value> {
+        self.live(key)?;
+        self.data.get_mut(key)
+    }
+
+    pub(super) fn remove(&mut self, key: &[u8]) -> Option<Value> {
         let (key, old) = self.data.remove_with_key(key)?;
         if let Some(at) = old.expire_at {
-            self.expires.remove(&(at, key));
+            self.expires.remove(&(at, key.clone()));
         }
+        self.scan_order.remove(&(scan_hash(&key), key));
         Some(old)
     }
 
-    fn insert(&mut self, key: Bytes, value: Value) {
-        // One map lookup; the expiry index changes only when the key's expiry does.
-        let new_at = value.expire_at;
+    /// Stores `data` under `key` with deadline `expire_at`, as written now.
+    pub(super) fn insert(&mut self, key: Bytes, data: Data, expire_at: Option<u64>) {
+        let value = Value { data, expire_at, version: self.last_applied.max(1) };
+        // One map lookup; the indexes change only when the key's expiry does or the key is new.
         match self.data.entry(key) {
             MapEntry::Occupied(mut slot) => {
                 let old_at = std::mem::replace(slot.get_mut(), value).expire_at;
-                if old_at != new_at {
+                if old_at != expire_at {
                     let key = slot.key().clone();
                     if let Some(at) = old_at {
                         self.expires.remove(&(at, key.clone()));
                     }
-                    if let Some(at) = new_at {
+                    if let Some(at) = expire_at {
                         self.expires.insert((at, key));
                     }
                 }
             }
             MapEntry::Vacant(slot) => {
-                if let Some(at) = new_at {
-                    self.expires.insert((at, slot.key().clone()));
-                }
+                let key = slot.key().clone();
                 slot.insert(value);
+                if let Some(at) = expire_at {
+                    self.expires.insert((at, key.clone()));
+                }
+                self.scan_order.insert((scan_hash(&key), key));
             }
         }
+    }
+
+    /// Moves `key`'s entry in the expiry index from `old` to `new` (after an in-place change).
+    pub(super) fn reindex_expiry(&mut self, key: &Bytes, old: Option<u64>, new: Option<u64>) {
+        if old == new {
+            return;
+        }
+        if let Some(at) = old {
+            self.expires.remove(&(at, key.clone()));
+        }
+        if let Some(at) = new {
+            self.expires.insert((at, key.clone()));
+        }
+    }
+
+    /// Removes every key.
+    pub(super) fn clear(&mut self) {
+        self.data.clear();
+        self.expires.clear();
+        self.scan_order.clear();
     }
 
     /// Removes up to `limit` expired keys (all of them if `limit` is `usize::MAX`).
@@ -413,6 +822,7 @@ impl KvStore {
                 Some((at, _)) if self.clock_ms > *at => {
                     let (_, key) = self.expires.pop_first().expect("first() was Some");
                     self.data.remove(&key);
+                    self.scan_order.remove(&(scan_hash(&key), key));
                 }
                 _ => break,
             }
@@ -424,138 +834,6 @@ impl KvStore {
             let (_, id) = self.lru.pop_first().expect("lru indexes every session");
             self.sessions.remove(&id);
         }
-    }
-
-    /// Answers a read-only op from the current state without changing it: what a linearizable read
-    /// served by ReadIndex runs once this replica has applied the read index (no log entry, no apply).
-    /// `None` for an op that writes.
-    ///
-    /// `now_ms` is the reader's clock: a key whose TTL has passed by then reads as absent even though
-    /// no write has yet moved the store's own clock (which only advances with applied entries, so an
-    /// idle cluster would otherwise serve expired keys forever). The store's clock still wins when it
-    /// is ahead, so a key never reads as alive after a write saw it expire.
-    pub fn query(&self, op: &KvOp, now_ms: u64) -> Option<KvResult> {
-        let now = self.clock_ms.max(now_ms);
-        let live = |key: &[u8]| self.data.get(key).filter(|v| v.expire_at.is_none_or(|at| now <= at));
-        Some(match op {
-            KvOp::Get { key } => live(key).map_or(KvResult::Nil, |v| KvResult::Value(v.data.clone())),
-            KvOp::Exists { keys } => KvResult::Integer(keys.iter().filter(|k| live(k).is_some()).count() as i64),
-            KvOp::Strlen { key } => KvResult::Integer(live(key).map_or(0, |v| v.data.len() as i64)),
-            KvOp::MGet { keys } => KvResult::Values(keys.iter().map(|k| live(k).map(|v| v.data.clone())).collect()),
-            KvOp::DbSize => {
-                let expired = self.expires.iter().take_while(|(at, _)| now > *at).count();
-                KvResult::Integer((self.data.len() - expired) as i64)
-            }
-            KvOp::Set { .. }
-            | KvOp::Del { .. }
-            | KvOp::IncrBy { .. }
-            | KvOp::Append { .. }
-            | KvOp::MSet { .. }
-            | KvOp::FlushAll => return None,
-        })
-    }
-
-    /// Executes one operation at the current clock.
-    fn execute(&mut self, op: KvOp) -> KvResult {
-        match op {
-            KvOp::Set { key, value, condition, expiry, get } => self.set(key, value, condition, expiry, get),
-            KvOp::Get { key } => self.live(&key).map_or(KvResult::Nil, |v| KvResult::Value(v.data.clone())),
-            KvOp::Del { keys } => {
-                let removed = keys.iter().filter(|key| self.live(key).is_some() && self.remove(key).is_some()).count();
-                KvResult::Integer(removed as i64)
-            }
-            KvOp::Exists { keys } => KvResult::Integer(keys.iter().filter(|k| self.live(k).is_some()).count() as i64),
-            KvOp::IncrBy { key, delta } => self.incr_by(key, delta),
-            KvOp::Append { key, value } => self.append(key, &value),
-            KvOp::Strlen { key } => KvResult::Integer(self.live(&key).map_or(0, |v| v.data.len() as i64)),
-            KvOp::MSet { pairs } => {
-                for (key, value) in pairs {
-                    self.insert(key, Value { data: value, expire_at: None });
-                }
-                KvResult::Ok
-            }
-            KvOp::MGet { keys } => {
-                KvResult::Values(keys.iter().map(|k| self.live(k).map(|v| v.data.clone())).collect())
-            }
-            KvOp::DbSize => {
-                // Reclaim every expired key so the count is exact (each key is reclaimed once, so this is
-                // amortised over the SETs that created them).
-                self.sweep_expired(usize::MAX);
-                KvResult::Integer(self.data.len() as i64)
-            }
-            KvOp::FlushAll => {
-                self.data.clear();
-                self.expires.clear();
-                KvResult::Ok
-            }
-        }
-    }
-
-    /// `SET` with its condition, expiry and `GET` options.
-    fn set(&mut self, key: Bytes, value: Bytes, condition: SetCondition, expiry: SetExpiry, get: bool) -> KvResult {
-        let now = self.clock_ms;
-        // The old value's data is copied out only when `GET` asks for it.
-        let (exists, old_expire_at, old_data) = match self.live(&key) {
-            Some(v) => (true, v.expire_at, get.then(|| v.data.clone())),
-            None => (false, None, None),
-        };
-        // Redis validates the expiry before looking at NX/XX, so an invalid one is always an error.
-        let expire_at = match expiry {
-            SetExpiry::Clear => None,
-            SetExpiry::Keep => old_expire_at,
-            SetExpiry::AtMs(at) => Some(at),
-            SetExpiry::AfterMs(ms) => match now.checked_add(ms) {
-                Some(at) if at <= i64::MAX as u64 => Some(at),
-                _ => return KvResult::Error(KvError::InvalidExpireTime),
-            },
-        };
-        let old_result = || old_data.map_or(KvResult::Nil, KvResult::Value);
-        let proceed = match condition {
-            SetCondition::Always => true,
-            SetCondition::IfAbsent => !exists,
-            SetCondition::IfPresent => exists,
-        };
-        if !proceed {
-            return if get { old_result() } else { KvResult::Nil };
-        }
-        if expire_at.is_some_and(|at| at <= now) {
-            // An expiry already in the past deletes the key, as in Redis.
-            self.remove(&key);
-        } else {
-            self.insert(key, Value { data: value, expire_at });
-        }
-        if get { old_result() } else { KvResult::Ok }
-    }
-
-    /// `INCRBY` (and `INCR`, `DECR`, `DECRBY`): keeps the TTL.
-    fn incr_by(&mut self, key: Bytes, delta: i64) -> KvResult {
-        let (current, expire_at) = match self.live(&key) {
-            None => (0, None),
-            Some(v) => match parse_i64(&v.data) {
-                Some(n) => (n, v.expire_at),
-                None => return KvResult::Error(KvError::NotAnInteger),
-            },
-        };
-        let Some(new) = current.checked_add(delta) else {
-            return KvResult::Error(KvError::IncrementOverflow);
-        };
-        self.insert(key, Value { data: Bytes::from(new.to_string()), expire_at });
-        KvResult::Integer(new)
-    }
-
-    /// `APPEND`: keeps the TTL; refuses to grow a value beyond [`MAX_STRING_BYTES`].
-    fn append(&mut self, key: Bytes, value: &[u8]) -> KvResult {
-        let (mut data, expire_at) = match self.live(&key) {
-            None => (Vec::new(), None),
-            Some(v) => (v.data.to_vec(), v.expire_at),
-        };
-        if data.len() + value.len() > MAX_STRING_BYTES {
-            return KvResult::Error(KvError::StringTooLong);
-        }
-        data.extend_from_slice(value);
-        let len = data.len() as i64;
-        self.insert(key, Value { data: Bytes::from(data), expire_at });
-        KvResult::Integer(len)
     }
 
     /// Answers a request of a known session from its cache (a retry, or a stale request), or `None`
@@ -589,6 +867,42 @@ impl KvStore {
         self.lru.insert(index, id);
         self.evict_sessions();
     }
+
+    /// Installs a decoded image (either version), rebuilding the derived indexes.
+    fn install(&mut self, image: ImageV2) {
+        self.expires = image.data.iter().filter_map(|(k, v)| v.expire_at.map(|at| (at, k.clone()))).collect();
+        self.scan_order = image.data.keys().map(|k| (scan_hash(k), k.clone())).collect();
+        self.lru = image.sessions.iter().map(|(&id, s)| (s.last_used, id)).collect();
+        self.data = image.data;
+        self.sessions = image.sessions;
+        self.clock_ms = image.clock_ms;
+        self.last_applied = image.last_applied;
+        // A smaller configured bound than the snapshot's producer: evict down to it.
+        self.evict_sessions();
+    }
+}
+
+/// Decodes an image of any version this build reads.
+fn decode_image(image: &[u8]) -> Result<ImageV2, RestoreError> {
+    let (&version, rest) = image.split_first().ok_or_else(|| RestoreError("empty image".into()))?;
+    let bad = |e: postcard::Error| RestoreError(format!("raftkv image (version {version}): {e}"));
+    match version {
+        1 => {
+            let v1: ImageV1 = postcard::from_bytes(rest).map_err(bad)?;
+            // Every key of a version 1 image was written at or before its last applied index.
+            let version = v1.last_applied.max(1);
+            let data = v1
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, Value { data: Data::Str(v.data), expire_at: v.expire_at, version }))
+                .collect();
+            Ok(ImageV2 { last_applied: v1.last_applied, clock_ms: v1.clock_ms, data, sessions: v1.sessions })
+        }
+        KV_IMAGE_VERSION => postcard::from_bytes(rest).map_err(bad),
+        _ => Err(RestoreError(format!(
+            "raftkv image format version {version}, but this build reads only versions 1 to {KV_IMAGE_VERSION}"
+        ))),
+    }
 }
 
 impl StateMachine for KvStore {
@@ -597,7 +911,7 @@ impl StateMachine for KvStore {
 
     /// O(1): shares the store's trees (see [the module docs](self#snapshots-without-stalling-writes)).
     fn snapshot(&self) -> KvSnapshot {
-        KvSnapshot(ImageV1 {
+        KvSnapshot(ImageV2 {
             last_applied: self.last_applied,
             clock_ms: self.clock_ms,
             data: self.data.clone(),
@@ -608,21 +922,8 @@ impl StateMachine for KvStore {
     /// Keeps this store's configuration (`max_sessions`, evicting down to it). On error the store is
     /// unchanged.
     fn restore(&mut self, image: &[u8]) -> Result<(), RestoreError> {
-        let (&version, rest) = image.split_first().ok_or_else(|| RestoreError("empty image".into()))?;
-        if version != KV_IMAGE_VERSION {
-            return Err(RestoreError(format!(
-                "raftkv image format version {version}, but this build reads only version {KV_IMAGE_VERSION}"
-            )));
-        }
-        let image: ImageV1 = postcard::from_bytes(rest).map_err(|e| RestoreError(format!("raftkv image: {e}")))?;
-        self.expires = image.data.iter().filter_map(|(k, v)| v.expire_at.map(|at| (at, k.clone()))).collect();
-        self.lru = image.sessions.iter().map(|(&id, s)| (s.last_used, id)).collect();
-        self.data = image.data;
-        self.sessions = image.sessions;
-        self.clock_ms = image.clock_ms;
-        self.last_applied = image.last_applied;
-        // A smaller configured bound than the snapshot's producer: evict down to it.
-        self.evict_sessions();
+        let image = decode_image(image)?;
+        self.install(image);
         Ok(())
     }
 
@@ -674,6 +975,24 @@ pub enum KvResult {
     Values(Vec<Option<Bytes>>),
     /// The operation was refused; the state did not change.
     Error(KvError),
+    // Added after version 1 (session caches hold results, so they are replicated state): append only.
+    /// A type name (`TYPE`), a simple string on the wire; `None` is `none`.
+    Type(Option<KeyType>),
+    /// Field/value pairs (`HGETALL`): a map in RESP3, a flat array in RESP2.
+    Pairs(Vec<(Bytes, Bytes)>),
+    /// A `SCAN`/`HSCAN` page: the next cursor (0 when done) and the items.
+    Scan {
+        /// Where the next call goes on; 0 when the scan is complete.
+        cursor: u64,
+        /// Keys (`SCAN`) or field, value, field, value... (`HSCAN`).
+        items: Vec<Bytes>,
+    },
+    /// The results of a transaction's ops, in order (`EXEC`).
+    Multi(Vec<KvResult>),
+    /// A transaction not run because a watched key changed (`EXEC` answers the null array).
+    Aborted,
+    /// Key versions (`WATCH`), one per key.
+    Versions(Vec<u64>),
 }
 
 impl KvResult {
@@ -703,6 +1022,25 @@ pub enum KvError {
     StaleSequence,
     /// The log entry is not a [`KvRequest`] this version can decode.
     MalformedCommand,
+    // Added after version 1: append only.
+    /// The key holds another type than the command works on.
+    WrongType,
+    /// `INCRBYFLOAT` on a value that is not a number.
+    NotAFloat,
+    /// `INCRBYFLOAT` would produce NaN or an infinity.
+    FloatOverflow,
+    /// `RENAME` of an absent key.
+    NoSuchKey,
+    /// `HINCRBY` on a field that is not a 64-bit integer.
+    HashNotAnInteger,
+    /// `HINCRBYFLOAT` on a field that is not a number.
+    HashNotAFloat,
+    /// `EXPIRE` whose deadline overflows the clock.
+    InvalidExpireTimeExpire,
+    /// `GETEX` whose deadline overflows the clock.
+    InvalidExpireTimeGetEx,
+    /// A transaction inside a transaction (only a hostile or corrupt log entry can hold one).
+    NestedExec,
 }
 
 impl std::fmt::Display for KvError {
@@ -714,6 +1052,15 @@ impl std::fmt::Display for KvError {
             KvError::StringTooLong => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
             KvError::StaleSequence => STALE_SEQUENCE_ERROR,
             KvError::MalformedCommand => "ERR malformed command in log",
+            KvError::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value",
+            KvError::NotAFloat => "ERR value is not a valid float",
+            KvError::FloatOverflow => "ERR increment would produce NaN or Infinity",
+            KvError::NoSuchKey => "ERR no such key",
+            KvError::HashNotAnInteger => "ERR hash value is not an integer",
+            KvError::HashNotAFloat => "ERR hash value is not a float",
+            KvError::InvalidExpireTimeExpire => "ERR invalid expire time in 'expire' command",
+            KvError::InvalidExpireTimeGetEx => "ERR invalid expire time in 'getex' command",
+            KvError::NestedExec => "ERR EXEC inside a transaction is not allowed",
         })
     }
 }

@@ -350,26 +350,42 @@ fn snapshot_is_frozen_while_the_store_goes_on() {
 }
 
 #[test]
-fn kv_image_v1_golden_bytes() {
+fn kv_image_golden_bytes() {
     let mut h = Harness::new();
     h.run(&["SET", "k", "v", "PX", "1000"]);
     h.run_session(7, 1, &["INCR", "n"]);
-    let image = h.kv.image();
-    // Version 1, then postcard of (last_applied, clock_ms, data, sessions):
+    // Version 1 (strings only), written by earlier releases, is still read: the same state.
     // 01 | 02 last_applied | c0 84 3d clock_ms 1000000 | 02 keys:
     //   01 'k' -> 01 'v', 01 a8 8c 3d expires 1001000 | 01 'n' -> 01 '1', 00 no expiry
     // | 01 session: 07 id -> 01 last_seq, 03 02 last_reply Integer(1), 02 last_used
-    let committed = crate::golden::check("kv-image-v1.bin", &image);
+    let v1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/kv-image-v1.bin")).unwrap();
+    assert_eq!(v1[0], 1);
+    let mut from_v1 = KvStore::new();
+    from_v1.restore(&v1).unwrap();
+    assert_eq!(from_v1.last_applied(), 2);
+    let query = |kv: &KvStore, key: &str| kv.query(&KvOp::Get { key: Bytes::copy_from_slice(key.as_bytes()) }, 0);
+    assert_eq!(query(&from_v1, "k"), Some(KvResult::Value(Bytes::from_static(b"v"))));
+    assert_eq!(query(&from_v1, "n"), Some(KvResult::Value(Bytes::from_static(b"1"))));
+    // Version 2: each value is typed (00 string, 01 hash) and carries its version (the index of its
+    // last write): 'k' -> 00 01 'v' | 01 a8 8c 3d | 01 version 1; 'n' -> 00 01 '1' | 00 | 02 version 2.
+    let image = h.kv.image();
+    let committed = crate::golden::check("kv-image-v2.bin", &image);
     assert_eq!(committed[0], KV_IMAGE_VERSION);
     let mut copy = KvStore::new();
     copy.restore(&committed).unwrap();
     assert_eq!(copy.image(), image);
     assert_eq!(copy.last_applied(), 2);
+    // A version 1 image becomes version 2 with every key at the image's last applied index.
+    let mut v1_versions = h.kv.clone();
+    v1_versions.restore(&v1).unwrap();
+    let versions =
+        v1_versions.query(&KvOp::Versions { keys: vec![Bytes::from_static(b"k"), Bytes::from_static(b"x")] }, 0);
+    assert_eq!(versions, Some(KvResult::Versions(vec![2, 0])));
     // Another version is refused by name, the store untouched.
     let mut other = committed.clone();
-    other[0] = 2;
+    other[0] = 3;
     let e = copy.restore(&other).unwrap_err();
-    assert!(e.to_string().contains("format version 2"), "{e}");
+    assert!(e.to_string().contains("format version 3"), "{e}");
     assert_eq!(copy.image(), image);
     assert!(copy.restore(b"").is_err());
 }
@@ -515,9 +531,25 @@ fn command_strategy() -> impl Strategy<Value = (u64, u64, u64, Vec<String>)> {
         key.clone().prop_map(|k| vec!["GET".into(), k]),
         (key.clone(), key.clone()).prop_map(|(a, b)| vec!["DEL".into(), a, b]),
         (key.clone(), val.clone()).prop_map(|(k, v)| vec!["APPEND".into(), k, v]),
-        (key.clone(), val).prop_map(|(k, v)| vec!["MSET".into(), k, v]),
+        (key.clone(), val.clone()).prop_map(|(k, v)| vec!["MSET".into(), k, v]),
         Just(vec!["DBSIZE".to_owned()]),
     ];
+    // The commands added with hashes, TTLs and scans: every derived index (expiry order, scan order)
+    // must come out of a snapshot exactly as the live store built it.
+    let more = prop_oneof![
+        (key.clone(), -5i64..60).prop_map(|(k, ms)| vec!["PEXPIRE".into(), k, ms.to_string()]),
+        key.clone().prop_map(|k| vec!["PERSIST".into(), k]),
+        (key.clone(), key.clone(), val.clone()).prop_map(|(k, f, v)| vec!["HSET".into(), k, f, v]),
+        (key.clone(), key.clone()).prop_map(|(k, f)| vec!["HDEL".into(), k, f]),
+        (key.clone(), key.clone()).prop_map(|(k, f)| vec!["HINCRBY".into(), k, f, "3".into()]),
+        (key.clone(), key.clone()).prop_map(|(a, b)| vec!["RENAME".into(), a, b]),
+        (key.clone(), 1u64..40).prop_map(|(k, ms)| vec!["GETEX".into(), k, "PX".into(), ms.to_string()]),
+        (0u64..3).prop_map(|c| vec!["SCAN".into(), c.to_string(), "COUNT".into(), "2".into()]),
+        Just(vec!["RANDOMKEY".to_owned()]),
+        (key.clone(), 0u64..4, val).prop_map(|(k, o, v)| vec!["SETRANGE".into(), k, o.to_string(), v]),
+        key.clone().prop_map(|k| vec!["INCRBYFLOAT".into(), k, "1.5".into()]),
+    ];
+    let cmd = prop_oneof![3 => cmd, 2 => more];
     // (session, seq, time step, command): few sessions and seqs so duplicates and stale ones happen.
     (0u64..4, 0u64..6, 0u64..20, cmd)
 }
@@ -626,5 +658,381 @@ fn query_answers_like_apply_and_changes_nothing() {
         let Ok(req) = h.request(0, 0, write) else { panic!("{write:?} parses") };
         assert_eq!(h.kv.query(&req.op, t0), None, "{write:?} is not a read");
         assert!(!req.op.is_read_only());
+    }
+}
+
+fn int(n: i64) -> Reply {
+    Reply::Integer(n)
+}
+
+fn array(items: Vec<Reply>) -> Reply {
+    Reply::Array(items)
+}
+
+#[test]
+fn expire_ttl_persist_follow_the_logged_clock() {
+    let mut h = Harness::new();
+    let t0 = h.now_ms;
+    h.run(&["SET", "k", "v"]);
+    assert_eq!(h.run(&["TTL", "k"]), int(-1));
+    assert_eq!(h.run(&["TTL", "missing"]), int(-2));
+    assert_eq!(h.run(&["EXPIRE", "missing", "10"]), int(0));
+    assert_eq!(h.run(&["EXPIRE", "k", "10"]), int(1));
+    assert_eq!(h.run(&["TTL", "k"]), int(10));
+    assert_eq!(h.run(&["PTTL", "k"]), int(10_000));
+    assert_eq!(h.run(&["PEXPIRETIME", "k"]), int((t0 + 10_000) as i64));
+    assert_eq!(h.run(&["EXPIRETIME", "k"]), int(((t0 + 10_000) / 1000) as i64));
+    // NX/XX/GT/LT.
+    assert_eq!(h.run(&["EXPIRE", "k", "20", "NX"]), int(0));
+    assert_eq!(h.run(&["EXPIRE", "k", "5", "GT"]), int(0));
+    assert_eq!(h.run(&["EXPIRE", "k", "20", "GT"]), int(1));
+    assert_eq!(h.run(&["EXPIRE", "k", "30", "LT"]), int(0));
+    assert_eq!(h.run(&["EXPIRE", "k", "15", "XX", "LT"]), int(1));
+    assert_eq!(h.run(&["TTL", "k"]), int(15));
+    assert_eq!(
+        h.run(&["EXPIRE", "k", "1", "NX", "GT"]),
+        err("ERR NX and XX, GT or LT options at the same time are not compatible")
+    );
+    assert_eq!(
+        h.run(&["EXPIRE", "k", "1", "GT", "LT"]),
+        err("ERR GT and LT options at the same time are not compatible")
+    );
+    assert_eq!(h.run(&["EXPIRE", "k", "1", "SOON"]), err("ERR Unsupported option SOON"));
+    assert_eq!(h.run(&["PERSIST", "k"]), int(1));
+    assert_eq!(h.run(&["PERSIST", "k"]), int(0));
+    assert_eq!(h.run(&["TTL", "k"]), int(-1));
+    // No TTL counts as infinite: GT never applies, LT always does.
+    assert_eq!(h.run(&["EXPIRE", "k", "100", "GT"]), int(0));
+    assert_eq!(h.run(&["PEXPIRE", "k", "100", "LT"]), int(1));
+    // Time moves only with logged entries: 101 ms later the key is gone on every replica.
+    h.now_ms = t0 + 101;
+    assert_eq!(h.run(&["GET", "k"]), Reply::Null);
+    assert_eq!(h.run(&["TTL", "k"]), int(-2));
+    // A deadline already past deletes at once (and counts as set); absolute deadlines too.
+    h.run(&["SET", "a", "1"]);
+    assert_eq!(h.run(&["EXPIRE", "a", "-5"]), int(1));
+    assert_eq!(h.run(&["EXISTS", "a"]), int(0));
+    h.run(&["SET", "b", "1"]);
+    let at = ((h.now_ms + 2000) / 1000).to_string();
+    assert_eq!(h.run(&["EXPIREAT", "b", &at]), int(1));
+    assert!(matches!(h.run(&["TTL", "b"]), Reply::Integer(1 | 2)));
+    assert_eq!(h.run(&["PEXPIREAT", "b", "1"]), int(1));
+    assert_eq!(h.run(&["EXISTS", "b"]), int(0));
+    assert_eq!(h.run(&["EXPIRE", "b", "99999999999999999"]), err("ERR invalid expire time in 'expire' command"));
+}
+
+#[test]
+fn setex_getex_getdel_getset_setnx() {
+    let mut h = Harness::new();
+    let t0 = h.now_ms;
+    assert_eq!(h.run(&["SETEX", "k", "10", "v"]), Reply::ok());
+    assert_eq!(h.run(&["PTTL", "k"]), int(10_000));
+    assert_eq!(h.run(&["PSETEX", "p", "500", "v"]), Reply::ok());
+    assert_eq!(h.run(&["PTTL", "p"]), int(500));
+    assert_eq!(h.run(&["SETEX", "k", "0", "v"]), err("ERR invalid expire time in 'setex' command"));
+    assert_eq!(h.run(&["PSETEX", "k", "-1", "v"]), err("ERR invalid expire time in 'psetex' command"));
+    assert_eq!(h.run(&["GETEX", "k"]), bulk("v"));
+    assert_eq!(h.run(&["PTTL", "k"]), int(10_000));
+    assert_eq!(h.run(&["GETEX", "k", "PERSIST"]), bulk("v"));
+    assert_eq!(h.run(&["TTL", "k"]), int(-1));
+    assert_eq!(h.run(&["GETEX", "k", "PX", "300"]), bulk("v"));
+    assert_eq!(h.run(&["PTTL", "k"]), int(300));
+    let at = (t0 + 700).to_string();
+    assert_eq!(h.run(&["GETEX", "k", "PXAT", &at]), bulk("v"));
+    assert_eq!(h.run(&["PTTL", "k"]), int(700));
+    assert_eq!(h.run(&["GETEX", "k", "EX", "0"]), err("ERR invalid expire time in 'getex' command"));
+    assert_eq!(h.run(&["GETEX", "k", "EX"]), err("ERR syntax error"));
+    assert_eq!(h.run(&["GETEX", "nope", "EX", "5"]), Reply::Null);
+    assert_eq!(h.run(&["GETSET", "k", "w"]), bulk("v"));
+    // GETSET clears the TTL, like SET.
+    assert_eq!(h.run(&["TTL", "k"]), int(-1));
+    assert_eq!(h.run(&["GETSET", "fresh", "1"]), Reply::Null);
+    assert_eq!(h.run(&["GETDEL", "k"]), bulk("w"));
+    assert_eq!(h.run(&["GETDEL", "k"]), Reply::Null);
+    assert_eq!(h.run(&["SETNX", "k", "a"]), int(1));
+    assert_eq!(h.run(&["SETNX", "k", "b"]), int(0));
+    assert_eq!(h.run(&["GET", "k"]), bulk("a"));
+    assert_eq!(h.run(&["MSETNX", "k", "1", "other", "2"]), int(0));
+    assert_eq!(h.run(&["EXISTS", "other"]), int(0));
+    assert_eq!(h.run(&["MSETNX", "x", "1", "y", "2"]), int(1));
+    assert_eq!(h.run(&["MGET", "x", "y"]), array(vec![bulk("1"), bulk("2")]));
+}
+
+#[test]
+fn ranges_and_floats() {
+    let mut h = Harness::new();
+    h.run(&["SET", "s", "This is a string"]);
+    assert_eq!(h.run(&["GETRANGE", "s", "0", "3"]), bulk("This"));
+    assert_eq!(h.run(&["GETRANGE", "s", "-3", "-1"]), bulk("ing"));
+    assert_eq!(h.run(&["GETRANGE", "s", "0", "-1"]), bulk("This is a string"));
+    assert_eq!(h.run(&["GETRANGE", "s", "10", "100"]), bulk("string"));
+    assert_eq!(h.run(&["GETRANGE", "s", "5", "3"]), bulk(""));
+    assert_eq!(h.run(&["GETRANGE", "missing", "0", "-1"]), bulk(""));
+    assert_eq!(h.run(&["SETRANGE", "s", "10", "Redis!"]), int(16));
+    assert_eq!(h.run(&["GET", "s"]), bulk("This is a Redis!"));
+    assert_eq!(h.run(&["SETRANGE", "pad", "3", "x"]), int(4));
+    assert_eq!(h.run(&["GET", "pad"]), Reply::Bulk(Bytes::from_static(b"\0\0\0x")));
+    assert_eq!(h.run(&["SETRANGE", "none", "5", ""]), int(0));
+    assert_eq!(h.run(&["EXISTS", "none"]), int(0));
+    assert_eq!(h.run(&["SETRANGE", "s", "-1", "x"]), err("ERR offset is out of range"));
+    assert_eq!(
+        h.run(&["SETRANGE", "s", "536870911", "xx"]),
+        err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    );
+    h.run(&["SET", "f", "10.50"]);
+    assert_eq!(h.run(&["INCRBYFLOAT", "f", "0.1"]), bulk("10.6"));
+    assert_eq!(h.run(&["INCRBYFLOAT", "f", "-5"]), bulk("5.6"));
+    assert_eq!(h.run(&["INCRBYFLOAT", "g", "5.0e3"]), bulk("5000"));
+    assert_eq!(h.run(&["INCRBYFLOAT", "s", "1"]), err("ERR value is not a valid float"));
+    assert_eq!(h.run(&["INCRBYFLOAT", "f", "abc"]), err("ERR value is not a valid float"));
+    assert_eq!(h.run(&["INCRBYFLOAT", "f", " 1"]), err("ERR value is not a valid float"));
+    h.run(&["SET", "big", "1.7e308"]);
+    assert_eq!(h.run(&["INCRBYFLOAT", "big", "1.7e308"]), err("ERR increment would produce NaN or Infinity"));
+    assert_eq!(h.run(&["GET", "big"]), bulk("1.7e308"));
+}
+
+#[test]
+fn keys_type_rename_randomkey_scan() {
+    let mut h = Harness::new();
+    for k in ["user:1", "user:2", "order:1", "x"] {
+        h.run(&["SET", k, "v"]);
+    }
+    h.run(&["HSET", "user:3", "name", "ann"]);
+    assert_eq!(h.run(&["TYPE", "user:1"]), Reply::Simple("string".into()));
+    assert_eq!(h.run(&["TYPE", "user:3"]), Reply::Simple("hash".into()));
+    assert_eq!(h.run(&["TYPE", "nope"]), Reply::Simple("none".into()));
+    assert_eq!(h.run(&["KEYS", "user:*"]), array(vec![bulk("user:1"), bulk("user:2"), bulk("user:3")]));
+    assert_eq!(h.run(&["KEYS", "?"]), array(vec![bulk("x")]));
+    // RENAME moves value and TTL, replacing the target.
+    h.run(&["EXPIRE", "user:1", "100"]);
+    assert_eq!(h.run(&["RENAME", "user:1", "x"]), Reply::ok());
+    assert_eq!(h.run(&["TTL", "x"]), int(100));
+    assert_eq!(h.run(&["EXISTS", "user:1"]), int(0));
+    assert_eq!(h.run(&["RENAME", "user:1", "y"]), err("ERR no such key"));
+    assert_eq!(h.run(&["RENAMENX", "x", "user:2"]), int(0));
+    assert_eq!(h.run(&["RENAMENX", "x", "z"]), int(1));
+    assert_eq!(h.run(&["RENAME", "z", "z"]), Reply::ok());
+    assert_eq!(h.run(&["GET", "z"]), bulk("v"));
+    // RANDOMKEY: some live key, the same on every replica for the same log.
+    let Reply::Bulk(k) = h.run(&["RANDOMKEY"]) else { panic!("a key") };
+    assert_eq!(h.run(&["EXISTS", std::str::from_utf8(&k).unwrap()]), int(1));
+    assert_eq!(Harness::new().run(&["RANDOMKEY"]), Reply::Null);
+    // SCAN walks every key exactly once when nothing changes, in pages of about COUNT.
+    let mut h = Harness::new();
+    for i in 0..100 {
+        h.run(&["SET", &format!("k{i}"), "v"]);
+    }
+    h.run(&["HSET", "h", "f", "v"]);
+    let scan_all = |h: &mut Harness, extra: &[&str]| {
+        let (mut cursor, mut seen, mut pages) = ("0".to_string(), Vec::new(), 0);
+        loop {
+            let mut words = vec!["SCAN", cursor.as_str()];
+            words.extend_from_slice(extra);
+            let Reply::Array(reply) = h.run(&words) else { panic!("scan reply") };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &reply[..] else { panic!("scan shape {reply:?}") };
+            seen.extend(keys.iter().map(|k| if let Reply::Bulk(b) = k { b.clone() } else { panic!() }));
+            pages += 1;
+            cursor = String::from_utf8(next.to_vec()).unwrap();
+            if cursor == "0" {
+                return (seen, pages);
+            }
+        }
+    };
+    let (mut seen, pages) = scan_all(&mut h, &["COUNT", "7"]);
+    assert!(pages >= 14, "pages of about 7 keys: {pages}");
+    seen.sort();
+    let mut want: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("k{i}"))).collect();
+    want.push(Bytes::from_static(b"h"));
+    want.sort();
+    assert_eq!(seen, want);
+    let (seen, _) = scan_all(&mut h, &["MATCH", "k1*", "COUNT", "1000"]);
+    assert_eq!(seen.len(), 11);
+    let (seen, _) = scan_all(&mut h, &["TYPE", "hash"]);
+    assert_eq!(seen, vec![Bytes::from_static(b"h")]);
+    let (seen, _) = scan_all(&mut h, &["TYPE", "list"]);
+    assert!(seen.is_empty());
+    assert_eq!(h.run(&["SCAN", "0", "TYPE", "blob"]), err("ERR unknown type name 'blob'"));
+    assert_eq!(h.run(&["SCAN", "x"]), err("ERR invalid cursor"));
+    assert_eq!(h.run(&["SCAN", "0", "COUNT", "0"]), err("ERR syntax error"));
+}
+
+/// Redis' guarantee: a key present for the whole scan is returned, whatever is added and removed
+/// between the pages.
+#[test]
+fn scan_returns_every_key_that_stays_while_others_come_and_go() {
+    let mut h = Harness::new();
+    for i in 0..200 {
+        h.run(&["SET", &format!("stay{i}"), "v"]);
+        h.run(&["SET", &format!("go{i}"), "v"]);
+    }
+    let (mut cursor, mut seen, mut round) = ("0".to_string(), std::collections::BTreeSet::new(), 0);
+    loop {
+        let Reply::Array(reply) = h.run(&["SCAN", &cursor, "COUNT", "5"]) else { panic!() };
+        let [Reply::Bulk(next), Reply::Array(keys)] = &reply[..] else { panic!() };
+        seen.extend(keys.iter().map(|k| if let Reply::Bulk(b) = k { b.clone() } else { panic!() }));
+        // Between pages: delete some keys, add new ones.
+        h.run(&["DEL", &format!("go{round}")]);
+        h.run(&["SET", &format!("new{round}"), "v"]);
+        round += 1;
+        cursor = String::from_utf8(next.to_vec()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    for i in 0..200 {
+        assert!(seen.contains(format!("stay{i}").as_bytes()), "stay{i} missed");
+    }
+}
+
+#[test]
+fn hashes() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["HSET", "h", "a", "1", "b", "2"]), int(2));
+    assert_eq!(h.run(&["HSET", "h", "a", "10", "c", "3"]), int(1));
+    assert_eq!(h.run(&["HMSET", "h", "d", "4"]), Reply::ok());
+    assert_eq!(h.run(&["HGET", "h", "a"]), bulk("10"));
+    assert_eq!(h.run(&["HGET", "h", "zz"]), Reply::Null);
+    assert_eq!(h.run(&["HGET", "nope", "a"]), Reply::Null);
+    assert_eq!(h.run(&["HMGET", "h", "a", "zz", "b"]), array(vec![bulk("10"), Reply::Null, bulk("2")]));
+    assert_eq!(h.run(&["HLEN", "h"]), int(4));
+    assert_eq!(h.run(&["HEXISTS", "h", "c"]), int(1));
+    assert_eq!(h.run(&["HEXISTS", "h", "zz"]), int(0));
+    assert_eq!(h.run(&["HSTRLEN", "h", "a"]), int(2));
+    assert_eq!(h.run(&["HKEYS", "h"]), array(vec![bulk("a"), bulk("b"), bulk("c"), bulk("d")]));
+    assert_eq!(h.run(&["HVALS", "h"]), array(vec![bulk("10"), bulk("2"), bulk("3"), bulk("4")]));
+    assert_eq!(
+        h.run(&["HGETALL", "h"]),
+        Reply::Map(vec![
+            (bulk("a"), bulk("10")),
+            (bulk("b"), bulk("2")),
+            (bulk("c"), bulk("3")),
+            (bulk("d"), bulk("4"))
+        ])
+    );
+    assert_eq!(h.run(&["HGETALL", "nope"]), Reply::Map(vec![]));
+    assert_eq!(h.run(&["HSETNX", "h", "a", "x"]), int(0));
+    assert_eq!(h.run(&["HSETNX", "h", "e", "5"]), int(1));
+    assert_eq!(h.run(&["HINCRBY", "h", "a", "5"]), int(15));
+    assert_eq!(h.run(&["HINCRBY", "h", "new", "-2"]), int(-2));
+    assert_eq!(h.run(&["HINCRBYFLOAT", "h", "a", "0.5"]), bulk("15.5"));
+    assert_eq!(h.run(&["HINCRBY", "h", "a", "1"]), err("ERR hash value is not an integer"));
+    h.run(&["HSET", "h", "word", "abc"]);
+    assert_eq!(h.run(&["HINCRBYFLOAT", "h", "word", "1"]), err("ERR hash value is not a float"));
+    h.run(&["HSET", "h", "max", "9223372036854775807"]);
+    assert_eq!(h.run(&["HINCRBY", "h", "max", "1"]), err("ERR increment or decrement would overflow"));
+    assert_eq!(h.run(&["HGET", "h", "max"]), bulk("9223372036854775807"));
+    let Reply::Array(page) = h.run(&["HSCAN", "h", "0", "MATCH", "[ab]"]) else { panic!() };
+    assert_eq!(page, vec![bulk("0"), array(vec![bulk("a"), bulk("15.5"), bulk("b"), bulk("2")])]);
+    // HDEL removes fields; the key goes with its last one.
+    assert_eq!(h.run(&["HDEL", "h", "a", "zz", "b"]), int(2));
+    h.run(&["HSET", "small", "only", "1"]);
+    assert_eq!(h.run(&["HDEL", "small", "only"]), int(1));
+    assert_eq!(h.run(&["EXISTS", "small"]), int(0));
+    assert_eq!(h.run(&["HDEL", "small", "only"]), int(0));
+    // A failed HINCRBY on an absent key creates nothing.
+    assert_eq!(h.run(&["HINCRBY", "ghost", "f", "x"]), err("ERR value is not an integer or out of range"));
+    assert_eq!(h.run(&["EXISTS", "ghost"]), int(0));
+    // Arity.
+    assert_eq!(h.run(&["HSET", "h", "a"]), err("ERR wrong number of arguments for 'hset' command"));
+    assert_eq!(h.run(&["HSET", "h", "a", "1", "b"]), err("ERR wrong number of arguments for 'hset' command"));
+}
+
+#[test]
+fn wrong_type_is_refused_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.run(&["HSET", "h", "f", "v"]);
+    h.run(&["SET", "s", "1"]);
+    let wrongtype = err("WRONGTYPE Operation against a key holding the wrong kind of value");
+    let before = h.kv.image();
+    for words in [
+        &["GET", "h"][..],
+        &["INCR", "h"],
+        &["APPEND", "h", "x"],
+        &["STRLEN", "h"],
+        &["GETRANGE", "h", "0", "1"],
+        &["SETRANGE", "h", "0", "x"],
+        &["INCRBYFLOAT", "h", "1"],
+        &["GETDEL", "h"],
+        &["GETEX", "h", "PERSIST"],
+        &["SET", "h", "x", "GET"],
+        &["HGET", "s", "f"],
+        &["HSET", "s", "f", "v"],
+        &["HGETALL", "s"],
+        &["HDEL", "s", "f"],
+        &["HINCRBY", "s", "f", "1"],
+        &["HLEN", "s"],
+    ] {
+        assert_eq!(h.run(words), wrongtype, "{words:?}");
+    }
+    // Only the applied index moved: the same image once it is set back.
+    let mut after = KvStore::new();
+    after.restore(&h.kv.image()).unwrap();
+    let mut image = after.image().to_vec();
+    image[1] = before[1];
+    assert_eq!(image, before.to_vec());
+    // MGET answers Null for a non-string; SET without GET replaces any type.
+    assert_eq!(h.run(&["MGET", "h", "s"]), array(vec![Reply::Null, bulk("1")]));
+    assert_eq!(h.run(&["SET", "h", "now a string"]), Reply::ok());
+    assert_eq!(h.run(&["TYPE", "h"]), Reply::Simple("string".into()));
+}
+
+/// `EXEC` as the store applies it: every op in one entry, aborted as a whole if a watched key's
+/// version moved, each op answering for itself otherwise.
+#[test]
+fn exec_applies_all_or_nothing_against_watched_versions() {
+    let mut h = Harness::new();
+    h.run(&["SET", "a", "1"]);
+    let Reply::Array(v) = h.run_watch(&["a", "b"]) else { panic!() };
+    assert_eq!(v, vec![int(1), int(0)]);
+    let ops = |words: &[&[&str]]| -> Vec<Bytes> {
+        words
+            .iter()
+            .map(|w| match parse_command(&args(w)).unwrap() {
+                ParsedCommand::Replicate(op) => op.encode(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let exec = |h: &mut Harness, watched: Vec<(&str, u64)>, words: &[&[&str]]| {
+        let watched = watched.into_iter().map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v)).collect();
+        let req = KvRequest { session: 0, seq: 0, now_ms: h.now_ms, op: KvOp::Exec { watched, ops: ops(words) } };
+        h.apply_raw(&req.encode())
+    };
+    // Versions as WATCH saw them: runs, including a failing op that does not undo the others.
+    let r = exec(&mut h, vec![("a", 1), ("b", 0)], &[&["INCR", "a"], &["HSET", "a", "f", "v"], &["SET", "b", "x"]]);
+    let wrongtype = err("WRONGTYPE Operation against a key holding the wrong kind of value");
+    assert_eq!(r, array(vec![int(2), wrongtype, Reply::ok()]));
+    // `a` changed at index 2 (its version is now 2): watching version 1 aborts, and nothing runs.
+    let r = exec(&mut h, vec![("a", 1)], &[&["SET", "b", "changed"]]);
+    assert_eq!(r, Reply::NullArray);
+    assert_eq!(h.run(&["GET", "b"]), bulk("x"));
+    // A watched absent key that appeared aborts; one that expired (version back to 0) aborts too.
+    let r = exec(&mut h, vec![("c", 0)], &[&["SET", "c", "1"]]);
+    assert_eq!(r, array(vec![Reply::ok()]));
+    h.run(&["SET", "t", "1", "PX", "10"]);
+    let Reply::Array(v) = h.run_watch(&["t"]) else { panic!() };
+    let Reply::Integer(t_version) = v[0] else { panic!() };
+    h.now_ms += 11;
+    let r = exec(&mut h, vec![("t", t_version as u64)], &[&["SET", "t", "2"]]);
+    assert_eq!(r, Reply::NullArray);
+    // A nested EXEC (only a hostile log holds one) is refused element-wise, without recursion.
+    let inner = KvOp::Exec { watched: vec![], ops: vec![] }.encode();
+    let req = KvRequest {
+        session: 0,
+        seq: 0,
+        now_ms: h.now_ms,
+        op: KvOp::Exec { watched: vec![], ops: vec![inner, Bytes::from_static(b"\xff\xff")] },
+    };
+    assert_eq!(
+        h.apply_raw(&req.encode()),
+        array(vec![err("ERR EXEC inside a transaction is not allowed"), err("ERR malformed command in log")])
+    );
+}
+
+impl Harness {
+    fn run_watch(&mut self, keys: &[&str]) -> Reply {
+        let keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect();
+        let req = KvRequest { session: 0, seq: 0, now_ms: self.now_ms, op: KvOp::Versions { keys } };
+        self.apply_raw(&req.encode())
     }
 }

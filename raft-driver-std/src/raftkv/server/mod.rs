@@ -292,6 +292,28 @@ struct Conn<'a> {
     protocol: Protocol,
     name: Option<Bytes>,
     forwarder: Forwarder,
+    /// The `MULTI` block being queued, if any.
+    tx: Option<Tx>,
+    /// `(key, version)` for every key `WATCH`ed since the last `EXEC`/`DISCARD`/`UNWATCH`.
+    watched: Vec<(Bytes, u64)>,
+}
+
+/// A transaction being queued between `MULTI` and `EXEC`.
+#[derive(Default)]
+struct Tx {
+    items: Vec<TxItem>,
+    /// A command failed to queue (syntax, arity, unknown): `EXEC` answers `-EXECABORT`.
+    failed: bool,
+}
+
+/// One queued command.
+enum TxItem {
+    /// Through the log, inside the transaction's entry.
+    Op(KvOp),
+    /// Answered locally at `EXEC` (`PING`, `ECHO`, ...).
+    Reply(Reply),
+    /// On the connection's own state, at `EXEC`.
+    Conn(ConnCommand),
 }
 
 /// A connection's buffers: what was received and not yet parsed, and replies not yet written.
@@ -315,6 +337,8 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Resu
         protocol: Protocol::Resp2,
         name: None,
         forwarder: Forwarder::default(),
+        tx: None,
+        watched: Vec::new(),
     };
     let mut parser = RequestParser::new(shared.options.parser_limits());
     let mut buf = Buffers {
@@ -445,6 +469,10 @@ impl Conn<'_> {
                 }
                 Err(reply) => reply,
             }
+        } else if let Some(reply) = self.transaction_command(name, &args[1..]) {
+            reply
+        } else if self.tx.is_some() {
+            self.queue(args, &mut next)
         } else {
             match command::parse_command(args) {
                 Err(reply) => reply,
@@ -460,6 +488,116 @@ impl Conn<'_> {
         };
         resp::encode(&reply, self.protocol, out);
         next
+    }
+
+    /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` (`None` for any other command). They act at
+    /// once, inside a `MULTI` block too (except `UNWATCH`, which is queued there, as in Redis).
+    fn transaction_command(&mut self, name: &[u8], rest: &[Bytes]) -> Option<Reply> {
+        let lower = name.to_ascii_lowercase();
+        let wrong_args = |cmd: &str| Reply::error(format!("ERR wrong number of arguments for '{cmd}' command"));
+        Some(match lower.as_slice() {
+            b"multi" if !rest.is_empty() => wrong_args("multi"),
+            b"multi" if self.tx.is_some() => Reply::error("ERR MULTI calls can not be nested"),
+            b"multi" => {
+                self.tx = Some(Tx::default());
+                Reply::ok()
+            }
+            b"exec" if !rest.is_empty() => wrong_args("exec"),
+            b"exec" => match self.tx.take() {
+                None => Reply::error("ERR EXEC without MULTI"),
+                Some(tx) => {
+                    let watched = std::mem::take(&mut self.watched);
+                    if tx.failed {
+                        Reply::error("EXECABORT Transaction discarded because of previous errors.")
+                    } else {
+                        self.exec(tx, watched)
+                    }
+                }
+            },
+            b"discard" if !rest.is_empty() => wrong_args("discard"),
+            b"discard" => match self.tx.take() {
+                None => Reply::error("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+            },
+            b"watch" if self.tx.is_some() => {
+                // Refused but not a queuing error: the transaction goes on (Redis does the same).
+                Reply::error("ERR WATCH inside MULTI is not allowed")
+            }
+            b"watch" if rest.is_empty() => wrong_args("watch"),
+            b"watch" => self.watch(rest),
+            b"unwatch" if self.tx.is_none() => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            _ => return None,
+        })
+    }
+
+    /// `WATCH`: reads the keys' versions (a linearizable read, like any other) and remembers them.
+    fn watch(&mut self, keys: &[Bytes]) -> Reply {
+        let reply = self.replicate(KvOp::Versions { keys: keys.to_vec() });
+        let Reply::Array(items) = &reply else { return reply };
+        let versions: Option<Vec<u64>> =
+            items.iter().map(|r| if let Reply::Integer(v) = r { u64::try_from(*v).ok() } else { None }).collect();
+        match versions {
+            Some(versions) if versions.len() == keys.len() => {
+                self.watched.extend(keys.iter().cloned().zip(versions));
+                Reply::ok()
+            }
+            _ => Reply::error("ERR internal error: unexpected WATCH reply; nothing was applied"),
+        }
+    }
+
+    /// Queues a command of a `MULTI` block (`+QUEUED`), or answers its error and dooms the block.
+    fn queue(&mut self, args: &[Bytes], next: &mut Next) -> Reply {
+        let tx = self.tx.as_mut().expect("queue is called inside MULTI");
+        let item = match command::parse_command(args) {
+            Err(reply) => {
+                tx.failed = true;
+                return reply;
+            }
+            Ok(ParsedCommand::Replicate(op)) => TxItem::Op(op),
+            Ok(ParsedCommand::Reply(reply)) => TxItem::Reply(reply),
+            Ok(ParsedCommand::Connection(ConnCommand::Quit)) => {
+                *next = Next::Close;
+                return Reply::ok();
+            }
+            Ok(ParsedCommand::Connection(command)) => TxItem::Conn(command),
+        };
+        tx.items.push(item);
+        Reply::Simple("QUEUED".to_owned())
+    }
+
+    /// `EXEC`: the queued ops as one log entry (atomic on every replica, checked against the watched
+    /// versions inside the apply), then each queued command's reply in order.
+    fn exec(&mut self, tx: Tx, watched: Vec<(Bytes, u64)>) -> Reply {
+        let ops: Vec<Bytes> = tx
+            .items
+            .iter()
+            .filter_map(|item| if let TxItem::Op(op) = item { Some(op.encode()) } else { None })
+            .collect();
+        let mut results = if ops.is_empty() && watched.is_empty() {
+            Vec::new()
+        } else {
+            match self.replicate(KvOp::Exec { watched, ops }) {
+                Reply::Array(results) => results,
+                // Aborted (a watched key changed), or the entry's own failure (`-TRYAGAIN`, ...).
+                other => return other,
+            }
+        }
+        .into_iter();
+        let mut replies = Vec::with_capacity(tx.items.len());
+        for item in tx.items {
+            replies.push(match item {
+                TxItem::Op(_) => results.next().unwrap_or_else(|| Reply::error("ERR internal error: missing result")),
+                TxItem::Reply(reply) => reply,
+                TxItem::Conn(command) => self.connection_command(command),
+            });
+        }
+        Reply::Array(replies)
     }
 
     fn connection_command(&mut self, command: ConnCommand) -> Reply {
@@ -549,5 +687,18 @@ pub fn result_reply(result: KvResult) -> Reply {
             Reply::Array(values.into_iter().map(|v| v.map_or(Reply::Null, Reply::Bulk)).collect())
         }
         KvResult::Error(e) => Reply::error(e.to_string()),
+        KvResult::Type(kind) => Reply::Simple(kind.map_or("none", |k| k.name()).to_owned()),
+        KvResult::Pairs(pairs) => {
+            Reply::Map(pairs.into_iter().map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v))).collect())
+        }
+        KvResult::Scan { cursor, items } => Reply::Array(vec![
+            Reply::Bulk(Bytes::from(cursor.to_string())),
+            Reply::Array(items.into_iter().map(Reply::Bulk).collect()),
+        ]),
+        KvResult::Multi(results) => Reply::Array(results.into_iter().map(result_reply).collect()),
+        KvResult::Aborted => Reply::NullArray,
+        KvResult::Versions(versions) => {
+            Reply::Array(versions.into_iter().map(|v| Reply::Integer(v.min(i64::MAX as u64) as i64)).collect())
+        }
     }
 }
