@@ -1542,3 +1542,131 @@ fn tryagain_writes_never_apply_and_uncertain_ones_resume_exactly_once() {
     );
     cluster.wait_converged(&ids, Duration::from_secs(10));
 }
+
+/// MULTI/EXEC/WATCH as redis-rs drives them (`pipe().atomic()`), through a follower and on the
+/// leader: a transaction applies all its writes in one entry or none; a queuing error discards it
+/// (`EXECABORT`) with nothing applied; an op failing at run time fails alone; a changed watched key
+/// aborts it. Then an expiry-heavy load leaves every replica with the same state at the same index.
+#[test]
+fn transactions_and_expiry_as_redis_clients_use_them() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    for via in [follower, leader] {
+        let mut conn = cluster.conn(via).expect("connect");
+        let k = |s: &str| format!("{s}-{via}");
+        // All or nothing, replies in order.
+        let (set, n, got): (String, i64, String) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(k("a"))
+            .arg("1")
+            .cmd("INCRBY")
+            .arg(k("n"))
+            .arg(5)
+            .cmd("GET")
+            .arg(k("a"))
+            .query(&mut conn)
+            .expect("atomic pipeline");
+        assert_eq!((set.as_str(), n, got.as_str()), ("OK", 5, "1"));
+        // A queuing error: EXECABORT, and the valid command queued before it did not run.
+        let queued: String = redis::cmd("MULTI").query(&mut conn).expect("MULTI");
+        assert_eq!(queued, "OK");
+        let q: String = redis::cmd("SET").arg(k("b")).arg("x").query(&mut conn).expect("queued");
+        assert_eq!(q, "QUEUED");
+        let e = redis::cmd("SET").arg(k("b")).query::<()>(&mut conn).expect_err("arity error");
+        assert!(e.to_string().contains("wrong number of arguments"), "{e}");
+        let e = redis::cmd("EXEC").query::<redis::Value>(&mut conn).expect_err("EXECABORT");
+        assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+        let b: Option<String> = redis::cmd("GET").arg(k("b")).query(&mut conn).expect("GET");
+        assert_eq!(b, None, "nothing of a discarded transaction applies");
+        // A run-time error fails alone; the others apply (redis-rs reports the element's error).
+        let e = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(k("s"))
+            .arg("text")
+            .cmd("INCR")
+            .arg(k("s"))
+            .cmd("SET")
+            .arg(k("t"))
+            .arg("y")
+            .query::<redis::Value>(&mut conn)
+            .expect_err("INCR on text fails inside EXEC");
+        assert!(e.to_string().contains("not an integer"), "{e}");
+        let s_value: Option<String> = redis::cmd("GET").arg(k("s")).query(&mut conn).expect("GET");
+        assert_eq!(s_value.as_deref(), Some("text"));
+        let t: Option<String> = redis::cmd("GET").arg(k("t")).query(&mut conn).expect("GET");
+        assert_eq!(t.as_deref(), Some("y"));
+        // WATCH: another client changes the key between WATCH and EXEC, so EXEC returns nil and
+        // nothing runs; unchanged, it runs.
+        let _: () = redis::cmd("WATCH").arg(k("w")).query(&mut conn).expect("WATCH");
+        cluster.set(leader, &k("w"), "theirs").expect("concurrent SET");
+        let aborted: Option<(String,)> =
+            redis::pipe().atomic().cmd("SET").arg(k("w")).arg("mine").query(&mut conn).expect("EXEC");
+        assert_eq!(aborted, None);
+        assert_eq!(cluster.get(via, &k("w")).expect("GET").as_deref(), Some("theirs"));
+        let _: () = redis::cmd("WATCH").arg(k("w")).query(&mut conn).expect("WATCH");
+        let ran: Option<(String,)> =
+            redis::pipe().atomic().cmd("SET").arg(k("w")).arg("mine").query(&mut conn).expect("EXEC");
+        assert_eq!(ran, Some(("OK".to_owned(),)));
+        let e = redis::cmd("EXEC").query::<redis::Value>(&mut conn).expect_err("EXEC without MULTI");
+        assert!(e.to_string().contains("EXEC without MULTI"), "{e}");
+    }
+    // Expiry-heavy load from several connections: TTLs of 1 to 60 ms, EXPIRE and PERSIST, hashes.
+    std::thread::scope(|s| {
+        for via in cluster.ids() {
+            let cluster = &cluster;
+            s.spawn(move || {
+                let mut conn = cluster.conn(via).expect("connect");
+                for i in 0..150 {
+                    let key = format!("e{}", i % 40);
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SET").arg(&key).arg(i).arg("PX").arg(1 + i % 60).ignore();
+                    pipe.cmd("HSET").arg(format!("h{}", i % 7)).arg(i % 5).arg(i).ignore();
+                    pipe.cmd("PEXPIRE").arg(format!("h{}", i % 7)).arg(5 + i % 30).ignore();
+                    if i % 3 == 0 {
+                        pipe.cmd("PERSIST").arg(format!("h{}", (i + 1) % 7)).ignore();
+                    }
+                    let _: () = pipe.query(&mut conn).expect("expiry load");
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // One more write moves every replica's logged clock past every deadline.
+    cluster.set(leader, "last", "1").expect("SET");
+    let (applied, digest) = cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
+    assert!(applied > 1000, "applied {applied}");
+    let mut conn = cluster.conn(leader).expect("connect");
+    let ttl: i64 = redis::cmd("TTL").arg("e1").query(&mut conn).expect("TTL");
+    assert_eq!(ttl, -2, "every short TTL has passed (digest {digest})");
+}
+
+/// The everyday calls of redis-py at its default settings (redis-py 8: RESP3), in groups, against a
+/// follower (so every write is forwarded) with WATCH conflicts made through the leader: the script
+/// `tests/redis_py/everyday.py`. Skipped, saying so, where python3 or redis-py is missing, except in
+/// CI (`.ci/run` installs it), where that fails.
+#[test]
+fn redis_py_everyday_calls_at_default_settings() {
+    let have = Command::new("python3").args(["-c", "import redis"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(std::env::var_os("CI").is_none(), "CI must have python3 with redis-py (.ci/run installs it)");
+        eprintln!("skipped: python3 with redis-py is not installed (pip install redis==8.1.0)");
+        return;
+    }
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/redis_py/everyday.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(cluster.port(follower).to_string())
+        .arg(cluster.port(leader).to_string())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-py script failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("redis-py all groups ok"), "{stdout}");
+}
