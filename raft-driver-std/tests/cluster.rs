@@ -1670,3 +1670,65 @@ fn redis_py_everyday_calls_at_default_settings() {
     assert!(out.status.success(), "redis-py script failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("redis-py all groups ok"), "{stdout}");
 }
+
+/// Pipelining: the commands a client sent at once are proposed together, as one log entry (one
+/// fsync round), and answered in order, with whatever else the pipeline holds (a local reply, an
+/// error, a transaction) in its place; reads alone take no log entry at all.
+#[test]
+fn a_pipeline_is_one_log_entry_answered_in_order() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    cluster.set(leader, "warm", "1").expect("SET");
+    let last = |c: &TestCluster| info_u64(&c.info(leader).expect("INFO"), "last_log_index");
+    let before = last(&cluster);
+    let mut raw = TcpStream::connect(("127.0.0.1", cluster.port(leader))).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut pipeline = String::new();
+    for i in 0..100 {
+        pipeline.push_str(&format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n$3\r\nv{i:02}\r\n"));
+    }
+    pipeline.push_str("*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n");
+    raw.write_all(pipeline.as_bytes()).expect("write");
+    let mut reply = Vec::new();
+    let want = "+OK\r\n".repeat(100) + ":1\r\n";
+    while reply.len() < want.len() {
+        let mut chunk = [0u8; 4096];
+        let n = raw.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&reply), want);
+    // One entry when the 3 KiB arrive in one read, as they do on loopback; two if a read splits them.
+    let entries = last(&cluster) - before;
+    assert!((1..=2).contains(&entries), "101 pipelined writes took {entries} log entries");
+    // A mixed pipeline, answered in order: reads, a local reply, an unknown command, a write, a
+    // transaction (MULTI ... EXEC), then reads again.
+    let before = last(&cluster);
+    raw.write_all(
+        b"GET k000\r\nPING\r\nNOSUCH x\r\nINCR n\r\nMULTI\r\nINCR n\r\nGET k099\r\nEXEC\r\nGET n\r\nMGET k001 nope\r\n",
+    )
+    .expect("write");
+    let want = "$3\r\nv00\r\n+PONG\r\n-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n:2\r\n\
+                +OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:3\r\n$3\r\nv99\r\n$1\r\n3\r\n*2\r\n$3\r\nv01\r\n$-1\r\n";
+    let mut reply = Vec::new();
+    while reply.len() < want.len() {
+        let mut chunk = [0u8; 4096];
+        let n = raw.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&reply), want);
+    // The INCR alone, then the transaction: two entries; the reads took none.
+    assert_eq!(last(&cluster), before + 2);
+    let before = last(&cluster);
+    raw.write_all(b"GET k000\r\nGET k001\r\nEXISTS k002 k003\r\nSTRLEN k004\r\n").expect("write");
+    let want = "$3\r\nv00\r\n$3\r\nv01\r\n:2\r\n:3\r\n";
+    let mut reply = Vec::new();
+    while reply.len() < want.len() {
+        let mut chunk = [0u8; 4096];
+        let n = raw.read(&mut chunk).expect("read");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&reply), want);
+    assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+}

@@ -507,6 +507,11 @@ impl KvOp {
     pub fn encode(&self) -> Bytes {
         encode_exact(self)
     }
+
+    /// The length of [`KvOp::encode`]'s output, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).expect("sizing a value cannot fail")
+    }
 }
 
 /// What a key holds.

@@ -142,6 +142,46 @@ fn read(shared: &Shared, op: &KvOp) -> Reply {
     }
 }
 
+/// Several read-only ops of one pipeline, served together: one read round (or one lease check) for
+/// all of them, answered in order. Failures are retried as [`read`] retries them.
+pub(super) fn read_many(shared: &Shared, ops: Vec<KvOp>) -> Vec<Reply> {
+    let deadline = Instant::now() + shared.options.retry_bound;
+    let mut delay = Duration::from_millis(2);
+    let ops = std::sync::Arc::new(ops);
+    let failed = |reply: Reply, n: usize| vec![reply; n];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let batch = std::sync::Arc::clone(&ops);
+        let now_ms = unix_ms();
+        let read = shared
+            .node
+            .read(move |kv: &KvStore| batch.iter().map(|op| kv.query(op, now_ms)).collect::<Vec<_>>(), remaining);
+        match read {
+            Ok(results) => {
+                return results
+                    .into_iter()
+                    .map(|r| {
+                        r.map_or_else(
+                            || Reply::error("ERR internal error: not a read-only command; nothing was applied"),
+                            result_reply,
+                        )
+                    })
+                    .collect();
+            }
+            Err(ReadFailure::Stopped) => {
+                return failed(Reply::error("ERR node stopped; nothing was applied"), ops.len());
+            }
+            Err(error) => tracing::debug!(%error, "retrying pipelined reads"),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return failed(Reply::error(TRYAGAIN_NO_LEADER), ops.len());
+        }
+        std::thread::sleep(delay.min(deadline - now));
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// One attempt: propose on this node if it leads, else forward to the leader it knows.
 fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, deadline: Instant) -> Attempt {
     let status = shared.node.status();

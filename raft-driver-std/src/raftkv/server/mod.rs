@@ -298,6 +298,43 @@ struct Conn<'a> {
     watched: Vec<(Bytes, u64)>,
 }
 
+/// Pipelined commands waiting to run together (see [`Conn::flush`]).
+#[derive(Default)]
+struct Batch {
+    items: Vec<BatchItem>,
+    /// About how many bytes the ops will take in the log entry.
+    bytes: usize,
+}
+
+/// Most commands in one batch: bounds the latency of the first reply of a long pipeline.
+const MAX_BATCH_COMMANDS: usize = 512;
+
+impl Batch {
+    fn push(&mut self, item: BatchItem) {
+        if let BatchItem::Op(op) = &item {
+            self.bytes += op.encoded_len();
+        }
+        self.items.push(item);
+    }
+
+    /// Whether `item` may join: at most [`MAX_BATCH_COMMANDS`], and the ops' bytes within half the
+    /// entry limit (the rest is headroom for the entry's own framing), so that a batch is never refused
+    /// as too large where its commands one by one would not be. An empty batch takes anything.
+    fn has_room_for(&self, item: &BatchItem, options: &ServerOptions) -> bool {
+        let len = if let BatchItem::Op(op) = item { op.encoded_len() } else { 0 };
+        self.items.is_empty()
+            || (self.items.len() < MAX_BATCH_COMMANDS && self.bytes + len <= options.limits.max_entry_bytes / 2)
+    }
+}
+
+/// One pipelined command of a batch.
+enum BatchItem {
+    /// A data command.
+    Op(KvOp),
+    /// Its reply is known already (a parse error, `PING`, ...).
+    Reply(Reply),
+}
+
 /// A transaction being queued between `MULTI` and `EXEC`.
 #[derive(Default)]
 struct Tx {
@@ -400,10 +437,19 @@ impl Conn<'_> {
         buf: &mut Buffers,
         stream: &mut TcpStream,
     ) -> io::Result<Next> {
+        let mut batch = Batch::default();
         loop {
             match parser.parse(&mut buf.input) {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
+                    if let Some(item) = self.batchable(&args) {
+                        if !batch.has_room_for(&item, &self.shared.options) {
+                            self.flush(&mut batch, &mut buf.out);
+                        }
+                        batch.push(item);
+                        continue;
+                    }
+                    self.flush(&mut batch, &mut buf.out);
                     if let Next::Close = self.dispatch(&args, &mut buf.out) {
                         return Ok(Next::Close);
                     }
@@ -414,12 +460,14 @@ impl Conn<'_> {
                 }
                 Ok(None) => break,
                 Err(error) => {
+                    self.flush(&mut batch, &mut buf.out);
                     tracing::debug!(client = self.id, %error, "protocol error; closing connection");
                     resp::encode(&self.protocol_error_reply(&error), self.protocol, &mut buf.out);
                     return Ok(Next::Close);
                 }
             }
         }
+        self.flush(&mut batch, &mut buf.out);
         if !buf.out.is_empty() {
             stream.write_all(&buf.out)?;
             buf.out.clear();
@@ -431,6 +479,61 @@ impl Conn<'_> {
             return Ok(Next::Close);
         }
         Ok(Next::Continue)
+    }
+
+    /// A pipelined request that can join a batch: a data command (or a reply known at once, such as an
+    /// error or `PING`) outside `MULTI`. Anything else (connection state, transactions, internal
+    /// commands) is dispatched on its own, after the batch before it.
+    fn batchable(&self, args: &[Bytes]) -> Option<BatchItem> {
+        let name = args.first()?;
+        if self.tx.is_some() || name.len() > 16 || name.starts_with(b"RAFTKV") || name.starts_with(b"raftkv") {
+            return None;
+        }
+        let lower = name.to_ascii_lowercase();
+        if matches!(lower.as_slice(), b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch") {
+            return None;
+        }
+        match command::parse_command(args) {
+            Err(reply) | Ok(ParsedCommand::Reply(reply)) => Some(BatchItem::Reply(reply)),
+            Ok(ParsedCommand::Replicate(op)) => Some(BatchItem::Op(op)),
+            Ok(ParsedCommand::Connection(_)) => None,
+        }
+    }
+
+    /// Runs a batch of pipelined commands and encodes their replies in order. Several data commands
+    /// become one log entry (one proposal, one fsync round, one sequence number of the session: a
+    /// retried batch applies once, as a whole); several reads become one read round.
+    fn flush(&mut self, batch: &mut Batch, out: &mut BytesMut) {
+        let items = std::mem::take(&mut batch.items);
+        batch.bytes = 0;
+        let ops = items.iter().filter(|item| matches!(item, BatchItem::Op(_))).count();
+        let mut replies: std::vec::IntoIter<Reply> = if ops <= 1 {
+            Vec::new().into_iter()
+        } else if items.iter().all(|item| !matches!(item, BatchItem::Op(op) if !op.is_read_only()))
+            && self.shared.cluster.reads.mode != crate::raftkv::config::ReadMode::Log
+        {
+            let reads =
+                items.iter().filter_map(|item| if let BatchItem::Op(op) = item { Some(op.clone()) } else { None });
+            forward::read_many(self.shared, reads.collect()).into_iter()
+        } else {
+            let encoded =
+                items.iter().filter_map(|item| if let BatchItem::Op(op) = item { Some(op.encode()) } else { None });
+            match self.replicate(KvOp::Exec { watched: Vec::new(), ops: encoded.collect() }) {
+                Reply::Array(results) if results.len() == ops => results.into_iter(),
+                // The entry as a whole failed (`-TRYAGAIN`, `-UNCERTAIN`, ...): so did each command.
+                other => vec![other; ops].into_iter(),
+            }
+        };
+        for item in items {
+            let reply = match item {
+                BatchItem::Reply(reply) => reply,
+                BatchItem::Op(op) if ops <= 1 => self.replicate(op),
+                BatchItem::Op(_) => {
+                    replies.next().unwrap_or_else(|| Reply::error("ERR internal error: missing result"))
+                }
+            };
+            resp::encode(&reply, self.protocol, out);
+        }
     }
 
     /// A value too large for any log entry is named as such: the limit to raise is `max_entry_bytes`.
