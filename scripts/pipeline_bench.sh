@@ -11,7 +11,7 @@ redis-server --port 6400 --appendonly yes --appendfsync always --dir /tmp/bench/
 redis-server --port 6401 --appendonly no --save "" --daemonize yes >/dev/null
 sleep 3
 for i in 1 2 3; do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
-LEADER=$(for p in 6379 6380 6381; do redis-cli -p $p info | grep -q "^role:leader" && echo $p; done | head -1)
+LEADER=$(for p in 6379 6380 6381; do redis-cli -p $p info | grep -q "^raft_role:leader" && echo $p; done | head -1)
 echo "leader port $LEADER"
 for round in 1 2 3; do
   for t in set get; do

@@ -23,7 +23,7 @@ redis-cli -p 6400 shutdown nosave >/dev/null 2>&1
 for MODE in index lease; do
   pkill -INT -f "raftkv cluster"; sleep 1.5; pkill -f "raftkv node"; sleep 0.5; rm -rf /tmp/bench/rk
   ($B/raftkv cluster --nodes 3 --data-dir /tmp/bench/rk --port 6379 --read-mode $MODE > /tmp/bench/cluster.log 2>&1 &); sleep 3
-  L=$(for p in 6379 6380 6381; do redis-cli -p $p INFO replication | grep -q "role:leader" && echo $p; done)
+  L=$(for p in 6379 6380 6381; do redis-cli -p $p INFO replication | grep -q "raft_role:leader" && echo $p; done)
   redis-benchmark -t set -d 128 -c 50 -n 20000 -p $L -q > /dev/null 2>&1
   redis-benchmark -t get -d 128 -c 50 -n 100000 -p $L --precision 3 > /tmp/bench/k.out 2>&1; echo "raftkv $MODE GET c50 leader: $(summ /tmp/bench/k.out)"
   echo "raftkv $MODE GET 3x c17 (one per node):"; spread 6379 6380 6381

@@ -107,7 +107,7 @@ class Cluster:
         for _ in range(500):
             for i in range(1, 4):
                 try:
-                    if info(self.port(i)).get("role", "").strip() == "leader":
+                    if info(self.port(i)).get("raft_role", "").strip() == "leader":
                         return i
                 except Exception:
                     pass

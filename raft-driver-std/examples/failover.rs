@@ -31,7 +31,7 @@ fn role(port: u16) -> Option<String> {
     let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     let info: String = redis::cmd("INFO").arg("replication").query(&mut conn).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("role:")).map(|r| r.trim().to_owned())
+    info.lines().find_map(|l| l.strip_prefix("raft_role:")).map(|r| r.trim().to_owned())
 }
 
 fn trial(raftkv: &PathBuf, base: u16) -> Result<Duration, String> {

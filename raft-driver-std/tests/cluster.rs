@@ -56,6 +56,10 @@ impl Links {
             cut.insert((id, other));
             cut.insert((other, id));
         }
+        drop(cut);
+        // Every pump re-checks the cut at least every read timeout (20 ms): once this returns, no
+        // byte crosses a cut link (a read that was in progress is dropped, see `serve`).
+        std::thread::sleep(Duration::from_millis(60));
     }
 
     fn heal(&self) {
@@ -86,6 +90,8 @@ impl Links {
                         while !links.is_cut(from, to) {
                             match src.read(&mut buf) {
                                 Ok(0) => break,
+                                // Cut while this read was in progress: the bytes are lost, as on a real cut.
+                                Ok(_) if links.is_cut(from, to) => break,
                                 Ok(n) => {
                                     if dst.write_all(&buf[..n]).is_err() {
                                         break;
@@ -119,6 +125,8 @@ struct TestCluster {
     /// Nodes not in the cluster file (ids after its nodes), for membership changes.
     spares: Vec<NodeAddrs>,
     children: Vec<Option<Child>>,
+    /// The nodes' `requirepass` (RAFTKV_REQUIREPASS), used by this harness's own connections too.
+    password: Option<String>,
 }
 
 type Info = HashMap<String, String>;
@@ -164,7 +172,20 @@ impl TestCluster {
             config,
             spares: spare_nodes,
             children: (0..n + spares).map(|_| None).collect(),
+            password: None,
         };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// `n` nodes that require `password` of every client.
+    fn start_with_password(n: u64, password: &str) -> TestCluster {
+        let mut cluster = TestCluster::start_with_spares(0, n, SnapshotConfig::default());
+        cluster.config.nodes = std::mem::take(&mut cluster.spares);
+        std::fs::write(&cluster.config_path, cluster.config.to_toml()).expect("write config");
+        cluster.password = Some(password.to_owned());
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -215,6 +236,7 @@ impl TestCluster {
             config,
             spares: Vec::new(),
             children: (0..n).map(|_| None).collect(),
+            password: None,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -248,6 +270,7 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info")
+            .env("RAFTKV_REQUIREPASS", self.password.as_deref().unwrap_or(""))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -374,7 +397,8 @@ impl TestCluster {
     }
 
     fn conn(&self, id: u64) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port(id)))?;
+        let auth = self.password.as_ref().map_or_else(String::new, |p| format!(":{p}@"));
+        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port(id)))?;
         let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
         conn.set_read_timeout(Some(Duration::from_secs(6)))?;
         conn.set_write_timeout(Some(Duration::from_secs(6)))?;
@@ -397,7 +421,7 @@ impl TestCluster {
             if infos.iter().all(Option::is_some) {
                 let infos: Vec<Info> = infos.into_iter().flatten().collect();
                 let leaders: Vec<u64> =
-                    among.iter().zip(&infos).filter(|(_, i)| i["role"] == "leader").map(|(&id, _)| id).collect();
+                    among.iter().zip(&infos).filter(|(_, i)| i["raft_role"] == "leader").map(|(&id, _)| id).collect();
                 let terms: Vec<&String> = infos.iter().map(|i| &i["term"]).collect();
                 if leaders.len() == 1
                     && infos.iter().all(|i| i["leader_id"] == leaders[0].to_string())
@@ -405,7 +429,8 @@ impl TestCluster {
                 {
                     return leaders[0];
                 }
-                last = infos.iter().map(|i| (i["role"].clone(), i["leader_id"].clone(), i["term"].clone())).collect();
+                last =
+                    infos.iter().map(|i| (i["raft_role"].clone(), i["leader_id"].clone(), i["term"].clone())).collect();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -475,7 +500,7 @@ fn elects_one_leader_and_serves_reads_everywhere() {
     let cluster = TestCluster::start(3);
     let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
     let leaders: Vec<u64> =
-        cluster.ids().into_iter().filter(|&id| cluster.info(id).is_some_and(|i| i["role"] == "leader")).collect();
+        cluster.ids().into_iter().filter(|&id| cluster.info(id).is_some_and(|i| i["raft_role"] == "leader")).collect();
     assert_eq!(leaders, vec![leader]);
     for writer in cluster.ids() {
         cluster.set(writer, &format!("key-{writer}"), &format!("value-{writer}")).expect("SET");
@@ -627,7 +652,7 @@ fn frozen_leader_steps_down_and_nothing_uncommitted_is_applied() {
         let info = cluster.info(old);
         if let Some(info) = info {
             let term: u64 = info["term"].parse().expect("term");
-            if info["role"] != "leader" && term > old_term {
+            if info["raft_role"] != "leader" && term > old_term {
                 break;
             }
         }
@@ -1637,7 +1662,7 @@ fn transactions_and_expiry_as_redis_clients_use_them() {
     // One more write moves every replica's logged clock past every deadline.
     cluster.set(leader, "last", "1").expect("SET");
     let (applied, digest) = cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
-    assert!(applied > 1000, "applied {applied}");
+    assert!(applied >= 450, "applied {applied}: each pipeline of the load is one entry");
     let mut conn = cluster.conn(leader).expect("connect");
     let ttl: i64 = redis::cmd("TTL").arg("e1").query(&mut conn).expect("TTL");
     assert_eq!(ttl, -2, "every short TTL has passed (digest {digest})");
@@ -1731,4 +1756,104 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     }
     assert_eq!(String::from_utf8_lossy(&reply), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+}
+
+/// `requirepass`: every node refuses commands before AUTH (`-NOAUTH`), refuses a wrong password
+/// (`-WRONGPASS`), and once authenticated serves as usual, followers forwarding to the leader with
+/// the shared password.
+#[test]
+fn requirepass_guards_every_node_and_followers_still_forward() {
+    let cluster = TestCluster::start_with_password(3, "s3cret");
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    for id in cluster.ids() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", cluster.port(id))).expect("client");
+        let mut anon = client.get_connection_with_timeout(Duration::from_secs(2)).expect("connect without AUTH");
+        let e = redis::cmd("GET").arg("k").query::<Option<String>>(&mut anon).expect_err("NOAUTH");
+        assert_eq!(e.code(), Some("NOAUTH"), "{e}");
+        let e = redis::cmd("AUTH").arg("wrong").query::<()>(&mut anon).expect_err("WRONGPASS");
+        assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
+        let _: () = redis::cmd("AUTH").arg("default").arg("s3cret").query(&mut anon).expect("AUTH user pass");
+        let _: () = redis::cmd("SET").arg(format!("k{id}")).arg(id).query(&mut anon).expect("SET after AUTH");
+    }
+    // The writes made through followers reached the leader (forwarded with the password).
+    let mut conn = cluster.conn(leader).expect("connect with AUTH");
+    for id in cluster.ids() {
+        let v: Option<u64> = redis::cmd("GET").arg(format!("k{id}")).query(&mut conn).expect("GET");
+        assert_eq!(v, Some(id));
+    }
+    // HELLO with AUTH authenticates and switches protocol at once.
+    let mut raw = TcpStream::connect(("127.0.0.1", cluster.port(leader))).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    raw.write_all(b"HELLO 3\r\nHELLO 3 AUTH default s3cret\r\nGET k1\r\nQUIT\r\n").expect("write");
+    let mut text = Vec::new();
+    raw.read_to_end(&mut text).expect("read");
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("-NOAUTH HELLO must be called"), "{text}");
+    assert!(text.contains("%7\r\n") && text.ends_with("$1\r\n1\r\n+OK\r\n"), "{text}");
+}
+
+/// What tools rely on: `COMMAND` tells the truth about every command, redis-cli's help works,
+/// `INFO` has the sections (and the `role` Redis clients expect), `CLIENT LIST/INFO/KILL` work,
+/// and `redis-cli --scan`/`--bigkeys` walk the key space.
+#[test]
+fn tools_see_a_redis_command_table_info_and_client_list() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let mut conn = cluster.conn(leader).expect("connect");
+    let count: i64 = redis::cmd("COMMAND").arg("COUNT").query(&mut conn).expect("COMMAND COUNT");
+    let all: Vec<redis::Value> = redis::cmd("COMMAND").query(&mut conn).expect("COMMAND");
+    assert_eq!(all.len() as i64, count);
+    assert!(count > 60, "{count}");
+    let info: Vec<redis::Value> =
+        redis::cmd("COMMAND").arg("INFO").arg("set").arg("nosuch").query(&mut conn).expect("INFO");
+    let redis::Value::Array(set) = &info[0] else { panic!("{info:?}") };
+    assert_eq!(set[0], redis::Value::BulkString(b"set".to_vec()));
+    assert_eq!(set[1], redis::Value::Int(-3));
+    assert_eq!(info[1], redis::Value::Nil);
+    for (id, role) in [(leader, "master"), (follower, "slave")] {
+        let info = cluster.info(id).expect("INFO");
+        assert_eq!(info["role"], role);
+        for field in ["raft_role", "used_memory", "used_cpu_user", "connected_clients", "total_commands_processed"] {
+            assert!(info.contains_key(field), "INFO lacks {field}");
+        }
+    }
+    for i in 0..30 {
+        cluster.set(leader, &format!("tool:{i}"), &"x".repeat(i)).expect("SET");
+    }
+    let _: () = redis::cmd("HSET").arg("tool:h").arg("f").arg("v").query(&mut conn).expect("HSET");
+    let info = cluster.info(leader).expect("INFO");
+    assert!(info["db0"].starts_with("keys=31,"), "{}", info["db0"]);
+    // CLIENT: a named connection appears in the list with its name, CLIENT INFO shows our own line,
+    // and CLIENT KILL closes the other.
+    let mut victim = cluster.conn(leader).expect("connect");
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("victim").query(&mut victim).expect("SETNAME");
+    let victim_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut victim).expect("ID");
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).expect("CLIENT LIST");
+    let line = list.lines().find(|l| l.contains("name=victim")).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.starts_with(&format!("id={victim_id} ")), "{line}");
+    assert!(line.contains(" cmd=client"), "{line}");
+    let me: String = redis::cmd("CLIENT").arg("INFO").query(&mut conn).expect("CLIENT INFO");
+    assert!(me.contains("cmd=client"), "{me}");
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(victim_id).query(&mut conn).expect("KILL");
+    assert_eq!(killed, 1);
+    assert!(redis::cmd("PING").query::<String>(&mut victim).is_err(), "the killed connection is closed");
+    // redis-cli, where installed: help from its own table, --scan and --bigkeys over SCAN.
+    let cli =
+        |args: &[&str]| Command::new("redis-cli").arg("-p").arg(cluster.port(follower).to_string()).args(args).output();
+    match cli(&["help", "set"]) {
+        Err(_) => eprintln!("redis-cli checks skipped: redis-cli is not installed"),
+        Ok(out) => {
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(help.contains("SET") && help.contains("key value [NX|XX]"), "redis-cli help: {help}");
+            let scan = cli(&["--scan", "--pattern", "tool:*"]).expect("redis-cli --scan");
+            let mut keys: Vec<String> = String::from_utf8_lossy(&scan.stdout).lines().map(str::to_owned).collect();
+            keys.sort();
+            assert_eq!(keys.len(), 31, "{keys:?}");
+            let big = cli(&["--bigkeys"]).expect("redis-cli --bigkeys");
+            let text = String::from_utf8_lossy(&big.stdout);
+            assert!(text.contains("Biggest string found") && text.contains("tool:29"), "{text}");
+            assert!(text.contains("hash"), "{text}");
+        }
+    }
 }

@@ -66,6 +66,11 @@ enum Cmd {
         /// `-UNCERTAIN` (may have been applied; see docs/errors.md).
         #[arg(long, default_value_t = 2000)]
         retry_ms: u64,
+        /// Redis' `requirepass`: clients must AUTH with it (the same on every node: followers use it
+        /// to forward to the leader). Also read from the RAFTKV_REQUIREPASS environment variable,
+        /// which keeps it out of the process list.
+        #[arg(long)]
+        requirepass: Option<String>,
         /// Exit when standard input reaches end of file (used by `raftkv cluster`, so that nodes do not
         /// outlive their parent).
         #[arg(long, hide = true)]
@@ -182,13 +187,25 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Cmd::Node { id, config, data_dir, no_fsync, retry_ms, exit_on_stdin_eof, join, peer_addr, client_addr } => {
+        Cmd::Node {
+            id,
+            config,
+            data_dir,
+            no_fsync,
+            retry_ms,
+            requirepass,
+            exit_on_stdin_eof,
+            join,
+            peer_addr,
+            client_addr,
+        } => {
             let node = NodeArgs {
                 id,
                 config,
                 data_dir,
                 fsync: !no_fsync,
                 retry: Duration::from_millis(retry_ms),
+                requirepass: requirepass.or_else(|| std::env::var("RAFTKV_REQUIREPASS").ok()).filter(|p| !p.is_empty()),
                 watch_stdin: exit_on_stdin_eof,
                 join,
                 peer_addr,
@@ -222,6 +239,7 @@ struct NodeArgs {
     data_dir: PathBuf,
     fsync: bool,
     retry: Duration,
+    requirepass: Option<String>,
     watch_stdin: bool,
     join: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
@@ -297,7 +315,12 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         Ok(node) => node,
         Err(e) => return fail(e),
     };
-    let server_options = ServerOptions { retry_bound: retry, limits: cluster.limits, ..ServerOptions::default() };
+    let server_options = ServerOptions {
+        retry_bound: retry,
+        limits: cluster.limits,
+        requirepass: args.requirepass.clone().map(bytes::Bytes::from),
+        ..ServerOptions::default()
+    };
     let server = match Server::start(listener, node.handle(), cluster, id, server_options) {
         Ok(server) => server,
         Err(e) => return fail(format!("cannot start client server: {e}")),
@@ -587,7 +610,7 @@ fn show_leader(cluster: &ClusterConfig) {
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         let roles: Vec<(u64, Option<String>)> =
-            cluster.nodes.iter().map(|n| (n.id, info_field(n.client_addr, "role"))).collect();
+            cluster.nodes.iter().map(|n| (n.id, info_field(n.client_addr, "raft_role"))).collect();
         if roles.iter().any(|(_, r)| r.as_deref() == Some("leader")) {
             for (id, role) in roles {
                 println!("  node {id}: {}", role.as_deref().unwrap_or("unreachable"));

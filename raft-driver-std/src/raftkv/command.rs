@@ -48,6 +48,41 @@ pub enum ConnCommand {
     },
     /// `QUIT`: reply `+OK` and close the connection.
     Quit,
+    /// `CLIENT LIST [TYPE normal] [ID id ...]`: one line per connection.
+    ClientList {
+        /// Only these connection ids (all if empty).
+        ids: Vec<u64>,
+    },
+    /// `CLIENT INFO`: this connection's line.
+    ClientInfo,
+    /// `CLIENT KILL addr` (old form: `+OK` or an error) or `CLIENT KILL <filter> <value> ...` (the
+    /// number of connections closed).
+    ClientKill {
+        /// The filters, all of which a connection must match.
+        filter: KillFilter,
+        /// The old one-argument form.
+        old_form: bool,
+    },
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: shown in `CLIENT LIST`.
+    ClientSetInfo {
+        /// `true` for `LIB-NAME`, `false` for `LIB-VER`.
+        name: bool,
+        /// The value.
+        value: Bytes,
+    },
+}
+
+/// Which connections `CLIENT KILL` closes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KillFilter {
+    /// `ID`.
+    pub id: Option<u64>,
+    /// `ADDR` (the client's address, `ip:port`).
+    pub addr: Option<String>,
+    /// `LADDR` (the server's address the client connected to).
+    pub laddr: Option<String>,
+    /// `SKIPME yes|no` (default yes: the calling connection survives).
+    pub skip_me: bool,
 }
 
 /// The reply to `HELLO`, shaped like Redis' (a map; RESP2 clients receive it flattened into an array).
@@ -433,11 +468,10 @@ fn parse_server_command(cmd: &str, rest: &[Bytes]) -> Option<Result<ParsedComman
         "client" => parse_client(rest),
         "info" => connection(ConnCommand::Info { sections: rest.to_vec() }),
         "quit" => connection(ConnCommand::Quit),
-        // We publish no command table; an empty one keeps redis-cli's hints and redis-benchmark happy.
-        "command" => reply(match rest.first() {
-            Some(sub) if sub.eq_ignore_ascii_case(b"count") => Reply::Integer(0),
-            _ => Reply::Array(Vec::new()),
-        }),
+        "command" => match super::command_table::command_reply(rest) {
+            Reply::Error(e) => Err(Reply::Error(e)),
+            r => reply(r),
+        },
         "config" => arity(cmd, n >= 1).and_then(|()| parse_config(rest)),
         "select" => arity(cmd, n == 1).and_then(|()| match int_arg(&rest[0])? {
             // Only database 0 exists; a replicated multi-database keyspace is not worth the complexity.
@@ -577,16 +611,79 @@ fn parse_client(rest: &[Bytes]) -> Result<ParsedCommand, Reply> {
         b"getname" => Err(wrong_args("client|getname")),
         b"id" if n == 0 => conn(ConnCommand::ClientId),
         b"id" => Err(wrong_args("client|id")),
-        // redis-py sends `CLIENT SETINFO LIB-NAME/LIB-VER` on connect; accept and ignore it.
+        // redis-py sends `CLIENT SETINFO LIB-NAME/LIB-VER` on connect.
         b"setinfo" if n == 2 => {
-            if args[0].eq_ignore_ascii_case(b"lib-name") || args[0].eq_ignore_ascii_case(b"lib-ver") {
-                Ok(ParsedCommand::Reply(Reply::ok()))
+            let name = args[0].eq_ignore_ascii_case(b"lib-name");
+            if name || args[0].eq_ignore_ascii_case(b"lib-ver") {
+                conn(ConnCommand::ClientSetInfo { name, value: validate_client_name(&args[1])?.clone() })
             } else {
                 let opt = String::from_utf8_lossy(&args[0]);
                 Err(Reply::error(format!("ERR Unrecognized option '{opt}'")))
             }
         }
         b"setinfo" => Err(wrong_args("client|setinfo")),
+        b"info" if n == 0 => conn(ConnCommand::ClientInfo),
+        b"info" => Err(wrong_args("client|info")),
+        b"list" => {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while i < n {
+                if args[i].eq_ignore_ascii_case(b"type") && i + 1 < n {
+                    let t = args[i + 1].to_ascii_lowercase();
+                    if !matches!(t.as_slice(), b"normal" | b"master" | b"replica" | b"slave" | b"pubsub") {
+                        let t = String::from_utf8_lossy(&args[i + 1]);
+                        return Err(Reply::error(format!("ERR Unknown client type '{t}'")));
+                    }
+                    i += 2;
+                } else if args[i].eq_ignore_ascii_case(b"id") && i + 1 < n {
+                    for id in &args[i + 1..] {
+                        let id =
+                            parse_i64(id).filter(|&v| v > 0).ok_or_else(|| Reply::error("ERR Invalid client ID"))?;
+                        ids.push(id as u64);
+                    }
+                    i = n;
+                } else {
+                    return Err(syntax_error());
+                }
+            }
+            conn(ConnCommand::ClientList { ids })
+        }
+        b"kill" if n == 1 => conn(ConnCommand::ClientKill {
+            filter: KillFilter {
+                addr: Some(String::from_utf8_lossy(&args[0]).into_owned()),
+                skip_me: false,
+                ..Default::default()
+            },
+            old_form: true,
+        }),
+        b"kill" if n >= 2 && n % 2 == 0 => {
+            let mut filter = KillFilter { skip_me: true, ..Default::default() };
+            for pair in args.chunks_exact(2) {
+                let value = String::from_utf8_lossy(&pair[1]).into_owned();
+                match pair[0].to_ascii_lowercase().as_slice() {
+                    b"id" => {
+                        let id = parse_i64(&pair[1])
+                            .filter(|&v| v > 0)
+                            .ok_or_else(|| Reply::error("ERR client-id should be greater than 0"))?;
+                        filter.id = Some(id as u64);
+                    }
+                    b"addr" => filter.addr = Some(value),
+                    b"laddr" => filter.laddr = Some(value),
+                    b"skipme" => {
+                        filter.skip_me = match value.to_ascii_lowercase().as_str() {
+                            "yes" => true,
+                            "no" => false,
+                            _ => return Err(syntax_error()),
+                        }
+                    }
+                    // TYPE normal (every client here is one), USER default (the only user).
+                    b"type" | b"user" => {}
+                    _ => return Err(syntax_error()),
+                }
+            }
+            conn(ConnCommand::ClientKill { filter, old_form: false })
+        }
+        b"kill" => Err(syntax_error()),
         _ => Err(unknown_subcommand(sub, "CLIENT")),
     }
 }

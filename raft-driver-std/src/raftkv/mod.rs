@@ -11,6 +11,7 @@
 //! Nothing outside this module imports it: the generic driver knows nothing of Redis.
 
 pub mod command;
+pub mod command_table;
 pub mod config;
 mod int;
 pub mod resp;

@@ -733,6 +733,11 @@ impl KvStore {
         self.last_applied
     }
 
+    /// Keys stored, and how many of them have a TTL (expired ones not yet reclaimed included).
+    pub fn key_counts(&self) -> (usize, usize) {
+        (self.data.len(), self.expires.len())
+    }
+
     /// The number of sessions currently remembered.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -264,6 +264,33 @@ pub(super) struct Forwarder {
     buf: Vec<u8>,
 }
 
+/// Sends `AUTH password` on a fresh forwarding connection and waits for its `+OK` (the cluster's
+/// nodes share the client password, so a follower authenticates like any client).
+fn authenticate(mut stream: &TcpStream, password: &Bytes, deadline: Instant) -> Result<(), String> {
+    let mut request = BytesMut::new();
+    let args = [Bytes::from_static(b"AUTH"), password.clone()];
+    resp::encode(&Reply::Array(args.into_iter().map(Reply::Bulk).collect()), resp::Protocol::Resp2, &mut request);
+    stream.write_all(&request).map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if Instant::now() >= deadline {
+                    return Err("no answer".into());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        if line.len() > 1024 {
+            return Err("answer too long".into());
+        }
+    }
+    if line == b"+OK\r\n" { Ok(()) } else { Err(String::from_utf8_lossy(&line).trim_end().to_owned()) }
+}
+
 /// How often a forwarded request's wait re-checks whether the leader changed.
 const FORWARD_POLL: Duration = Duration::from_millis(50);
 
@@ -280,7 +307,7 @@ impl Forwarder {
         request: &Bytes,
         deadline: Instant,
     ) -> Attempt {
-        if let Err(why) = self.connect(leader, addr, deadline) {
+        if let Err(why) = self.connect(shared, leader, addr, deadline) {
             // Nothing was sent: this attempt certainly did not take effect.
             self.conn = None;
             return Attempt::retry(why, false);
@@ -296,7 +323,7 @@ impl Forwarder {
         }
     }
 
-    fn connect(&mut self, leader: NodeId, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
+    fn connect(&mut self, shared: &Shared, leader: NodeId, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
         if self.conn.as_ref().is_some_and(|(id, _)| *id == leader) {
             return Ok(());
         }
@@ -306,6 +333,9 @@ impl Forwarder {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(FORWARD_POLL)).map_err(|e| e.to_string())?;
+        if let Some(password) = &shared.options.requirepass {
+            authenticate(&stream, password, deadline).map_err(|e| format!("AUTH at {addr}: {e}"))?;
+        }
         self.conn = Some((leader, stream));
         Ok(())
     }

@@ -10,8 +10,8 @@ use crate::raftkv::store::KvStore;
 
 use super::Shared;
 
-/// `INFO` text: `# Server`, `# Clients`, `# Replication`, `# Persistence` and `# Stats` sections
-/// (all unless specific ones are asked for).
+/// `INFO` text: `# Server`, `# Clients`, `# Memory`, `# Replication`, `# Persistence`, `# Stats`,
+/// `# CPU` and `# Keyspace` (all unless specific ones are asked for; names are case-insensitive).
 pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
     let want = |name: &str| {
         sections.is_empty()
@@ -42,14 +42,40 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("redis_version", "7.2.0".into()),
             ("raftkv_version", env!("CARGO_PKG_VERSION").into()),
             ("redis_mode", "standalone".into()),
+            ("os", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH)),
+            ("arch_bits", (usize::BITS).to_string()),
+            ("multiplexing_api", "threads".into()),
             ("node_id", shared.node_id.to_string()),
             ("cluster_id", shared.cluster.cluster_id.to_string()),
             ("process_id", std::process::id().to_string()),
+            ("run_id", format!("{:040x}", u128::from(shared.sessions.start_id()))),
             ("tcp_port", shared.local_addr.port().to_string()),
             ("uptime_in_seconds", shared.started.elapsed().as_secs().to_string()),
+            ("uptime_in_days", (shared.started.elapsed().as_secs() / 86_400).to_string()),
         ],
     );
-    section("Clients", vec![("connected_clients", shared.clients.load(Ordering::Relaxed).to_string())]);
+    section(
+        "Clients",
+        vec![
+            ("connected_clients", shared.registry.user_count().to_string()),
+            ("maxclients", shared.options.max_clients.to_string()),
+            ("blocked_clients", "0".into()),
+            ("forwarding_connections", (shared.registry.count() - shared.registry.user_count()).to_string()),
+        ],
+    );
+    let rss = resident_bytes();
+    section(
+        "Memory",
+        vec![
+            // The allocator's own count is not exposed; the resident set is what the OS charges.
+            ("used_memory", rss.to_string()),
+            ("used_memory_human", human(rss)),
+            ("used_memory_rss", rss.to_string()),
+            ("used_memory_rss_human", human(rss)),
+            ("maxmemory", "0".into()),
+            ("maxmemory_policy", "noeviction".into()),
+        ],
+    );
     let leader_addr =
         status.leader.and_then(|id| super::admin::client_addr_of(shared, id)).map_or(String::new(), |a| a.to_string());
     let m = &status.membership;
@@ -57,7 +83,9 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
     section(
         "Replication",
         vec![
-            ("role", status.role.to_string()),
+            // What Redis clients expect (a leader takes writes like a master); Raft's own role next.
+            ("role", if status.role == raft_core::Role::Leader { "master" } else { "slave" }.into()),
+            ("raft_role", status.role.to_string()),
             ("leader_id", status.leader.map_or("none".to_owned(), |id| id.to_string())),
             ("leader_addr", leader_addr),
             ("term", status.term.to_string()),
@@ -113,7 +141,45 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
             ("store_retries_deduplicated", store.deduplicated.to_string()),
             ("store_stale_requests", store.stale.to_string()),
             ("store_malformed_entries", store.malformed.to_string()),
+            ("total_connections_received", shared.connections_received.load(Ordering::Relaxed).to_string()),
+            ("total_commands_processed", shared.commands_processed.load(Ordering::Relaxed).to_string()),
         ],
     );
+    let (user, system) = cpu_seconds();
+    section("CPU", vec![("used_cpu_sys", format!("{system:.6}")), ("used_cpu_user", format!("{user:.6}"))]);
+    let (keys, expires) =
+        shared.node.inspect(|kv: &KvStore| kv.key_counts(), Duration::from_secs(1)).unwrap_or_default();
+    section(
+        "Keyspace",
+        if keys == 0 { Vec::new() } else { vec![("db0", format!("keys={keys},expires={expires},avg_ttl=0"))] },
+    );
     text
+}
+
+/// This process's resident set in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// CPU time of this process so far, user and system, in seconds (Linux `/proc/self/stat`, whose
+/// times are in USER_HZ ticks, 100 per second on every mainstream kernel; zeros elsewhere).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: count fields after its end.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0) as f64 / 100.0;
+    (ticks(11), ticks(12))
+}
+
+/// `1.50M` style sizes, as Redis prints them.
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1024 => format!("{bytes}B"),
+        1024..1_048_576 => format!("{:.2}K", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.2}M", b / 1_048_576.0),
+        _ => format!("{:.2}G", b / 1_073_741_824.0),
+    }
 }

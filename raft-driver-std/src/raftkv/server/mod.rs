@@ -56,6 +56,7 @@ use raft_core::NodeId;
 use raft_core::Role;
 
 pub mod admin;
+mod clients;
 mod forward;
 mod info;
 #[cfg(test)]
@@ -99,13 +100,27 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Most concurrent client connections (each is a thread).
     pub max_clients: usize,
+    /// Redis' `requirepass`: when set, a connection must `AUTH` (or `HELLO ... AUTH default <pass>`)
+    /// before any other command. Every node of a cluster needs the same one: followers authenticate
+    /// with it when they forward to the leader.
+    pub requirepass: Option<Bytes>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { retry_bound: Duration::from_secs(2), limits: Limits::default(), max_clients: 10_000 }
+        ServerOptions {
+            retry_bound: Duration::from_secs(2),
+            limits: Limits::default(),
+            max_clients: 10_000,
+            requirepass: None,
+        }
     }
 }
+
+/// Redis 7's reply to a command before `AUTH`.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+/// Redis 7's reply to a wrong password.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 /// Bytes a RESP request may need beyond the encoded command: a multibulk header and `$<len>\r\n` and
 /// `\r\n` per argument (RESP spends ~6 bytes per argument where postcard spends 1 to 5).
@@ -150,6 +165,11 @@ impl SessionIds {
         SessionIds { node_byte: (node_id & 0xFF) << 56, start: start_ms << 20, next: AtomicU64::new(0) }
     }
 
+    /// The first id of this process: unique per node and process start (`INFO`'s `run_id`).
+    pub fn start_id(&self) -> u64 {
+        self.node_byte | (self.start & ((1 << 56) - 1))
+    }
+
     /// A fresh session id (never 0, which means "no session").
     pub fn next(&self) -> u64 {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +190,12 @@ struct Shared {
     started: Instant,
     local_addr: SocketAddr,
     stopping: AtomicBool,
+    /// Open connections, for `CLIENT LIST`/`KILL`.
+    registry: clients::Registry,
+    /// Connections accepted since the start (`INFO stats`).
+    connections_received: AtomicU64,
+    /// Commands received since the start (`INFO stats`).
+    commands_processed: AtomicU64,
 }
 
 /// A running RESP server (accept thread plus one thread per connection).
@@ -206,6 +232,9 @@ impl Server {
             started: Instant::now(),
             local_addr,
             stopping: AtomicBool::new(false),
+            registry: clients::Registry::default(),
+            connections_received: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -265,10 +294,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new().name(format!("raftkv-client-{id}")).spawn(move || {
             let peer = stream.peer_addr().ok();
+            // (serve_connection gives the client slot back when the connection ends)
             if let Err(error) = serve_connection(&conn_shared, stream, id) {
                 tracing::debug!(client = id, ?peer, %error, "client connection ended");
             }
-            conn_shared.clients.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(error) = spawned {
             shared.clients.fetch_sub(1, Ordering::SeqCst);
@@ -296,6 +325,10 @@ struct Conn<'a> {
     tx: Option<Tx>,
     /// `(key, version)` for every key `WATCH`ed since the last `EXEC`/`DISCARD`/`UNWATCH`.
     watched: Vec<(Bytes, u64)>,
+    /// This connection in the client table.
+    entry: Arc<clients::ClientEntry>,
+    /// Whether the connection may run commands (always, without `requirepass`).
+    authenticated: bool,
 }
 
 /// Pipelined commands waiting to run together (see [`Conn::flush`]).
@@ -363,6 +396,21 @@ struct Buffers {
 }
 
 fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Result<()> {
+    shared.connections_received.fetch_add(1, Ordering::Relaxed);
+    let entry = Arc::new(clients::ClientEntry::new(id, &stream));
+    shared.registry.add(Arc::clone(&entry));
+    // However the connection ends: out of the table, and its client slot back (a forwarding
+    // connection gave its slot back when it showed what it is).
+    struct Unregister<'a>(&'a Shared, Arc<clients::ClientEntry>);
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.0.registry.remove(self.1.id);
+            if !self.1.is_forwarder() {
+                self.0.clients.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let _unregister = Unregister(shared, Arc::clone(&entry));
     stream.set_nodelay(true)?;
     // A client that stops reading must not pin this thread forever.
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
@@ -376,6 +424,8 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Resu
         forwarder: Forwarder::default(),
         tx: None,
         watched: Vec::new(),
+        entry,
+        authenticated: shared.options.requirepass.is_none(),
     };
     let mut parser = RequestParser::new(shared.options.parser_limits());
     let mut buf = Buffers {
@@ -442,6 +492,7 @@ impl Conn<'_> {
             match parser.parse(&mut buf.input) {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
+                    self.note(&args);
                     if let Some(item) = self.batchable(&args) {
                         if !batch.has_room_for(&item, &self.shared.options) {
                             self.flush(&mut batch, &mut buf.out);
@@ -481,16 +532,37 @@ impl Conn<'_> {
         Ok(Next::Continue)
     }
 
+    /// Counts a request and shows it in the client table.
+    fn note(&self, args: &[Bytes]) {
+        self.shared.commands_processed.fetch_add(1, Ordering::Relaxed);
+        let Some(name) = args.first() else { return };
+        let forwarder = name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes());
+        let multi = self.tx.as_ref().map_or(-1, |tx| tx.items.len() as i64);
+        let resp = self.protocol.version();
+        let mut became_forwarder = false;
+        self.entry.update(|s| {
+            became_forwarder = forwarder && !s.forwarder;
+            s.last_cmd.clear();
+            s.last_cmd
+                .extend(String::from_utf8_lossy(&name[..name.len().min(32)]).chars().map(|c| c.to_ascii_lowercase()));
+            s.last_active = Instant::now();
+            s.forwarder |= forwarder;
+            s.multi = multi;
+            s.resp = resp;
+        });
+        if became_forwarder {
+            // A follower forwarding its clients' commands: the cluster's own connection, which must
+            // not take a slot of the leader's client limit (the follower's clients hold theirs there).
+            self.shared.clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// A pipelined request that can join a batch: a data command (or a reply known at once, such as an
     /// error or `PING`) outside `MULTI`. Anything else (connection state, transactions, internal
     /// commands) is dispatched on its own, after the batch before it.
     fn batchable(&self, args: &[Bytes]) -> Option<BatchItem> {
         let name = args.first()?;
-        if self.tx.is_some() || name.len() > 16 || name.starts_with(b"RAFTKV") || name.starts_with(b"raftkv") {
-            return None;
-        }
-        let lower = name.to_ascii_lowercase();
-        if matches!(lower.as_slice(), b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch") {
+        if !self.authenticated || self.tx.is_some() || handled_by_dispatch(name) {
             return None;
         }
         match command::parse_command(args) {
@@ -551,7 +623,11 @@ impl Conn<'_> {
         let mut next = Next::Continue;
         // The parser never yields an empty request; an empty name matches nothing below anyway.
         let name = args.first().map_or(&b""[..], |n| &n[..]);
-        let reply = if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
+        let reply = if name.eq_ignore_ascii_case(b"auth") {
+            self.auth(&args[1..])
+        } else if !self.authenticated && !name.eq_ignore_ascii_case(b"hello") && !name.eq_ignore_ascii_case(b"quit") {
+            Reply::error(NOAUTH)
+        } else if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
             forward::forwarded(self.shared, &args[1..])
         } else if name.eq_ignore_ascii_case(admin::ADMIN_COMMAND.as_bytes()) {
             admin::command(self.shared, &args[1..], true)
@@ -591,6 +667,27 @@ impl Conn<'_> {
         };
         resp::encode(&reply, self.protocol, out);
         next
+    }
+
+    /// `AUTH [user] password`: the only user is `default`, with the configured `requirepass`.
+    fn auth(&mut self, args: &[Bytes]) -> Reply {
+        let (user, password) = match args {
+            [password] => (&b"default"[..], password),
+            [user, password] => (&user[..], password),
+            _ => return Reply::error("ERR wrong number of arguments for 'auth' command"),
+        };
+        let Some(expected) = &self.shared.options.requirepass else {
+            return Reply::error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure \
+                 your configuration is correct?",
+            );
+        };
+        if user == b"default" && constant_time_eq(password, expected) {
+            self.authenticated = true;
+            Reply::ok()
+        } else {
+            Reply::error(WRONGPASS)
+        }
     }
 
     /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` (`None` for any other command). They act at
@@ -705,23 +802,56 @@ impl Conn<'_> {
 
     fn connection_command(&mut self, command: ConnCommand) -> Reply {
         match command {
-            ConnCommand::Hello { protocol, auth: _, setname } => {
-                // No authentication is configured, so like Redis' default user any credentials pass.
+            ConnCommand::Hello { protocol, auth, setname } => {
+                // Without `requirepass`, like Redis' default user, any credentials pass.
+                if let (Some((user, password)), Some(expected)) = (&auth, &self.shared.options.requirepass) {
+                    if user.as_ref() != b"default" || !constant_time_eq(password, expected) {
+                        return Reply::error(WRONGPASS);
+                    }
+                    self.authenticated = true;
+                }
+                if !self.authenticated {
+                    return Reply::error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO \
+                         <proto> AUTH <user> <pass> option can be used to authenticate the client and select the \
+                         RESP protocol version at the same time",
+                    );
+                }
                 if let Some(protocol) = protocol {
                     self.protocol = protocol;
                 }
                 if let Some(name) = setname {
                     self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
+                    let shown = self.name.clone();
+                    self.entry.update(|s| s.name = shown);
                 }
                 let role = if self.shared.node.status().role == Role::Leader { "master" } else { "replica" };
                 command::hello_reply(self.protocol, self.id, role)
             }
             ConnCommand::ClientSetName(name) => {
                 self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
+                let shown = self.name.clone();
+                self.entry.update(|s| s.name = shown);
                 Reply::ok()
             }
             ConnCommand::ClientGetName => self.name.clone().map_or(Reply::Null, Reply::Bulk),
             ConnCommand::ClientId => Reply::Integer(self.id as i64),
+            ConnCommand::ClientList { ids } => {
+                Reply::Verbatim { format: *b"txt", text: Bytes::from(self.shared.registry.list(&ids)) }
+            }
+            ConnCommand::ClientInfo => Reply::Verbatim { format: *b"txt", text: Bytes::from(self.entry.line() + "\n") },
+            ConnCommand::ClientKill { filter, old_form } => {
+                let killed = self.shared.registry.kill(&filter, self.id);
+                match (old_form, killed) {
+                    (true, 0) => Reply::error("ERR No such client"),
+                    (true, _) => Reply::ok(),
+                    (false, n) => Reply::Integer(n as i64),
+                }
+            }
+            ConnCommand::ClientSetInfo { name, value } => {
+                self.entry.update(|s| if name { s.lib_name = Some(value) } else { s.lib_ver = Some(value) });
+                Reply::ok()
+            }
             ConnCommand::Info { sections } => {
                 Reply::Verbatim { format: *b"txt", text: Bytes::from(info::info_text(self.shared, &sections)) }
             }
@@ -761,6 +891,32 @@ impl Conn<'_> {
             None => Reply::error("ERR node stopped"),
         }
     }
+}
+
+/// The commands [`Conn::dispatch`] handles itself before the parser: internal ones, `AUTH` and the
+/// transaction commands. They never join a pipelined batch.
+fn handled_by_dispatch(name: &[u8]) -> bool {
+    [
+        FORWARD_COMMAND,
+        admin::ADMIN_COMMAND,
+        admin::FORWARDED_ADMIN_COMMAND,
+        DIGEST_COMMAND,
+        SESSION_COMMAND,
+        "auth",
+        "multi",
+        "exec",
+        "discard",
+        "watch",
+        "unwatch",
+    ]
+    .iter()
+    .any(|special| name.eq_ignore_ascii_case(special.as_bytes()))
+}
+
+/// Compares a password without an early exit, so response times do not reveal how much of a guess
+/// was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The arguments of [`SESSION_COMMAND`]: none (`Ok(None)`), or a session id (not 0) and the next

@@ -1,0 +1,163 @@
+//! The table of open client connections behind `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL`.
+
+use std::collections::BTreeMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::raftkv::command::KillFilter;
+
+/// One open connection, as the table shows it.
+#[derive(Debug)]
+pub(super) struct ClientEntry {
+    pub(super) id: u64,
+    addr: String,
+    laddr: String,
+    created: Instant,
+    /// A second handle on the socket, to close it from `CLIENT KILL` (which wakes the connection's
+    /// blocked read).
+    stream: Option<TcpStream>,
+    state: Mutex<ClientState>,
+}
+
+/// What changes while a connection lives.
+#[derive(Debug)]
+pub(super) struct ClientState {
+    pub(super) name: Option<Bytes>,
+    pub(super) lib_name: Option<Bytes>,
+    pub(super) lib_ver: Option<Bytes>,
+    /// The last command's name, lower case.
+    pub(super) last_cmd: String,
+    pub(super) last_active: Instant,
+    /// RESP version.
+    pub(super) resp: u8,
+    /// Commands queued in an open `MULTI` (-1 outside one).
+    pub(super) multi: i64,
+    /// The follower-to-leader forwarding connection of a node, not a user's.
+    pub(super) forwarder: bool,
+}
+
+impl ClientEntry {
+    pub(super) fn new(id: u64, stream: &TcpStream) -> ClientEntry {
+        let text = |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?:0".to_owned(), |a| a.to_string());
+        let now = Instant::now();
+        ClientEntry {
+            id,
+            addr: text(stream.peer_addr()),
+            laddr: text(stream.local_addr()),
+            created: now,
+            stream: stream.try_clone().ok(),
+            state: Mutex::new(ClientState {
+                name: None,
+                lib_name: None,
+                lib_ver: None,
+                last_cmd: "NULL".to_owned(),
+                last_active: now,
+                resp: 2,
+                multi: -1,
+                forwarder: false,
+            }),
+        }
+    }
+
+    /// Changes the mutable part.
+    pub(super) fn update(&self, f: impl FnOnce(&mut ClientState)) {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The `CLIENT LIST` line (Redis 7's fields that mean something here, in its order).
+    pub(super) fn line(&self) -> String {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let text = |b: &Option<Bytes>| b.as_ref().map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned());
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} \
+             watch=0 cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            text(&s.name),
+            self.created.elapsed().as_secs(),
+            s.last_active.elapsed().as_secs(),
+            if s.multi >= 0 { "x" } else { "N" },
+            s.multi,
+            s.last_cmd,
+            s.resp,
+            text(&s.lib_name),
+            text(&s.lib_ver),
+        )
+    }
+
+    pub(super) fn is_forwarder(&self) -> bool {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).forwarder
+    }
+
+    fn matches(&self, filter: &KillFilter) -> bool {
+        filter.id.is_none_or(|id| id == self.id)
+            && filter.addr.as_ref().is_none_or(|a| *a == self.addr)
+            && filter.laddr.as_ref().is_none_or(|a| *a == self.laddr)
+    }
+
+    fn close(&self) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Every open connection by id.
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
+}
+
+impl Registry {
+    pub(super) fn add(&self, entry: Arc<ClientEntry>) {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner).insert(entry.id, entry);
+    }
+
+    pub(super) fn remove(&self, id: u64) {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    fn all(&self) -> Vec<Arc<ClientEntry>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// `CLIENT LIST`: users' connections (a follower's forwarding connections are the cluster's own,
+    /// not clients), or only `ids`.
+    pub(super) fn list(&self, ids: &[u64]) -> String {
+        let mut text = String::new();
+        for entry in self.all() {
+            let wanted = if ids.is_empty() { !entry.is_forwarder() } else { ids.contains(&entry.id) };
+            if wanted {
+                text.push_str(&entry.line());
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// Connections now open, users' and forwarding ones.
+    pub(super) fn count(&self) -> usize {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Users' connections now open.
+    pub(super) fn user_count(&self) -> usize {
+        self.all().iter().filter(|e| !e.is_forwarder()).count()
+    }
+
+    /// `CLIENT KILL`: closes the matching connections (not `me` if the filter skips it); how many.
+    pub(super) fn kill(&self, filter: &KillFilter, me: u64) -> usize {
+        let mut killed = 0;
+        for entry in self.all() {
+            if entry.matches(filter) && !(filter.skip_me && entry.id == me) {
+                entry.close();
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
