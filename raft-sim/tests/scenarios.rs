@@ -74,6 +74,7 @@ scenarios! {
     scenario_34_lease_clock_drift => "34_lease_clock_drift",
     scenario_35_lease_rules => "35_lease_rules",
     scenario_36_repair_lost_synced_entries => "36_repair_lost_synced_entries",
+    scenario_37_joint_election_needs_both_majorities => "37_joint_election_needs_both_majorities",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
