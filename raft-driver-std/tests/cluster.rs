@@ -537,7 +537,15 @@ fn resp_commands_pipelining_and_hello3() {
     let echo: String = redis::cmd("ECHO").arg("hi").query(&mut conn).expect("ECHO");
     assert_eq!(echo, "hi");
     let _: () = redis::cmd("SELECT").arg(0).query(&mut conn).expect("SELECT 0");
-    assert!(redis::cmd("SELECT").arg(1).query::<()>(&mut conn).is_err());
+    assert!(redis::cmd("SELECT").arg(16).query::<()>(&mut conn).is_err());
+    // Database 3 is its own key space, on every node (through the log, from a follower too).
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut conn).expect("SELECT 3");
+    let counter: Option<String> = redis::cmd("GET").arg("counter").query(&mut conn).expect("GET in db 3");
+    assert_eq!(counter, None);
+    let _: () = redis::cmd("SET").arg("counter").arg("db3").query(&mut conn).expect("SET in db 3");
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut conn).expect("SELECT 0");
+    let counter: String = redis::cmd("GET").arg("counter").query(&mut conn).expect("GET in db 0");
+    assert_eq!(counter, "50");
     let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("tester").query(&mut conn).expect("SETNAME");
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut conn).expect("GETNAME");
     assert_eq!(name, "tester");

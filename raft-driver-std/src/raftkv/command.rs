@@ -48,6 +48,8 @@ pub enum ConnCommand {
     },
     /// `QUIT`: reply `+OK` and close the connection.
     Quit,
+    /// `SELECT db`: later data commands of the connection work on database `db` (0 to 15).
+    Select(u8),
     /// `CLIENT LIST [TYPE normal] [ID id ...]`: one line per connection.
     ClientList {
         /// Only these connection ids (all if empty).
@@ -398,7 +400,7 @@ fn parse_keyspace_command(cmd: &str, rest: &[Bytes]) -> Result<Option<KvOp>, Rep
                     return Err(syntax_error());
                 }
             }
-            KvOp::FlushAll
+            if cmd == "flushall" { KvOp::FlushAll } else { KvOp::FlushDb }
         }
         _ => return Ok(None),
     };
@@ -474,8 +476,7 @@ fn parse_server_command(cmd: &str, rest: &[Bytes]) -> Option<Result<ParsedComman
         },
         "config" => arity(cmd, n >= 1).and_then(|()| parse_config(rest)),
         "select" => arity(cmd, n == 1).and_then(|()| match int_arg(&rest[0])? {
-            // Only database 0 exists; a replicated multi-database keyspace is not worth the complexity.
-            0 => reply(Reply::ok()),
+            db @ 0..16 => connection(ConnCommand::Select(db as u8)),
             _ => Err(Reply::error("ERR DB index is out of range")),
         }),
         _ => return None,

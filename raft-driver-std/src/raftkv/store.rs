@@ -424,7 +424,21 @@ pub enum KvOp {
         /// `COUNT`.
         count: u32,
     },
+    /// An op of a connection that `SELECT`ed database `db` (1 to 15; database 0's ops are not
+    /// wrapped). The op is encoded inside, like [`KvOp::Exec`]'s, so the type stays non-recursive.
+    /// Always through the log (reads too): only database 0 is served by ReadIndex and leases.
+    InDb {
+        /// The database.
+        db: u8,
+        /// The encoded op.
+        op: Bytes,
+    },
+    /// `FLUSHDB`: removes every key of the current database (`FLUSHALL` removes those of all).
+    FlushDb,
 }
+
+/// Databases a client may `SELECT` (0 to 15), as in Redis' default configuration.
+pub const DATABASES: u8 = 16;
 
 /// `EXPIRE`'s option (Redis 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -577,6 +591,10 @@ pub struct KvStore {
     /// `(scan_hash(key), key)` for every key: the order `SCAN` walks, so that its cursor (a hash) stays
     /// meaningful while keys come and go. Derived from `data`.
     pub(super) scan_order: BTreeSet<(u64, Bytes)>,
+    /// The keys of databases 1 to 15 that hold any (database 0's are the fields above). An op in
+    /// database N swaps N's maps into those fields while it runs (three pointer swaps), so every
+    /// command is written once, for "the current database".
+    pub(super) other_dbs: BTreeMap<u8, Keyspace>,
     sessions: OrdMap<u64, Session>,
     /// `last_used -> session id`, to find the least recently used session. Derived from `sessions`.
     lru: BTreeMap<u64, u64>,
@@ -589,6 +607,22 @@ pub struct KvStore {
     max_sessions: usize,
     /// Counters since this store was created (not replicated state, not in the snapshot).
     stats: StoreStats,
+}
+
+/// One database's keys and their derived indexes (see [`KvStore`]'s fields of the same names).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Keyspace {
+    pub(super) data: OrdMap<Bytes, Value>,
+    pub(super) expires: BTreeSet<(u64, Bytes)>,
+    pub(super) scan_order: BTreeSet<(u64, Bytes)>,
+}
+
+impl Keyspace {
+    fn of(data: OrdMap<Bytes, Value>) -> Keyspace {
+        let expires = data.iter().filter_map(|(k, v)| v.expire_at.map(|at| (at, k.clone()))).collect();
+        let scan_order = data.keys().map(|k| (scan_hash(k), k.clone())).collect();
+        Keyspace { data, expires, scan_order }
+    }
 }
 
 /// What the store did with the commands it was given, counted since it was created. Operators read
@@ -675,14 +709,45 @@ where
     deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
+/// Version 3: version 2's fields, then the keys of every other database that holds any. Written
+/// only when one does, so a store that uses database 0 alone keeps writing version 2 (and a reader
+/// that knows only version 2 refuses, never misreads, an image with other databases).
+#[derive(Debug, Clone, Deserialize)]
+struct ImageV3 {
+    last_applied: u64,
+    clock_ms: u64,
+    #[serde(deserialize_with = "ordmap")]
+    data: OrdMap<Bytes, Value>,
+    #[serde(deserialize_with = "ordmap")]
+    sessions: OrdMap<u64, Session>,
+    dbs: Vec<DbImage>,
+}
+
+/// One database of a version 3 image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DbImage {
+    db: u8,
+    #[serde(deserialize_with = "ordmap")]
+    data: OrdMap<Bytes, Value>,
+}
+
+/// The version of an image that holds other databases than 0.
+pub const KV_IMAGE_VERSION_DBS: u8 = 3;
+
 /// A frozen view of a [`KvStore`] taken by [`StateMachine::snapshot`]: O(1) to take (the maps are shared
 /// with the store, copy-on-write), encoded later with [`SnapshotImage::encode`], on any thread.
 #[derive(Debug, Clone)]
-pub struct KvSnapshot(ImageV2);
+pub struct KvSnapshot(ImageV2, Vec<DbImage>);
 
 impl SnapshotImage for KvSnapshot {
     fn encode(&self) -> Vec<u8> {
-        postcard::to_extend(&self.0, vec![KV_IMAGE_VERSION]).expect("serializing into a Vec cannot fail")
+        let out = if self.1.is_empty() {
+            postcard::to_extend(&self.0, vec![KV_IMAGE_VERSION])
+        } else {
+            let tuple = (&self.0.last_applied, &self.0.clock_ms, &self.0.data, &self.0.sessions, &self.1);
+            postcard::to_extend(&tuple, vec![KV_IMAGE_VERSION_DBS])
+        };
+        out.expect("serializing into a Vec cannot fail")
     }
 }
 
@@ -714,6 +779,7 @@ impl KvStore {
             data: OrdMap::new(),
             expires: BTreeSet::new(),
             scan_order: BTreeSet::new(),
+            other_dbs: BTreeMap::new(),
             sessions: OrdMap::new(),
             lru: BTreeMap::new(),
             clock_ms: 0,
@@ -736,6 +802,12 @@ impl KvStore {
     /// Keys stored, and how many of them have a TTL (expired ones not yet reclaimed included).
     pub fn key_counts(&self) -> (usize, usize) {
         (self.data.len(), self.expires.len())
+    }
+
+    /// [`KvStore::key_counts`] of every database that holds keys: `(db, keys, with a TTL)`.
+    pub fn keyspace(&self) -> Vec<(u8, usize, usize)> {
+        let first = (!self.data.is_empty()).then(|| (0, self.data.len(), self.expires.len()));
+        first.into_iter().chain(self.other_dbs.iter().map(|(&db, ks)| (db, ks.data.len(), ks.expires.len()))).collect()
     }
 
     /// The number of sessions currently remembered.
@@ -818,7 +890,35 @@ impl KvStore {
         }
     }
 
-    /// Removes every key.
+    /// Runs `f` with database `db` as the current one (its maps swapped into this store's fields).
+    pub(super) fn with_db<R>(&mut self, db: u8, f: impl FnOnce(&mut KvStore) -> R) -> R {
+        if db == 0 {
+            return f(self);
+        }
+        let mut ks = self.other_dbs.remove(&db).unwrap_or_default();
+        self.swap_keyspace(&mut ks);
+        self.sweep_expired(EXPIRE_SWEEP_PER_APPLY);
+        let result = f(self);
+        self.swap_keyspace(&mut ks);
+        if !ks.data.is_empty() {
+            self.other_dbs.insert(db, ks);
+        }
+        result
+    }
+
+    fn swap_keyspace(&mut self, ks: &mut Keyspace) {
+        std::mem::swap(&mut self.data, &mut ks.data);
+        std::mem::swap(&mut self.expires, &mut ks.expires);
+        std::mem::swap(&mut self.scan_order, &mut ks.scan_order);
+    }
+
+    /// Removes every key of every database.
+    pub(super) fn clear_all(&mut self) {
+        self.clear();
+        self.other_dbs.clear();
+    }
+
+    /// Removes every key of the current database.
     pub(super) fn clear(&mut self) {
         self.data.clear();
         self.expires.clear();
@@ -893,7 +993,7 @@ impl KvStore {
 }
 
 /// Decodes an image of any version this build reads.
-fn decode_image(image: &[u8]) -> Result<ImageV2, RestoreError> {
+fn decode_image(image: &[u8]) -> Result<(ImageV2, Vec<DbImage>), RestoreError> {
     let (&version, rest) = image.split_first().ok_or_else(|| RestoreError("empty image".into()))?;
     let bad = |e: postcard::Error| RestoreError(format!("raftkv image (version {version}): {e}"));
     match version {
@@ -906,11 +1006,23 @@ fn decode_image(image: &[u8]) -> Result<ImageV2, RestoreError> {
                 .into_iter()
                 .map(|(k, v)| (k, Value { data: Data::Str(v.data), expire_at: v.expire_at, version }))
                 .collect();
-            Ok(ImageV2 { last_applied: v1.last_applied, clock_ms: v1.clock_ms, data, sessions: v1.sessions })
+            Ok((
+                ImageV2 { last_applied: v1.last_applied, clock_ms: v1.clock_ms, data, sessions: v1.sessions },
+                Vec::new(),
+            ))
         }
-        KV_IMAGE_VERSION => postcard::from_bytes(rest).map_err(bad),
+        KV_IMAGE_VERSION => Ok((postcard::from_bytes(rest).map_err(bad)?, Vec::new())),
+        KV_IMAGE_VERSION_DBS => {
+            let v3: ImageV3 = postcard::from_bytes(rest).map_err(bad)?;
+            if v3.dbs.iter().any(|d| d.db == 0 || d.db >= DATABASES) || !v3.dbs.windows(2).all(|w| w[0].db < w[1].db) {
+                return Err(RestoreError(format!("raftkv image (version {version}): bad database numbers")));
+            }
+            let base =
+                ImageV2 { last_applied: v3.last_applied, clock_ms: v3.clock_ms, data: v3.data, sessions: v3.sessions };
+            Ok((base, v3.dbs))
+        }
         _ => Err(RestoreError(format!(
-            "raftkv image format version {version}, but this build reads only versions 1 to {KV_IMAGE_VERSION}"
+            "raftkv image format version {version}, but this build reads only versions 1 to {KV_IMAGE_VERSION_DBS}"
         ))),
     }
 }
@@ -921,19 +1033,24 @@ impl StateMachine for KvStore {
 
     /// O(1): shares the store's trees (see [the module docs](self#snapshots-without-stalling-writes)).
     fn snapshot(&self) -> KvSnapshot {
-        KvSnapshot(ImageV2 {
-            last_applied: self.last_applied,
-            clock_ms: self.clock_ms,
-            data: self.data.clone(),
-            sessions: self.sessions.clone(),
-        })
+        let dbs = self.other_dbs.iter().map(|(&db, ks)| DbImage { db, data: ks.data.clone() }).collect();
+        KvSnapshot(
+            ImageV2 {
+                last_applied: self.last_applied,
+                clock_ms: self.clock_ms,
+                data: self.data.clone(),
+                sessions: self.sessions.clone(),
+            },
+            dbs,
+        )
     }
 
     /// Keeps this store's configuration (`max_sessions`, evicting down to it). On error the store is
     /// unchanged.
     fn restore(&mut self, image: &[u8]) -> Result<(), RestoreError> {
-        let image = decode_image(image)?;
+        let (image, dbs) = decode_image(image)?;
         self.install(image);
+        self.other_dbs = dbs.into_iter().filter(|d| !d.data.is_empty()).map(|d| (d.db, Keyspace::of(d.data))).collect();
         Ok(())
     }
 
@@ -1051,6 +1168,8 @@ pub enum KvError {
     InvalidExpireTimeGetEx,
     /// A transaction inside a transaction (only a hostile or corrupt log entry can hold one).
     NestedExec,
+    /// A database op naming a database that does not exist, or nested in another.
+    BadDatabase,
 }
 
 impl std::fmt::Display for KvError {
@@ -1071,6 +1190,7 @@ impl std::fmt::Display for KvError {
             KvError::InvalidExpireTimeExpire => "ERR invalid expire time in 'expire' command",
             KvError::InvalidExpireTimeGetEx => "ERR invalid expire time in 'getex' command",
             KvError::NestedExec => "ERR EXEC inside a transaction is not allowed",
+            KvError::BadDatabase => "ERR DB index is out of range",
         })
     }
 }

@@ -383,9 +383,13 @@ fn kv_image_golden_bytes() {
     assert_eq!(versions, Some(KvResult::Versions(vec![2, 0])));
     // Another version is refused by name, the store untouched.
     let mut other = committed.clone();
-    other[0] = 3;
+    other[0] = 9;
     let e = copy.restore(&other).unwrap_err();
-    assert!(e.to_string().contains("format version 3"), "{e}");
+    assert!(e.to_string().contains("format version 9"), "{e}");
+    assert_eq!(copy.image(), image);
+    // A version 2 body under version 3's number lacks the databases: refused, not misread.
+    other[0] = KV_IMAGE_VERSION_DBS;
+    assert!(copy.restore(&other).is_err());
     assert_eq!(copy.image(), image);
     assert!(copy.restore(b"").is_err());
 }
@@ -438,7 +442,8 @@ fn parse_other_errors() {
     assert!(msg.len() < 200 && !msg.contains("more"), "{msg}");
     assert_eq!(parse_command(&[]), Err(err("ERR empty command")));
     assert_eq!(parse_command(&args(&["INCRBY", "k", "1x"])), Err(err("ERR value is not an integer or out of range")));
-    assert_eq!(parse_command(&args(&["SELECT", "1"])), Err(err("ERR DB index is out of range")));
+    assert_eq!(parse_command(&args(&["SELECT", "16"])), Err(err("ERR DB index is out of range")));
+    assert_eq!(parse_command(&args(&["SELECT", "-1"])), Err(err("ERR DB index is out of range")));
     assert_eq!(parse_command(&args(&["SELECT", "x"])), Err(err("ERR value is not an integer or out of range")));
     assert_eq!(parse_command(&args(&["FLUSHDB", "now"])), Err(err("ERR syntax error")));
     assert_eq!(parse_command(&args(&["CLIENT", "KILL"])), Err(err("ERR syntax error")));
@@ -478,7 +483,7 @@ fn parse_local_commands() {
     // Refused so that redis-cli falls back to its own complete help.
     assert!(matches!(parse_command(&args(&["COMMAND", "DOCS"])), Err(Reply::Error(e)) if e.contains("not served")));
     assert_eq!(reply(&["CONFIG", "GET", "save"]), Reply::Map(vec![]));
-    assert_eq!(reply(&["SELECT", "0"]), Reply::ok());
+    assert_eq!(conn(&["SELECT", "15"]), ConnCommand::Select(15));
     assert_eq!(
         conn(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]),
         ConnCommand::ClientSetInfo { name: true, value: Bytes::from_static(b"redis-py") }
@@ -1040,4 +1045,66 @@ impl Harness {
         let req = KvRequest { session: 0, seq: 0, now_ms: self.now_ms, op: KvOp::Versions { keys } };
         self.apply_raw(&req.encode())
     }
+}
+
+/// `SELECT`: sixteen databases, each its own key space; FLUSHDB empties one, FLUSHALL all; a snapshot
+/// of a store using other databases is version 3 and restores them all.
+#[test]
+fn databases_are_separate_key_spaces_and_survive_a_snapshot() {
+    let mut h = Harness::new();
+    let in_db = |h: &mut Harness, db: u8, words: &[&str]| {
+        let Ok(req) = h.request(0, 0, words) else { panic!("{words:?} parses") };
+        let op = KvOp::InDb { db, op: req.op.encode() };
+        h.apply_raw(&KvRequest { op, ..req }.encode())
+    };
+    h.run(&["SET", "k", "zero"]);
+    assert_eq!(in_db(&mut h, 1, &["GET", "k"]), Reply::Null);
+    assert_eq!(in_db(&mut h, 1, &["SET", "k", "one"]), Reply::ok());
+    assert_eq!(in_db(&mut h, 15, &["HSET", "h", "f", "v"]), int(1));
+    assert_eq!(in_db(&mut h, 1, &["SET", "t", "v", "PX", "10"]), Reply::ok());
+    assert_eq!(h.run(&["GET", "k"]), bulk("zero"));
+    assert_eq!(in_db(&mut h, 1, &["GET", "k"]), bulk("one"));
+    assert_eq!(in_db(&mut h, 1, &["DBSIZE"]), int(2));
+    assert_eq!(h.run(&["DBSIZE"]), int(1));
+    assert_eq!(h.kv.keyspace(), vec![(0, 1, 0), (1, 2, 1), (15, 1, 0)]);
+    // A snapshot holds every database (version 3), and restores them.
+    let image = h.kv.image();
+    assert_eq!(image[0], KV_IMAGE_VERSION_DBS);
+    // Version 2's fields, then the other databases: a count, then (db, its map) each, in db order.
+    crate::golden::check("kv-image-v3.bin", &image);
+    let mut copy = KvStore::new();
+    copy.restore(&image).unwrap();
+    assert_eq!(copy.image(), image);
+    assert_eq!(copy.keyspace(), h.kv.keyspace());
+    // Expiry works in any database, by the logged clock.
+    h.now_ms += 11;
+    assert_eq!(in_db(&mut h, 1, &["EXISTS", "t"]), int(0));
+    // FLUSHDB empties the current database only; FLUSHALL every one.
+    assert_eq!(in_db(&mut h, 1, &["FLUSHDB"]), Reply::ok());
+    assert_eq!(in_db(&mut h, 1, &["DBSIZE"]), int(0));
+    assert_eq!(h.run(&["GET", "k"]), bulk("zero"));
+    assert_eq!(in_db(&mut h, 15, &["HGET", "h", "f"]), bulk("v"));
+    assert_eq!(h.run(&["FLUSHALL"]), Reply::ok());
+    assert_eq!(in_db(&mut h, 15, &["DBSIZE"]), int(0));
+    assert_eq!(h.kv.keyspace(), vec![]);
+    // A store back to database 0 alone writes version 2 again.
+    h.run(&["SET", "a", "1"]);
+    assert_eq!(h.kv.image()[0], KV_IMAGE_VERSION);
+    // Hostile entries: database 16, database 0 wrapped, or a wrapper in a wrapper.
+    let get = KvOp::Get { key: Bytes::from_static(b"a") }.encode();
+    for op in [
+        KvOp::InDb { db: 16, op: get.clone() },
+        KvOp::InDb { db: 0, op: get.clone() },
+        KvOp::InDb { db: 1, op: KvOp::InDb { db: 2, op: get.clone() }.encode() },
+    ] {
+        let req = KvRequest { session: 0, seq: 0, now_ms: h.now_ms, op };
+        assert_eq!(h.apply_raw(&req.encode()), err("ERR DB index is out of range"));
+    }
+    // An image naming database 0 or 16 among the others is refused.
+    let mut forged = h.kv.clone();
+    forged.restore(&image).unwrap();
+    let mut bytes = forged.image().to_vec();
+    let pos = bytes.len() - 1 - bytes.iter().rev().position(|&b| b == 15).unwrap();
+    bytes[pos] = 16;
+    assert!(KvStore::new().restore(&bytes).is_err());
 }

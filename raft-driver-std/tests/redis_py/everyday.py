@@ -138,9 +138,18 @@ def transactions():
     assert r.get(k("bal")) == "99"
 
 
+def databases():
+    # `db=1` in the client's settings: redis-py sends SELECT 1 on connect.
+    r1 = redis.Redis(port=ports[0], db=1, decode_responses=True)
+    assert r1.set(k("db"), "one") is True and r.get(k("db")) is None
+    assert r1.get(k("db")) == "one" and r1.dbsize() >= 1
+    assert r1.flushdb() is True and r1.get(k("db")) is None
+
+
 group("strings", strings)
 group("expiry", expiry)
 group("keys", keys)
 group("hashes", hashes)
 group("transactions", transactions)
+group("databases", databases)
 print("redis-py all groups ok", flush=True)

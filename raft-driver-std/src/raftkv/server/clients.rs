@@ -37,6 +37,8 @@ pub(super) struct ClientState {
     pub(super) multi: i64,
     /// The follower-to-leader forwarding connection of a node, not a user's.
     pub(super) forwarder: bool,
+    /// The `SELECT`ed database.
+    pub(super) db: u8,
 }
 
 impl ClientEntry {
@@ -58,6 +60,7 @@ impl ClientEntry {
                 resp: 2,
                 multi: -1,
                 forwarder: false,
+                db: 0,
             }),
         }
     }
@@ -72,7 +75,7 @@ impl ClientEntry {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let text = |b: &Option<Bytes>| b.as_ref().map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned());
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} \
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} \
              watch=0 cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
@@ -81,6 +84,7 @@ impl ClientEntry {
             self.created.elapsed().as_secs(),
             s.last_active.elapsed().as_secs(),
             if s.multi >= 0 { "x" } else { "N" },
+            s.db,
             s.multi,
             s.last_cmd,
             s.resp,

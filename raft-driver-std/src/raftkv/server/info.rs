@@ -147,11 +147,15 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
     );
     let (user, system) = cpu_seconds();
     section("CPU", vec![("used_cpu_sys", format!("{system:.6}")), ("used_cpu_user", format!("{user:.6}"))]);
-    let (keys, expires) =
-        shared.node.inspect(|kv: &KvStore| kv.key_counts(), Duration::from_secs(1)).unwrap_or_default();
+    let keyspace = shared.node.inspect(|kv: &KvStore| kv.keyspace(), Duration::from_secs(1)).unwrap_or_default();
+    let names: Vec<String> = keyspace.iter().map(|(db, _, _)| format!("db{db}")).collect();
     section(
         "Keyspace",
-        if keys == 0 { Vec::new() } else { vec![("db0", format!("keys={keys},expires={expires},avg_ttl=0"))] },
+        keyspace
+            .iter()
+            .zip(&names)
+            .map(|((_, keys, expires), name)| (name.as_str(), format!("keys={keys},expires={expires},avg_ttl=0")))
+            .collect(),
     );
     text
 }

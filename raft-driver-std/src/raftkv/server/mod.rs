@@ -329,6 +329,8 @@ struct Conn<'a> {
     entry: Arc<clients::ClientEntry>,
     /// Whether the connection may run commands (always, without `requirepass`).
     authenticated: bool,
+    /// The `SELECT`ed database.
+    db: u8,
 }
 
 /// Pipelined commands waiting to run together (see [`Conn::flush`]).
@@ -426,6 +428,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Resu
         watched: Vec::new(),
         entry,
         authenticated: shared.options.requirepass.is_none(),
+        db: 0,
     };
     let mut parser = RequestParser::new(shared.options.parser_limits());
     let mut buf = Buffers {
@@ -583,6 +586,7 @@ impl Conn<'_> {
             Vec::new().into_iter()
         } else if items.iter().all(|item| !matches!(item, BatchItem::Op(op) if !op.is_read_only()))
             && self.shared.cluster.reads.mode != crate::raftkv::config::ReadMode::Log
+            && self.db == 0
         {
             let reads =
                 items.iter().filter_map(|item| if let BatchItem::Op(op) = item { Some(op.clone()) } else { None });
@@ -765,6 +769,10 @@ impl Conn<'_> {
                 *next = Next::Close;
                 return Reply::ok();
             }
+            Ok(ParsedCommand::Connection(ConnCommand::Select(_))) => {
+                tx.failed = true;
+                return Reply::error("ERR SELECT inside MULTI is not supported (SELECT before MULTI)");
+            }
             Ok(ParsedCommand::Connection(command)) => TxItem::Conn(command),
         };
         tx.items.push(item);
@@ -856,6 +864,11 @@ impl Conn<'_> {
                 Reply::Verbatim { format: *b"txt", text: Bytes::from(info::info_text(self.shared, &sections)) }
             }
             ConnCommand::Quit => Reply::ok(),
+            ConnCommand::Select(db) => {
+                self.db = db;
+                self.entry.update(|s| s.db = db);
+                Reply::ok()
+            }
         }
     }
 
@@ -864,6 +877,7 @@ impl Conn<'_> {
     /// Read-only commands go without a session: applying a read twice is harmless, and the store then
     /// does not cache (possibly large) read replies in the session table.
     fn replicate(&mut self, op: KvOp) -> Reply {
+        let op = if self.db == 0 { op } else { KvOp::InDb { db: self.db, op: op.encode() } };
         let (session, seq) = if op.is_read_only() {
             (0, 0)
         } else {

@@ -181,7 +181,9 @@ impl KvStore {
             | KvOp::HSetNx { .. }
             | KvOp::HDel { .. }
             | KvOp::HIncrBy { .. }
-            | KvOp::HIncrByFloat { .. } => return None,
+            | KvOp::HIncrByFloat { .. }
+            | KvOp::InDb { .. }
+            | KvOp::FlushDb => return None,
         })
     }
 
@@ -242,9 +244,19 @@ impl KvStore {
                 KvResult::Ok
             }
             KvOp::FlushAll => {
+                self.clear_all();
+                KvResult::Ok
+            }
+            KvOp::FlushDb => {
                 self.clear();
                 KvResult::Ok
             }
+            KvOp::InDb { db, op } => match postcard::from_bytes::<KvOp>(&op) {
+                Ok(KvOp::InDb { .. }) => return Err(KvError::BadDatabase),
+                _ if db == 0 || db >= super::DATABASES => return Err(KvError::BadDatabase),
+                Ok(op) => self.with_db(db, |kv| kv.execute(op)),
+                Err(_) => return Err(KvError::MalformedCommand),
+            },
             KvOp::SetNx { key, value } => {
                 if self.live(&key).is_some() {
                     KvResult::Integer(0)
