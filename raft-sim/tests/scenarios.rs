@@ -75,6 +75,7 @@ scenarios! {
     scenario_35_lease_rules => "35_lease_rules",
     scenario_36_repair_lost_synced_entries => "36_repair_lost_synced_entries",
     scenario_37_joint_election_needs_both_majorities => "37_joint_election_needs_both_majorities",
+    scenario_38_election_restriction_compares_terms_first => "38_election_restriction_compares_terms_first",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
