@@ -107,11 +107,12 @@ impl fmt::Display for RespError {
         match self {
             RespError::InvalidMultibulkLength => f.write_str("Protocol error: invalid multibulk length"),
             RespError::TooManyArgs { count, max } => {
-                write!(f, "Protocol error: request has {count} arguments, limit is {max}")
+                // Redis' words first (clients and tests match on them), then the numbers.
+                write!(f, "Protocol error: invalid multibulk length ({count} arguments, the limit is {max})")
             }
             RespError::InvalidBulkLength => f.write_str("Protocol error: invalid bulk length"),
             RespError::BulkTooLarge { len, max } => {
-                write!(f, "Protocol error: bulk length {len} exceeds limit of {max} bytes")
+                write!(f, "Protocol error: invalid bulk length ({len} bytes, the limit is {max})")
             }
             RespError::ExpectedBulk { got } => write!(f, "Protocol error: expected '$', got '{}'", got.escape_ascii()),
             RespError::InvalidTypeByte(b) => {
@@ -778,7 +779,7 @@ mod tests {
         assert_eq!(err, RespError::BulkTooLarge { len: 536_870_913, max: 536_870_912 });
         assert_eq!(
             err.to_reply(),
-            Reply::error("ERR Protocol error: bulk length 536870913 exceeds limit of 536870912 bytes")
+            Reply::error("ERR Protocol error: invalid bulk length (536870913 bytes, the limit is 536870912)")
         );
         assert_eq!(
             parse_one(b"*1\r\n$9223372036854775807\r\n"),

@@ -616,7 +616,7 @@ impl Conn<'_> {
     fn protocol_error_reply(&self, error: &RespError) -> Reply {
         match error {
             RespError::BulkTooLarge { len, max } => Reply::error(format!(
-                "ERR Protocol error: bulk of {len} bytes exceeds the max_entry_bytes limit of {max} bytes; \
+                "ERR Protocol error: invalid bulk length (a bulk of {len} bytes exceeds the max_entry_bytes limit of {max} bytes); \
                  nothing was applied"
             )),
             other => other.to_reply(),
