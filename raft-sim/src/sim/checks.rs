@@ -44,7 +44,7 @@ impl Sim {
         let holds = |v: NodeId| {
             self.nodes.get(&v).is_some_and(|n| n.disk.durably_holds(commit, term) || n.lost_at_us >= Some(since))
         };
-        if !membership.has_quorum(holds) {
+        if !quorum_of(membership, holds) {
             let on: Vec<NodeId> =
                 self.nodes.iter().filter(|(_, n)| n.disk.durably_holds(commit, term)).map(|(v, _)| v).collect();
             let detail = format!(
@@ -101,7 +101,7 @@ impl Sim {
             n.heard_at.entry(*v).or_insert(ticks);
         }
         let heard = &n.heard_at;
-        if m.has_quorum(|v| v == id || heard.get(&v).is_some_and(|&t| t + limit >= ticks)) {
+        if quorum_of(m, |v| v == id || heard.get(&v).is_some_and(|&t| t + limit >= ticks)) {
             n.quorum_heard_at = ticks;
         }
         if n.quorum_heard_at + limit < ticks {
@@ -120,7 +120,7 @@ impl Sim {
     pub(super) fn check_election(&mut self, id: NodeId, term: Term) {
         let Some(x) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else { return };
         let votes = &self.durable_votes;
-        if !x.membership().has_quorum(|v| votes.contains(&(term, v, id))) {
+        if !quorum_of(x.membership(), |v| votes.contains(&(term, v, id))) {
             let on: Vec<NodeId> = self.nodes.keys().filter(|&v| votes.contains(&(term, v, id))).collect();
             self.fail("election", format!("node {id} leads term {term} with durable votes only from {on:?}"));
         }
@@ -222,6 +222,15 @@ impl Sim {
         }
         Some(result)
     }
+}
+
+/// Whether the nodes for which `yes` holds are a quorum of `m`: a majority of its voters and, while
+/// joint, a majority of the outgoing voters too (thesis §4.3). Stated here on its own rather than
+/// through `Membership::has_quorum`: a check that asked the core's own counting would agree with
+/// any bug in it (a core counting only the new half passed the election check that way).
+fn quorum_of(m: &raft_core::Membership, mut yes: impl FnMut(NodeId) -> bool) -> bool {
+    let mut majority = |set: &[NodeId]| 2 * set.iter().filter(|&&v| yes(v)).count() > set.len();
+    majority(&m.voters) && (m.outgoing.is_empty() || majority(&m.outgoing))
 }
 
 #[cfg(test)]

@@ -231,6 +231,24 @@ impl Sim {
         }
     }
 
+    /// Half the time after a leader is asked for a joint change, a partition of a random shape up
+    /// to 20 ms later (the joint entry's replication and commit take a few round trips): inside
+    /// the window where the joint configuration is on the nodes and an election must win a
+    /// majority of each half. Random faults alone landed there too rarely for the sweep to catch
+    /// a core that counted only the new half's votes (docs/testing.md).
+    pub(super) fn fault_in_joint_window(&mut self) {
+        let p = &self.cfg.profile;
+        if p.partition_every_us == 0 || self.net.is_partitioned() || !self.rng.gen_bool(0.5) {
+            return;
+        }
+        let (lo, hi) = p.partition_for_us;
+        let at = self.now + self.rng.gen_range(100..=20_000);
+        let heal = at + self.rng.gen_range(lo..=hi);
+        let shape = self.random_partition();
+        self.push(at, Ev::Fault(shape));
+        self.push(heal, Ev::Fault(Fault::Heal));
+    }
+
     /// One of the partition shapes, at random.
     fn random_partition(&mut self) -> Fault {
         let ids: Vec<NodeId> = self.nodes.keys().collect();

@@ -42,7 +42,11 @@ impl Sim {
             let now = self.now;
             self.rec.mark(|| Mark::Fault { at_us: now, label: format!("{event:?}") });
             self.stats.reconfigs += 1;
+            let joint = matches!(&event, Event::ChangeMembership { change: MembershipChange::Set { .. }, .. });
             self.step(leader, event);
+            if joint {
+                self.fault_in_joint_window();
+            }
         }
         let at = self.now + self.next_reconfig_delay();
         self.push(at, Ev::Reconfig);
