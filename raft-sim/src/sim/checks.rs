@@ -3,7 +3,7 @@
 //! stop, and linearizability at the end of a run. (The per-event safety
 //! invariants live in `crate::invariants`.)
 
-use raft_core::{Index, Node, NodeId, ProgressState, Role, Term};
+use raft_core::{EntryKind, Index, Node, NodeId, ProgressState, Role, Term};
 
 use super::Sim;
 use crate::history::Operation;
@@ -123,6 +123,30 @@ impl Sim {
         if !quorum_of(x.membership(), |v| votes.contains(&(term, v, id))) {
             let on: Vec<NodeId> = self.nodes.keys().filter(|&v| votes.contains(&(term, v, id))).collect();
             self.fail("election", format!("node {id} leads term {term} with durable votes only from {on:?}"));
+        }
+    }
+
+    /// A leader appends a configuration only when the one before it is
+    /// committed (one change at a time, thesis §4.1) and once it has
+    /// committed an entry of its own term (the fix of the single-server
+    /// change bug, thesis §4.1 / raft-dev 2015): otherwise two leaders of
+    /// different terms could each add a configuration that the other's
+    /// voters never saw.
+    pub(super) fn check_change_proposed(&mut self, id: NodeId, index: Index, term: Term) {
+        let Some(x) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else { return };
+        let commit = x.commit_index();
+        let first = x.first_index();
+        let previous = (first..index).rev().find(|&i| x.entry(i).is_some_and(|e| e.kind == EntryKind::Config));
+        if let Some(prev) = previous.filter(|&p| p > commit) {
+            let detail = format!(
+                "leader {id} appended a configuration at {index} while the one at {prev} was uncommitted (commit {commit})"
+            );
+            self.fail("membership change", detail);
+        } else if x.term_at(commit) != Some(term) {
+            let detail = format!(
+                "leader {id} of term {term} appended a configuration at {index} before committing an entry of its term (commit {commit})"
+            );
+            self.fail("membership change", detail);
         }
     }
 

@@ -281,9 +281,9 @@ impl Sim {
             }
             Action::RoleChanged { role, term, .. } => self.role_changed(id, role, term),
             Action::InstallSnapshot { from, meta } => self.fetch_snapshot(id, from, meta),
+            Action::ChangeProposed { index, term, .. } => self.check_change_proposed(id, index, term),
             Action::Proposed { .. }
             | Action::ProposeRejected { .. }
-            | Action::ChangeProposed { .. }
             | Action::ChangeRejected { .. }
             | Action::TransferRejected { .. }
             | Action::MembershipChanged { .. } => {}
