@@ -1704,6 +1704,13 @@ fn redis_py_everyday_calls_at_default_settings() {
     assert!(stdout.contains("redis-py all groups ok"), "{stdout}");
 }
 
+/// Reads exactly `len` bytes of replies (failing if the server closes first), as text.
+fn read_exactly(raw: &mut TcpStream, len: usize) -> String {
+    let mut reply = vec![0u8; len];
+    raw.read_exact(&mut reply).expect("the whole reply before a close or the timeout");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
 /// Pipelining: the commands a client sent at once are proposed together, as one log entry (one
 /// fsync round), and answered in order, with whatever else the pipeline holds (a local reply, an
 /// error, a transaction) in its place; reads alone take no log entry at all.
@@ -1722,15 +1729,8 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     }
     pipeline.push_str("*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n");
     raw.write_all(pipeline.as_bytes()).expect("write");
-    let mut reply = Vec::new();
     let want = "+OK\r\n".repeat(100) + ":1\r\n";
-    while reply.len() < want.len() {
-        let mut chunk = [0u8; 4096];
-        let n = raw.read(&mut chunk).expect("read");
-        assert!(n > 0, "closed early");
-        reply.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&reply), want);
+    assert_eq!(read_exactly(&mut raw, want.len()), want);
     // One entry when the 3 KiB arrive in one read, as they do on loopback; two if a read splits them.
     let entries = last(&cluster) - before;
     assert!((1..=2).contains(&entries), "101 pipelined writes took {entries} log entries");
@@ -1743,26 +1743,13 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     .expect("write");
     let want = "$3\r\nv00\r\n+PONG\r\n-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n:2\r\n\
                 +OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:3\r\n$3\r\nv99\r\n$1\r\n3\r\n*2\r\n$3\r\nv01\r\n$-1\r\n";
-    let mut reply = Vec::new();
-    while reply.len() < want.len() {
-        let mut chunk = [0u8; 4096];
-        let n = raw.read(&mut chunk).expect("read");
-        assert!(n > 0, "closed early");
-        reply.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&reply), want);
+    assert_eq!(read_exactly(&mut raw, want.len()), want);
     // The INCR alone, then the transaction: two entries; the reads took none.
     assert_eq!(last(&cluster), before + 2);
     let before = last(&cluster);
     raw.write_all(b"GET k000\r\nGET k001\r\nEXISTS k002 k003\r\nSTRLEN k004\r\n").expect("write");
     let want = "$3\r\nv00\r\n$3\r\nv01\r\n:2\r\n:3\r\n";
-    let mut reply = Vec::new();
-    while reply.len() < want.len() {
-        let mut chunk = [0u8; 4096];
-        let n = raw.read(&mut chunk).expect("read");
-        reply.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&reply), want);
+    assert_eq!(read_exactly(&mut raw, want.len()), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
 }
 
