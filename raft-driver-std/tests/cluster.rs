@@ -1852,3 +1852,47 @@ fn tools_see_a_redis_command_table_info_and_client_list() {
         }
     }
 }
+
+/// Issue 18 item 1, with real packet loss: each node in its own network namespace, a partition
+/// that drops every packet of the isolated node for 25 s (`scripts/partition_heal.sh`, which says
+/// why and skips where it cannot run: not root, no `ip netns`, no nft, no redis-cli). After the
+/// heal all three nodes follow one leader, and a write through the node that was cut off is
+/// acknowledged, within 8 s; then the issue's scenario (heal the old leader and cut the new one at
+/// once) lets the third node write within 8 s. The transport before issue 18 took 25 s for both
+/// (TCP backing off on a stalled connection); a healthy run takes about 1 s. The figures per
+/// partition length are in docs/benchmarks.md; this is the bound that separates working from not.
+#[test]
+fn real_partitions_heal_within_seconds_whatever_their_length() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/partition_heal.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("RAFTKV", RAFTKV)
+        .env("PARTITIONS", "25")
+        .env("CUT_AFTER", "25")
+        .env("LABEL", "test")
+        .output()
+        .expect("run scripts/partition_heal.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "partition_heal.sh failed:\n{stdout}\n{stderr}");
+    if let Some(reason) = stdout.lines().find(|l| l.contains("skipped:")) {
+        eprintln!("{reason}");
+        return;
+    }
+    let field = |line: &str, key: &str| -> f64 {
+        let value =
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {line}"));
+        value.parse().unwrap_or(f64::INFINITY) // ">90" (gave up) is infinite
+    };
+    let results: Vec<&str> = stdout.lines().filter(|l| l.starts_with("result test ")).collect();
+    assert_eq!(results.len(), 2, "{stdout}");
+    for line in results {
+        eprintln!("{line}");
+        if line.contains(" heal ") {
+            assert!(field(line, "all_follow_one_leader_s=") < 8.0, "{line}");
+            assert!(field(line, "first_set_via_isolated_s=") < 8.0, "{line}");
+        } else {
+            assert!(field(line, "first_set_via_third_s=") < 8.0, "{line}");
+        }
+    }
+}
