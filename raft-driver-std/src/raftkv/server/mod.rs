@@ -292,7 +292,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         let conn_shared = Arc::clone(shared);
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let spawned = std::thread::Builder::new().name(format!("raftkv-client-{id}")).spawn(move || {
+        // A connection thread needs little stack (parsing and the store's ops are iterative); the
+        // default 2 MiB reservation only costs address space, but a smaller one keeps 10,000 of them
+        // far from any limit.
+        let builder = std::thread::Builder::new().name(format!("raftkv-client-{id}")).stack_size(CONNECTION_STACK);
+        let spawned = builder.spawn(move || {
             let peer = stream.peer_addr().ok();
             // (serve_connection gives the client slot back when the connection ends)
             if let Err(error) = serve_connection(&conn_shared, stream, id) {
@@ -305,6 +309,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         }
     }
 }
+
+/// Stack of a connection thread.
+const CONNECTION_STACK: usize = 256 * 1024;
 
 /// What to do after a command.
 enum Next {
@@ -392,7 +399,8 @@ enum TxItem {
 struct Buffers {
     input: BytesMut,
     out: BytesMut,
-    chunk: Vec<u8>,
+    /// How many bytes the next read asks for.
+    read_size: usize,
     /// Bytes received since the last complete request: bounds what one request can make us buffer.
     request_bytes: usize,
 }
@@ -431,26 +439,50 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Resu
         db: 0,
     };
     let mut parser = RequestParser::new(shared.options.parser_limits());
-    let mut buf = Buffers {
-        input: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::with_capacity(16 * 1024),
-        chunk: vec![0u8; 16 * 1024],
-        request_bytes: 0,
-    };
+    // Buffers start empty and grow with what the client sends: an idle connection holds a few KiB.
+    let mut buf = Buffers { input: BytesMut::new(), out: BytesMut::new(), read_size: MIN_READ, request_bytes: 0 };
     loop {
         if let Next::Close = conn.answer_parsed(&mut parser, &mut buf, &mut stream)? {
             stream.write_all(&buf.out)?;
             lingering_close(&mut stream);
             return Ok(());
         }
-        let n = match stream.read(&mut buf.chunk) {
+        buf.shrink_if_idle();
+        // Read straight into the input buffer's tail (no second copy), as much as the last read
+        // suggests: a read that fills its room doubles the next one, up to MAX_READ.
+        let start = buf.input.len();
+        buf.input.resize(start + buf.read_size, 0);
+        let n = match stream.read(&mut buf.input[start..]) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                buf.input.truncate(start);
+                continue;
+            }
             Err(e) => return Err(e),
         };
-        buf.input.extend_from_slice(&buf.chunk[..n]);
+        buf.input.truncate(start + n);
+        buf.read_size = if n == buf.read_size { (n * 2).min(MAX_READ) } else { MIN_READ.max(n.next_power_of_two()) };
         buf.request_bytes += n;
+    }
+}
+
+/// The smallest and largest single read of a client connection.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Buffers an idle connection keeps; larger ones (after a burst) are given back.
+const IDLE_BUFFER_BYTES: usize = 64 * 1024;
+
+impl Buffers {
+    /// Gives back buffers a burst grew, once they are empty (the memory returns to the allocator
+    /// instead of staying with an idle connection).
+    fn shrink_if_idle(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > IDLE_BUFFER_BYTES {
+            self.input = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER_BYTES {
+            self.out = BytesMut::new();
+        }
     }
 }
 
