@@ -1828,8 +1828,9 @@ fn tools_see_a_redis_command_table_info_and_client_list() {
     let line = list.lines().find(|l| l.contains("name=victim")).unwrap_or_else(|| panic!("{list}"));
     assert!(line.starts_with(&format!("id={victim_id} ")), "{line}");
     assert!(line.contains(" cmd=client"), "{line}");
+    let _: String = redis::cmd("ECHO").arg("x").query(&mut conn).expect("ECHO");
     let me: String = redis::cmd("CLIENT").arg("INFO").query(&mut conn).expect("CLIENT INFO");
-    assert!(me.contains("cmd=client"), "{me}");
+    assert!(me.contains(" cmd=client "), "CLIENT INFO names itself, not the ECHO before it: {me}");
     let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(victim_id).query(&mut conn).expect("KILL");
     assert_eq!(killed, 1);
     assert!(redis::cmd("PING").query::<String>(&mut victim).is_err(), "the killed connection is closed");

@@ -709,20 +709,11 @@ where
     deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
-/// Version 3: version 2's fields, then the keys of every other database that holds any. Written
-/// only when one does, so a store that uses database 0 alone keeps writing version 2 (and a reader
-/// that knows only version 2 refuses, never misreads, an image with other databases).
-#[derive(Debug, Clone, Deserialize)]
-struct ImageV3 {
-    last_applied: u64,
-    clock_ms: u64,
-    #[serde(deserialize_with = "ordmap")]
-    data: OrdMap<Bytes, Value>,
-    #[serde(deserialize_with = "ordmap")]
-    sessions: OrdMap<u64, Session>,
-    dbs: Vec<DbImage>,
-}
-
+/// Version 3 is version 2's fields, then the keys of every other database that holds any:
+/// postcard of `(ImageV2, Vec<DbImage>)` (postcard frames neither structs nor tuples, so that is
+/// version 2's bytes followed by the databases). Written only when another database holds keys,
+/// so a store that uses database 0 alone keeps writing version 2, and a reader that knows only
+/// version 2 refuses, never misreads, an image with other databases.
 /// One database of a version 3 image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DbImage {
@@ -744,8 +735,7 @@ impl SnapshotImage for KvSnapshot {
         let out = if self.1.is_empty() {
             postcard::to_extend(&self.0, vec![KV_IMAGE_VERSION])
         } else {
-            let tuple = (&self.0.last_applied, &self.0.clock_ms, &self.0.data, &self.0.sessions, &self.1);
-            postcard::to_extend(&tuple, vec![KV_IMAGE_VERSION_DBS])
+            postcard::to_extend(&(&self.0, &self.1), vec![KV_IMAGE_VERSION_DBS])
         };
         out.expect("serializing into a Vec cannot fail")
     }
@@ -799,12 +789,8 @@ impl KvStore {
         self.last_applied
     }
 
-    /// Keys stored, and how many of them have a TTL (expired ones not yet reclaimed included).
-    pub fn key_counts(&self) -> (usize, usize) {
-        (self.data.len(), self.expires.len())
-    }
-
-    /// [`KvStore::key_counts`] of every database that holds keys: `(db, keys, with a TTL)`.
+    /// Every database that holds keys: `(db, keys, keys with a TTL)` (expired keys not yet reclaimed
+    /// included).
     pub fn keyspace(&self) -> Vec<(u8, usize, usize)> {
         let first = (!self.data.is_empty()).then(|| (0, self.data.len(), self.expires.len()));
         first.into_iter().chain(self.other_dbs.iter().map(|(&db, ks)| (db, ks.data.len(), ks.expires.len()))).collect()
@@ -1013,13 +999,11 @@ fn decode_image(image: &[u8]) -> Result<(ImageV2, Vec<DbImage>), RestoreError> {
         }
         KV_IMAGE_VERSION => Ok((postcard::from_bytes(rest).map_err(bad)?, Vec::new())),
         KV_IMAGE_VERSION_DBS => {
-            let v3: ImageV3 = postcard::from_bytes(rest).map_err(bad)?;
-            if v3.dbs.iter().any(|d| d.db == 0 || d.db >= DATABASES) || !v3.dbs.windows(2).all(|w| w[0].db < w[1].db) {
+            let (base, dbs): (ImageV2, Vec<DbImage>) = postcard::from_bytes(rest).map_err(bad)?;
+            if dbs.iter().any(|d| d.db == 0 || d.db >= DATABASES) || !dbs.windows(2).all(|w| w[0].db < w[1].db) {
                 return Err(RestoreError(format!("raftkv image (version {version}): bad database numbers")));
             }
-            let base =
-                ImageV2 { last_applied: v3.last_applied, clock_ms: v3.clock_ms, data: v3.data, sessions: v3.sessions };
-            Ok((base, v3.dbs))
+            Ok((base, dbs))
         }
         _ => Err(RestoreError(format!(
             "raftkv image format version {version}, but this build reads only versions 1 to {KV_IMAGE_VERSION_DBS}"

@@ -120,30 +120,11 @@ pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut 
 /// the leader for the read index and answers from its own store). Retried until the retry bound on
 /// every failure but a stopped node; a read never takes effect, so giving up is `-TRYAGAIN`.
 fn read(shared: &Shared, op: &KvOp) -> Reply {
-    let deadline = Instant::now() + shared.options.retry_bound;
-    let mut delay = Duration::from_millis(2);
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let query = op.clone();
-        let now_ms = unix_ms();
-        match shared.node.read(move |kv: &KvStore| kv.query(&query, now_ms), remaining) {
-            Ok(Some(result)) => return result_reply(result),
-            // `is_read_only` and `query` disagree: a bug, answered without touching anything.
-            Ok(None) => return Reply::error("ERR internal error: not a read-only command; nothing was applied"),
-            Err(ReadFailure::Stopped) => return Reply::error("ERR node stopped; nothing was applied"),
-            Err(error) => tracing::debug!(%error, "retrying read"),
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Reply::error(TRYAGAIN_NO_LEADER);
-        }
-        std::thread::sleep(delay.min(deadline - now));
-        delay = (delay * 2).min(Duration::from_millis(50));
-    }
+    read_many(shared, vec![op.clone()]).pop().expect("one reply per read")
 }
 
-/// Several read-only ops of one pipeline, served together: one read round (or one lease check) for
-/// all of them, answered in order. Failures are retried as [`read`] retries them.
+/// Read-only ops (one, or several of a pipeline), served together: one read round (or one lease
+/// check) for all of them, answered in order, retried as [`read`] says.
 pub(super) fn read_many(shared: &Shared, ops: Vec<KvOp>) -> Vec<Reply> {
     let deadline = Instant::now() + shared.options.retry_bound;
     let mut delay = Duration::from_millis(2);

@@ -63,7 +63,7 @@ mod info;
 mod tests;
 
 use super::command::{self, ConnCommand, ParsedCommand};
-use super::config::ClusterConfig;
+use super::config::{ClusterConfig, ReadMode};
 use super::resp::{self, ParserLimits, Protocol, Reply, RequestParser, RespError};
 use super::store::{KvOp, KvRequest, KvResult, KvStore};
 use super::unix_ms;
@@ -343,7 +343,7 @@ struct Conn<'a> {
 /// Pipelined commands waiting to run together (see [`Conn::flush`]).
 #[derive(Default)]
 struct Batch {
-    items: Vec<BatchItem>,
+    items: Vec<Queued>,
     /// About how many bytes the ops will take in the log entry.
     bytes: usize,
 }
@@ -352,47 +352,62 @@ struct Batch {
 const MAX_BATCH_COMMANDS: usize = 512;
 
 impl Batch {
-    fn push(&mut self, item: BatchItem) {
-        if let BatchItem::Op(op) = &item {
-            self.bytes += op.encoded_len();
-        }
-        self.items.push(item);
-    }
-
-    /// Whether `item` may join: at most [`MAX_BATCH_COMMANDS`], and the ops' bytes within half the
-    /// entry limit (the rest is headroom for the entry's own framing), so that a batch is never refused
-    /// as too large where its commands one by one would not be. An empty batch takes anything.
-    fn has_room_for(&self, item: &BatchItem, options: &ServerOptions) -> bool {
-        let len = if let BatchItem::Op(op) = item { op.encoded_len() } else { 0 };
+    /// Whether a command whose op encodes to `len` bytes (0 for a local reply) may join: at most
+    /// [`MAX_BATCH_COMMANDS`], and the ops' bytes within half the entry limit (the rest is headroom
+    /// for the entry's own framing), so that a batch is never refused as too large where its
+    /// commands one by one would not be. An empty batch takes anything.
+    fn has_room_for(&self, len: usize, options: &ServerOptions) -> bool {
         self.items.is_empty()
             || (self.items.len() < MAX_BATCH_COMMANDS && self.bytes + len <= options.limits.max_entry_bytes / 2)
     }
+
+    fn push(&mut self, item: Queued, len: usize) {
+        self.bytes += len;
+        self.items.push(item);
+    }
 }
 
-/// One pipelined command of a batch.
-enum BatchItem {
-    /// A data command.
-    Op(KvOp),
-    /// Its reply is known already (a parse error, `PING`, ...).
-    Reply(Reply),
+/// The requests of one read, for the client table and `INFO`.
+#[derive(Default)]
+struct Seen {
+    count: u64,
+    /// The last request's name.
+    last: Option<Bytes>,
+    /// Whether one was a follower's forwarded command.
+    forwarded: bool,
+}
+
+impl Seen {
+    fn saw(&mut self, args: &[Bytes]) {
+        self.count += 1;
+        self.last = args.first().cloned();
+        self.forwarded |= self.last.as_ref().is_some_and(|n| n.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()));
+    }
 }
 
 /// A transaction being queued between `MULTI` and `EXEC`.
 #[derive(Default)]
 struct Tx {
-    items: Vec<TxItem>,
+    items: Vec<Queued>,
     /// A command failed to queue (syntax, arity, unknown): `EXEC` answers `-EXECABORT`.
     failed: bool,
 }
 
-/// One queued command.
-enum TxItem {
-    /// Through the log, inside the transaction's entry.
+/// A command waiting in a pipelined batch or a `MULTI` block.
+enum Queued {
+    /// Through the log, inside the batch's or transaction's entry.
     Op(KvOp),
-    /// Answered locally at `EXEC` (`PING`, `ECHO`, ...).
+    /// Its reply is known already (a parse error, `PING`, `ECHO`, ...).
     Reply(Reply),
-    /// On the connection's own state, at `EXEC`.
+    /// On the connection's own state (only in a transaction: a batch dispatches these on their own).
     Conn(ConnCommand),
+}
+
+impl Queued {
+    /// The bytes this command adds to a log entry.
+    fn encoded_len(&self) -> usize {
+        if let Queued::Op(op) = self { op.encoded_len() } else { 0 }
+    }
 }
 
 /// A connection's buffers: what was received and not yet parsed, and replies not yet written.
@@ -523,19 +538,24 @@ impl Conn<'_> {
         stream: &mut TcpStream,
     ) -> io::Result<Next> {
         let mut batch = Batch::default();
+        // What the client table shows is updated once per batch, not per command.
+        let mut seen = Seen::default();
         loop {
             match parser.parse(&mut buf.input) {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
-                    self.note(&args);
+                    seen.saw(&args);
                     if let Some(item) = self.batchable(&args) {
-                        if !batch.has_room_for(&item, &self.shared.options) {
+                        let len = item.encoded_len();
+                        if !batch.has_room_for(len, &self.shared.options) {
                             self.flush(&mut batch, &mut buf.out);
                         }
-                        batch.push(item);
+                        batch.push(item, len);
                         continue;
                     }
                     self.flush(&mut batch, &mut buf.out);
+                    // Shown before it runs, so that `CLIENT INFO`/`LIST` name themselves as Redis does.
+                    self.note(&std::mem::take(&mut seen));
                     if let Next::Close = self.dispatch(&args, &mut buf.out) {
                         return Ok(Next::Close);
                     }
@@ -547,6 +567,7 @@ impl Conn<'_> {
                 Ok(None) => break,
                 Err(error) => {
                     self.flush(&mut batch, &mut buf.out);
+                    self.note(&seen);
                     tracing::debug!(client = self.id, %error, "protocol error; closing connection");
                     resp::encode(&self.protocol_error_reply(&error), self.protocol, &mut buf.out);
                     return Ok(Next::Close);
@@ -554,6 +575,7 @@ impl Conn<'_> {
             }
         }
         self.flush(&mut batch, &mut buf.out);
+        self.note(&seen);
         if !buf.out.is_empty() {
             stream.write_all(&buf.out)?;
             buf.out.clear();
@@ -567,21 +589,20 @@ impl Conn<'_> {
         Ok(Next::Continue)
     }
 
-    /// Counts a request and shows it in the client table.
-    fn note(&self, args: &[Bytes]) {
-        self.shared.commands_processed.fetch_add(1, Ordering::Relaxed);
-        let Some(name) = args.first() else { return };
-        let forwarder = name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes());
+    /// Counts the requests of a read and shows the last one in the client table.
+    fn note(&self, seen: &Seen) {
+        let Some(name) = &seen.last else { return };
+        self.shared.commands_processed.fetch_add(seen.count, Ordering::Relaxed);
         let multi = self.tx.as_ref().map_or(-1, |tx| tx.items.len() as i64);
         let resp = self.protocol.version();
         let mut became_forwarder = false;
         self.entry.update(|s| {
-            became_forwarder = forwarder && !s.forwarder;
+            became_forwarder = seen.forwarded && !s.forwarder;
             s.last_cmd.clear();
             s.last_cmd
                 .extend(String::from_utf8_lossy(&name[..name.len().min(32)]).chars().map(|c| c.to_ascii_lowercase()));
             s.last_active = Instant::now();
-            s.forwarder |= forwarder;
+            s.forwarder |= seen.forwarded;
             s.multi = multi;
             s.resp = resp;
         });
@@ -595,14 +616,14 @@ impl Conn<'_> {
     /// A pipelined request that can join a batch: a data command (or a reply known at once, such as an
     /// error or `PING`) outside `MULTI`. Anything else (connection state, transactions, internal
     /// commands) is dispatched on its own, after the batch before it.
-    fn batchable(&self, args: &[Bytes]) -> Option<BatchItem> {
+    fn batchable(&self, args: &[Bytes]) -> Option<Queued> {
         let name = args.first()?;
         if !self.authenticated || self.tx.is_some() || handled_by_dispatch(name) {
             return None;
         }
         match command::parse_command(args) {
-            Err(reply) | Ok(ParsedCommand::Reply(reply)) => Some(BatchItem::Reply(reply)),
-            Ok(ParsedCommand::Replicate(op)) => Some(BatchItem::Op(op)),
+            Err(reply) | Ok(ParsedCommand::Reply(reply)) => Some(Queued::Reply(reply)),
+            Ok(ParsedCommand::Replicate(op)) => Some(Queued::Op(op)),
             Ok(ParsedCommand::Connection(_)) => None,
         }
     }
@@ -613,35 +634,65 @@ impl Conn<'_> {
     fn flush(&mut self, batch: &mut Batch, out: &mut BytesMut) {
         let items = std::mem::take(&mut batch.items);
         batch.bytes = 0;
-        let ops = items.iter().filter(|item| matches!(item, BatchItem::Op(_))).count();
-        let mut replies: std::vec::IntoIter<Reply> = if ops <= 1 {
-            Vec::new().into_iter()
-        } else if items.iter().all(|item| !matches!(item, BatchItem::Op(op) if !op.is_read_only()))
-            && self.shared.cluster.reads.mode != crate::raftkv::config::ReadMode::Log
-            && self.db == 0
-        {
-            let reads =
-                items.iter().filter_map(|item| if let BatchItem::Op(op) = item { Some(op.clone()) } else { None });
-            forward::read_many(self.shared, reads.collect()).into_iter()
+        let ops = items.iter().filter(|item| matches!(item, Queued::Op(_))).count();
+        let replies = if ops <= 1 {
+            // Nothing to gain from a batch: each command on its own (a single read keeps its read path).
+            let results = Vec::new().into_iter();
+            self.in_order(items, results, |conn, op| conn.replicate(op))
         } else {
-            let encoded =
-                items.iter().filter_map(|item| if let BatchItem::Op(op) = item { Some(op.encode()) } else { None });
-            match self.replicate(KvOp::Exec { watched: Vec::new(), ops: encoded.collect() }) {
-                Reply::Array(results) if results.len() == ops => results.into_iter(),
+            let reads_only = items.iter().all(|item| match item {
+                Queued::Op(op) => op.is_read_only(),
+                _ => true,
+            });
+            let results = if reads_only && self.shared.cluster.reads.mode != ReadMode::Log && self.db == 0 {
+                let reads =
+                    items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None });
+                forward::read_many(self.shared, reads.collect())
+            } else {
                 // The entry as a whole failed (`-TRYAGAIN`, `-UNCERTAIN`, ...): so did each command.
-                other => vec![other; ops].into_iter(),
-            }
-        };
-        for item in items {
-            let reply = match item {
-                BatchItem::Reply(reply) => reply,
-                BatchItem::Op(op) if ops <= 1 => self.replicate(op),
-                BatchItem::Op(_) => {
-                    replies.next().unwrap_or_else(|| Reply::error("ERR internal error: missing result"))
-                }
+                self.one_entry(&items, Vec::new()).unwrap_or_else(|failed| vec![failed; ops])
             };
+            self.in_order(items, results.into_iter(), |_, _| Reply::error("ERR internal error: missing result"))
+        };
+        for reply in replies {
             resp::encode(&reply, self.protocol, out);
         }
+    }
+
+    /// The ops of `items` as one log entry (`KvOp::Exec`, checked against `watched` in the apply):
+    /// one result per op, or the reply that stands for the entry as a whole (its failure, or the
+    /// null array of a transaction a watched key aborted).
+    fn one_entry(&mut self, items: &[Queued], watched: Vec<(Bytes, u64)>) -> Result<Vec<Reply>, Reply> {
+        let ops: Vec<Bytes> =
+            items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.encode()) } else { None }).collect();
+        let count = ops.len();
+        match self.replicate(KvOp::Exec { watched, ops }) {
+            Reply::Array(results) if results.len() == count => Ok(results),
+            Reply::Array(_) => Err(Reply::error("ERR internal error: a result per command was expected")),
+            other => Err(other),
+        }
+    }
+
+    /// Each queued command's reply in order: an op's from `results` (or, once they run out,
+    /// `missing(op)`), a local reply as it is, a connection command run now.
+    fn in_order(
+        &mut self,
+        items: Vec<Queued>,
+        mut results: std::vec::IntoIter<Reply>,
+        mut missing: impl FnMut(&mut Self, KvOp) -> Reply,
+    ) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(items.len());
+        for item in items {
+            replies.push(match item {
+                Queued::Op(op) => match results.next() {
+                    Some(reply) => reply,
+                    None => missing(self, op),
+                },
+                Queued::Reply(reply) => reply,
+                Queued::Conn(command) => self.connection_command(command),
+            });
+        }
+        replies
     }
 
     /// A value too large for any log entry is named as such: the limit to raise is `max_entry_bytes`.
@@ -795,8 +846,8 @@ impl Conn<'_> {
                 tx.failed = true;
                 return reply;
             }
-            Ok(ParsedCommand::Replicate(op)) => TxItem::Op(op),
-            Ok(ParsedCommand::Reply(reply)) => TxItem::Reply(reply),
+            Ok(ParsedCommand::Replicate(op)) => Queued::Op(op),
+            Ok(ParsedCommand::Reply(reply)) => Queued::Reply(reply),
             Ok(ParsedCommand::Connection(ConnCommand::Quit)) => {
                 *next = Next::Close;
                 return Reply::ok();
@@ -805,7 +856,7 @@ impl Conn<'_> {
                 tx.failed = true;
                 return Reply::error("ERR SELECT inside MULTI is not supported (SELECT before MULTI)");
             }
-            Ok(ParsedCommand::Connection(command)) => TxItem::Conn(command),
+            Ok(ParsedCommand::Connection(command)) => Queued::Conn(command),
         };
         tx.items.push(item);
         Reply::Simple("QUEUED".to_owned())
@@ -814,30 +865,17 @@ impl Conn<'_> {
     /// `EXEC`: the queued ops as one log entry (atomic on every replica, checked against the watched
     /// versions inside the apply), then each queued command's reply in order.
     fn exec(&mut self, tx: Tx, watched: Vec<(Bytes, u64)>) -> Reply {
-        let ops: Vec<Bytes> = tx
-            .items
-            .iter()
-            .filter_map(|item| if let TxItem::Op(op) = item { Some(op.encode()) } else { None })
-            .collect();
-        let mut results = if ops.is_empty() && watched.is_empty() {
+        let nothing_to_log = watched.is_empty() && !tx.items.iter().any(|item| matches!(item, Queued::Op(_)));
+        let results = if nothing_to_log {
             Vec::new()
         } else {
-            match self.replicate(KvOp::Exec { watched, ops }) {
-                Reply::Array(results) => results,
-                // Aborted (a watched key changed), or the entry's own failure (`-TRYAGAIN`, ...).
-                other => return other,
+            match self.one_entry(&tx.items, watched) {
+                Ok(results) => results,
+                Err(whole) => return whole,
             }
-        }
-        .into_iter();
-        let mut replies = Vec::with_capacity(tx.items.len());
-        for item in tx.items {
-            replies.push(match item {
-                TxItem::Op(_) => results.next().unwrap_or_else(|| Reply::error("ERR internal error: missing result")),
-                TxItem::Reply(reply) => reply,
-                TxItem::Conn(command) => self.connection_command(command),
-            });
-        }
-        Reply::Array(replies)
+        };
+        let missing = |_: &mut Self, _| Reply::error("ERR internal error: missing result");
+        Reply::Array(self.in_order(tx.items, results.into_iter(), missing))
     }
 
     fn connection_command(&mut self, command: ConnCommand) -> Reply {
