@@ -1,7 +1,9 @@
 //! The `raftkv` RESP server: Redis clients on the client port, every data command through the Raft log.
 //!
-//! One thread per connection reads requests with the incremental [`RequestParser`], so pipelined
-//! requests are answered in order and replies to a pipeline are written together. Connection-local
+//! One event-loop thread holds every connection between requests and hands a connection with bytes
+//! to answer to a worker thread (see [`event_loop`] for why); the worker parses them with the
+//! incremental [`RequestParser`], so pipelined requests are answered in order and replies to a
+//! pipeline are written together. Connection-local
 //! commands (`PING`, `HELLO`, `CLIENT`, `INFO`, ...) are answered on the spot; everything in
 //! [`KvOp`] (reads included, which makes them linearizable) becomes a [`KvRequest`] that is
 //! committed through Raft and applied by the [`KvStore`]. The store answers with a
@@ -57,6 +59,7 @@ use raft_core::Role;
 
 pub mod admin;
 mod clients;
+mod event_loop;
 mod forward;
 mod info;
 #[cfg(test)]
@@ -98,8 +101,12 @@ pub struct ServerOptions {
     /// The size limits; the RESP parser's bounds and the largest command derive from them, so that a
     /// value that could never fit a log entry is refused while it is parsed, naming the limit.
     pub limits: Limits,
-    /// Most concurrent client connections (each is a thread).
+    /// Most concurrent client connections (`ERR max number of clients reached` beyond). An idle
+    /// connection costs about a kilobyte; see [`event_loop`].
     pub max_clients: usize,
+    /// Most worker threads, i.e. connections whose commands run at the same time (more wait for a
+    /// free worker). Workers start when all are busy and leave after a few idle seconds.
+    pub max_workers: usize,
     /// Redis' `requirepass`: when set, a connection must `AUTH` (or `HELLO ... AUTH default <pass>`)
     /// before any other command. Every node of a cluster needs the same one: followers authenticate
     /// with it when they forward to the leader.
@@ -112,6 +119,7 @@ impl Default for ServerOptions {
             retry_bound: Duration::from_secs(2),
             limits: Limits::default(),
             max_clients: 10_000,
+            max_workers: event_loop::DEFAULT_MAX_WORKERS,
             requirepass: None,
         }
     }
@@ -198,10 +206,11 @@ struct Shared {
     commands_processed: AtomicU64,
 }
 
-/// A running RESP server (accept thread plus one thread per connection).
+/// A running RESP server (an event-loop thread, and workers while commands run).
 pub struct Server {
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    poller: Option<JoinHandle<()>>,
+    waker: Arc<mio::Waker>,
 }
 
 impl std::fmt::Debug for Server {
@@ -236,11 +245,8 @@ impl Server {
             connections_received: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
         });
-        let accept_shared = Arc::clone(&shared);
-        let accept = std::thread::Builder::new()
-            .name(format!("raftkv-accept-{node_id}"))
-            .spawn(move || accept_loop(&accept_shared, &listener))?;
-        Ok(Server { shared, accept: Some(accept) })
+        let (poller, waker) = event_loop::start(Arc::clone(&shared), listener)?;
+        Ok(Server { shared, poller: Some(poller), waker })
     }
 
     /// The address clients connect to.
@@ -248,17 +254,17 @@ impl Server {
         self.shared.local_addr
     }
 
-    /// Stops accepting connections (open ones are served until their clients disconnect).
+    /// Stops serving: the listener and the idle connections close at once, a connection whose
+    /// commands are running closes once they are answered.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.shared.local_addr, Duration::from_millis(200));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
+        let _ = self.waker.wake();
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
         }
     }
 }
@@ -269,50 +275,6 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(error) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.options.max_clients {
-            shared.clients.fetch_sub(1, Ordering::SeqCst);
-            let mut out = BytesMut::new();
-            resp::encode(&Reply::error("ERR max number of clients reached"), Protocol::Resp2, &mut out);
-            let _ = (&stream).write_all(&out);
-            continue;
-        }
-        let conn_shared = Arc::clone(shared);
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        // A connection thread needs little stack (parsing and the store's ops are iterative); the
-        // default 2 MiB reservation only costs address space, but a smaller one keeps 10,000 of them
-        // far from any limit.
-        let builder = std::thread::Builder::new().name(format!("raftkv-client-{id}")).stack_size(CONNECTION_STACK);
-        let spawned = builder.spawn(move || {
-            let peer = stream.peer_addr().ok();
-            // (serve_connection gives the client slot back when the connection ends)
-            if let Err(error) = serve_connection(&conn_shared, stream, id) {
-                tracing::debug!(client = id, ?peer, %error, "client connection ended");
-            }
-        });
-        if let Err(error) = spawned {
-            shared.clients.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(%error, "cannot spawn connection thread");
-        }
-    }
-}
-
-/// Stack of a connection thread.
-const CONNECTION_STACK: usize = 256 * 1024;
-
 /// What to do after a command.
 enum Next {
     Continue,
@@ -320,8 +282,8 @@ enum Next {
 }
 
 /// Per-connection state.
-struct Conn<'a> {
-    shared: &'a Shared,
+struct Conn {
+    shared: Arc<Shared>,
     id: u64,
     session: u64,
     seq: u64,
@@ -411,92 +373,57 @@ impl Queued {
 }
 
 /// A connection's buffers: what was received and not yet parsed, and replies not yet written.
+#[derive(Default)]
 struct Buffers {
     input: BytesMut,
     out: BytesMut,
-    /// How many bytes the next read asks for.
-    read_size: usize,
     /// Bytes received since the last complete request: bounds what one request can make us buffer.
     request_bytes: usize,
 }
 
-fn serve_connection(shared: &Shared, mut stream: TcpStream, id: u64) -> io::Result<()> {
-    shared.connections_received.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(clients::ClientEntry::new(id, &stream));
-    shared.registry.add(Arc::clone(&entry));
-    // However the connection ends: out of the table, and its client slot back (a forwarding
-    // connection gave its slot back when it showed what it is).
-    struct Unregister<'a>(&'a Shared, Arc<clients::ClientEntry>);
-    impl Drop for Unregister<'_> {
-        fn drop(&mut self) {
-            self.0.registry.remove(self.1.id);
-            if !self.1.is_forwarder() {
-                self.0.clients.fetch_sub(1, Ordering::SeqCst);
-            }
+impl Buffers {
+    /// Gives the buffers back once they are empty: an idle connection holds none (the next burst
+    /// allocates again, which costs far less than a commit).
+    fn release_if_empty(&mut self) {
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
         }
-    }
-    let _unregister = Unregister(shared, Arc::clone(&entry));
-    stream.set_nodelay(true)?;
-    // A client that stops reading must not pin this thread forever.
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let mut conn = Conn {
-        shared,
-        id,
-        session: shared.sessions.next(),
-        seq: 0,
-        protocol: Protocol::Resp2,
-        name: None,
-        forwarder: Forwarder::default(),
-        tx: None,
-        watched: Vec::new(),
-        entry,
-        authenticated: shared.options.requirepass.is_none(),
-        db: 0,
-    };
-    let mut parser = RequestParser::new(shared.options.parser_limits());
-    // Buffers start empty and grow with what the client sends: an idle connection holds a few KiB.
-    let mut buf = Buffers { input: BytesMut::new(), out: BytesMut::new(), read_size: MIN_READ, request_bytes: 0 };
-    loop {
-        if let Next::Close = conn.answer_parsed(&mut parser, &mut buf, &mut stream)? {
-            stream.write_all(&buf.out)?;
-            lingering_close(&mut stream);
-            return Ok(());
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
         }
-        buf.shrink_if_idle();
-        // Read straight into the input buffer's tail (no second copy), as much as the last read
-        // suggests: a read that fills its room doubles the next one, up to MAX_READ.
-        let start = buf.input.len();
-        buf.input.resize(start + buf.read_size, 0);
-        let n = match stream.read(&mut buf.input[start..]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                buf.input.truncate(start);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        buf.input.truncate(start + n);
-        buf.read_size = if n == buf.read_size { (n * 2).min(MAX_READ) } else { MIN_READ.max(n.next_power_of_two()) };
-        buf.request_bytes += n;
     }
 }
 
-/// The smallest and largest single read of a client connection.
-const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 256 * 1024;
-/// Buffers an idle connection keeps; larger ones (after a burst) are given back.
-const IDLE_BUFFER_BYTES: usize = 64 * 1024;
-
-impl Buffers {
-    /// Gives back buffers a burst grew, once they are empty (the memory returns to the allocator
-    /// instead of staying with an idle connection).
-    fn shrink_if_idle(&mut self) {
-        if self.input.is_empty() && self.input.capacity() > IDLE_BUFFER_BYTES {
-            self.input = BytesMut::new();
+impl Conn {
+    /// A new connection's state, entered in the client table (it leaves it when dropped).
+    fn new(shared: Arc<Shared>, id: u64, stream: &TcpStream) -> Conn {
+        shared.connections_received.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(clients::ClientEntry::new(id, stream));
+        shared.registry.add(Arc::clone(&entry));
+        Conn {
+            session: shared.sessions.next(),
+            seq: 0,
+            protocol: Protocol::Resp2,
+            name: None,
+            forwarder: Forwarder::default(),
+            tx: None,
+            watched: Vec::new(),
+            entry,
+            authenticated: shared.options.requirepass.is_none(),
+            db: 0,
+            id,
+            shared,
         }
-        if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER_BYTES {
-            self.out = BytesMut::new();
+    }
+}
+
+impl Drop for Conn {
+    /// However the connection ends: out of the table, and its client slot back (a forwarding
+    /// connection gave its slot back when it showed what it is).
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.id);
+        if !self.entry.is_forwarder() {
+            self.shared.clients.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -527,7 +454,7 @@ fn lingering_close(stream: &mut TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-impl Conn<'_> {
+impl Conn {
     /// Answers every complete request in `buf.input`, writing replies in batches (a pipeline's replies
     /// go out together). Returns `Close` (with the last reply still in `buf.out`) after `QUIT`, a
     /// protocol error or an oversized request.
@@ -647,7 +574,7 @@ impl Conn<'_> {
             let results = if reads_only && self.shared.cluster.reads.mode != ReadMode::Log && self.db == 0 {
                 let reads =
                     items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None });
-                forward::read_many(self.shared, reads.collect())
+                forward::read_many(&self.shared, reads.collect())
             } else {
                 // The entry as a whole failed (`-TRYAGAIN`, `-UNCERTAIN`, ...): so did each command.
                 self.one_entry(&items, Vec::new()).unwrap_or_else(|failed| vec![failed; ops])
@@ -715,11 +642,11 @@ impl Conn<'_> {
         } else if !self.authenticated && !name.eq_ignore_ascii_case(b"hello") && !name.eq_ignore_ascii_case(b"quit") {
             Reply::error(NOAUTH)
         } else if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
-            forward::forwarded(self.shared, &args[1..])
+            forward::forwarded(&self.shared, &args[1..])
         } else if name.eq_ignore_ascii_case(admin::ADMIN_COMMAND.as_bytes()) {
-            admin::command(self.shared, &args[1..], true)
+            admin::command(&self.shared, &args[1..], true)
         } else if name.eq_ignore_ascii_case(admin::FORWARDED_ADMIN_COMMAND.as_bytes()) {
-            admin::command(self.shared, &args[1..], false)
+            admin::command(&self.shared, &args[1..], false)
         } else if name.eq_ignore_ascii_case(DIGEST_COMMAND.as_bytes()) {
             self.digest()
         } else if name.eq_ignore_ascii_case(SESSION_COMMAND.as_bytes()) {
@@ -931,7 +858,7 @@ impl Conn<'_> {
                 Reply::ok()
             }
             ConnCommand::Info { sections } => {
-                Reply::Verbatim { format: *b"txt", text: Bytes::from(info::info_text(self.shared, &sections)) }
+                Reply::Verbatim { format: *b"txt", text: Bytes::from(info::info_text(&self.shared, &sections)) }
             }
             ConnCommand::Quit => Reply::ok(),
             ConnCommand::Select(db) => {
@@ -955,7 +882,7 @@ impl Conn<'_> {
             (self.session, self.seq)
         };
         let mut request = KvRequest { session, seq, now_ms: 0, op };
-        execute(self.shared, &mut self.forwarder, &mut request)
+        execute(&self.shared, &mut self.forwarder, &mut request)
     }
 
     fn digest(&self) -> Reply {
