@@ -310,6 +310,14 @@ impl TestCluster {
         line.split_whitespace().nth(1).expect("value").parse().expect("number")
     }
 
+    /// Threads of node `id`'s process (Linux).
+    fn threads(&self, id: u64) -> u64 {
+        let pid = self.children[id as usize - 1].as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        let line = status.lines().find(|l| l.starts_with("Threads:")).expect("Threads line");
+        line.split_whitespace().nth(1).expect("value").parse().expect("number")
+    }
+
     fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children[id as usize - 1].take() {
             let _ = child.kill();
@@ -1751,6 +1759,44 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     let want = "$3\r\nv00\r\n$3\r\nv01\r\n:2\r\n:3\r\n";
     assert_eq!(read_exactly(&mut raw, want.len()), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+}
+
+/// Connections are cheap and forwarding is shared: 400 client connections on a follower cost far
+/// fewer than 400 threads while idle; all writing at once, they reach the leader over at most four
+/// forwarding connections (none of them taking a slot of the leader's client limit), and every
+/// write applies once.
+#[test]
+fn many_follower_clients_share_a_few_forwarding_connections() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let mut conns: Vec<redis::Connection> = (0..400).map(|_| cluster.conn(follower).expect("connect")).collect();
+    let idle_threads = cluster.threads(follower);
+    assert!(idle_threads < 60, "{idle_threads} threads for 400 idle connections");
+    std::thread::scope(|scope| {
+        for (t, chunk) in conns.chunks_mut(50).enumerate() {
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, conn) in chunk.iter_mut().enumerate() {
+                        let _: () =
+                            redis::cmd("SET").arg(format!("k{t}-{i}-{round}")).arg(round).query(conn).expect("SET");
+                    }
+                }
+            });
+        }
+    });
+    let info = cluster.info(leader).expect("INFO");
+    let links = info_u64(&info, "forwarding_connections");
+    assert!((1..=4).contains(&links), "{links} forwarding connections for 400 follower clients");
+    assert!(info_u64(&info, "connected_clients") <= 1, "only our INFO connection is a client of the leader");
+    let mut conn = cluster.conn(leader).expect("connect");
+    let keys: Vec<String> =
+        (0..8).flat_map(|t| (0..50).flat_map(move |i| (0..3).map(move |r| format!("k{t}-{i}-{r}")))).collect();
+    let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query(&mut conn).expect("MGET");
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value, key.rsplit('-').next().and_then(|r| r.parse().ok()), "{key}");
+    }
+    drop(conns);
 }
 
 /// `requirepass`: every node refuses commands before AUTH (`-NOAUTH`), refuses a wrong password

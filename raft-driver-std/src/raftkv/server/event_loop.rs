@@ -140,9 +140,8 @@ impl Workers {
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         // Leave unless that would drop below the minimum.
-                        let left = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                            (n > MIN_WORKERS).then(|| n - 1)
-                        });
+                        let left =
+                            live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > MIN_WORKERS).then(|| n - 1));
                         if left.is_ok() {
                             return;
                         }
@@ -231,10 +230,7 @@ struct Poller {
 
 /// Starts the event loop on `listener`; returns its thread and the waker that interrupts it (after
 /// setting `shared.stopping`).
-pub(super) fn start(
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-) -> io::Result<(JoinHandle<()>, Arc<Waker>)> {
+pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io::Result<(JoinHandle<()>, Arc<Waker>)> {
     listener.set_nonblocking(true)?;
     let mut listener = mio::net::TcpListener::from_std(listener);
     let poll = Poll::new()?;
@@ -262,9 +258,8 @@ pub(super) fn start(
         back,
         scratch: vec![0; 64 * 1024],
     };
-    let handle = std::thread::Builder::new()
-        .name(format!("raftkv-poll-{}", shared.node_id))
-        .spawn(move || poller.run())?;
+    let handle =
+        std::thread::Builder::new().name(format!("raftkv-poll-{}", shared.node_id)).spawn(move || poller.run())?;
     Ok((handle, waker))
 }
 

@@ -2,23 +2,25 @@
 //! follower, retrying until the bound, and saying what the client may conclude when it gives up.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use raft_core::{NodeId, ProposeError, Role};
 
 use super::{FORWARD_COMMAND, Shared, TRYAGAIN_NO_LEADER, UNCERTAIN, result_reply};
+use crate::node::ProposalResult;
 use crate::proposals::ProposalError;
 use crate::raftkv::config::ReadMode;
 use crate::raftkv::resp::{self, Reply};
 use crate::raftkv::store::{KvOp, KvRequest, KvResult, KvStore};
 use crate::raftkv::unix_ms;
 use crate::reads::ReadFailure;
+use crossbeam_channel::Receiver;
 
 /// How one attempt to run a request ended.
 #[derive(Debug)]
-enum Attempt {
+pub(super) enum Attempt {
     /// The command ran: the answer for the client (a result, or the store's error for the command).
     Done(Reply),
     /// Try again (the same `(session, seq)`); `may_have_applied` says whether this attempt may have
@@ -31,7 +33,7 @@ enum Attempt {
 }
 
 impl Attempt {
-    fn retry(why: impl Into<String>, may_have_applied: bool) -> Attempt {
+    pub(super) fn retry(why: impl Into<String>, may_have_applied: bool) -> Attempt {
         Attempt::Retry { why: why.into(), may_have_applied }
     }
 }
@@ -93,7 +95,7 @@ fn final_reply(request: &KvRequest, attempt: Attempt, may_have_applied: bool) ->
 
 /// Runs `request` through the log via whichever node leads, retrying with the same `(session, seq)`
 /// until it gets a reply or the retry bound passes.
-pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest) -> Reply {
+pub(super) fn execute(shared: &Shared, request: &mut KvRequest) -> Reply {
     if request.op.is_read_only() && shared.cluster.reads.mode != ReadMode::Log {
         return read(shared, &request.op);
     }
@@ -101,7 +103,7 @@ pub(super) fn execute(shared: &Shared, forwarder: &mut Forwarder, request: &mut 
     let mut delay = Duration::from_millis(5);
     let mut may_have_applied = false;
     loop {
-        let outcome = attempt(shared, forwarder, request, deadline);
+        let outcome = attempt(shared, request, deadline);
         let Attempt::Retry { why, may_have_applied: maybe } = &outcome else {
             return final_reply(request, outcome, may_have_applied);
         };
@@ -164,7 +166,7 @@ pub(super) fn read_many(shared: &Shared, ops: Vec<KvOp>) -> Vec<Reply> {
 }
 
 /// One attempt: propose on this node if it leads, else forward to the leader it knows.
-fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, deadline: Instant) -> Attempt {
+fn attempt(shared: &Shared, request: &mut KvRequest, deadline: Instant) -> Attempt {
     let status = shared.node.status();
     if !status.running {
         // Nothing of this attempt reached the node.
@@ -186,35 +188,59 @@ fn attempt(shared: &Shared, forwarder: &mut Forwarder, request: &mut KvRequest, 
     }
     let Some(leader) = status.leader else { return Attempt::retry("no leader known", false) };
     match super::admin::client_addr_of(shared, leader) {
-        Some(addr) => forwarder.forward(shared, leader, addr, &encoded, deadline),
+        Some(addr) => shared.links.forward(shared, leader, addr, &encoded, deadline),
         None => Attempt::retry(format!("leader {leader} has no known client address"), false),
     }
 }
 
-/// `RAFTKV.FORWARD <request> [timeout ms]` from a follower: propose as-is and answer with the postcard
-/// [`KvResult`] as a bulk string, or an error: `-TRYAGAIN` (certainly not applied) or `-UNCERTAIN` (may
-/// have been applied) for the follower to retry, `-ERR` for a final refusal.
-pub(super) fn forwarded(shared: &Shared, args: &[Bytes]) -> Reply {
+/// A forwarded request on the leader: answered already, or proposed and waiting for its result.
+pub(super) enum Forwarded {
+    Answered(Reply),
+    Proposed { result: Receiver<ProposalResult<KvResult>>, deadline: Instant },
+}
+
+/// `RAFTKV.FORWARD <request> [timeout ms]` from a follower: proposes the request as-is without
+/// waiting, so that every forwarded request a connection carries is proposed at once (the follower
+/// multiplexes its clients' requests over a few connections). [`finish_forwarded`] waits for the
+/// answer.
+pub(super) fn start_forwarded(shared: &Shared, args: &[Bytes]) -> Forwarded {
     let (Some(payload), true) = (args.first(), args.len() <= 2) else {
-        return Reply::error(format!("ERR wrong number of arguments for '{FORWARD_COMMAND}' command"));
+        let reply = Reply::error(format!("ERR wrong number of arguments for '{FORWARD_COMMAND}' command"));
+        return Forwarded::Answered(reply);
     };
     let timeout = match args.get(1) {
         None => shared.options.retry_bound,
         Some(ms) => match resp::parse_i64(ms) {
             Some(ms) if ms >= 0 => Duration::from_millis(ms as u64).min(shared.options.retry_bound),
-            _ => return Reply::error("ERR invalid timeout"),
+            _ => return Forwarded::Answered(Reply::error("ERR invalid timeout")),
         },
     };
     if KvRequest::decode(payload).is_err() {
-        return Reply::error("ERR malformed forwarded request");
+        return Forwarded::Answered(Reply::error("ERR malformed forwarded request"));
     }
     if shared.node.status().role != Role::Leader {
-        return Reply::error(format!("TRYAGAIN node {} is not the leader", shared.node_id));
+        return Forwarded::Answered(Reply::error(format!("TRYAGAIN node {} is not the leader", shared.node_id)));
     }
+    let deadline = Instant::now() + timeout;
     // Copy: the argument shares the connection's read buffer, and log entries live long.
-    match shared.node.propose_wait(Bytes::copy_from_slice(payload), timeout) {
+    Forwarded::Proposed { result: shared.node.propose(Bytes::copy_from_slice(payload)), deadline }
+}
+
+/// The leader's answer to a forwarded request: the postcard [`KvResult`] as a bulk string, or an
+/// error: `-TRYAGAIN` (certainly not applied) or `-UNCERTAIN` (may have been applied) for the
+/// follower to retry, `-ERR` for a final refusal.
+pub(super) fn finish_forwarded(shared: &Shared, forwarded: Forwarded) -> Reply {
+    let (result, deadline) = match forwarded {
+        Forwarded::Answered(reply) => return reply,
+        Forwarded::Proposed { result, deadline } => (result, deadline),
+    };
+    let result = match result.recv_deadline(deadline) {
+        Ok(result) => result,
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(ProposalError::Timeout),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ProposalError::Stopped),
+    };
+    match result {
         Ok(result) => Reply::Bulk(result.encode()),
-        // The follower may find another leader: a stopped one is not final for it.
         Err(error) => forwarded_error_reply(shared.node_id, error),
     }
 }
@@ -238,16 +264,9 @@ fn forwarded_error_reply(node_id: NodeId, error: ProposalError) -> Reply {
     }
 }
 
-/// A connection to the leader's client port, kept across commands of one client connection.
-#[derive(Default)]
-pub(super) struct Forwarder {
-    conn: Option<(NodeId, TcpStream)>,
-    buf: Vec<u8>,
-}
-
 /// Sends `AUTH password` on a fresh forwarding connection and waits for its `+OK` (the cluster's
 /// nodes share the client password, so a follower authenticates like any client).
-fn authenticate(mut stream: &TcpStream, password: &Bytes, deadline: Instant) -> Result<(), String> {
+pub(super) fn authenticate(mut stream: &TcpStream, password: &Bytes, deadline: Instant) -> Result<(), String> {
     let mut request = BytesMut::new();
     let args = [Bytes::from_static(b"AUTH"), password.clone()];
     resp::encode(&Reply::Array(args.into_iter().map(Reply::Bulk).collect()), resp::Protocol::Resp2, &mut request);
@@ -272,109 +291,10 @@ fn authenticate(mut stream: &TcpStream, password: &Bytes, deadline: Instant) -> 
     if line == b"+OK\r\n" { Ok(()) } else { Err(String::from_utf8_lossy(&line).trim_end().to_owned()) }
 }
 
-/// How often a forwarded request's wait re-checks whether the leader changed.
-const FORWARD_POLL: Duration = Duration::from_millis(50);
-
-/// Bytes a forwarded reply may take beyond the largest value (its framing and the result's encoding).
-const FORWARD_REPLY_SLACK_BYTES: usize = 64 * 1024;
-
-impl Forwarder {
-    /// Sends `request` (encoded) to `leader` and waits for its answer.
-    fn forward(
-        &mut self,
-        shared: &Shared,
-        leader: NodeId,
-        addr: SocketAddr,
-        request: &Bytes,
-        deadline: Instant,
-    ) -> Attempt {
-        if let Err(why) = self.connect(shared, leader, addr, deadline) {
-            // Nothing was sent: this attempt certainly did not take effect.
-            self.conn = None;
-            return Attempt::retry(why, false);
-        }
-        match self.exchange(shared, leader, request, deadline) {
-            Ok(attempt) => attempt,
-            Err(why) => {
-                // After any failure the stream may hold a late reply: never reuse it. The request may
-                // have reached the leader.
-                self.conn = None;
-                Attempt::retry(why, true)
-            }
-        }
-    }
-
-    fn connect(&mut self, shared: &Shared, leader: NodeId, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
-        if self.conn.as_ref().is_some_and(|(id, _)| *id == leader) {
-            return Ok(());
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout = remaining.clamp(Duration::from_millis(1), Duration::from_millis(500));
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(FORWARD_POLL)).map_err(|e| e.to_string())?;
-        if let Some(password) = &shared.options.requirepass {
-            authenticate(&stream, password, deadline).map_err(|e| format!("AUTH at {addr}: {e}"))?;
-        }
-        self.conn = Some((leader, stream));
-        Ok(())
-    }
-
-    /// Writes the request and reads the leader's answer; `Err` is a failure of the connection.
-    fn exchange(
-        &mut self,
-        shared: &Shared,
-        leader: NodeId,
-        request: &Bytes,
-        deadline: Instant,
-    ) -> Result<Attempt, String> {
-        let Some((_, stream)) = self.conn.as_mut() else { return Err("no connection".into()) };
-        // Leave the leader time to answer before our own deadline.
-        let budget = deadline.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(50));
-        let mut out = BytesMut::with_capacity(request.len() + 64);
-        resp::encode_request(
-            &[FORWARD_COMMAND.as_bytes(), request.as_ref(), budget.as_millis().to_string().as_bytes()],
-            &mut out,
-        );
-        stream.write_all(&out).map_err(|e| format!("write to leader {leader}: {e}"))?;
-        self.buf.clear();
-        let mut chunk = [0u8; 8192];
-        let hard_deadline = deadline + Duration::from_millis(200);
-        let max_reply = shared.node.max_entry_bytes().saturating_add(FORWARD_REPLY_SLACK_BYTES);
-        loop {
-            if let Some((attempt, _)) = parse_forward_reply(&self.buf)? {
-                return Ok(attempt);
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) => return Err(format!("leader {leader} closed the connection")),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    if self.buf.len() > max_reply {
-                        return Err("oversized reply from leader".into());
-                    }
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    if Instant::now() >= hard_deadline {
-                        return Err(format!("no reply from leader {leader} in time"));
-                    }
-                    // A stopped or partitioned leader never answers: give up on it as soon as we learn of
-                    // another one.
-                    if shared.node.status().leader != Some(leader) {
-                        return Err(format!("leader changed from {leader} while waiting"));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read from leader {leader}: {e}")),
-            }
-        }
-    }
-}
-
 /// Parses one forwarded reply from the front of `buf`: `$<len>` carrying a postcard [`KvResult`], or an
 /// error line (`-TRYAGAIN` and `-UNCERTAIN` mean retry). Returns `Ok(None)` while incomplete, `Err` on
 /// anything else (the connection is dropped).
-fn parse_forward_reply(buf: &[u8]) -> Result<Option<(Attempt, usize)>, String> {
+pub(super) fn parse_forward_reply(buf: &[u8]) -> Result<Option<(Attempt, usize)>, String> {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return if buf.len() > 64 * 1024 { Err("unterminated reply line".into()) } else { Ok(None) };
     };

@@ -62,6 +62,7 @@ mod clients;
 mod event_loop;
 mod forward;
 mod info;
+mod links;
 #[cfg(test)]
 mod tests;
 
@@ -73,7 +74,7 @@ use super::unix_ms;
 use crate::limits::Limits;
 use crate::node::RaftHandle;
 use crate::state_machine::{SnapshotImage, StateMachine};
-use forward::{Forwarder, execute};
+use forward::execute;
 
 /// The internal command a follower uses to hand a client's request to the leader.
 pub const FORWARD_COMMAND: &str = "RAFTKV.FORWARD";
@@ -204,6 +205,8 @@ struct Shared {
     connections_received: AtomicU64,
     /// Commands received since the start (`INFO stats`).
     commands_processed: AtomicU64,
+    /// This node's forwarding connections to the leader.
+    links: links::Links,
 }
 
 /// A running RESP server (an event-loop thread, and workers while commands run).
@@ -244,6 +247,7 @@ impl Server {
             registry: clients::Registry::default(),
             connections_received: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
+            links: links::Links::default(),
         });
         let (poller, waker) = event_loop::start(Arc::clone(&shared), listener)?;
         Ok(Server { shared, poller: Some(poller), waker })
@@ -289,7 +293,6 @@ struct Conn {
     seq: u64,
     protocol: Protocol,
     name: Option<Bytes>,
-    forwarder: Forwarder,
     /// The `MULTI` block being queued, if any.
     tx: Option<Tx>,
     /// `(key, version)` for every key `WATCH`ed since the last `EXEC`/`DISCARD`/`UNWATCH`.
@@ -405,7 +408,6 @@ impl Conn {
             seq: 0,
             protocol: Protocol::Resp2,
             name: None,
-            forwarder: Forwarder::default(),
             tx: None,
             watched: Vec::new(),
             entry,
@@ -465,6 +467,8 @@ impl Conn {
         stream: &mut TcpStream,
     ) -> io::Result<Next> {
         let mut batch = Batch::default();
+        // Forwarded requests proposed and not yet answered (a follower's link carries many).
+        let mut forwards = Vec::new();
         // What the client table shows is updated once per batch, not per command.
         let mut seen = Seen::default();
         loop {
@@ -472,6 +476,12 @@ impl Conn {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
                     seen.saw(&args);
+                    if self.authenticated && args[0].eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
+                        self.flush(&mut batch, &mut buf.out);
+                        forwards.push(forward::start_forwarded(&self.shared, &args[1..]));
+                        continue;
+                    }
+                    self.finish_forwards(&mut forwards, &mut buf.out);
                     if let Some(item) = self.batchable(&args) {
                         let len = item.encoded_len();
                         if !batch.has_room_for(len, &self.shared.options) {
@@ -493,6 +503,7 @@ impl Conn {
                 }
                 Ok(None) => break,
                 Err(error) => {
+                    self.finish_forwards(&mut forwards, &mut buf.out);
                     self.flush(&mut batch, &mut buf.out);
                     self.note(&seen);
                     tracing::debug!(client = self.id, %error, "protocol error; closing connection");
@@ -501,6 +512,7 @@ impl Conn {
                 }
             }
         }
+        self.finish_forwards(&mut forwards, &mut buf.out);
         self.flush(&mut batch, &mut buf.out);
         self.note(&seen);
         if !buf.out.is_empty() {
@@ -514,6 +526,13 @@ impl Conn {
             return Ok(Next::Close);
         }
         Ok(Next::Continue)
+    }
+
+    /// Answers the forwarded requests proposed so far, in order.
+    fn finish_forwards(&self, forwards: &mut Vec<forward::Forwarded>, out: &mut BytesMut) {
+        for forwarded in forwards.drain(..) {
+            resp::encode(&forward::finish_forwarded(&self.shared, forwarded), self.protocol, out);
+        }
     }
 
     /// Counts the requests of a read and shows the last one in the client table.
@@ -642,7 +661,7 @@ impl Conn {
         } else if !self.authenticated && !name.eq_ignore_ascii_case(b"hello") && !name.eq_ignore_ascii_case(b"quit") {
             Reply::error(NOAUTH)
         } else if name.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
-            forward::forwarded(&self.shared, &args[1..])
+            forward::finish_forwarded(&self.shared, forward::start_forwarded(&self.shared, &args[1..]))
         } else if name.eq_ignore_ascii_case(admin::ADMIN_COMMAND.as_bytes()) {
             admin::command(&self.shared, &args[1..], true)
         } else if name.eq_ignore_ascii_case(admin::FORWARDED_ADMIN_COMMAND.as_bytes()) {
@@ -882,7 +901,7 @@ impl Conn {
             (self.session, self.seq)
         };
         let mut request = KvRequest { session, seq, now_ms: 0, op };
-        execute(&self.shared, &mut self.forwarder, &mut request)
+        execute(&self.shared, &mut request)
     }
 
     fn digest(&self) -> Reply {
