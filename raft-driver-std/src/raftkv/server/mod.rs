@@ -1,7 +1,7 @@
 //! The `raftkv` RESP server: Redis clients on the client port, every data command through the Raft log.
 //!
 //! One event-loop thread holds every connection between requests and hands a connection with bytes
-//! to answer to a worker thread (see [`event_loop`] for why); the worker parses them with the
+//! to answer to a worker thread (the `event_loop` module says why); the worker parses them with the
 //! incremental [`RequestParser`], so pipelined requests are answered in order and replies to a
 //! pipeline are written together. Connection-local
 //! commands (`PING`, `HELLO`, `CLIENT`, `INFO`, ...) are answered on the spot; everything in
@@ -103,7 +103,7 @@ pub struct ServerOptions {
     /// value that could never fit a log entry is refused while it is parsed, naming the limit.
     pub limits: Limits,
     /// Most concurrent client connections (`ERR max number of clients reached` beyond). An idle
-    /// connection costs about a kilobyte; see [`event_loop`].
+    /// connection costs about a kilobyte and no thread.
     pub max_clients: usize,
     /// Most worker threads, i.e. connections whose commands run at the same time (more wait for a
     /// free worker). Workers start when all are busy and leave after a few idle seconds.
