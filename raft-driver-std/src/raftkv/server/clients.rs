@@ -1,8 +1,9 @@
 //! The table of open client connections behind `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL`.
 
 use std::collections::BTreeMap;
-use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,9 +17,10 @@ pub(super) struct ClientEntry {
     addr: String,
     laddr: String,
     created: Instant,
-    /// A second handle on the socket, to close it from `CLIENT KILL` (which wakes the connection's
-    /// blocked read).
-    stream: Option<TcpStream>,
+    /// Set by `CLIENT KILL`: the event loop closes the connection (at once if it is idle, else at
+    /// the end of its turn). A flag rather than a second handle on the socket, which would double
+    /// the descriptors a connection costs.
+    killed: AtomicBool,
     state: Mutex<ClientState>,
 }
 
@@ -50,7 +52,7 @@ impl ClientEntry {
             addr: text(stream.peer_addr()),
             laddr: text(stream.local_addr()),
             created: now,
-            stream: stream.try_clone().ok(),
+            killed: AtomicBool::new(false),
             state: Mutex::new(ClientState {
                 name: None,
                 lib_name: None,
@@ -103,10 +105,9 @@ impl ClientEntry {
             && filter.laddr.as_ref().is_none_or(|a| *a == self.laddr)
     }
 
-    fn close(&self) {
-        if let Some(stream) = &self.stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+    /// Whether `CLIENT KILL` closed this connection.
+    pub(super) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
     }
 }
 
@@ -114,6 +115,10 @@ impl ClientEntry {
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
+    /// Connections killed since the event loop last looked.
+    killed: Mutex<Vec<u64>>,
+    /// Wakes the event loop to close killed connections.
+    waker: OnceLock<Arc<mio::Waker>>,
 }
 
 impl Registry {
@@ -155,13 +160,32 @@ impl Registry {
 
     /// `CLIENT KILL`: closes the matching connections (not `me` if the filter skips it); how many.
     pub(super) fn kill(&self, filter: &KillFilter, me: u64) -> usize {
-        let mut killed = 0;
+        let mut ids = Vec::new();
         for entry in self.all() {
-            if entry.matches(filter) && !(filter.skip_me && entry.id == me) {
-                entry.close();
-                killed += 1;
+            if entry.matches(filter)
+                && !(filter.skip_me && entry.id == me)
+                && !entry.killed.swap(true, Ordering::SeqCst)
+            {
+                ids.push(entry.id);
             }
         }
-        killed
+        let count = ids.len();
+        if count > 0 {
+            self.killed.lock().unwrap_or_else(PoisonError::into_inner).extend(ids);
+            if let Some(waker) = self.waker.get() {
+                let _ = waker.wake();
+            }
+        }
+        count
+    }
+
+    /// The event loop's waker, set once it runs.
+    pub(super) fn set_waker(&self, waker: Arc<mio::Waker>) {
+        let _ = self.waker.set(waker);
+    }
+
+    /// The connections killed since the last call.
+    pub(super) fn take_killed(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.killed.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

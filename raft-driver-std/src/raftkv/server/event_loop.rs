@@ -57,9 +57,11 @@ const TURN_READ_MAX: usize = 1 << 20;
 
 /// One client connection with everything a worker needs to serve it.
 pub(super) struct Client {
+    /// Before `stream`, so that it is dropped first: a connection leaves the client table before its
+    /// socket closes.
+    conn: Conn,
     stream: TcpStream,
     token: Token,
-    conn: Conn,
     parser: RequestParser,
     buf: Buffers,
 }
@@ -178,6 +180,9 @@ fn turn(mut client: Box<Client>) -> Result<Box<Client>, Box<Client>> {
         }
     }
     buf.release_if_empty();
+    if conn.entry.is_killed() {
+        return Err(client);
+    }
     match client.stream.set_nonblocking(true) {
         Ok(()) => Ok(client),
         Err(_) => Err(client),
@@ -236,6 +241,7 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    shared.registry.set_waker(Arc::clone(&waker));
     let (jobs, queue) = crossbeam_channel::unbounded();
     let (back_tx, back) = crossbeam_channel::unbounded();
     let workers = Workers {
@@ -282,7 +288,7 @@ impl Poller {
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKE => {}
+                    WAKE => self.close_killed(),
                     token => {
                         if let Some(Slot::Idle(_)) = self.slots.get(&token) {
                             let Some(Slot::Idle(client)) = self.slots.insert(token, Slot::Busy) else {
@@ -304,9 +310,24 @@ impl Poller {
         }
     }
 
+    /// Closes the idle connections `CLIENT KILL` named (busy ones close at the end of their turn).
+    fn close_killed(&mut self) {
+        for id in self.shared.registry.take_killed() {
+            let token = Token(id as usize);
+            if let Some(Slot::Idle(_)) = self.slots.get(&token) {
+                if let Some(Slot::Idle(client)) = self.slots.remove(&token) {
+                    self.drop_client(client);
+                }
+            }
+        }
+    }
+
     /// Reads what a connection (marked busy) has and hands it to a worker, parks it as idle, or
     /// drops it.
     fn serve(&mut self, mut client: Box<Client>) {
+        if client.conn.entry.is_killed() {
+            return self.drop_client(client);
+        }
         match client.read_available(&mut self.scratch) {
             Arrived::Got => self.workers.run(client),
             Arrived::Nothing if client.buf.input.is_empty() => {
@@ -376,7 +397,7 @@ impl Poller {
             return;
         }
         let parser = RequestParser::new(shared.options.parser_limits());
-        let client = Box::new(Client { stream, token, conn, parser, buf: Buffers::default() });
+        let client = Box::new(Client { conn, stream, token, parser, buf: Buffers::default() });
         // Bytes may have arrived with the connection: look now (edge-triggered events only report
         // what arrives from here on).
         self.slots.insert(token, Slot::Busy);

@@ -58,8 +58,6 @@ pub(super) fn info_text(shared: &Shared, sections: &[Bytes]) -> String {
         "Clients",
         vec![
             ("connected_clients", shared.registry.user_count().to_string()),
-            // Followers' links carrying their clients' commands here (not clients; no slot of maxclients).
-            ("forwarding_connections", (shared.registry.count() - shared.registry.user_count()).to_string()),
             ("maxclients", shared.options.max_clients.to_string()),
             ("blocked_clients", "0".into()),
             ("forwarding_connections", (shared.registry.count() - shared.registry.user_count()).to_string()),

@@ -17,7 +17,7 @@
 //! `(session, seq)` until it succeeds or the retry bound (default 2 s) passes, whichever node ends up
 //! leading; the store applies each `(session, seq)` once and answers retries from its reply cache. The
 //! store caches only the last reply per session, which is why a connection keeps at most one command in
-//! flight (pipelined commands are processed one after another).
+//! flight (a pipeline is one command: one entry, one sequence number).
 //!
 //! A session outlives its connection: [`SESSION_COMMAND`] makes a new connection (to any node) continue
 //! it, so that a write answered `-UNCERTAIN` (which names its session and sequence number) can be
@@ -25,9 +25,10 @@
 //!
 //! # Any node accepts any command
 //!
-//! The leader proposes commands itself. A follower forwards them to the leader's client address over a
-//! RESP connection it keeps per client connection, as `RAFTKV.FORWARD <postcard KvRequest> <timeout ms>`.
-//! The leader proposes the request as-is and answers with a bulk string holding the postcard-encoded
+//! The leader proposes commands itself. A follower forwards them to the leader's client address as
+//! `RAFTKV.FORWARD <postcard KvRequest> <timeout ms>`, over a few connections per leader that all its
+//! client connections share (`links.rs`), many requests in flight on each. The leader proposes every
+//! forwarded request it has read from a connection at once, each as-is, and answers with a bulk string holding the postcard-encoded
 //! [`KvResult`] (relayed to the client in the client's own protocol), or with an
 //! error saying whether the attempt may have taken effect; the follower then retries. With no leader
 //! known, the server waits and retries.
