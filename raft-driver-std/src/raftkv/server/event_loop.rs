@@ -30,7 +30,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -49,6 +49,10 @@ const WAKE: Token = Token(usize::MAX);
 pub(super) const WORKER_IDLE: Duration = Duration::from_secs(5);
 /// Workers kept however long they are idle.
 const MIN_WORKERS: usize = 2;
+/// Workers started as soon as a turn waits.
+const EAGER_WORKERS: usize = 8;
+/// How often another worker starts while turns keep waiting.
+const GROW_EVERY: Duration = Duration::from_millis(1);
 /// Stack of a worker thread: parsing and the store's ops are iterative, so little is needed.
 const WORKER_STACK: usize = 256 * 1024;
 /// Bytes the poller reads from one connection before handing it to a worker (the rest is read
@@ -94,19 +98,43 @@ struct Workers {
     idle: Arc<AtomicUsize>,
     max: usize,
     node_id: raft_core::NodeId,
+    /// Since when turns have been waiting for a worker (none are waiting: `None`).
+    backlog_since: Option<Instant>,
 }
 
 impl Workers {
-    /// Queues a turn, starting a worker when none is free.
-    fn run(&self, client: Box<Client>) {
+    /// Queues a turn.
+    fn run(&mut self, client: Box<Client>) {
         let _ = self.jobs.send(client);
+        self.grow(Instant::now());
+    }
+
+    /// Whether turns are waiting for a worker.
+    fn backlogged(&self) -> bool {
+        self.queue.len() > self.idle.load(Ordering::SeqCst)
+    }
+
+    /// Starts a worker when turns wait for one: at once up to [`EAGER_WORKERS`], beyond that one
+    /// per [`GROW_EVERY`] while the backlog lasts. Most turns take microseconds (a `PING`, a burst
+    /// of 10,000 new connections' first commands); only turns blocked on commits need many
+    /// workers, and they keep the backlog long enough to get them.
+    fn grow(&mut self, now: Instant) {
+        if !self.backlogged() {
+            self.backlog_since = None;
+            return;
+        }
         let live = self.live.load(Ordering::SeqCst);
-        if self.queue.len() > self.idle.load(Ordering::SeqCst) && live < self.max {
+        if live >= self.max {
+            return;
+        }
+        let since = *self.backlog_since.get_or_insert(now);
+        if live < EAGER_WORKERS || now.duration_since(since) >= GROW_EVERY {
             self.spawn();
+            self.backlog_since = Some(now);
         }
     }
 
-    fn spawn(&self) {
+    fn spawn(&mut self) {
         self.live.fetch_add(1, Ordering::SeqCst);
         let (queue, back, waker) = (self.queue.clone(), self.back.clone(), Arc::clone(&self.waker));
         let (live, idle) = (Arc::clone(&self.live), Arc::clone(&self.idle));
@@ -254,6 +282,7 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
         idle: Arc::new(AtomicUsize::new(0)),
         max: shared.options.max_workers.max(1),
         node_id: shared.node_id,
+        backlog_since: None,
     };
     let mut poller = Poller {
         shared: Arc::clone(&shared),
@@ -273,7 +302,9 @@ impl Poller {
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            if let Err(error) = self.poll.poll(&mut events, None) {
+            // While turns wait for a worker, come back to start another.
+            let timeout = self.workers.backlogged().then_some(GROW_EVERY);
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -307,6 +338,7 @@ impl Poller {
                     }
                 }
             }
+            self.workers.grow(Instant::now());
         }
     }
 
