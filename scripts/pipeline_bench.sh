@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Side by side (one sitting, alternating rounds; run on an otherwise idle machine): raftkv (3 nodes, fsync) vs redis-server appendfsync always, -P 16 -c 50, alternating rounds.
+# READ_MODE=lease scripts/pipeline_bench.sh serves raftkv's reads from the leader's lease (default: index, ReadIndex).
 set -u
 cd "$(dirname "$0")/.."
 RK=target/release/raftkv
 [ -x "$RK" ] || cargo build --release -p raft-driver-std --bin raftkv
 rm -rf /tmp/bench && mkdir -p /tmp/bench/redisdata
-$RK cluster --nodes 3 --data-dir /tmp/bench/raftkv-data --port 6379 > /tmp/bench/raftkv.log 2>&1 &
+$RK cluster --nodes 3 --read-mode "${READ_MODE:-index}" --data-dir /tmp/bench/raftkv-data --port 6379 > /tmp/bench/raftkv.log 2>&1 &
 RKPID=$!
 redis-server --port 6400 --appendonly yes --appendfsync always --dir /tmp/bench/redisdata --save "" --daemonize yes >/dev/null
 redis-server --port 6401 --appendonly no --save "" --daemonize yes >/dev/null

@@ -18,6 +18,7 @@ pub(crate) mod golden;
 pub mod limits;
 pub mod members;
 pub mod node;
+pub mod oneshot;
 pub mod proposals;
 pub mod reads;
 pub mod snapshot_file;

@@ -1761,6 +1761,29 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
 }
 
+/// The event loop hands a connection to a worker whenever bytes arrive: a request trickling in a
+/// byte at a time is answered once complete, a client that sends its commands and half-closes
+/// still gets every reply, and a connection killed while idle is closed at once.
+#[test]
+fn trickled_and_half_closed_requests_are_answered() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let mut raw = TcpStream::connect(("127.0.0.1", cluster.port(leader))).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    raw.set_nodelay(true).expect("nodelay");
+    for byte in b"*3\r\n$3\r\nSET\r\n$1\r\nt\r\n$5\r\nbytes\r\n" {
+        raw.write_all(&[*byte]).expect("write a byte");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_exactly(&mut raw, 5), "+OK\r\n");
+    raw.write_all(b"GET t\r\nINCR n\r\nPING\r\n").expect("write");
+    raw.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut rest = String::new();
+    raw.read_to_string(&mut rest).expect("replies, then the server closes");
+    assert_eq!(rest, "$5\r\nbytes\r\n:1\r\n+PONG\r\n");
+    assert_eq!(cluster.get(leader, "n").expect("GET"), Some("1".into()));
+}
+
 /// Connections are cheap and forwarding is shared: 400 client connections on a follower cost far
 /// fewer than 400 threads while idle; all writing at once, they reach the leader over at most four
 /// forwarding connections (none of them taking a slot of the leader's client limit), and every

@@ -20,7 +20,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -276,7 +276,7 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     }
     // Bind the client port before touching the WAL: a second process started on the same node fails
     // here instead of writing into the first one's log.
-    let listener = match TcpListener::bind(me.client_addr) {
+    let listener = match raft_driver_std::raftkv::server::bind_client_port(me.client_addr) {
         Ok(listener) => listener,
         Err(e) => return fail(format!("cannot listen for clients on {}: {e}", me.client_addr)),
     };

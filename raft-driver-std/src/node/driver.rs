@@ -415,7 +415,7 @@ impl<S: StateMachine> Driver<S> {
 /// Answers a settled proposal's waiting client. Only failures reach here without a response; an
 /// `Applied` without one (cannot happen: the tracker answers `Applied` only at the apply that produces
 /// the response) is reported as overwritten rather than dropped.
-fn answer<R>(settled: Settled<crossbeam_channel::Sender<Result<R, ProposalError>>>) {
+fn answer<R>(settled: Settled<crate::oneshot::Sender<Result<R, ProposalError>>>) {
     let (reply, error) = match settled {
         Settled::Failed(reply, error) => (reply, error),
         Settled::Applied(reply) => (reply, ProposalError::Overwritten),

@@ -58,6 +58,7 @@ use serde::Serialize;
 
 use crate::limits::{Limits, LimitsError};
 use crate::members::{MemberAddr, Members};
+use crate::oneshot;
 use crate::proposals::ProposalError;
 #[cfg(doc)]
 use crate::proposals::ProposalTracker;
@@ -360,7 +361,7 @@ type InspectFn<S> = Box<dyn FnOnce(&S) + Send>;
 type ReadJob<S> = Box<dyn FnOnce(Result<&S, ReadFailure>) + Send>;
 
 /// The reply channel of one proposal.
-type ReplyTx<S> = Sender<ProposalResult<<S as StateMachine>::Response>>;
+type ReplyTx<S> = oneshot::Sender<ProposalResult<<S as StateMachine>::Response>>;
 
 /// What reaches the node thread.
 enum Input<S: StateMachine> {
@@ -423,8 +424,8 @@ impl<S: StateMachine> RaftHandle<S> {
     /// response once the entry is committed and applied here, or the reason it will not come. A command
     /// over [`Limits::max_entry_bytes`] is refused at once with
     /// [`ProposeError::EntryTooLarge`]. Blocks only while the node's input queue is full.
-    pub fn propose(&self, command: Bytes) -> Receiver<ProposalResult<S::Response>> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+    pub fn propose(&self, command: Bytes) -> oneshot::Receiver<ProposalResult<S::Response>> {
+        let (tx, rx) = oneshot::channel();
         if command.len() > self.max_entry_bytes {
             let error = ProposeError::EntryTooLarge { size: command.len(), max: self.max_entry_bytes };
             let _ = tx.send(Err(ProposalError::Refused(error)));
@@ -479,7 +480,7 @@ impl<S: StateMachine> RaftHandle<S> {
         f: impl FnOnce(&S) -> R + Send + 'static,
         timeout: Duration,
     ) -> Result<R, ReadFailure> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let job: ReadJob<S> = Box::new(move |sm| {
             let _ = tx.send(sm.map(f));
         });

@@ -15,25 +15,26 @@
 //! writes the replies in order, blocking on Raft as it goes. Commands wait for a commit (a disk
 //! round and a network round), so a worker per *active* connection is what lets their proposals
 //! meet in one batch; an event-driven core would need the same amount of concurrency spelled as
-//! continuations. Workers are started when every one is busy, up to
-//! [`ServerOptions::max_workers`], and leave after [`WORKER_IDLE`] without work, so the threads and
-//! their memory go back after a burst.
+//! continuations. Workers are started while turns wait for one (eight at once, then one per
+//! millisecond the backlog lasts, so that a burst of instant commands does not start hundreds),
+//! up to `ServerOptions::max_workers`, and leave after [`WORKER_IDLE`] without work, so the threads
+//! and their memory go back after a burst.
 //!
 //! The socket is non-blocking while the poller holds it and blocking (with the 30 s write timeout)
 //! during a worker's turn, so that a turn writes its replies as before and a client that stops
 //! reading holds only its own worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -86,10 +87,61 @@ enum Slot {
     Busy,
 }
 
+/// Turns waiting for a worker. A mutex and a condition variable rather than a channel: an idle
+/// worker should sleep, not spin (see [`crate::oneshot`]).
+#[derive(Default)]
+struct TurnQueue {
+    turns: Mutex<(VecDeque<Box<Client>>, bool)>,
+    ready: Condvar,
+}
+
+impl TurnQueue {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Box<Client>>, bool)> {
+        self.turns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, client: Box<Client>) {
+        self.lock().0.push_back(client);
+        self.ready.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().0.len()
+    }
+
+    /// The next turn, waiting at most `timeout`: `Err(true)` once the queue is closed, `Err(false)`
+    /// on a timeout.
+    fn pop(&self, timeout: Duration) -> Result<Box<Client>, bool> {
+        let deadline = Instant::now() + timeout;
+        let mut turns = self.lock();
+        loop {
+            if turns.1 {
+                return Err(true);
+            }
+            if let Some(client) = turns.0.pop_front() {
+                return Ok(client);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(false);
+            }
+            turns = self.ready.wait_timeout(turns, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// Wakes every worker to leave.
+    fn close(&self) {
+        let mut turns = self.lock();
+        turns.1 = true;
+        turns.0.clear();
+        drop(turns);
+        self.ready.notify_all();
+    }
+}
+
 /// The thread pool that serves connections' turns.
 struct Workers {
-    jobs: Sender<Box<Client>>,
-    queue: Receiver<Box<Client>>,
+    queue: Arc<TurnQueue>,
     back: Sender<Back>,
     waker: Arc<Waker>,
     /// To stop watching the connections that end during a turn.
@@ -105,7 +157,7 @@ struct Workers {
 impl Workers {
     /// Queues a turn.
     fn run(&mut self, client: Box<Client>) {
-        let _ = self.jobs.send(client);
+        self.queue.push(client);
         self.grow(Instant::now());
     }
 
@@ -136,7 +188,7 @@ impl Workers {
 
     fn spawn(&mut self) {
         self.live.fetch_add(1, Ordering::SeqCst);
-        let (queue, back, waker) = (self.queue.clone(), self.back.clone(), Arc::clone(&self.waker));
+        let (queue, back, waker) = (Arc::clone(&self.queue), self.back.clone(), Arc::clone(&self.waker));
         let (live, idle) = (Arc::clone(&self.live), Arc::clone(&self.idle));
         let registry = match self.registry.try_clone() {
             Ok(registry) => registry,
@@ -151,7 +203,7 @@ impl Workers {
         let spawned = builder.spawn(move || {
             loop {
                 idle.fetch_add(1, Ordering::SeqCst);
-                let job = queue.recv_timeout(WORKER_IDLE);
+                let job = queue.pop(WORKER_IDLE);
                 idle.fetch_sub(1, Ordering::SeqCst);
                 match job {
                     Ok(client) => {
@@ -168,7 +220,7 @@ impl Workers {
                         }
                         let _ = waker.wake();
                     }
-                    Err(RecvTimeoutError::Timeout) => {
+                    Err(false) => {
                         // Leave unless that would drop below the minimum.
                         let left =
                             live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > MIN_WORKERS).then(|| n - 1));
@@ -176,7 +228,7 @@ impl Workers {
                             return;
                         }
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(true) => break,
                 }
             }
             live.fetch_sub(1, Ordering::SeqCst);
@@ -270,11 +322,9 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     shared.registry.set_waker(Arc::clone(&waker));
-    let (jobs, queue) = crossbeam_channel::unbounded();
     let (back_tx, back) = crossbeam_channel::unbounded();
     let workers = Workers {
-        jobs,
-        queue,
+        queue: Arc::default(),
         back: back_tx,
         waker: Arc::clone(&waker),
         registry: poll.registry().try_clone()?,
@@ -296,6 +346,13 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
     let handle =
         std::thread::Builder::new().name(format!("raftkv-poll-{}", shared.node_id)).spawn(move || poller.run())?;
     Ok((handle, waker))
+}
+
+impl Drop for Poller {
+    /// The workers leave with the event loop (a busy one after its turn).
+    fn drop(&mut self) {
+        self.workers.queue.close();
+    }
 }
 
 impl Poller {

@@ -10,13 +10,13 @@ use raft_core::{NodeId, ProposeError, Role};
 
 use super::{FORWARD_COMMAND, Shared, TRYAGAIN_NO_LEADER, UNCERTAIN, result_reply};
 use crate::node::ProposalResult;
+use crate::oneshot;
 use crate::proposals::ProposalError;
 use crate::raftkv::config::ReadMode;
 use crate::raftkv::resp::{self, Reply};
 use crate::raftkv::store::{KvOp, KvRequest, KvResult, KvStore};
 use crate::raftkv::unix_ms;
 use crate::reads::ReadFailure;
-use crossbeam_channel::Receiver;
 
 /// How one attempt to run a request ended.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ fn attempt(shared: &Shared, request: &mut KvRequest, deadline: Instant) -> Attem
 /// A forwarded request on the leader: answered already, or proposed and waiting for its result.
 pub(super) enum Forwarded {
     Answered(Reply),
-    Proposed { result: Receiver<ProposalResult<KvResult>>, deadline: Instant },
+    Proposed { result: oneshot::Receiver<ProposalResult<KvResult>>, deadline: Instant },
 }
 
 /// `RAFTKV.FORWARD <request> [timeout ms]` from a follower: proposes the request as-is without
@@ -236,8 +236,8 @@ pub(super) fn finish_forwarded(shared: &Shared, forwarded: Forwarded) -> Reply {
     };
     let result = match result.recv_deadline(deadline) {
         Ok(result) => result,
-        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(ProposalError::Timeout),
-        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ProposalError::Stopped),
+        Err(oneshot::RecvTimeoutError::Timeout) => Err(ProposalError::Timeout),
+        Err(oneshot::RecvTimeoutError::Disconnected) => Err(ProposalError::Stopped),
     };
     match result {
         Ok(result) => Reply::Bulk(result.encode()),

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, Sender};
 use raft_core::NodeId;
 
 use super::Shared;
 use super::forward::{Attempt, authenticate, parse_forward_reply};
+use crate::oneshot::{self, Receiver, RecvTimeoutError, Sender};
 use crate::raftkv::resp;
 
 /// Most forwarding connections to one leader.
@@ -89,7 +89,7 @@ impl Link {
 
     /// Writes `request` and queues its waiter; `Err` when nothing was sent.
     fn send(&self, request: &[u8]) -> Result<Receiver<Answer>, String> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let mut stream = lock(&self.stream);
         {
             let mut waiting = lock(&self.waiting);
@@ -177,10 +177,10 @@ impl Links {
             match answer.recv_timeout(FORWARD_POLL) {
                 Ok(Ok(attempt)) => return attempt,
                 Ok(Err(why)) => return Attempt::retry(why, true),
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     return Attempt::retry("forwarding connection dropped", true);
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {}
             }
             // The link stays: a late reply goes to this waiter's closed channel, harmlessly.
             if Instant::now() >= hard_deadline {

@@ -107,7 +107,7 @@ pub struct ServerOptions {
     /// connection costs about a kilobyte and no thread.
     pub max_clients: usize,
     /// Most worker threads, i.e. connections whose commands run at the same time (more wait for a
-    /// free worker). Workers start when all are busy and leave after a few idle seconds.
+    /// free worker). Workers start while commands wait for one and leave after a few idle seconds.
     pub max_workers: usize,
     /// Redis' `requirepass`: when set, a connection must `AUTH` (or `HELLO ... AUTH default <pass>`)
     /// before any other command. Every node of a cluster needs the same one: followers authenticate
@@ -153,6 +153,20 @@ impl ServerOptions {
         let limits = self.parser_limits();
         limits.max_bulk_bytes.saturating_add(limits.max_args.saturating_mul(RESP_OVERHEAD_PER_ARG))
     }
+}
+
+/// Connections the kernel queues for the client port before `accept` (Redis' `tcp-backlog`
+/// default). std's `TcpListener::bind` asks for 128, which a burst of connects overflows: the
+/// kernel then drops SYNs and the client retries a second later.
+pub const CLIENT_BACKLOG: i32 = 511;
+
+/// Binds the client port: address reuse (a restarted node rebinds at once) and [`CLIENT_BACKLOG`].
+pub fn bind_client_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(CLIENT_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Allocates client session ids that are unique across the nodes of a cluster and across restarts.
