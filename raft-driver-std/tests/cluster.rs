@@ -1759,6 +1759,17 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     let want = "$3\r\nv00\r\n$3\r\nv01\r\n:2\r\n:3\r\n";
     assert_eq!(read_exactly(&mut raw, want.len()), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+    // A pipeline of reads longer than one batch (512 commands): every reply, in order, although
+    // the bytes of the later ones were read before the first batch was answered.
+    let mut long = String::new();
+    let mut want = String::new();
+    for i in 0..1500 {
+        long.push_str(&format!("GET k{:03}\r\n", i % 100));
+        want.push_str(&format!("$3\r\nv{:02}\r\n", i % 100));
+    }
+    raw.write_all(long.as_bytes()).expect("write");
+    assert_eq!(read_exactly(&mut raw, want.len()), want);
+    assert_eq!(last(&cluster), before, "pipelined reads write nothing");
 }
 
 /// The event loop hands a connection to a worker whenever bytes arrive: a request trickling in a

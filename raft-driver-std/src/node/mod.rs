@@ -494,6 +494,17 @@ impl<S: StateMachine> RaftHandle<S> {
         }
     }
 
+    /// [`read`](Self::read) without waiting: `f` runs on the node thread with the state machine
+    /// once the read is confirmed and applied, or with the reason it failed, and this returns at
+    /// once. For an event loop that posts the answer back to itself instead of parking a thread per
+    /// read. Keep `f` short: the node waits for it.
+    pub fn read_then(&self, f: impl FnOnce(Result<&S, ReadFailure>) + Send + 'static) {
+        let job: ReadJob<S> = Box::new(f);
+        if let Err(crossbeam_channel::SendError(Input::Read(job))) = self.inputs.send(Input::Read(job)) {
+            job(Err(ReadFailure::Stopped));
+        }
+    }
+
     /// Changes the membership (this node must lead; see
     /// [`MembershipChange`] for what each change allows) and waits up to
     /// `timeout` for it to commit: for a joint change, until the final

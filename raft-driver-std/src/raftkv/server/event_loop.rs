@@ -33,13 +33,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Buffers, Conn, Next, Shared, lingering_close};
-use crate::raftkv::resp::{self, Protocol, Reply, RequestParser};
+use super::{Buffers, Conn, MAX_BATCH_COMMANDS, Next, Queued, Seen, Shared, lingering_close, result_reply};
+use crate::raftkv::resp::{self, Protocol, Reply, RequestParser, RespError};
+use crate::raftkv::store::{KvOp, KvResult, KvStore};
+use crate::raftkv::unix_ms;
+use crate::reads::ReadFailure;
 
 /// The poller's token for the listening socket.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -77,6 +80,8 @@ enum Back {
     Again(Box<Client>),
     /// The connection ended (its record was dropped).
     Closed(Token),
+    /// The node thread answered an inline read turn (see [`Poller::dispatch`]).
+    Read { token: Token, results: Result<Vec<Option<KvResult>>, ReadFailure> },
 }
 
 /// The poller's view of a connection.
@@ -85,6 +90,16 @@ enum Slot {
     Idle(Box<Client>),
     /// A worker has it; events for it are ignored (the hand-back reads whatever arrived meanwhile).
     Busy,
+    /// Its reads are on the node thread; the poller keeps it until [`Back::Read`] comes.
+    Reading(Box<Client>, ReadTurn),
+}
+
+/// An inline read turn: the requests as parsed (for a worker, should the read fail), what each
+/// answers with, and what the client table shows.
+struct ReadTurn {
+    requests: Vec<Vec<Bytes>>,
+    items: Vec<Queued>,
+    seen: Seen,
 }
 
 /// Turns waiting for a worker. A mutex and a condition variable rather than a channel: an idle
@@ -273,6 +288,9 @@ fn turn(mut client: Box<Client>) -> Result<Box<Client>, Box<Client>> {
 enum Arrived {
     /// New bytes: a worker should look at them.
     Got,
+    /// [`TURN_READ_MAX`] new bytes and maybe more waiting: an edge-triggered poller gets no new
+    /// event for those, so the connection must not be parked.
+    Capped,
     /// Nothing new.
     Nothing,
     /// The client closed the connection (or it failed) with nothing left to answer.
@@ -298,7 +316,13 @@ impl Client {
                 Err(_) => return Arrived::Closed,
             }
         }
-        if got > 0 { Arrived::Got } else { Arrived::Nothing }
+        if got >= TURN_READ_MAX {
+            Arrived::Capped
+        } else if got > 0 {
+            Arrived::Got
+        } else {
+            Arrived::Nothing
+        }
     }
 }
 
@@ -393,6 +417,11 @@ impl Poller {
                     Back::Closed(token) => {
                         self.slots.remove(&token);
                     }
+                    Back::Read { token, results } => {
+                        if let Some(Slot::Reading(client, turn)) = self.slots.remove(&token) {
+                            self.answer_reads(client, turn, results);
+                        }
+                    }
                 }
             }
             self.workers.grow(Instant::now());
@@ -418,14 +447,125 @@ impl Poller {
             return self.drop_client(client);
         }
         match client.read_available(&mut self.scratch) {
-            Arrived::Got => self.workers.run(client),
+            Arrived::Got => self.dispatch(client, true),
+            // A worker's turn, whose hand-back reads the rest.
+            Arrived::Capped => self.workers.run(client),
             Arrived::Nothing if client.buf.input.is_empty() => {
                 client.buf.input = BytesMut::new();
                 self.park(client);
             }
-            Arrived::Nothing => self.park(client),
+            // An inline turn may have left complete requests (it takes at most a batch).
+            Arrived::Nothing => self.dispatch(client, false),
             Arrived::Closed => self.drop_client(client),
         }
+    }
+
+    /// Starts a connection's turn. A turn of nothing but reads (and replies known at once) is
+    /// served without a worker: one read round on the node thread, whose answer is posted back
+    /// here ([`Back::Read`]), so a pipeline of GETs costs two thread hops instead of four. Any
+    /// other request sends the turn to a worker, with what was parsed so far. `fresh` says whether
+    /// bytes arrived (without, only an inline turn can have work left).
+    fn dispatch(&mut self, mut client: Box<Client>, fresh: bool) {
+        let inline = client.conn.authenticated
+            && client.conn.tx.is_none()
+            && client.buf.pending.is_empty()
+            && client.buf.out.is_empty();
+        if !inline {
+            return if fresh { self.workers.run(client) } else { self.park(client) };
+        }
+        let mut turn = ReadTurn { requests: Vec::new(), items: Vec::new(), seen: Seen::default() };
+        while turn.requests.len() < MAX_BATCH_COMMANDS {
+            match client.parser.parse(&mut client.buf.input) {
+                Ok(Some(args)) => {
+                    client.buf.request_bytes = client.buf.input.len();
+                    let item = client.conn.inline_read(&args);
+                    turn.requests.push(args);
+                    match item {
+                        Some(item) => {
+                            turn.seen.saw(turn.requests.last().map_or(&[][..], |r| &r[..]));
+                            turn.items.push(item);
+                        }
+                        None => return self.to_worker(client, turn.requests.into_iter().map(Ok).collect()),
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let mut pending: VecDeque<_> = turn.requests.into_iter().map(Ok).collect();
+                    pending.push_back(Err(error));
+                    return self.to_worker(client, pending);
+                }
+            }
+        }
+        if turn.requests.is_empty() {
+            // Nothing complete; a worker answers a request grown over the limit.
+            let oversized = client.buf.request_bytes > self.shared.options.max_request_bytes();
+            return if oversized { self.workers.run(client) } else { self.park(client) };
+        }
+        let ops: Vec<KvOp> = turn
+            .items
+            .iter()
+            .filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None })
+            .collect();
+        let token = client.token;
+        if ops.is_empty() {
+            return self.answer_reads(client, turn, Ok(Vec::new()));
+        }
+        self.slots.insert(token, Slot::Reading(client, turn));
+        let (back, waker) = (self.workers.back.clone(), Arc::clone(&self.workers.waker));
+        let now_ms = unix_ms();
+        self.shared.node.read_then(move |store: Result<&KvStore, ReadFailure>| {
+            let results = store.map(|kv| ops.iter().map(|op| kv.query(op, now_ms)).collect());
+            if back.send(Back::Read { token, results }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+    }
+
+    /// Hands a turn to a worker with the requests parsed so far.
+    fn to_worker(&mut self, mut client: Box<Client>, pending: VecDeque<Result<Vec<Bytes>, RespError>>) {
+        client.buf.pending = pending;
+        self.workers.run(client);
+    }
+
+    /// Finishes an inline read turn: the replies in order, written without blocking (a worker
+    /// writes what does not fit), then the next turn. A failed read (no leader, a leader change)
+    /// goes to a worker, whose read path retries until the retry bound; a read never takes effect,
+    /// so running it again is safe.
+    fn answer_reads(
+        &mut self,
+        mut client: Box<Client>,
+        turn: ReadTurn,
+        results: Result<Vec<Option<KvResult>>, ReadFailure>,
+    ) {
+        let Ok(results) = results else {
+            return self.to_worker(client, turn.requests.into_iter().map(Ok).collect());
+        };
+        let mut results = results.into_iter();
+        let protocol = client.conn.protocol;
+        for item in turn.items {
+            let reply = match item {
+                Queued::Op(_) => match results.next().flatten() {
+                    Some(result) => result_reply(result),
+                    None => Reply::error("ERR internal error: not a read-only command; nothing was applied"),
+                },
+                Queued::Reply(reply) => reply,
+                Queued::Conn(_) => Reply::error("ERR internal error: a connection command in a read turn"),
+            };
+            resp::encode(&reply, protocol, &mut client.buf.out);
+        }
+        client.conn.note(&turn.seen);
+        while !client.buf.out.is_empty() {
+            match client.stream.write(&client.buf.out) {
+                Ok(0) => return self.drop_client(client),
+                Ok(n) => client.buf.out.advance(n),
+                // The worker's turn starts by writing the rest (blocking, with the write timeout).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.workers.run(client),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_client(client),
+            }
+        }
+        client.buf.release_if_empty();
+        self.serve(client);
     }
 
     fn park(&mut self, client: Box<Client>) {

@@ -394,6 +394,8 @@ impl Queued {
 #[derive(Default)]
 struct Buffers {
     input: BytesMut,
+    /// Requests the event loop parsed already and left to a worker, in order, before `input`.
+    pending: std::collections::VecDeque<Result<Vec<Bytes>, RespError>>,
     out: BytesMut,
     /// Bytes received since the last complete request: bounds what one request can make us buffer.
     request_bytes: usize,
@@ -486,8 +488,17 @@ impl Conn {
         let mut forwards = Vec::new();
         // What the client table shows is updated once per batch, not per command.
         let mut seen = Seen::default();
+        // Replies the event loop could not finish writing go first.
+        if !buf.out.is_empty() {
+            stream.write_all(&buf.out)?;
+            buf.out.clear();
+        }
         loop {
-            match parser.parse(&mut buf.input) {
+            let parsed = match buf.pending.pop_front() {
+                Some(request) => request.map(Some),
+                None => parser.parse(&mut buf.input),
+            };
+            match parsed {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
                     seen.saw(&args);
@@ -571,6 +582,19 @@ impl Conn {
             // A follower forwarding its clients' commands: the cluster's own connection, which must
             // not take a slot of the leader's client limit (the follower's clients hold theirs there).
             self.shared.clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A request the event loop may answer itself, without a worker: a read-only data command (or
+    /// a reply known at once) outside `MULTI`, in database 0, when reads are served without the log.
+    /// Such a turn is one read round on the node thread, posted back to the event loop.
+    fn inline_read(&self, args: &[Bytes]) -> Option<Queued> {
+        if self.db != 0 || self.shared.cluster.reads.mode == ReadMode::Log {
+            return None;
+        }
+        match self.batchable(args)? {
+            Queued::Op(op) if !op.is_read_only() => None,
+            item => Some(item),
         }
     }
 
