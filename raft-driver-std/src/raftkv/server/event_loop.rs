@@ -485,14 +485,14 @@ impl Poller {
                             turn.seen.saw(turn.requests.last().map_or(&[][..], |r| &r[..]));
                             turn.items.push(item);
                         }
-                        None => return self.to_worker(client, turn.requests.into_iter().map(Ok).collect()),
+                        None => return self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect()),
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
                     let mut pending: VecDeque<_> = turn.requests.into_iter().map(Ok).collect();
                     pending.push_back(Err(error));
-                    return self.to_worker(client, pending);
+                    return self.hand_to_worker(client, pending);
                 }
             }
         }
@@ -522,7 +522,7 @@ impl Poller {
     }
 
     /// Hands a turn to a worker with the requests parsed so far.
-    fn to_worker(&mut self, mut client: Box<Client>, pending: VecDeque<Result<Vec<Bytes>, RespError>>) {
+    fn hand_to_worker(&mut self, mut client: Box<Client>, pending: VecDeque<Result<Vec<Bytes>, RespError>>) {
         client.buf.pending = pending;
         self.workers.run(client);
     }
@@ -538,7 +538,7 @@ impl Poller {
         results: Result<Vec<Option<KvResult>>, ReadFailure>,
     ) {
         let Ok(results) = results else {
-            return self.to_worker(client, turn.requests.into_iter().map(Ok).collect());
+            return self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect());
         };
         let mut results = results.into_iter();
         let protocol = client.conn.protocol;
