@@ -20,6 +20,11 @@
 //! up to `ServerOptions::max_workers`, and leave after [`WORKER_IDLE`] without work, so the threads
 //! and their memory go back after a burst.
 //!
+//! A turn of nothing but reads (a pipeline of GETs, a `PING`) needs no worker: the poller sends
+//! the reads to the node thread as one read round ([`crate::node::RaftHandle::read_then`]), and
+//! the node thread posts the answers back, two thread hops instead of four. Writes go through a
+//! worker, whose retry loop owns the `(session, seq)` a write that may have applied is retried with.
+//!
 //! The socket is non-blocking while the poller holds it and blocking (with the 30 s write timeout)
 //! during a worker's turn, so that a turn writes its replies as before and a client that stops
 //! reading holds only its own worker.
