@@ -1772,6 +1772,72 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
 }
 
+/// Pipelines mixing reads (answered from the event loop), writes and transactions (run by
+/// workers), sent in random chunks by many connections at once to the leader and a follower, are
+/// answered in order and read their own writes: every connection counts its own key up and reads
+/// it back, so a reply out of place, lost or from a stale read shows as a wrong number.
+#[test]
+fn mixed_pipelines_in_random_chunks_are_answered_in_order() {
+    use rand::{Rng, SeedableRng};
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let ports = [cluster.port(leader), cluster.port(follower)];
+    std::thread::scope(|scope| {
+        for t in 0..12u64 {
+            let port = ports[(t % 3 == 0) as usize];
+            scope.spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut raw = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                let key = format!("count{t}");
+                let mut count = 0u64;
+                let value =
+                    |n: u64| if n == 0 { "$-1\r\n".to_owned() } else { format!("${}\r\n{n}\r\n", n.to_string().len()) };
+                for round in 0..25 {
+                    let (mut request, mut want) = (String::new(), String::new());
+                    for _ in 0..rng.gen_range(1..40) {
+                        match rng.gen_range(0..5) {
+                            0 | 1 => {
+                                request.push_str(&format!("GET {key}\r\n"));
+                                want.push_str(&value(count));
+                            }
+                            2 => {
+                                count += 1;
+                                request.push_str(&format!("INCR {key}\r\n"));
+                                want.push_str(&format!(":{count}\r\n"));
+                            }
+                            3 => {
+                                request.push_str("PING\r\n");
+                                want.push_str("+PONG\r\n");
+                            }
+                            _ => {
+                                count += 1;
+                                request.push_str(&format!("MULTI\r\nINCR {key}\r\nGET {key}\r\nEXEC\r\n"));
+                                want.push_str(&format!(
+                                    "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:{count}\r\n{}",
+                                    value(count)
+                                ));
+                            }
+                        }
+                    }
+                    let bytes = request.as_bytes();
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let n = rng.gen_range(1..=bytes.len() - at);
+                        raw.write_all(&bytes[at..at + n]).expect("write");
+                        at += n;
+                        if rng.gen_bool(0.3) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    assert_eq!(read_exactly(&mut raw, want.len()), want, "connection {t}, round {round}");
+                }
+            });
+        }
+    });
+}
+
 /// The event loop hands a connection to a worker whenever bytes arrive: a request trickling in a
 /// byte at a time is answered once complete, a client that sends its commands and half-closes
 /// still gets every reply, and a connection killed while idle is closed at once.
