@@ -127,6 +127,8 @@ struct TestCluster {
     children: Vec<Option<Child>>,
     /// The nodes' `requirepass` (RAFTKV_REQUIREPASS), used by this harness's own connections too.
     password: Option<String>,
+    /// Each node's cluster secret (`RAFTKV_CLUSTER_SECRET`), by id; none when missing.
+    secrets: Vec<Option<String>>,
 }
 
 type Info = HashMap<String, String>;
@@ -173,6 +175,7 @@ impl TestCluster {
             spares: spare_nodes,
             children: (0..n + spares).map(|_| None).collect(),
             password: None,
+            secrets: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -237,6 +240,7 @@ impl TestCluster {
             spares: Vec::new(),
             children: (0..n).map(|_| None).collect(),
             password: None,
+            secrets: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -271,6 +275,7 @@ impl TestCluster {
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info")
             .env("RAFTKV_REQUIREPASS", self.password.as_deref().unwrap_or(""))
+            .env_remove("RAFTKV_CLUSTER_SECRET")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -281,10 +286,27 @@ impl TestCluster {
         self.spawn_with_failpoints(id, "");
     }
 
+    /// `n` nodes, each with the cluster secret named for it.
+    fn start_with_secrets(secrets: &[Option<&str>]) -> TestCluster {
+        let n = secrets.len() as u64;
+        let mut cluster = TestCluster::start_with_spares(0, n, SnapshotConfig::default());
+        cluster.config.nodes = std::mem::take(&mut cluster.spares);
+        std::fs::write(&cluster.config_path, cluster.config.to_toml()).expect("write config");
+        cluster.secrets = secrets.iter().map(|s| s.map(str::to_owned)).collect();
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
     /// Spawns node `id` with `RAFT_FAILPOINTS` set (empty: none armed).
     fn spawn_with_failpoints(&mut self, id: u64, failpoints: &str) {
         assert!(self.children[id as usize - 1].is_none(), "node {id} already running");
-        let child = self.command(id).env("RAFT_FAILPOINTS", failpoints).spawn().expect("spawn raftkv");
+        let mut command = self.command(id);
+        if let Some(Some(secret)) = self.secrets.get(id as usize - 1) {
+            command.env("RAFTKV_CLUSTER_SECRET", secret);
+        }
+        let child = command.env("RAFT_FAILPOINTS", failpoints).spawn().expect("spawn raftkv");
         self.children[id as usize - 1] = Some(child);
     }
 
@@ -1770,6 +1792,37 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     raw.write_all(long.as_bytes()).expect("write");
     assert_eq!(read_exactly(&mut raw, want.len()), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+}
+
+/// The cluster secret guards the peer port: nodes sharing one elect a leader and replicate; a
+/// node with another secret, or none, gets no entries from them (and cannot disturb them), and
+/// restarted with the right one it catches up.
+#[test]
+fn the_cluster_secret_keeps_out_a_node_without_it() {
+    let mut cluster = TestCluster::start_with_secrets(&[Some("s3cret"), Some("s3cret"), Some("guess")]);
+    let leader = cluster.wait_leader(&[1, 2], Duration::from_secs(10));
+    cluster.set(leader, "k", "v").expect("SET with two of three nodes");
+    for secret in [Some("guess".to_owned()), None] {
+        if secret.is_none() {
+            cluster.kill(3);
+            cluster.secrets[2] = None;
+            cluster.spawn(3);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let info = cluster.info(3).expect("INFO on node 3");
+        assert_eq!(info_u64(&info, "commit_index"), 0, "{secret:?}: node 3 learned commits: {info:?}");
+        assert_eq!(cluster.wait_leader(&[1, 2], Duration::from_secs(5)), leader, "{secret:?}: leadership moved");
+    }
+    let text = cluster.stderr(leader);
+    assert!(text.contains("cluster secret"), "the leader logs why it refuses node 3");
+    cluster.kill(3);
+    cluster.secrets[2] = Some("s3cret".into());
+    cluster.spawn(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.get(3, "k").ok().flatten().as_deref() != Some("v") {
+        assert!(Instant::now() < deadline, "node 3 did not catch up with the right secret");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Pipelines mixing reads (answered from the event loop), writes and transactions (run by

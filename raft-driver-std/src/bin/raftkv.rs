@@ -71,6 +71,11 @@ enum Cmd {
         /// which keeps it out of the process list.
         #[arg(long)]
         requirepass: Option<String>,
+        /// A file holding the cluster secret (its bytes, a trailing newline removed): peers must prove
+        /// they hold the same one, or their connections to the peer port are refused (see
+        /// docs/operating.md). Also read from the RAFTKV_CLUSTER_SECRET environment variable.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
         /// Exit when standard input reaches end of file (used by `raftkv cluster`, so that nodes do not
         /// outlive their parent).
         #[arg(long, hide = true)]
@@ -194,12 +199,18 @@ fn main() -> ExitCode {
             no_fsync,
             retry_ms,
             requirepass,
+            cluster_secret_file,
             exit_on_stdin_eof,
             join,
             peer_addr,
             client_addr,
         } => {
+            let cluster_secret = match cluster_secret(cluster_secret_file.as_deref()) {
+                Ok(secret) => secret,
+                Err(e) => return fail(e),
+            };
             let node = NodeArgs {
+                cluster_secret,
                 id,
                 config,
                 data_dir,
@@ -232,8 +243,31 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The cluster secret from `--cluster-secret-file` or `RAFTKV_CLUSTER_SECRET` (an empty one is
+/// refused: it would look configured and protect nothing).
+fn cluster_secret(file: Option<&Path>) -> Result<Option<raft_driver_std::transport::auth::Secret>, String> {
+    let bytes = match file {
+        Some(path) => {
+            let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            bytes
+        }
+        None => match std::env::var_os("RAFTKV_CLUSTER_SECRET") {
+            Some(value) => value.into_encoded_bytes(),
+            None => return Ok(None),
+        },
+    };
+    if bytes.is_empty() {
+        return Err("the cluster secret is empty".into());
+    }
+    Ok(Some(raft_driver_std::transport::auth::Secret::new(bytes)))
+}
+
 /// What `raftkv node` was asked.
 struct NodeArgs {
+    cluster_secret: Option<raft_driver_std::transport::auth::Secret>,
     id: u64,
     config: PathBuf,
     data_dir: PathBuf,
@@ -305,6 +339,7 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     options.fsync = fsync;
     options.lease_reads = cluster.reads.mode == ReadMode::Lease;
     options.max_clock_drift_ticks = cluster.reads.max_clock_drift_ticks;
+    options.cluster_secret = args.cluster_secret.clone();
     if !fsync {
         tracing::warn!(
             "--no-fsync: writes are acknowledged before they are durable; a power loss or kernel crash can lose \

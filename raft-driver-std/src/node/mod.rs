@@ -143,6 +143,11 @@ pub struct NodeOptions {
     /// Seed for the election-timeout jitter; `None` derives one from the id and the clock. The driver is
     /// not the deterministic part (the simulator is), so a time-based seed is fine.
     pub seed: Option<u64>,
+    /// The cluster secret: every peer connection (Raft messages, snapshot fetches) opens with a
+    /// challenge-response over it, and peers without it are refused
+    /// ([`crate::transport::auth`]). The same on every node; `None` (the default) accepts any peer
+    /// of the cluster id, as on a trusted network.
+    pub cluster_secret: Option<crate::transport::auth::Secret>,
 }
 
 impl NodeOptions {
@@ -179,6 +184,7 @@ impl NodeOptions {
             lease_reads: false,
             max_clock_drift_ticks: 1,
             seed: None,
+            cluster_secret: None,
         }
     }
 
@@ -212,6 +218,7 @@ impl NodeOptions {
         config.connect_timeout = election.clamp(MIN_CONNECT_TIMEOUT, config.connect_timeout);
         config.max_frame_bytes = self.limits.max_frame_bytes();
         config.snapshot_dir = Some(self.snapshot_dir.clone());
+        config.secret = self.cluster_secret.clone();
         // This node's own entry in the address book, when it is a real
         // address (not port 0, not the unspecified address).
         config.advertise =

@@ -205,17 +205,21 @@ pub(super) enum AckStatus {
     NotForUs = 4,
     /// Our magic, but a wire format version this build does not speak.
     UnsupportedVersion = 5,
+    /// This node holds a cluster secret and the connection did not open with the exchange
+    /// (`transport::auth`): the sender has no secret configured.
+    SecretRequired = 6,
 }
 
 impl AckStatus {
     /// Every status, in byte order.
-    pub(super) const ALL: [AckStatus; 6] = [
+    pub(super) const ALL: [AckStatus; 7] = [
         Self::Accepted,
         Self::BadProtocol,
         Self::WrongCluster,
         Self::UnknownPeer,
         Self::NotForUs,
         Self::UnsupportedVersion,
+        Self::SecretRequired,
     ];
 
     fn from_byte(byte: u8) -> Option<AckStatus> {

@@ -22,6 +22,8 @@ use crate::golden;
 const HANDSHAKE: &str = "wire-v1-handshake.bin";
 const HANDSHAKE_V2: &str = "wire-v2-handshake.bin";
 const ACKS: &str = "wire-v1-acks.bin";
+/// The status added with the cluster secret (`transport::auth`).
+const ACK_SECRET_REQUIRED: &str = "wire-ack-secret-required.bin";
 const APPEND_ENTRIES: &str = "wire-v1-frame-append-entries.bin";
 
 fn message(term: u64, body: MessageBody) -> Message {
@@ -166,7 +168,7 @@ fn check_frame(name: &str) -> Vec<u8> {
 #[test]
 fn transport_golden_files_are_exactly_the_tested_cases() {
     let mut names: Vec<&str> = frame_cases().iter().map(|(name, _)| *name).collect();
-    names.extend([HANDSHAKE, HANDSHAKE_V2, ACKS, INSTALL_SNAPSHOT_VOTERS]);
+    names.extend([HANDSHAKE, HANDSHAKE_V2, ACKS, ACK_SECRET_REQUIRED, INSTALL_SNAPSHOT_VOTERS]);
     golden::assert_complete("wire-", &names);
 }
 
@@ -234,8 +236,12 @@ fn transport_golden_handshake_and_acks() {
     let v6 = Handshake { listen: Some("[::1]:9".parse().unwrap()), ..golden_handshake() }.encode();
     assert_eq!(Handshake::decode_listen(v6[30..].try_into().unwrap()).unwrap(), Some("[::1]:9".parse().unwrap()));
 
-    let acks: Vec<u8> = AckStatus::ALL.iter().flat_map(|status| status.encode()).collect();
-    let committed = golden::check(ACKS, &acks);
+    // The statuses every version has (the file predates the cluster secret), then the ones added
+    // since, each in a file of its own: a status is only ever added, never renumbered.
+    let acks: Vec<u8> = AckStatus::ALL[..6].iter().flat_map(|status| status.encode()).collect();
+    let mut committed = golden::check(ACKS, &acks);
+    committed.extend(golden::check(ACK_SECRET_REQUIRED, &AckStatus::SecretRequired.encode()));
+    assert_eq!(committed.len(), AckStatus::ALL.len() * ACK_LEN, "a golden file for every status");
     for (i, chunk) in committed.chunks(ACK_LEN).enumerate() {
         let status = AckStatus::decode(chunk.try_into().unwrap());
         assert_eq!(status, Some(AckStatus::ALL[i]));

@@ -86,6 +86,7 @@
 //! the `frame` submodule explains why. Golden files in `tests/golden/` pin
 //! every byte, and `docs/formats.md` has the layout and the version policy.
 
+pub mod auth;
 mod frame;
 #[cfg(test)]
 mod golden_tests;
@@ -188,6 +189,10 @@ pub struct TransportConfig {
     /// (see [`snapshot_fetch`]); `None` answers every fetch with
     /// [`NoSnapshot`](snapshot_fetch::FetchStatus::NoSnapshot).
     pub snapshot_dir: Option<std::path::PathBuf>,
+    /// The cluster secret: when set, every connection to or from this node starts with a
+    /// challenge-response over it ([`auth`]) and a peer without it is refused, for Raft messages
+    /// and snapshot fetches alike. Every node needs the same one. Default `None`.
+    pub secret: Option<auth::Secret>,
 }
 
 impl TransportConfig {
@@ -209,6 +214,7 @@ impl TransportConfig {
             poll_interval: Duration::from_millis(100),
             advertise: None,
             snapshot_dir: None,
+            secret: None,
         }
     }
 
@@ -1010,6 +1016,8 @@ fn asks(message: &Message) -> bool {
 enum ConnectError {
     Io(io::Error),
     Refused(Option<AckStatus>),
+    /// The cluster secret exchange failed (a peer with another secret, or none).
+    Auth(auth::AuthError),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -1020,6 +1028,7 @@ impl std::fmt::Display for ConnectError {
                 write!(f, "handshake refused: the peer does not support wire format version {WIRE_FORMAT_VERSION}")
             }
             ConnectError::Refused(status) => write!(f, "handshake refused: {status:?}"),
+            ConnectError::Auth(error) => write!(f, "{error}"),
         }
     }
 }
@@ -1034,6 +1043,9 @@ fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream,
         stream.set_nodelay(true).map_err(ConnectError::Io)?;
         tune_peer_socket(&stream, config).map_err(ConnectError::Io)?;
         stream.set_write_timeout(Some(config.io_timeout)).map_err(ConnectError::Io)?;
+        if let Some(secret) = &config.secret {
+            authenticate_outbound(&stream, config, secret)?;
+        }
         stream.set_read_timeout(Some(config.poll_interval)).map_err(ConnectError::Io)?;
         let handshake =
             Handshake { cluster_id: config.cluster_id, from: config.node_id, to: peer, listen: Some(shared.advertise) };
@@ -1054,9 +1066,70 @@ fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream,
     match &result {
         Ok(_) => {}
         Err(ConnectError::Io(_)) => bump(&shared.stats.connect_failures, 1),
-        Err(ConnectError::Refused(_)) => bump(&shared.stats.handshake_refused, 1),
+        Err(ConnectError::Refused(_) | ConnectError::Auth(_)) => bump(&shared.stats.handshake_refused, 1),
     }
     result
+}
+
+/// The connecting side of the cluster secret exchange on a fresh connection (reads bounded by
+/// `io_timeout`; the caller sets its own read timeout afterwards).
+fn authenticate_outbound(
+    stream: &TcpStream,
+    config: &TransportConfig,
+    secret: &auth::Secret,
+) -> Result<(), ConnectError> {
+    stream.set_read_timeout(Some(config.io_timeout)).map_err(ConnectError::Io)?;
+    auth::connect(stream, secret).map_err(ConnectError::Auth)
+}
+
+/// The accepting side: reads the first [`HANDSHAKE_LEN`] bytes of a connection into `raw` and,
+/// when they open the cluster secret exchange, runs it and reads the next ones (the handshake or
+/// fetch request behind it). `None` (counted and logged) if the connection must close: a failed
+/// exchange, or one missing although this node holds a secret.
+fn read_head(shared: &Arc<Shared>, stream: &TcpStream, remote: SocketAddr) -> Option<[u8; HANDSHAKE_LEN]> {
+    let node_id = shared.config.node_id;
+    let watch = Watch { shared, connection: None };
+    let mut raw = [0; HANDSHAKE_LEN];
+    let read =
+        |raw: &mut [u8; HANDSHAKE_LEN]| match read_full(&mut &*stream, raw, false, shared.config.io_timeout, &watch) {
+            Ok(()) => true,
+            Err(stop) => {
+                if !matches!(stop, Stop::Shutdown) {
+                    tracing::debug!(node_id, %remote, ?stop, "no complete handshake");
+                    bump(&shared.stats.handshake_rejected, 1);
+                }
+                false
+            }
+        };
+    if !read(&mut raw) {
+        return None;
+    }
+    let secret = shared.config.secret.as_ref();
+    if raw[..4] == auth::AUTH_MAGIC {
+        let exchanged = stream
+            .set_read_timeout(Some(shared.config.io_timeout))
+            .map_err(auth::AuthError::Io)
+            .and_then(|()| auth::accept(stream, secret, &raw));
+        let _ = stream.set_read_timeout(Some(shared.config.poll_interval));
+        if let Err(error) = exchanged {
+            tracing::warn!(node_id, %remote, %error, "rejecting connection: cluster secret exchange failed");
+            bump(&shared.stats.handshake_rejected, 1);
+            return None;
+        }
+        if !read(&mut raw) {
+            return None;
+        }
+    } else if secret.is_some() {
+        tracing::warn!(node_id, %remote, "rejecting connection: no cluster secret exchange (this node requires one)");
+        bump(&shared.stats.handshake_rejected, 1);
+        if raw[..4] == frame::MAGIC {
+            let _ = (&*stream).write_all(&AckStatus::SecretRequired.encode());
+        } else if raw[..4] == snapshot_fetch::FETCH_MAGIC {
+            snapshot_fetch::refuse_unauthenticated(stream);
+        }
+        return None;
+    }
+    Some(raw)
 }
 
 /// Keepalive probes after the first: one a second, three of them.
@@ -1220,15 +1293,7 @@ fn accept_handshake(
     remote: SocketAddr,
 ) -> Option<(NodeId, Arc<PeerLink>, u64)> {
     let node_id = shared.config.node_id;
-    let mut raw = [0; HANDSHAKE_LEN];
-    let watch = Watch { shared, connection: None };
-    if let Err(stop) = read_full(&mut &*stream, &mut raw, false, shared.config.io_timeout, &watch) {
-        if !matches!(stop, Stop::Shutdown) {
-            tracing::debug!(node_id, %remote, ?stop, "no complete handshake");
-            bump(&shared.stats.handshake_rejected, 1);
-        }
-        return None;
-    }
+    let raw = read_head(shared, stream, remote)?;
     if raw[..4] == snapshot_fetch::FETCH_MAGIC {
         snapshot_fetch::serve(shared, stream, remote, &raw);
         return None;

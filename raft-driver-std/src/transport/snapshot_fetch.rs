@@ -73,10 +73,13 @@ pub enum FetchStatus {
     NoSnapshot = 6,
     /// The offset lies past the end of the file.
     BadOffset = 7,
+    /// The cluster secret exchange failed or was missing (`transport::auth`): the two nodes do not
+    /// hold the same secret.
+    Unauthenticated = 8,
 }
 
 impl FetchStatus {
-    const ALL: [FetchStatus; 8] = [
+    const ALL: [FetchStatus; 9] = [
         Self::Accepted,
         Self::BadProtocol,
         Self::WrongCluster,
@@ -85,6 +88,7 @@ impl FetchStatus {
         Self::UnsupportedVersion,
         Self::NoSnapshot,
         Self::BadOffset,
+        Self::Unauthenticated,
     ];
 
     fn from_byte(byte: u8) -> Option<FetchStatus> {
@@ -97,6 +101,7 @@ impl FetchStatus {
             AckStatus::UnknownPeer => Self::UnknownPeer,
             AckStatus::NotForUs => Self::NotForUs,
             AckStatus::UnsupportedVersion => Self::UnsupportedVersion,
+            AckStatus::SecretRequired => Self::Unauthenticated,
             AckStatus::Accepted | AckStatus::BadProtocol => Self::BadProtocol,
         }
     }
@@ -187,6 +192,11 @@ pub(super) fn serve(
         }
         Err(error) => tracing::info!(node_id, to = from, index, offset, %error, "snapshot not sent"),
     }
+}
+
+/// Refuses a fetch request that did not open with the cluster secret exchange.
+pub(super) fn refuse_unauthenticated(stream: &TcpStream) {
+    let _ = reply(stream, FetchStatus::Unauthenticated, 0);
 }
 
 fn reply(stream: &TcpStream, status: FetchStatus, len: u64) -> io::Result<()> {
@@ -305,6 +315,18 @@ fn fetch_once(
     stream.set_read_timeout(Some(config.poll_interval))?;
     stream.set_write_timeout(Some(config.io_timeout))?;
     stream.set_nodelay(true)?;
+    if let Some(secret) = &config.secret {
+        match super::authenticate_outbound(&stream, config, secret) {
+            Ok(()) => stream.set_read_timeout(Some(config.poll_interval))?,
+            Err(super::ConnectError::Auth(super::auth::AuthError::Io(e)) | super::ConnectError::Io(e)) => {
+                return Err(Attempt::Io(e));
+            }
+            Err(error) => {
+                tracing::warn!(%addr, %error, "snapshot fetch refused");
+                return Err(Attempt::Refused(FetchStatus::Unauthenticated));
+            }
+        }
+    }
     (&stream).write_all(&request(offset).encode())?;
     let watch = Watch { shared, connection: None };
     let mut head = [0; REPLY_LEN];

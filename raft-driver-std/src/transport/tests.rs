@@ -658,3 +658,79 @@ fn transport_keeps_idle_and_answering_connections() {
     assert_eq!((t1.stats().connects, t1.stats().disconnects), (1, 0));
     assert_eq!((t2.stats().connects, t2.stats().disconnects), (1, 0));
 }
+
+/// The cluster secret: nodes holding the same one exchange messages; a node holding another one,
+/// or none, is refused (both sides count it) and nothing it sends is delivered; a connection that
+/// skips the exchange is told the secret is required.
+#[test]
+fn transport_cluster_secret_admits_only_its_holders() {
+    let secret = |s: &str| Some(auth::Secret::new(s));
+    let (l1, l2) = (bind(), bind());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let mut c1 = config(1, a1, vec![(2, a2)]);
+    c1.secret = secret("s3cret");
+    let mut c2 = config(2, a2, vec![(1, a1)]);
+    c2.secret = secret("s3cret");
+    let ((t1, in1), (t2, in2)) = (start(c1, l1), start(c2, l2));
+    send_until_received(&t1, 2, &in2, &vote(1));
+    send_until_received(&t2, 1, &in1, &vote(2));
+    for other in [secret("guess"), None] {
+        let l3 = bind();
+        // It claims to be node 2, a peer node 1 knows.
+        let mut c3 = config(2, l3.local_addr().unwrap(), vec![(1, a1)]);
+        c3.secret = other.clone();
+        let (t3, _in3) = start(c3, l3);
+        let rejected = t1.stats().handshake_rejected;
+        for _ in 0..20 {
+            t3.send(1, vote(9));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(eventually(|| t1.stats().handshake_rejected > rejected), "{other:?}: node 1 counted no refusal");
+        assert!(eventually(|| t3.stats().handshake_refused > 0), "{other:?}: the intruder counted no refusal");
+        while let Ok((_, message)) = in1.try_recv() {
+            assert_ne!(message.term, 9, "{other:?}: a message from a node without the secret was delivered");
+        }
+    }
+    let handshake = Handshake { cluster_id: CLUSTER, from: 2, to: 1, listen: None };
+    let mut raw = raw_connect(a1, &handshake.encode());
+    let mut ack = [0; ACK_LEN];
+    raw.read_exact(&mut ack).expect("an answer");
+    assert_eq!(AckStatus::decode(&ack), Some(AckStatus::SecretRequired));
+    assert_closed(&mut raw);
+    // The pair still talks.
+    send_until_received(&t1, 2, &in2, &vote(3));
+}
+
+/// Snapshot fetches need the cluster secret too: a node with another one, or none, is refused
+/// and is sent nothing; with the same one the file arrives.
+#[test]
+fn snapshot_fetch_needs_the_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::write(served.join(crate::snapshot_file::snapshot_file_name(7)), b"snapshot bytes").unwrap();
+    let l1 = bind();
+    let a1 = l1.local_addr().unwrap();
+    let mut c1 = config(1, a1, vec![(2, free_addr())]);
+    c1.snapshot_dir = Some(served);
+    c1.secret = Some(auth::Secret::new("s3cret"));
+    let (t1, _) = start(c1, l1);
+    for (n, secret) in [Some("guess"), None, Some("s3cret")].into_iter().enumerate() {
+        let listener = bind();
+        let mut c2 = config(2, listener.local_addr().unwrap(), vec![(1, a1)]);
+        c2.secret = secret.map(auth::Secret::new);
+        let (t2, _) = start(c2, listener);
+        let result = t2.fetch_snapshot(1, 7, &dir.path().join(format!("fetched-{n}")));
+        match secret {
+            Some("s3cret") => assert_eq!(std::fs::read(result.expect("fetch")).unwrap(), b"snapshot bytes"),
+            _ => {
+                let err = result.expect_err("refused");
+                assert!(
+                    matches!(err, snapshot_fetch::FetchError::Refused(snapshot_fetch::FetchStatus::Unauthenticated)),
+                    "{secret:?}: {err}"
+                );
+                assert_eq!(t1.stats().snapshot_bytes_sent, 0, "{secret:?}: bytes were sent");
+            }
+        }
+    }
+}
