@@ -1792,6 +1792,18 @@ fn a_pipeline_is_one_log_entry_answered_in_order() {
     raw.write_all(long.as_bytes()).expect("write");
     assert_eq!(read_exactly(&mut raw, want.len()), want);
     assert_eq!(last(&cluster), before, "pipelined reads write nothing");
+    // In another database: writes through the log, reads (alone, pipelined, WATCH's versions)
+    // without it, each database seeing only its own keys.
+    raw.write_all(b"SELECT 1\r\nSET k000 other\r\n").expect("write");
+    assert_eq!(read_exactly(&mut raw, 10), "+OK\r\n+OK\r\n");
+    let before = last(&cluster);
+    raw.write_all(b"GET k000\r\n").expect("write");
+    assert_eq!(read_exactly(&mut raw, 11), "$5\r\nother\r\n");
+    raw.write_all(b"GET k000\r\nGET k001\r\nDBSIZE\r\nWATCH k000\r\nUNWATCH\r\nSELECT 0\r\nGET k000\r\n")
+        .expect("write");
+    let want = "$5\r\nother\r\n$-1\r\n:1\r\n+OK\r\n+OK\r\n+OK\r\n$3\r\nv00\r\n";
+    assert_eq!(read_exactly(&mut raw, want.len()), want);
+    assert_eq!(last(&cluster), before, "reads in database 1 write nothing");
 }
 
 /// The cluster secret guards the peer port: nodes sharing one elect a leader and replicate; a

@@ -1066,6 +1066,15 @@ fn databases_are_separate_key_spaces_and_survive_a_snapshot() {
     assert_eq!(in_db(&mut h, 1, &["GET", "k"]), bulk("one"));
     assert_eq!(in_db(&mut h, 1, &["DBSIZE"]), int(2));
     assert_eq!(h.run(&["DBSIZE"]), int(1));
+    // Reads without the log (`query_in`, what ReadIndex and lease reads run) see the same.
+    let get = KvOp::Get { key: "k".into() };
+    let now = h.now_ms;
+    assert_eq!(h.kv.query_in(0, &get, now), Some(KvResult::Value("zero".into())));
+    assert_eq!(h.kv.query_in(1, &get, now), Some(KvResult::Value("one".into())));
+    assert_eq!(h.kv.query_in(7, &get, now), Some(KvResult::Nil), "a database without keys reads as empty");
+    assert_eq!(h.kv.query_in(1, &KvOp::DbSize, now), Some(KvResult::Integer(2)));
+    assert_eq!(h.kv.query_in(15, &KvOp::Type { key: "h".into() }, now), Some(KvResult::Type(Some(KeyType::Hash))));
+    assert_eq!(h.kv.query_in(1, &KvOp::Del { keys: vec!["k".into()] }, now), None, "a write is no query");
     assert_eq!(h.kv.keyspace(), vec![(0, 1, 0), (1, 2, 1), (15, 1, 0)]);
     // A snapshot holds every database (version 3), and restores them.
     let image = h.kv.image();

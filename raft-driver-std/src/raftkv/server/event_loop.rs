@@ -515,11 +515,11 @@ impl Poller {
         if ops.is_empty() {
             return self.answer_reads(client, turn, Ok(Vec::new()));
         }
+        let (now_ms, db) = (unix_ms(), client.conn.db);
         self.slots.insert(token, Slot::Reading(client, turn));
         let (back, waker) = (self.workers.back.clone(), Arc::clone(&self.workers.waker));
-        let now_ms = unix_ms();
         self.shared.node.read_then(move |store: Result<&KvStore, ReadFailure>| {
-            let results = store.map(|kv| ops.iter().map(|op| kv.query(op, now_ms)).collect());
+            let results = store.map(|kv| ops.iter().map(|op| kv.query_in(db, op, now_ms)).collect());
             if back.send(Back::Read { token, results }).is_ok() {
                 let _ = waker.wake();
             }

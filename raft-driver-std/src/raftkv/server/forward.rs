@@ -12,7 +12,6 @@ use super::{FORWARD_COMMAND, Shared, TRYAGAIN_NO_LEADER, UNCERTAIN, result_reply
 use crate::node::ProposalResult;
 use crate::oneshot;
 use crate::proposals::ProposalError;
-use crate::raftkv::config::ReadMode;
 use crate::raftkv::resp::{self, Reply};
 use crate::raftkv::store::{KvOp, KvRequest, KvResult, KvStore};
 use crate::raftkv::unix_ms;
@@ -96,9 +95,6 @@ fn final_reply(request: &KvRequest, attempt: Attempt, may_have_applied: bool) ->
 /// Runs `request` through the log via whichever node leads, retrying with the same `(session, seq)`
 /// until it gets a reply or the retry bound passes.
 pub(super) fn execute(shared: &Shared, request: &mut KvRequest) -> Reply {
-    if request.op.is_read_only() && shared.cluster.reads.mode != ReadMode::Log {
-        return read(shared, &request.op);
-    }
     let deadline = Instant::now() + shared.options.retry_bound;
     let mut delay = Duration::from_millis(5);
     let mut may_have_applied = false;
@@ -118,16 +114,12 @@ pub(super) fn execute(shared: &Shared, request: &mut KvRequest) -> Reply {
     }
 }
 
-/// A read-only command, served on this node without the log (ReadIndex or the lease; a follower asks
-/// the leader for the read index and answers from its own store). Retried until the retry bound on
-/// every failure but a stopped node; a read never takes effect, so giving up is `-TRYAGAIN`.
-fn read(shared: &Shared, op: &KvOp) -> Reply {
-    read_many(shared, vec![op.clone()]).pop().expect("one reply per read")
-}
-
-/// Read-only ops (one, or several of a pipeline), served together: one read round (or one lease
-/// check) for all of them, answered in order, retried as [`read`] says.
-pub(super) fn read_many(shared: &Shared, ops: Vec<KvOp>) -> Vec<Reply> {
+/// Read-only ops in database `db` (one, or several of a pipeline), served on this node without the
+/// log (ReadIndex or the lease; a follower asks the leader for the read index and answers from its
+/// own store), together: one read round (or one lease check) for all of them, answered in order.
+/// Retried until the retry bound on every failure but a stopped node; a read never takes effect,
+/// so giving up is `-TRYAGAIN`.
+pub(super) fn read_many(shared: &Shared, db: u8, ops: Vec<KvOp>) -> Vec<Reply> {
     let deadline = Instant::now() + shared.options.retry_bound;
     let mut delay = Duration::from_millis(2);
     let ops = std::sync::Arc::new(ops);
@@ -136,9 +128,10 @@ pub(super) fn read_many(shared: &Shared, ops: Vec<KvOp>) -> Vec<Reply> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let batch = std::sync::Arc::clone(&ops);
         let now_ms = unix_ms();
-        let read = shared
-            .node
-            .read(move |kv: &KvStore| batch.iter().map(|op| kv.query(op, now_ms)).collect::<Vec<_>>(), remaining);
+        let read = shared.node.read(
+            move |kv: &KvStore| batch.iter().map(|op| kv.query_in(db, op, now_ms)).collect::<Vec<_>>(),
+            remaining,
+        );
         match read {
             Ok(results) => {
                 return results

@@ -586,10 +586,10 @@ impl Conn {
     }
 
     /// A request the event loop may answer itself, without a worker: a read-only data command (or
-    /// a reply known at once) outside `MULTI`, in database 0, when reads are served without the log.
+    /// a reply known at once) outside `MULTI` (in whichever database is selected), when reads are served without the log.
     /// Such a turn is one read round on the node thread, posted back to the event loop.
     fn inline_read(&self, args: &[Bytes]) -> Option<Queued> {
-        if self.db != 0 || self.shared.cluster.reads.mode == ReadMode::Log {
+        if self.shared.cluster.reads.mode == ReadMode::Log {
             return None;
         }
         match self.batchable(args)? {
@@ -629,10 +629,10 @@ impl Conn {
                 Queued::Op(op) => op.is_read_only(),
                 _ => true,
             });
-            let results = if reads_only && self.shared.cluster.reads.mode != ReadMode::Log && self.db == 0 {
+            let results = if reads_only && self.shared.cluster.reads.mode != ReadMode::Log {
                 let reads =
                     items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None });
-                forward::read_many(&self.shared, reads.collect())
+                forward::read_many(&self.shared, self.db, reads.collect())
             } else {
                 // The entry as a whole failed (`-TRYAGAIN`, `-UNCERTAIN`, ...): so did each command.
                 self.one_entry(&items, Vec::new()).unwrap_or_else(|failed| vec![failed; ops])
@@ -927,11 +927,16 @@ impl Conn {
         }
     }
 
-    /// A data command from this connection's client: next sequence number, then through the log.
+    /// A data command from this connection's client: a read served without the log (unless reads
+    /// are configured to go through it), anything else with the next sequence number through the
+    /// log.
     ///
     /// Read-only commands go without a session: applying a read twice is harmless, and the store then
     /// does not cache (possibly large) read replies in the session table.
     fn replicate(&mut self, op: KvOp) -> Reply {
+        if op.is_read_only() && self.shared.cluster.reads.mode != ReadMode::Log {
+            return forward::read_many(&self.shared, self.db, vec![op]).pop().expect("one reply per read");
+        }
         let op = if self.db == 0 { op } else { KvOp::InDb { db: self.db, op: op.encode() } };
         let (session, seq) = if op.is_read_only() {
             (0, 0)

@@ -58,6 +58,40 @@ impl KvStore {
         self.read(op, self.clock_ms.max(now_ms))
     }
 
+    /// [`query`](Self::query) in database `db` (0 to 15; a database that holds no keys reads as
+    /// empty), so that reads after `SELECT` need no log entry either.
+    pub fn query_in(&self, db: u8, op: &KvOp, now_ms: u64) -> Option<KvResult> {
+        let now = self.clock_ms.max(now_ms);
+        if db == 0 {
+            return self.read(op, now);
+        }
+        let empty = super::Keyspace::default();
+        let ks = self.other_dbs.get(&db).unwrap_or(&empty);
+        View { data: &ks.data, expires: &ks.expires, scan_order: &ks.scan_order, last_applied: self.last_applied }
+            .read(op, now)
+    }
+
+    /// The current database as reads see it.
+    fn view(&self) -> View<'_> {
+        View { data: &self.data, expires: &self.expires, scan_order: &self.scan_order, last_applied: self.last_applied }
+    }
+
+    /// Every read-only op, at time `now`, in the current database.
+    fn read(&self, op: &KvOp, now: u64) -> Option<KvResult> {
+        self.view().read(op, now)
+    }
+}
+
+/// One database's maps as reads see them (the current one, or another for [`KvStore::query_in`]),
+/// and the applied index (`RANDOMKEY`'s seed).
+struct View<'a> {
+    data: &'a imbl::OrdMap<Bytes, super::Value>,
+    expires: &'a std::collections::BTreeSet<(u64, Bytes)>,
+    scan_order: &'a std::collections::BTreeSet<(u64, Bytes)>,
+    last_applied: u64,
+}
+
+impl View<'_> {
     /// The one implementation of every read-only op, at time `now`.
     fn read(&self, op: &KvOp, now: u64) -> Option<KvResult> {
         let live = |key: &[u8]| self.data.get(key).filter(|v| v.alive_at(now));
@@ -219,7 +253,9 @@ impl KvStore {
         }
         KvResult::Nil
     }
+}
 
+impl KvStore {
     /// Executes one operation at the current clock.
     pub(super) fn execute(&mut self, op: KvOp) -> KvResult {
         if op.is_read_only() {
