@@ -64,6 +64,8 @@ const EAGER_WORKERS: usize = 8;
 const GROW_EVERY: Duration = Duration::from_millis(1);
 /// Stack of a worker thread: parsing and the store's ops are iterative, so little is needed.
 const WORKER_STACK: usize = 256 * 1024;
+/// Instant turns (answered without the node thread) the event loop serves one connection in a row.
+const INLINE_TURNS_IN_A_ROW: usize = 16;
 /// Bytes the poller reads from one connection before handing it to a worker (the rest is read
 /// when the worker gives it back): a flood on one connection cannot hold the poller.
 const TURN_READ_MAX: usize = 1 << 20;
@@ -424,7 +426,9 @@ impl Poller {
                     }
                     Back::Read { token, results } => {
                         if let Some(Slot::Reading(client, turn)) = self.slots.remove(&token) {
-                            self.answer_reads(client, turn, results);
+                            if let Some(client) = self.answer_reads(client, turn, results) {
+                                self.serve(client);
+                            }
                         }
                     }
                 }
@@ -446,37 +450,53 @@ impl Poller {
     }
 
     /// Reads what a connection (marked busy) has and hands it to a worker, parks it as idle, or
-    /// drops it.
+    /// drops it. A loop, not recursion: a client that keeps sending instant commands (`PING`s)
+    /// is answered turn after turn here without growing the stack, for at most
+    /// [`INLINE_TURNS_IN_A_ROW`] turns; then a worker takes it, so that it cannot keep the event
+    /// loop from every other connection.
     fn serve(&mut self, mut client: Box<Client>) {
-        if client.conn.entry.is_killed() {
-            return self.drop_client(client);
-        }
-        match client.read_available(&mut self.scratch) {
-            Arrived::Got => self.dispatch(client, true),
-            // A worker's turn, whose hand-back reads the rest.
-            Arrived::Capped => self.workers.run(client),
-            Arrived::Nothing if client.buf.input.is_empty() => {
-                client.buf.input = BytesMut::new();
-                self.park(client);
+        for _ in 0..INLINE_TURNS_IN_A_ROW {
+            if client.conn.entry.is_killed() {
+                return self.drop_client(client);
             }
-            // An inline turn may have left complete requests (it takes at most a batch).
-            Arrived::Nothing => self.dispatch(client, false),
-            Arrived::Closed => self.drop_client(client),
+            let fresh = match client.read_available(&mut self.scratch) {
+                Arrived::Got => true,
+                // A worker's turn, whose hand-back reads the rest.
+                Arrived::Capped => return self.workers.run(client),
+                Arrived::Nothing if client.buf.input.is_empty() => {
+                    client.buf.input = BytesMut::new();
+                    return self.park(client);
+                }
+                // An inline turn may have left complete requests (it takes at most a batch).
+                Arrived::Nothing => false,
+                Arrived::Closed => return self.drop_client(client),
+            };
+            match self.dispatch(client, fresh) {
+                Some(answered) => client = answered,
+                None => return,
+            }
         }
+        self.workers.run(client);
     }
 
     /// Starts a connection's turn. A turn of nothing but reads (and replies known at once) is
     /// served without a worker: one read round on the node thread, whose answer is posted back
     /// here ([`Back::Read`]), so a pipeline of GETs costs two thread hops instead of four. Any
     /// other request sends the turn to a worker, with what was parsed so far. `fresh` says whether
-    /// bytes arrived (without, only an inline turn can have work left).
-    fn dispatch(&mut self, mut client: Box<Client>, fresh: bool) {
+    /// bytes arrived (without, only an inline turn can have work left). Returns the connection
+    /// when its turn was answered at once, to be served again.
+    fn dispatch(&mut self, mut client: Box<Client>, fresh: bool) -> Option<Box<Client>> {
         let inline = client.conn.authenticated
             && client.conn.tx.is_none()
             && client.buf.pending.is_empty()
             && client.buf.out.is_empty();
         if !inline {
-            return if fresh { self.workers.run(client) } else { self.park(client) };
+            if fresh {
+                self.workers.run(client)
+            } else {
+                self.park(client)
+            }
+            return None;
         }
         let mut turn = ReadTurn { requests: Vec::new(), items: Vec::new(), seen: Seen::default() };
         while turn.requests.len() < MAX_BATCH_COMMANDS {
@@ -490,21 +510,30 @@ impl Poller {
                             turn.seen.saw(turn.requests.last().map_or(&[][..], |r| &r[..]));
                             turn.items.push(item);
                         }
-                        None => return self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect()),
+                        None => {
+                            self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect());
+                            return None;
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
                     let mut pending: VecDeque<_> = turn.requests.into_iter().map(Ok).collect();
                     pending.push_back(Err(error));
-                    return self.hand_to_worker(client, pending);
+                    self.hand_to_worker(client, pending);
+                    return None;
                 }
             }
         }
         if turn.requests.is_empty() {
             // Nothing complete; a worker answers a request grown over the limit.
             let oversized = client.buf.request_bytes > self.shared.options.max_request_bytes();
-            return if oversized { self.workers.run(client) } else { self.park(client) };
+            if oversized {
+                self.workers.run(client)
+            } else {
+                self.park(client)
+            }
+            return None;
         }
         let ops: Vec<KvOp> = turn
             .items
@@ -524,6 +553,7 @@ impl Poller {
                 let _ = waker.wake();
             }
         });
+        None
     }
 
     /// Hands a turn to a worker with the requests parsed so far.
@@ -535,15 +565,17 @@ impl Poller {
     /// Finishes an inline read turn: the replies in order, written without blocking (a worker
     /// writes what does not fit), then the next turn. A failed read (no leader, a leader change)
     /// goes to a worker, whose read path retries until the retry bound; a read never takes effect,
-    /// so running it again is safe.
+    /// so running it again is safe. Returns the connection when everything was written, to be
+    /// served again.
     fn answer_reads(
         &mut self,
         mut client: Box<Client>,
         turn: ReadTurn,
         results: Result<Vec<Option<KvResult>>, ReadFailure>,
-    ) {
+    ) -> Option<Box<Client>> {
         let Ok(results) = results else {
-            return self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect());
+            self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect());
+            return None;
         };
         let mut results = results.into_iter();
         let protocol = client.conn.protocol;
@@ -561,16 +593,25 @@ impl Poller {
         client.conn.note(&turn.seen);
         while !client.buf.out.is_empty() {
             match client.stream.write(&client.buf.out) {
-                Ok(0) => return self.drop_client(client),
+                Ok(0) => {
+                    self.drop_client(client);
+                    return None;
+                }
                 Ok(n) => client.buf.out.advance(n),
                 // The worker's turn starts by writing the rest (blocking, with the write timeout).
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.workers.run(client),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.workers.run(client);
+                    return None;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.drop_client(client),
+                Err(_) => {
+                    self.drop_client(client);
+                    return None;
+                }
             }
         }
         client.buf.release_if_empty();
-        self.serve(client);
+        Some(client)
     }
 
     fn park(&mut self, client: Box<Client>) {
