@@ -33,9 +33,9 @@ pub(super) const AUTH_MAGIC: [u8; 4] = *b"RFTa";
 /// The prelude's version.
 pub(super) const AUTH_VERSION: u16 = 1;
 /// Length of the connecting side's opening (the length of a handshake's head).
-pub(super) const HELLO_LEN: usize = 30;
+pub const HELLO_LEN: usize = 30;
 /// Length of the accepting side's challenge.
-pub(super) const CHALLENGE_LEN: usize = 4 + 1 + 16 + 32;
+pub const CHALLENGE_LEN: usize = 4 + 1 + 16 + 32;
 /// Length of a MAC.
 pub(super) const MAC_LEN: usize = 32;
 
@@ -194,7 +194,9 @@ pub(super) fn connect(mut stream: impl Read + Write, secret: &Secret) -> Result<
 
 /// Runs the accepting side's part after the connector's opening (`hello`, already read); `Ok`
 /// once the connector proved it holds `secret`. Every refusal was answered before it returns.
-pub(super) fn accept(
+/// Public for the `auth_accept` fuzz target: whatever a stranger sends, this answers or fails,
+/// and never lets it in.
+pub fn accept(
     mut stream: impl Read + Write,
     secret: Option<&Secret>,
     hello: &[u8; HELLO_LEN],
