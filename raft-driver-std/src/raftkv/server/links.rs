@@ -61,7 +61,8 @@ struct Link {
 
 #[derive(Default)]
 struct Waiting {
-    queue: VecDeque<Sender<Answer>>,
+    /// Each waiter with when its request was sent.
+    queue: VecDeque<(Instant, Sender<Answer>)>,
     broken: bool,
 }
 
@@ -81,7 +82,7 @@ impl Link {
             waiting.broken = true;
             std::mem::take(&mut waiting.queue)
         };
-        for waiter in waiters {
+        for (_, waiter) in waiters {
             let _ = waiter.send(Err(why.to_owned()));
         }
         let _ = lock(&self.stream).shutdown(Shutdown::Both);
@@ -96,7 +97,7 @@ impl Link {
             if waiting.broken {
                 return Err("forwarding connection broken".into());
             }
-            waiting.queue.push_back(tx);
+            waiting.queue.push_back((Instant::now(), tx));
         }
         if let Err(error) = stream.write_all(request) {
             drop(stream);
@@ -106,8 +107,11 @@ impl Link {
         Ok(rx)
     }
 
-    /// The reader thread: hands each reply to the waiter at the front.
-    fn read_replies(&self, mut stream: TcpStream, max_reply: usize) {
+    /// The reader thread: hands each reply to the waiter at the front. The leader answers every
+    /// forwarded request within its timeout (at most the retry bound), so a front request older
+    /// than `silence` means the leader is gone or cut off (a partition sends no reset): the link
+    /// fails instead of holding its thread and its waiters forever.
+    fn read_replies(&self, mut stream: TcpStream, max_reply: usize, silence: Duration) {
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let why = loop {
@@ -116,7 +120,7 @@ impl Link {
                 match parse_forward_reply(&buf[used..]) {
                     Ok(Some((attempt, n))) => {
                         used += n;
-                        let Some(waiter) = lock(&self.waiting).queue.pop_front() else {
+                        let Some((_, waiter)) = lock(&self.waiting).queue.pop_front() else {
                             return self.fail("a reply from the leader that no request asked for");
                         };
                         let _ = waiter.send(Ok(attempt));
@@ -133,12 +137,24 @@ impl Link {
                 Ok(0) => break format!("leader {} closed the forwarding connection", self.leader),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    let oldest = lock(&self.waiting).queue.front().map(|(sent, _)| sent.elapsed());
+                    if oldest.is_some_and(|waited| waited > silence) {
+                        break format!("leader {} did not answer for {silence:?}", self.leader);
+                    }
+                }
                 Err(e) => break format!("read from leader {}: {e}", self.leader),
             }
         };
         self.fail(&why);
     }
 }
+
+/// How often a link's reader checks whether its oldest request has waited too long.
+const LINK_CHECK: Duration = Duration::from_secs(1);
+/// How much longer than the retry bound a request may wait for the leader's answer before the link
+/// is given up.
+const LINK_SILENCE_SLACK: Duration = Duration::from_secs(3);
 
 /// How often a forwarded request's wait re-checks whether the leader changed.
 const FORWARD_POLL: Duration = Duration::from_millis(50);
@@ -235,13 +251,16 @@ impl Links {
             stream.set_read_timeout(None).map_err(|e| e.to_string())?;
         }
         let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        // Wakes the reader to check for a silent leader (see `read_replies`).
+        reader.set_read_timeout(Some(LINK_CHECK)).map_err(|e| e.to_string())?;
+        let silence = shared.options.retry_bound + LINK_SILENCE_SLACK;
         let link = Arc::new(Link { leader, stream: Mutex::new(stream), waiting: Mutex::new(Waiting::default()) });
         let max_reply = shared.node.max_entry_bytes().saturating_add(FORWARD_REPLY_SLACK_BYTES);
         let reading = Arc::clone(&link);
         std::thread::Builder::new()
             .name(format!("raftkv-link-{leader}"))
             .stack_size(256 * 1024)
-            .spawn(move || reading.read_replies(reader, max_reply))
+            .spawn(move || reading.read_replies(reader, max_reply, silence))
             .map_err(|e| format!("cannot start a forwarding reader: {e}"))?;
         Ok(link)
     }
