@@ -92,8 +92,12 @@ fn single_node_commits_applies_and_recovers() {
             .collect();
         replies.sort_unstable();
         assert_eq!(replies, (1..=100).collect::<Vec<u64>>());
-        let status = handle.status();
-        assert!(status.applied_index >= 101 && status.commit_index == status.applied_index, "{status:?}");
+        // The status is published after the step that answered the proposals: wait for it.
+        let caught_up = || {
+            let status = handle.status();
+            status.applied_index >= 101 && status.commit_index == status.applied_index
+        };
+        assert!(wait_until(Duration::from_secs(5), caught_up), "{:?}", handle.status());
         assert_eq!(handle.inspect(|log: &Log| log.0.len(), Duration::from_secs(1)), Some(100));
         node.shutdown().expect("clean shutdown");
         assert_eq!(

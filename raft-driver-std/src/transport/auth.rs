@@ -111,21 +111,22 @@ impl From<io::Error> for AuthError {
     }
 }
 
-fn mac(secret: &Secret, label: &[u8], connector: &[u8; 16], acceptor: &[u8; 16]) -> [u8; MAC_LEN] {
+/// `HMAC(secret, label ‖ connector nonce ‖ acceptor nonce)`, not yet finalized.
+fn keyed(secret: &Secret, label: &[u8], connector: &[u8; 16], acceptor: &[u8; 16]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
     mac.update(label);
     mac.update(connector);
     mac.update(acceptor);
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+fn mac(secret: &Secret, label: &[u8], connector: &[u8; 16], acceptor: &[u8; 16]) -> [u8; MAC_LEN] {
+    keyed(secret, label, connector, acceptor).finalize().into_bytes().into()
 }
 
 fn mac_matches(secret: &Secret, label: &[u8], connector: &[u8; 16], acceptor: &[u8; 16], got: &[u8]) -> bool {
-    let mut check = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
-    check.update(label);
-    check.update(connector);
-    check.update(acceptor);
     // Constant time: the comparison reveals nothing about how much of a forgery was right.
-    check.verify_slice(got).is_ok()
+    keyed(secret, label, connector, acceptor).verify_slice(got).is_ok()
 }
 
 const ACCEPTOR_LABEL: &[u8] = b"raft-peer-acceptor";
@@ -295,8 +296,11 @@ mod tests {
         assert_eq!(acceptor[5..21], [0x22; 16]);
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         crate::golden::check("auth-v1-acceptor-mac.hex", hex(&acceptor[21..]).as_bytes());
+        // Spelled out too (Python's value), so the file cannot drift with the code.
+        assert_eq!(hex(&acceptor[21..]), "5318c3cad36a7a0b04097ef4624e2ac6d88a28ef273c1d26ec9c01a1f411304b");
         let connector = mac(&secret, CONNECTOR_LABEL, &[0x11; 16], &[0x22; 16]);
         crate::golden::check("auth-v1-connector-mac.hex", hex(&connector).as_bytes());
+        assert_eq!(hex(&connector), "fd066727a8b1cfe2e7e7bf58f225fbedb9aab2ed37dcf10a6364e763ea8907a8");
         assert_ne!(acceptor[21..], connector, "the two directions' MACs differ");
         assert_eq!(format!("{secret:?}"), "Secret(..)");
         crate::golden::assert_complete(

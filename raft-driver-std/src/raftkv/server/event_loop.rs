@@ -43,7 +43,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Buffers, Conn, MAX_BATCH_COMMANDS, Next, Queued, Seen, Shared, lingering_close, result_reply};
+use super::{Buffers, Conn, MAX_BATCH_COMMANDS, Next, Queued, Seen, Shared, forward, lingering_close};
 use crate::raftkv::resp::{self, Protocol, Reply, RequestParser, RespError};
 use crate::raftkv::store::{KvOp, KvResult, KvStore};
 use crate::raftkv::unix_ms;
@@ -131,21 +131,20 @@ impl TurnQueue {
         self.lock().0.len()
     }
 
-    /// The next turn, waiting at most `timeout`: `Err(true)` once the queue is closed, `Err(false)`
-    /// on a timeout.
-    fn pop(&self, timeout: Duration) -> Result<Box<Client>, bool> {
+    /// The next turn, waiting at most `timeout`.
+    fn pop(&self, timeout: Duration) -> Popped {
         let deadline = Instant::now() + timeout;
         let mut turns = self.lock();
         loop {
             if turns.1 {
-                return Err(true);
+                return Popped::Closed;
             }
             if let Some(client) = turns.0.pop_front() {
-                return Ok(client);
+                return Popped::Turn(client);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(false);
+                return Popped::TimedOut;
             }
             turns = self.ready.wait_timeout(turns, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
@@ -159,6 +158,14 @@ impl TurnQueue {
         drop(turns);
         self.ready.notify_all();
     }
+}
+
+/// What a worker waiting for a turn got.
+enum Popped {
+    Turn(Box<Client>),
+    TimedOut,
+    /// The event loop ended: leave.
+    Closed,
 }
 
 /// The thread pool that serves connections' turns.
@@ -209,17 +216,16 @@ impl Workers {
     }
 
     fn spawn(&mut self) {
+        if let Err(error) = self.try_spawn() {
+            tracing::warn!(%error, "cannot start a worker thread; the queued turns wait for a busy one");
+        }
+    }
+
+    fn try_spawn(&mut self) -> io::Result<()> {
+        let registry = self.registry.try_clone()?;
         self.live.fetch_add(1, Ordering::SeqCst);
         let (queue, back, waker) = (Arc::clone(&self.queue), self.back.clone(), Arc::clone(&self.waker));
         let (live, idle) = (Arc::clone(&self.live), Arc::clone(&self.idle));
-        let registry = match self.registry.try_clone() {
-            Ok(registry) => registry,
-            Err(error) => {
-                self.live.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(%error, "cannot start a worker thread; the queued turns wait for a busy one");
-                return;
-            }
-        };
         let builder =
             std::thread::Builder::new().name(format!("raftkv-worker-{}", self.node_id)).stack_size(WORKER_STACK);
         let spawned = builder.spawn(move || {
@@ -228,7 +234,7 @@ impl Workers {
                 let job = queue.pop(WORKER_IDLE);
                 idle.fetch_sub(1, Ordering::SeqCst);
                 match job {
-                    Ok(client) => {
+                    Popped::Turn(client) => {
                         let back_msg = match turn(client) {
                             Ok(client) => Back::Again(client),
                             Err(client) => {
@@ -242,7 +248,7 @@ impl Workers {
                         }
                         let _ = waker.wake();
                     }
-                    Err(false) => {
+                    Popped::TimedOut => {
                         // Leave unless that would drop below the minimum.
                         let left =
                             live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > MIN_WORKERS).then(|| n - 1));
@@ -250,15 +256,15 @@ impl Workers {
                             return;
                         }
                     }
-                    Err(true) => break,
+                    Popped::Closed => break,
                 }
             }
             live.fetch_sub(1, Ordering::SeqCst);
         });
-        if let Err(error) = spawned {
+        if spawned.is_err() {
             self.live.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(%error, "cannot start a worker thread; the queued turns wait for a busy one");
         }
+        spawned.map(drop)
     }
 }
 
@@ -399,7 +405,7 @@ impl Poller {
                 tracing::error!(%error, "client event loop failed; no more client connections are served");
                 return;
             }
-            if self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.shared.stopping.load(Ordering::SeqCst) {
                 // Dropping the listener and the idle connections closes them; busy ones finish
                 // their turn and are dropped when they come back.
                 return;
@@ -441,7 +447,7 @@ impl Poller {
     fn close_killed(&mut self) {
         for id in self.shared.registry.take_killed() {
             let token = Token(id as usize);
-            if let Some(Slot::Idle(_)) = self.slots.get(&token) {
+            if matches!(self.slots.get(&token), Some(Slot::Idle(_))) {
                 if let Some(Slot::Idle(client)) = self.slots.remove(&token) {
                     self.drop_client(client);
                 }
@@ -581,10 +587,7 @@ impl Poller {
         let protocol = client.conn.protocol;
         for item in turn.items {
             let reply = match item {
-                Queued::Op(_) => match results.next().flatten() {
-                    Some(result) => result_reply(result),
-                    None => Reply::error("ERR internal error: not a read-only command; nothing was applied"),
-                },
+                Queued::Op(_) => forward::read_reply(results.next().flatten()),
                 Queued::Reply(reply) => reply,
                 Queued::Conn(_) => Reply::error("ERR internal error: a connection command in a read turn"),
             };

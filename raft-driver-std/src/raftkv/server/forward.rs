@@ -133,17 +133,7 @@ pub(super) fn read_many(shared: &Shared, db: u8, ops: Vec<KvOp>) -> Vec<Reply> {
             remaining,
         );
         match read {
-            Ok(results) => {
-                return results
-                    .into_iter()
-                    .map(|r| {
-                        r.map_or_else(
-                            || Reply::error("ERR internal error: not a read-only command; nothing was applied"),
-                            result_reply,
-                        )
-                    })
-                    .collect();
-            }
+            Ok(results) => return results.into_iter().map(read_reply).collect(),
             Err(ReadFailure::Stopped) => {
                 return failed(Reply::error("ERR node stopped; nothing was applied"), ops.len());
             }
@@ -156,6 +146,13 @@ pub(super) fn read_many(shared: &Shared, db: u8, ops: Vec<KvOp>) -> Vec<Reply> {
         std::thread::sleep(delay.min(deadline - now));
         delay = (delay * 2).min(Duration::from_millis(50));
     }
+}
+
+/// The client's reply to one served read ([`KvStore::query_in`]'s answer; `None` for an op that
+/// is not a read, which the callers never send).
+pub(super) fn read_reply(result: Option<KvResult>) -> Reply {
+    result
+        .map_or_else(|| Reply::error("ERR internal error: not a read-only command; nothing was applied"), result_reply)
 }
 
 /// One attempt: propose on this node if it leads, else forward to the leader it knows.
