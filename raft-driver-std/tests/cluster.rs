@@ -129,6 +129,8 @@ struct TestCluster {
     password: Option<String>,
     /// Each node's cluster secret (`RAFTKV_CLUSTER_SECRET`), by id; none when missing.
     secrets: Vec<Option<String>>,
+    /// More arguments for every `raftkv node` started from here on.
+    extra_args: Vec<String>,
 }
 
 type Info = HashMap<String, String>;
@@ -176,6 +178,7 @@ impl TestCluster {
             children: (0..n + spares).map(|_| None).collect(),
             password: None,
             secrets: Vec::new(),
+            extra_args: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -197,6 +200,11 @@ impl TestCluster {
 
     /// `n` nodes whose peer links run through [`Links`] proxies, reading with `reads`.
     fn start_partitionable(n: u64, reads: ReadsConfig) -> TestCluster {
+        TestCluster::start_partitionable_with(n, reads, &[])
+    }
+
+    /// [`TestCluster::start_partitionable`], every node started with `args` too.
+    fn start_partitionable_with(n: u64, reads: ReadsConfig, args: &[&str]) -> TestCluster {
         let links = Arc::new(Links { cut: Mutex::new(Default::default()), stop: AtomicBool::new(false) });
         let ports = free_ports(2 * n as u16);
         let addr = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().expect("addr") };
@@ -241,6 +249,7 @@ impl TestCluster {
             children: (0..n).map(|_| None).collect(),
             password: None,
             secrets: Vec::new(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -273,6 +282,7 @@ impl TestCluster {
             .arg(self.node_config_paths.get(id as usize - 1).unwrap_or(&self.config_path))
             .arg("--data-dir")
             .arg(self.data_dir(id))
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .env("RAFTKV_REQUIREPASS", self.password.as_deref().unwrap_or(""))
             .env_remove("RAFTKV_CLUSTER_SECRET")
@@ -1603,6 +1613,29 @@ fn tryagain_writes_never_apply_and_uncertain_ones_resume_exactly_once() {
         uncertain.len() as i64,
         "each uncertain write applied exactly once, none of the {tryagain} answered TRYAGAIN"
     );
+    cluster.wait_converged(&ids, Duration::from_secs(10));
+}
+
+/// A write the leader's event loop proposed is answered by the retry bound even while that node
+/// still believes it leads (cut off, it steps down only an election timeout later): `-UNCERTAIN`
+/// (it was appended, it may apply), naming its session, and not after the step-down.
+#[test]
+fn a_write_on_a_cut_off_leader_is_answered_by_the_retry_bound() {
+    // The bound far below the election timeout (500 ms; CheckQuorum steps down after one to two).
+    let cluster = TestCluster::start_partitionable_with(3, ReadsConfig::default(), &["--retry-ms", "150"]);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(10));
+    let mut conn = cluster.conn(leader).expect("conn");
+    let () = redis::cmd("SET").arg("k").arg("before").query(&mut conn).expect("SET before the cut");
+    cluster.links().isolate(leader, &ids);
+    let started = Instant::now();
+    let error = redis::cmd("SET").arg("k").arg("cut-off").query::<()>(&mut conn).expect_err("no quorum");
+    let elapsed = started.elapsed();
+    assert_eq!(error.code(), Some("UNCERTAIN"), "{error}");
+    uncertain_session(&error);
+    assert!(elapsed < Duration::from_millis(450), "answered after {elapsed:?}, not by the 150 ms bound");
+    cluster.links().heal();
+    cluster.wait_leader(&ids, Duration::from_secs(10));
     cluster.wait_converged(&ids, Duration::from_secs(10));
 }
 

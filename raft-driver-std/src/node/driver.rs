@@ -368,12 +368,8 @@ impl<S: StateMachine> Driver<S> {
         };
         match self.proposals.applied(entry, answer) {
             Some(Settled::Applied(reply)) => match response.take() {
-                Some(r) => {
-                    let _ = reply.send(Ok(r));
-                }
-                None => {
-                    let _ = reply.send(Err(ProposalError::Overwritten));
-                }
+                Some(r) => reply.send(Ok(r)),
+                None => reply.send(Err(ProposalError::Overwritten)),
             },
             Some(failed) => answer(failed),
             None => {}
@@ -398,9 +394,7 @@ impl<S: StateMachine> Driver<S> {
         // Fail proposals still queued; later ones see the closed channel.
         while let Ok(input) = self.inputs.try_recv() {
             match input {
-                Input::Propose(_, reply) => {
-                    let _ = reply.send(Err(ProposalError::StoppedBeforeProposing));
-                }
+                Input::Propose(_, reply) => reply.send(Err(ProposalError::StoppedBeforeProposing)),
                 Input::Read(job) => job(Err(ReadFailure::Stopped)),
                 _ => {}
             }
@@ -415,12 +409,12 @@ impl<S: StateMachine> Driver<S> {
 /// Answers a settled proposal's waiting client. Only failures reach here without a response; an
 /// `Applied` without one (cannot happen: the tracker answers `Applied` only at the apply that produces
 /// the response) is reported as overwritten rather than dropped.
-fn answer<R>(settled: Settled<crate::oneshot::Sender<Result<R, ProposalError>>>) {
+fn answer<R>(settled: Settled<super::Answer<R>>) {
     let (reply, error) = match settled {
         Settled::Failed(reply, error) => (reply, error),
         Settled::Applied(reply) => (reply, ProposalError::Overwritten),
     };
-    let _ = reply.send(Err(error));
+    reply.send(Err(error));
 }
 
 /// A seed that differs per node and per start.

@@ -367,8 +367,27 @@ type InspectFn<S> = Box<dyn FnOnce(&S) + Send>;
 /// applied, or with the reason it failed.
 type ReadJob<S> = Box<dyn FnOnce(Result<&S, ReadFailure>) + Send>;
 
-/// The reply channel of one proposal.
-type ReplyTx<S> = oneshot::Sender<ProposalResult<<S as StateMachine>::Response>>;
+/// Where one proposal's result goes.
+type ReplyTx<S> = Answer<<S as StateMachine>::Response>;
+
+/// Where one proposal's result goes: a channel a thread waits on ([`RaftHandle::propose`]), or a
+/// function the node thread runs with it ([`RaftHandle::propose_then`]).
+pub(crate) enum Answer<R> {
+    Channel(oneshot::Sender<ProposalResult<R>>),
+    Then(Box<dyn FnOnce(ProposalResult<R>) + Send>),
+}
+
+impl<R> Answer<R> {
+    /// Delivers the result (to a receiver that may have gone: then nobody needs it).
+    pub(crate) fn send(self, result: ProposalResult<R>) {
+        match self {
+            Answer::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Answer::Then(f) => f(result),
+        }
+    }
+}
 
 /// What reaches the node thread.
 enum Input<S: StateMachine> {
@@ -433,16 +452,28 @@ impl<S: StateMachine> RaftHandle<S> {
     /// [`ProposeError::EntryTooLarge`]. Blocks only while the node's input queue is full.
     pub fn propose(&self, command: Bytes) -> oneshot::Receiver<ProposalResult<S::Response>> {
         let (tx, rx) = oneshot::channel();
+        self.submit(command, Answer::Channel(tx));
+        rx
+    }
+
+    /// [`propose`](Self::propose) without a channel: `f` runs with the result (on the node thread
+    /// once the entry is applied or fails, or here at once when it is refused), and this returns at
+    /// once. For an event loop that posts the answer back to itself instead of parking a thread per
+    /// proposal. Keep `f` short: the node waits for it.
+    pub fn propose_then(&self, command: Bytes, f: impl FnOnce(ProposalResult<S::Response>) + Send + 'static) {
+        self.submit(command, Answer::Then(Box::new(f)));
+    }
+
+    fn submit(&self, command: Bytes, answer: ReplyTx<S>) {
         if command.len() > self.max_entry_bytes {
             let error = ProposeError::EntryTooLarge { size: command.len(), max: self.max_entry_bytes };
-            let _ = tx.send(Err(ProposalError::Refused(error)));
-            return rx;
+            return answer.send(Err(ProposalError::Refused(error)));
         }
-        if let Err(crossbeam_channel::SendError(Input::Propose(_, tx))) = self.inputs.send(Input::Propose(command, tx))
+        if let Err(crossbeam_channel::SendError(Input::Propose(_, answer))) =
+            self.inputs.send(Input::Propose(command, answer))
         {
-            let _ = tx.send(Err(ProposalError::StoppedBeforeProposing));
+            answer.send(Err(ProposalError::StoppedBeforeProposing));
         }
-        rx
     }
 
     /// Proposes `command` and waits at most `timeout` for its result.

@@ -10,20 +10,23 @@
 //! [`Client`] record with empty buffers: the poller reads what arrives and hands the connection to a
 //! worker only once there are bytes to answer.
 //!
-//! A worker runs the connection's turn with the same code as before: it parses every complete
-//! request in the buffer, runs them (a pipeline as one log entry, reads as one read round) and
-//! writes the replies in order, blocking on Raft as it goes. Commands wait for a commit (a disk
-//! round and a network round), so a worker per *active* connection is what lets their proposals
-//! meet in one batch; an event-driven core would need the same amount of concurrency spelled as
-//! continuations. Workers are started while turns wait for one (eight at once, then one per
-//! millisecond the backlog lasts, so that a burst of instant commands does not start hundreds),
-//! up to `ServerOptions::max_workers`, and leave after [`WORKER_IDLE`] without work, so the threads
-//! and their memory go back after a burst.
+//! A turn of data commands needs no worker. The poller parses every complete request in the
+//! buffer; reads alone go to the node thread as one read round
+//! ([`crate::node::RaftHandle::read_then`]), and a turn with a write among them goes, on the
+//! leader, as one proposal ([`crate::node::RaftHandle::propose_then`]: one op as itself, several as
+//! one entry). The node thread posts the answer back and the poller writes the replies in order:
+//! two thread hops per turn instead of four, and the proposals of every connection that has
+//! something to write reach the node thread together, so they share one batch and one fsync
+//! round. A turn's answer is due by the retry bound (a write then answers `-UNCERTAIN`, reads
+//! `-TRYAGAIN`), however long the node takes to settle it.
 //!
-//! A turn of nothing but reads (a pipeline of GETs, a `PING`) needs no worker: the poller sends
-//! the reads to the node thread as one read round ([`crate::node::RaftHandle::read_then`]), and
-//! the node thread posts the answers back, two thread hops instead of four. Writes go through a
-//! worker, whose retry loop owns the `(session, seq)` a write that may have applied is retried with.
+//! Everything else runs on a worker with the blocking code path: connection commands, `MULTI`
+//! blocks, forwarded requests, writes on a follower (forwarded to the leader), and any write whose
+//! first attempt the node did not settle (a leader change): the worker's retry loop resends it
+//! with the same `(session, seq)` until the retry bound. Workers are started while turns wait for
+//! one (eight at once, then one per millisecond the backlog lasts, so that a burst of instant
+//! commands does not start hundreds), up to `ServerOptions::max_workers`, and leave after
+//! [`WORKER_IDLE`] without work, so the threads and their memory go back after a burst.
 //!
 //! The socket is non-blocking while the poller holds it and blocking (with the 30 s write timeout)
 //! during a worker's turn, so that a turn writes its replies as before and a client that stops
@@ -33,7 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,11 +46,18 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Buffers, Conn, MAX_BATCH_COMMANDS, Next, Queued, Seen, Shared, forward, lingering_close};
+use super::{
+    Buffers, Conn, MAX_BATCH_COMMANDS, Next, Queued, Resume, Seen, Shared, entry_op, forward, lingering_close,
+    result_reply,
+};
+use crate::node::ProposalResult;
+use crate::proposals::ProposalError;
+use crate::raftkv::config::ReadMode;
 use crate::raftkv::resp::{self, Protocol, Reply, RequestParser, RespError};
-use crate::raftkv::store::{KvOp, KvResult, KvStore};
+use crate::raftkv::store::{KvOp, KvRequest, KvResult, KvStore};
 use crate::raftkv::unix_ms;
 use crate::reads::ReadFailure;
+use raft_core::Role;
 
 /// The poller's token for the listening socket.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -79,6 +89,14 @@ pub(super) struct Client {
     token: Token,
     parser: RequestParser,
     buf: Buffers,
+    /// Whether the socket may hold bytes not yet read: an event came (or a worker had the
+    /// connection) since the last read that found it empty. Lets a turn skip the read that would
+    /// only say `EAGAIN`.
+    readable: bool,
+    /// Read until `EAGAIN` next time instead of trusting a short read to have emptied the socket:
+    /// the end of the stream may be waiting behind the bytes (the poller said so, or it could not
+    /// watch while a worker had the connection).
+    drain: bool,
 }
 
 /// What a worker hands back to the poller.
@@ -88,7 +106,32 @@ enum Back {
     /// The connection ended (its record was dropped).
     Closed(Token),
     /// The node thread answered an inline read turn (see [`Poller::dispatch`]).
-    Read { token: Token, results: Result<Vec<Option<KvResult>>, ReadFailure> },
+    Read { token: Token, id: u64, results: Result<Vec<Option<KvResult>>, ReadFailure> },
+    /// The node thread settled an inline write turn's proposal (see [`Poller::dispatch`]).
+    Wrote { token: Token, id: u64, result: ProposalResult<KvResult> },
+}
+
+/// How workers and the node thread post to the event loop: the message, then a wake of the
+/// poller unless one is pending already. A commit settles many connections' writes at once; one
+/// wake (one `eventfd` write) serves them all.
+struct Notify {
+    back: Sender<Back>,
+    waker: Arc<Waker>,
+    /// A wake was sent that the poller has not yet acted on (it clears this before it drains).
+    pending: AtomicBool,
+}
+
+impl Notify {
+    /// Posts `back`; `false` once the event loop has ended.
+    fn post(&self, back: Back) -> bool {
+        if self.back.send(back).is_err() {
+            return false;
+        }
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+        true
+    }
 }
 
 /// The poller's view of a connection.
@@ -99,11 +142,29 @@ enum Slot {
     Busy,
     /// Its reads are on the node thread; the poller keeps it until [`Back::Read`] comes.
     Reading(Box<Client>, ReadTurn),
+    /// Its write is proposed; the poller keeps it until [`Back::Wrote`] comes.
+    Writing(Box<Client>, WriteTurn),
+}
+
+/// An inline write turn: what each request answers with, the proposed request (for a worker to
+/// retry with the same sequence number, should the first attempt not settle it) and what the
+/// client table shows.
+struct WriteTurn {
+    /// Which of the poller's turns (a late answer to an expired one must not answer the next).
+    id: u64,
+    items: Vec<Queued>,
+    request: KvRequest,
+    deadline: Instant,
+    /// Whether `request` holds the turn's ops as one `Exec` entry (else its only op).
+    batched: bool,
+    seen: Seen,
 }
 
 /// An inline read turn: the requests as parsed (for a worker, should the read fail), what each
 /// answers with, and what the client table shows.
 struct ReadTurn {
+    /// Which of the poller's turns (a late answer to an expired one must not answer the next).
+    id: u64,
     requests: Vec<Vec<Bytes>>,
     items: Vec<Queued>,
     seen: Seen,
@@ -171,8 +232,7 @@ enum Popped {
 /// The thread pool that serves connections' turns.
 struct Workers {
     queue: Arc<TurnQueue>,
-    back: Sender<Back>,
-    waker: Arc<Waker>,
+    notify: Arc<Notify>,
     /// To stop watching the connections that end during a turn.
     registry: mio::Registry,
     live: Arc<AtomicUsize>,
@@ -224,7 +284,7 @@ impl Workers {
     fn try_spawn(&mut self) -> io::Result<()> {
         let registry = self.registry.try_clone()?;
         self.live.fetch_add(1, Ordering::SeqCst);
-        let (queue, back, waker) = (Arc::clone(&self.queue), self.back.clone(), Arc::clone(&self.waker));
+        let (queue, notify) = (Arc::clone(&self.queue), Arc::clone(&self.notify));
         let (live, idle) = (Arc::clone(&self.live), Arc::clone(&self.idle));
         let builder =
             std::thread::Builder::new().name(format!("raftkv-worker-{}", self.node_id)).stack_size(WORKER_STACK);
@@ -243,10 +303,9 @@ impl Workers {
                                 Back::Closed(client.token)
                             }
                         };
-                        if back.send(back_msg).is_err() {
+                        if !notify.post(back_msg) {
                             break;
                         }
-                        let _ = waker.wake();
                     }
                     Popped::TimedOut => {
                         // Leave unless that would drop below the minimum.
@@ -313,8 +372,16 @@ enum Arrived {
 impl Client {
     /// Reads what the socket holds (at most [`TURN_READ_MAX`]) through the poller's scratch buffer,
     /// so that an idle connection keeps no buffer of its own.
+    ///
+    /// A read shorter than the scratch buffer emptied the socket (the poller is edge-triggered and
+    /// reports any byte that arrives later), so the read that would say `EAGAIN` is skipped: a
+    /// pipelined turn costs one `recv`, not two, and the turn after it none until an event comes.
     fn read_available(&mut self, scratch: &mut [u8]) -> Arrived {
+        if !self.readable {
+            return Arrived::Nothing;
+        }
         let mut got = 0;
+        let mut emptied = false;
         while got < TURN_READ_MAX {
             match self.stream.read(scratch) {
                 // End of stream: answer what came before it first (the next read sees the end again).
@@ -323,11 +390,22 @@ impl Client {
                     self.buf.input.extend_from_slice(&scratch[..n]);
                     self.buf.request_bytes += n;
                     got += n;
+                    if n < scratch.len() && !self.drain {
+                        emptied = true;
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    emptied = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Arrived::Closed,
             }
+        }
+        if emptied {
+            self.readable = false;
+            self.drain = false;
         }
         if got >= TURN_READ_MAX {
             Arrived::Capped
@@ -348,6 +426,10 @@ struct Poller {
     workers: Workers,
     back: Receiver<Back>,
     scratch: Vec<u8>,
+    /// When each inline turn's answer is due, in order (the retry bound is the same for all).
+    deadlines: VecDeque<(Instant, Token, u64)>,
+    /// The last inline turn's id.
+    next_turn: u64,
 }
 
 /// Starts the event loop on `listener`; returns its thread and the waker that interrupts it (after
@@ -360,10 +442,10 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     shared.registry.set_waker(Arc::clone(&waker));
     let (back_tx, back) = crossbeam_channel::unbounded();
+    let notify = Arc::new(Notify { back: back_tx, waker: Arc::clone(&waker), pending: AtomicBool::new(false) });
     let workers = Workers {
         queue: Arc::default(),
-        back: back_tx,
-        waker: Arc::clone(&waker),
+        notify,
         registry: poll.registry().try_clone()?,
         live: Arc::new(AtomicUsize::new(0)),
         idle: Arc::new(AtomicUsize::new(0)),
@@ -379,6 +461,8 @@ pub(super) fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> io:
         workers,
         back,
         scratch: vec![0; 64 * 1024],
+        deadlines: VecDeque::new(),
+        next_turn: 0,
     };
     let handle =
         std::thread::Builder::new().name(format!("raftkv-poll-{}", shared.node_id)).spawn(move || poller.run())?;
@@ -397,7 +481,13 @@ impl Poller {
         let mut events = Events::with_capacity(1024);
         loop {
             // While turns wait for a worker, come back to start another.
-            let timeout = self.workers.backlogged().then_some(GROW_EVERY);
+            let now = Instant::now();
+            let due = self.deadlines.front().map(|&(deadline, ..)| deadline.saturating_duration_since(now));
+            let grow = self.workers.backlogged().then_some(GROW_EVERY);
+            let timeout = match (due, grow) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -415,32 +505,124 @@ impl Poller {
                     LISTENER => self.accept(),
                     WAKE => self.close_killed(),
                     token => {
-                        if let Some(Slot::Idle(_)) = self.slots.get(&token) {
-                            let Some(Slot::Idle(client)) = self.slots.insert(token, Slot::Busy) else {
-                                unreachable!("checked above")
-                            };
-                            self.serve(client);
+                        let closing = event.is_read_closed() || event.is_error();
+                        match self.slots.get_mut(&token) {
+                            Some(Slot::Idle(_)) => {
+                                let Some(Slot::Idle(mut client)) = self.slots.insert(token, Slot::Busy) else {
+                                    unreachable!("checked above")
+                                };
+                                client.readable = true;
+                                client.drain |= closing;
+                                self.serve(client);
+                            }
+                            // Read once its answer is written.
+                            Some(Slot::Reading(client, _) | Slot::Writing(client, _)) => {
+                                client.readable = true;
+                                client.drain |= closing;
+                            }
+                            // The hand-back reads until `EAGAIN`.
+                            Some(Slot::Busy) | None => {}
                         }
                     }
                 }
             }
+            // Before draining: a post after this wakes the poller again (see [`Notify`]).
+            self.workers.notify.pending.store(false, Ordering::SeqCst);
             while let Ok(back) = self.back.try_recv() {
                 match back {
-                    Back::Again(client) => self.serve(client),
+                    Back::Again(mut client) => {
+                        // Events while the worker had it were not seen.
+                        client.readable = true;
+                        client.drain = true;
+                        self.serve(client)
+                    }
                     Back::Closed(token) => {
                         self.slots.remove(&token);
                     }
-                    Back::Read { token, results } => {
-                        if let Some(Slot::Reading(client, turn)) = self.slots.remove(&token) {
+                    Back::Read { token, id, results } => {
+                        if let Some((client, turn)) = self.take_reading(token, id) {
                             if let Some(client) = self.answer_reads(client, turn, results) {
+                                self.serve(client);
+                            }
+                        }
+                    }
+                    Back::Wrote { token, id, result } => {
+                        if let Some((client, turn)) = self.take_writing(token, id) {
+                            if let Some(client) = self.answer_write(client, turn, result) {
                                 self.serve(client);
                             }
                         }
                     }
                 }
             }
+            self.expire_turns(Instant::now());
             self.workers.grow(Instant::now());
         }
+    }
+
+    /// The connection of inline read turn `id`, if it still waits for that turn.
+    fn take_reading(&mut self, token: Token, id: u64) -> Option<(Box<Client>, ReadTurn)> {
+        match self.slots.get(&token) {
+            Some(Slot::Reading(_, turn)) if turn.id == id => match self.slots.remove(&token) {
+                Some(Slot::Reading(client, turn)) => Some((client, turn)),
+                _ => unreachable!("checked above"),
+            },
+            _ => None,
+        }
+    }
+
+    /// The connection of inline write turn `id`, if it still waits for that turn.
+    fn take_writing(&mut self, token: Token, id: u64) -> Option<(Box<Client>, WriteTurn)> {
+        match self.slots.get(&token) {
+            Some(Slot::Writing(_, turn)) if turn.id == id => match self.slots.remove(&token) {
+                Some(Slot::Writing(client, turn)) => Some((client, turn)),
+                _ => unreachable!("checked above"),
+            },
+            _ => None,
+        }
+    }
+
+    /// Ends the inline turns whose answer did not come within the retry bound, as a worker's
+    /// wait would have: a write as timed out (`-UNCERTAIN`: it may still apply), reads with
+    /// `-TRYAGAIN` (a read never takes effect).
+    fn expire_turns(&mut self, now: Instant) {
+        while let Some(&(deadline, token, id)) = self.deadlines.front() {
+            if deadline > now {
+                return;
+            }
+            if self.deadlines.len() == 1 && self.deadlines.capacity() > 4096 {
+                // After a burst: give the queue's memory back.
+                self.deadlines.shrink_to(64);
+            }
+            self.deadlines.pop_front();
+            if let Some((client, turn)) = self.take_writing(token, id) {
+                if let Some(client) = self.answer_write(client, turn, Err(ProposalError::Timeout)) {
+                    self.serve(client);
+                }
+            } else if let Some((client, turn)) = self.take_reading(token, id) {
+                tracing::debug!(client = client.conn.id, "read not confirmed within the retry bound");
+                let replies = turn
+                    .items
+                    .into_iter()
+                    .map(|item| match item {
+                        Queued::Reply(reply) => reply,
+                        _ => Reply::error(super::TRYAGAIN_NO_LEADER),
+                    })
+                    .collect();
+                client.conn.note(&turn.seen);
+                if let Some(client) = self.write_replies(client, replies) {
+                    self.serve(client);
+                }
+            }
+        }
+    }
+
+    /// A new inline turn's id, whose answer is due by the retry bound.
+    fn new_turn(&mut self, token: Token) -> (u64, Instant) {
+        self.next_turn += 1;
+        let deadline = Instant::now() + self.shared.options.retry_bound;
+        self.deadlines.push_back((deadline, token, self.next_turn));
+        (self.next_turn, deadline)
     }
 
     /// Closes the idle connections `CLIENT KILL` named (busy ones close at the end of their turn).
@@ -485,12 +667,14 @@ impl Poller {
         self.workers.run(client);
     }
 
-    /// Starts a connection's turn. A turn of nothing but reads (and replies known at once) is
-    /// served without a worker: one read round on the node thread, whose answer is posted back
-    /// here ([`Back::Read`]), so a pipeline of GETs costs two thread hops instead of four. Any
-    /// other request sends the turn to a worker, with what was parsed so far. `fresh` says whether
-    /// bytes arrived (without, only an inline turn can have work left). Returns the connection
-    /// when its turn was answered at once, to be served again.
+    /// Starts a connection's turn. A turn of data commands (and replies known at once) is served
+    /// without a worker: reads alone are one read round on the node thread; with a write among them
+    /// (on the leader), the turn's ops are one proposal. The node thread posts the answer back here
+    /// ([`Back::Read`], [`Back::Wrote`]), so a pipeline costs two thread hops instead of four and
+    /// the proposals of every connection that has something to write meet in one batch. Any other
+    /// request sends the turn to a worker, with what was parsed so far. `fresh` says whether bytes
+    /// arrived (without, only an inline turn can have work left). Returns the connection when its
+    /// turn was answered at once, to be served again.
     fn dispatch(&mut self, mut client: Box<Client>, fresh: bool) -> Option<Box<Client>> {
         let inline = client.conn.authenticated
             && client.conn.tx.is_none()
@@ -504,34 +688,56 @@ impl Poller {
             }
             return None;
         }
-        let mut turn = ReadTurn { requests: Vec::new(), items: Vec::new(), seen: Seen::default() };
-        while turn.requests.len() < MAX_BATCH_COMMANDS {
+        let reads_logged = self.shared.cluster.reads.mode == ReadMode::Log;
+        let max_entry_bytes = self.shared.options.limits.max_entry_bytes;
+        let mut leader = None;
+        let mut requests = Vec::new();
+        let mut items = Vec::new();
+        let mut seen = Seen::default();
+        // Ops that go through the log, and about how many bytes they take in the entry.
+        let (mut logged, mut bytes) = (0, 0);
+        while requests.len() < MAX_BATCH_COMMANDS {
             match client.parser.parse(&mut client.buf.input) {
                 Ok(Some(args)) => {
                     client.buf.request_bytes = client.buf.input.len();
-                    let item = client.conn.inline_read(&args);
-                    turn.requests.push(args);
-                    match item {
-                        Some(item) => {
-                            turn.seen.saw(turn.requests.last().map_or(&[][..], |r| &r[..]));
-                            turn.items.push(item);
+                    let item = client.conn.batchable(&args);
+                    requests.push(args);
+                    let inline_item = match &item {
+                        Some(Queued::Op(op)) if reads_logged || !op.is_read_only() => {
+                            // Through the log: only a leader proposes, and the ops' bytes stay
+                            // within half the entry limit, as a worker's batch does.
+                            let len = op.encoded_len();
+                            let is_leader =
+                                *leader.get_or_insert_with(|| self.shared.node.status().role == Role::Leader);
+                            let fits = logged == 0 || bytes + len <= max_entry_bytes / 2;
+                            logged += 1;
+                            bytes += len;
+                            is_leader && fits
                         }
-                        None => {
-                            self.hand_to_worker(client, turn.requests.into_iter().map(Ok).collect());
+                        Some(Queued::Op(_) | Queued::Reply(_)) => true,
+                        Some(Queued::Conn(_)) | None => false,
+                    };
+                    match item {
+                        Some(item) if inline_item => {
+                            seen.saw(requests.last().map_or(&[][..], |r| &r[..]));
+                            items.push(item);
+                        }
+                        _ => {
+                            self.hand_to_worker(client, requests.into_iter().map(Ok).collect());
                             return None;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    let mut pending: VecDeque<_> = turn.requests.into_iter().map(Ok).collect();
+                    let mut pending: VecDeque<_> = requests.into_iter().map(Ok).collect();
                     pending.push_back(Err(error));
                     self.hand_to_worker(client, pending);
                     return None;
                 }
             }
         }
-        if turn.requests.is_empty() {
+        if requests.is_empty() {
             // Nothing complete; a worker answers a request grown over the limit.
             let oversized = client.buf.request_bytes > self.shared.options.max_request_bytes();
             if oversized {
@@ -541,25 +747,75 @@ impl Poller {
             }
             return None;
         }
-        let ops: Vec<KvOp> = turn
-            .items
-            .iter()
-            .filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None })
-            .collect();
         let token = client.token;
+        if logged > 0 {
+            self.propose_turn(client, items, seen);
+            return None;
+        }
+        let ops: Vec<KvOp> =
+            items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.clone()) } else { None }).collect();
         if ops.is_empty() {
+            let turn = ReadTurn { id: 0, requests, items, seen };
             return self.answer_reads(client, turn, Ok(Vec::new()));
         }
+        let (id, _) = self.new_turn(token);
+        let turn = ReadTurn { id, requests, items, seen };
         let (now_ms, db) = (unix_ms(), client.conn.db);
         self.slots.insert(token, Slot::Reading(client, turn));
-        let (back, waker) = (self.workers.back.clone(), Arc::clone(&self.workers.waker));
+        let notify = Arc::clone(&self.workers.notify);
         self.shared.node.read_then(move |store: Result<&KvStore, ReadFailure>| {
             let results = store.map(|kv| ops.iter().map(|op| kv.query_in(db, op, now_ms)).collect());
-            if back.send(Back::Read { token, results }).is_ok() {
-                let _ = waker.wake();
-            }
+            notify.post(Back::Read { token, id, results });
         });
         None
+    }
+
+    /// Proposes the ops of an inline turn: one op as itself, several as one `Exec` entry (one
+    /// sequence number of the session, applied as a whole), as a worker's batch would be.
+    fn propose_turn(&mut self, mut client: Box<Client>, items: Vec<Queued>, seen: Seen) {
+        let mut ops = items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op) } else { None });
+        let (first, second) = (ops.next().cloned(), ops.next());
+        let batched = second.is_some();
+        let op = match first {
+            Some(op) if !batched => op,
+            _ => entry_op(&items, Vec::new()).0,
+        };
+        let mut request = client.conn.log_request(op);
+        request.now_ms = unix_ms();
+        let encoded = request.encode();
+        let token = client.token;
+        let (id, deadline) = self.new_turn(token);
+        self.slots.insert(token, Slot::Writing(client, WriteTurn { id, items, request, deadline, batched, seen }));
+        let notify = Arc::clone(&self.workers.notify);
+        self.shared.node.propose_then(encoded, move |result| {
+            notify.post(Back::Wrote { token, id, result });
+        });
+    }
+
+    /// Finishes an inline write turn: its replies in order once the proposal applied. Any failure
+    /// goes to a worker, which retries the same request (same `(session, seq)`, so it applies at
+    /// most once) until the retry bound and says what the client may conclude, as for a write it
+    /// proposed itself.
+    fn answer_write(
+        &mut self,
+        mut client: Box<Client>,
+        turn: WriteTurn,
+        result: ProposalResult<KvResult>,
+    ) -> Option<Box<Client>> {
+        let WriteTurn { items, request, deadline, batched, seen, .. } = turn;
+        client.conn.note(&seen);
+        match result {
+            Ok(result) => {
+                let replies = client.conn.entry_replies(items, result_reply(result), batched);
+                self.write_replies(client, replies)
+            }
+            Err(error) => {
+                let first = forward::proposal_attempt(error);
+                client.buf.resume = Some(Resume { items, request, deadline, first, batched });
+                self.workers.run(client);
+                None
+            }
+        }
     }
 
     /// Hands a turn to a worker with the requests parsed so far.
@@ -575,7 +831,7 @@ impl Poller {
     /// served again.
     fn answer_reads(
         &mut self,
-        mut client: Box<Client>,
+        client: Box<Client>,
         turn: ReadTurn,
         results: Result<Vec<Option<KvResult>>, ReadFailure>,
     ) -> Option<Box<Client>> {
@@ -584,16 +840,26 @@ impl Poller {
             return None;
         };
         let mut results = results.into_iter();
-        let protocol = client.conn.protocol;
-        for item in turn.items {
-            let reply = match item {
+        let replies: Vec<Reply> = turn
+            .items
+            .into_iter()
+            .map(|item| match item {
                 Queued::Op(_) => forward::read_reply(results.next().flatten()),
                 Queued::Reply(reply) => reply,
                 Queued::Conn(_) => Reply::error("ERR internal error: a connection command in a read turn"),
-            };
-            resp::encode(&reply, protocol, &mut client.buf.out);
-        }
+            })
+            .collect();
         client.conn.note(&turn.seen);
+        self.write_replies(client, replies)
+    }
+
+    /// Writes a turn's replies without blocking (a worker writes what does not fit). Returns the
+    /// connection when everything was written, to be served again.
+    fn write_replies(&mut self, mut client: Box<Client>, replies: Vec<Reply>) -> Option<Box<Client>> {
+        let protocol = client.conn.protocol;
+        for reply in &replies {
+            resp::encode(reply, protocol, &mut client.buf.out);
+        }
         while !client.buf.out.is_empty() {
             match client.stream.write(&client.buf.out) {
                 Ok(0) => {
@@ -675,7 +941,8 @@ impl Poller {
             return;
         }
         let parser = RequestParser::new(shared.options.parser_limits());
-        let client = Box::new(Client { conn, stream, token, parser, buf: Buffers::default() });
+        let client =
+            Box::new(Client { conn, stream, token, parser, buf: Buffers::default(), readable: true, drain: true });
         // Bytes may have arrived with the connection: look now (edge-triggered events only report
         // what arrives from here on).
         self.slots.insert(token, Slot::Busy);

@@ -39,7 +39,7 @@ impl Attempt {
 
 /// What a proposal error means for the attempt. This and [`ProposalError::is_retryable`] /
 /// [`ProposalError::may_have_taken_effect`] are the only places that decide it.
-fn proposal_attempt(error: ProposalError) -> Attempt {
+pub(super) fn proposal_attempt(error: ProposalError) -> Attempt {
     let may_have_applied = error.may_have_taken_effect();
     if error.is_retryable() {
         Attempt::retry(error.to_string(), may_have_applied)
@@ -96,10 +96,22 @@ fn final_reply(request: &KvRequest, attempt: Attempt, may_have_applied: bool) ->
 /// until it gets a reply or the retry bound passes.
 pub(super) fn execute(shared: &Shared, request: &mut KvRequest) -> Reply {
     let deadline = Instant::now() + shared.options.retry_bound;
+    let first = attempt(shared, request, deadline);
+    execute_after(shared, request, deadline, first)
+}
+
+/// [`execute`] once the first attempt ended with `outcome` (the event loop proposes a write
+/// itself, and a worker takes over here when that attempt did not settle it): retries with the
+/// same `(session, seq)` until `deadline`.
+pub(super) fn execute_after(
+    shared: &Shared,
+    request: &mut KvRequest,
+    deadline: Instant,
+    mut outcome: Attempt,
+) -> Reply {
     let mut delay = Duration::from_millis(5);
     let mut may_have_applied = false;
     loop {
-        let outcome = attempt(shared, request, deadline);
         let Attempt::Retry { why, may_have_applied: maybe } = &outcome else {
             return final_reply(request, outcome, may_have_applied);
         };
@@ -111,6 +123,7 @@ pub(super) fn execute(shared: &Shared, request: &mut KvRequest) -> Reply {
         }
         std::thread::sleep(delay.min(deadline - now));
         delay = (delay * 2).min(Duration::from_millis(50));
+        outcome = attempt(shared, request, deadline);
     }
 }
 

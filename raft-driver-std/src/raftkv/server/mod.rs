@@ -399,6 +399,20 @@ struct Buffers {
     out: BytesMut,
     /// Bytes received since the last complete request: bounds what one request can make us buffer.
     request_bytes: usize,
+    /// A write the event loop proposed that its first attempt did not settle, answered first.
+    resume: Option<Resume>,
+}
+
+/// A write the event loop proposed whose first attempt did not settle it (no longer the leader,
+/// a leader change, ...): a worker retries it with the same `(session, seq)` until the retry
+/// bound, as [`forward::execute`] would have, and answers the requests of its turn.
+struct Resume {
+    items: Vec<Queued>,
+    request: KvRequest,
+    deadline: Instant,
+    first: forward::Attempt,
+    /// Whether `request` is the turn's ops as one [`KvOp::Exec`] (else its only op).
+    batched: bool,
 }
 
 impl Buffers {
@@ -488,6 +502,12 @@ impl Conn {
         let mut forwards = Vec::new();
         // What the client table shows is updated once per batch, not per command.
         let mut seen = Seen::default();
+        if let Some(mut resume) = buf.resume.take() {
+            let reply = forward::execute_after(&self.shared, &mut resume.request, resume.deadline, resume.first);
+            for reply in self.entry_replies(resume.items, reply, resume.batched) {
+                resp::encode(&reply, self.protocol, &mut buf.out);
+            }
+        }
         // Replies the event loop could not finish writing go first.
         if !buf.out.is_empty() {
             stream.write_all(&buf.out)?;
@@ -585,19 +605,6 @@ impl Conn {
         }
     }
 
-    /// A request the event loop may answer itself, without a worker: a read-only data command (or
-    /// a reply known at once) outside `MULTI` (in whichever database is selected), when reads are served without the log.
-    /// Such a turn is one read round on the node thread, posted back to the event loop.
-    fn inline_read(&self, args: &[Bytes]) -> Option<Queued> {
-        if self.shared.cluster.reads.mode == ReadMode::Log {
-            return None;
-        }
-        match self.batchable(args)? {
-            Queued::Op(op) if !op.is_read_only() => None,
-            item => Some(item),
-        }
-    }
-
     /// A pipelined request that can join a batch: a data command (or a reply known at once, such as an
     /// error or `PING`) outside `MULTI`. Anything else (connection state, transactions, internal
     /// commands) is dispatched on its own, after the batch before it.
@@ -648,14 +655,22 @@ impl Conn {
     /// one result per op, or the reply that stands for the entry as a whole (its failure, or the
     /// null array of a transaction a watched key aborted).
     fn one_entry(&mut self, items: &[Queued], watched: Vec<(Bytes, u64)>) -> Result<Vec<Reply>, Reply> {
-        let ops: Vec<Bytes> =
-            items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.encode()) } else { None }).collect();
-        let count = ops.len();
-        match self.replicate(KvOp::Exec { watched, ops }) {
-            Reply::Array(results) if results.len() == count => Ok(results),
-            Reply::Array(_) => Err(Reply::error("ERR internal error: a result per command was expected")),
-            other => Err(other),
+        let (op, count) = entry_op(items, watched);
+        split_results(self.replicate(op), count)
+    }
+
+    /// The replies to `items` once the ops among them ran through the log as one request whose
+    /// answer is `reply`: one [`KvOp::Exec`] entry when `batched` (see [`entry_op`]), else the
+    /// only op itself.
+    fn entry_replies(&mut self, items: Vec<Queued>, reply: Reply, batched: bool) -> Vec<Reply> {
+        let missing = |_: &mut Self, _| Reply::error("ERR internal error: missing result");
+        if !batched {
+            return self.in_order(items, vec![reply].into_iter(), missing);
         }
+        let count = items.iter().filter(|item| matches!(item, Queued::Op(_))).count();
+        // The entry as a whole failed (`-TRYAGAIN`, `-UNCERTAIN`, ...): so did each command.
+        let results = split_results(reply, count).unwrap_or_else(|failed| vec![failed; count]);
+        self.in_order(items, results.into_iter(), missing)
     }
 
     /// Each queued command's reply in order: an op's from `results` (or, once they run out,
@@ -937,6 +952,13 @@ impl Conn {
         if op.is_read_only() && self.shared.cluster.reads.mode != ReadMode::Log {
             return forward::read_many(&self.shared, self.db, vec![op]).pop().expect("one reply per read");
         }
+        let mut request = self.log_request(op);
+        execute(&self.shared, &mut request)
+    }
+
+    /// The request that runs `op` through the log for this connection: in its database, with the
+    /// next sequence number of its session unless it only reads.
+    fn log_request(&mut self, op: KvOp) -> KvRequest {
         let op = if self.db == 0 { op } else { KvOp::InDb { db: self.db, op: op.encode() } };
         let (session, seq) = if op.is_read_only() {
             (0, 0)
@@ -944,8 +966,7 @@ impl Conn {
             self.seq += 1;
             (self.session, self.seq)
         };
-        let mut request = KvRequest { session, seq, now_ms: 0, op };
-        execute(&self.shared, &mut request)
+        KvRequest { session, seq, now_ms: 0, op }
     }
 
     fn digest(&self) -> Reply {
@@ -1006,6 +1027,25 @@ fn parse_session_command(args: &[Bytes]) -> Result<Option<(u64, u64)>, Reply> {
             ))),
         },
         _ => Err(Reply::error(format!("ERR wrong number of arguments for '{SESSION_COMMAND}' command"))),
+    }
+}
+
+/// The ops of `items` as one log entry, checked against `watched` in the apply, and how many
+/// there are.
+fn entry_op(items: &[Queued], watched: Vec<(Bytes, u64)>) -> (KvOp, usize) {
+    let ops: Vec<Bytes> =
+        items.iter().filter_map(|item| if let Queued::Op(op) = item { Some(op.encode()) } else { None }).collect();
+    let count = ops.len();
+    (KvOp::Exec { watched, ops }, count)
+}
+
+/// One reply per op of an entry of `count` ops from the entry's answer, or the reply that stands
+/// for the entry as a whole (its failure, or the null array of a transaction a watched key aborted).
+fn split_results(reply: Reply, count: usize) -> Result<Vec<Reply>, Reply> {
+    match reply {
+        Reply::Array(results) if results.len() == count => Ok(results),
+        Reply::Array(_) => Err(Reply::error("ERR internal error: a result per command was expected")),
+        other => Err(other),
     }
 }
 
