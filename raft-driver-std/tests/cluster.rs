@@ -1765,6 +1765,8 @@ fn redis_py_everyday_calls_at_default_settings() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "redis-py script failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("redis-py all groups ok"), "{stdout}");
+    // Scripts, transactions and expiry left every replica with the same state.
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(10));
 }
 
 /// Reads exactly `len` bytes of replies (failing if the server closes first), as text.

@@ -19,6 +19,32 @@ pub enum ParsedCommand {
     Reply(Reply),
     /// A command that reads or changes the connection's own state, handled by the server.
     Connection(ConnCommand),
+    /// A script command that needs the node's script cache, resolved by the server.
+    Script(ScriptCommand),
+}
+
+/// The script commands the server answers from its script cache (scripts are cached per node, as
+/// in Redis; the log carries a script's body, so replicas need no cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptCommand {
+    /// `EVALSHA sha1 numkeys key... arg...` (`EVALSHA_RO` with `read_only`): becomes
+    /// [`KvOp::Eval`] with the cached body, or `-NOSCRIPT`.
+    EvalSha {
+        /// The script's SHA-1 in lowercase hex.
+        sha: String,
+        /// `KEYS`.
+        keys: Vec<Bytes>,
+        /// `ARGV`.
+        args: Vec<Bytes>,
+        /// Commands that write are refused.
+        read_only: bool,
+    },
+    /// `SCRIPT LOAD body`: checks that it compiles, caches it, replies its SHA-1.
+    Load(Bytes),
+    /// `SCRIPT EXISTS sha1...`: 1 or 0 per script.
+    Exists(Vec<Bytes>),
+    /// `SCRIPT FLUSH [ASYNC|SYNC]`: empties the cache.
+    Flush,
 }
 
 /// Commands that act on the client connection rather than on the data.
@@ -475,12 +501,55 @@ fn parse_server_command(cmd: &str, rest: &[Bytes]) -> Option<Result<ParsedComman
             r => reply(r),
         },
         "config" => arity(cmd, n >= 1).and_then(|()| parse_config(rest)),
+        "eval" | "eval_ro" | "evalsha" | "evalsha_ro" => parse_eval(cmd, rest),
+        "script" => parse_script(rest),
         "select" => arity(cmd, n == 1).and_then(|()| match int_arg(&rest[0])? {
             db @ 0..16 => connection(ConnCommand::Select(db as u8)),
             _ => Err(Reply::error("ERR DB index is out of range")),
         }),
         _ => return None,
     })
+}
+
+/// `EVAL script numkeys key... arg...` and its `_RO` and `EVALSHA` forms.
+fn parse_eval(cmd: &str, rest: &[Bytes]) -> Result<ParsedCommand, Reply> {
+    arity(cmd, rest.len() >= 2)?;
+    let numkeys = int_arg(&rest[1])?;
+    if numkeys < 0 {
+        return Err(Reply::error("ERR Number of keys can't be negative"));
+    }
+    let rest_len = rest.len() - 2;
+    if numkeys as u64 > rest_len as u64 {
+        return Err(Reply::error("ERR Number of keys can't be greater than number of args"));
+    }
+    let split = 2 + numkeys as usize;
+    let (keys, args) = (rest[2..split].to_vec(), rest[split..].to_vec());
+    let read_only = cmd.ends_with("_ro");
+    if cmd.starts_with("evalsha") {
+        let sha = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
+        return Ok(ParsedCommand::Script(ScriptCommand::EvalSha { sha, keys, args, read_only }));
+    }
+    Ok(ParsedCommand::Replicate(KvOp::Eval { script: rest[0].clone(), keys, args, read_only }))
+}
+
+/// `SCRIPT LOAD|EXISTS|FLUSH`.
+fn parse_script(rest: &[Bytes]) -> Result<ParsedCommand, Reply> {
+    let Some((sub, args)) = rest.split_first() else { return Err(wrong_args("script")) };
+    let lower = sub.to_ascii_lowercase();
+    let script = |c| Ok(ParsedCommand::Script(c));
+    match lower.as_slice() {
+        b"load" if args.len() == 1 => script(ScriptCommand::Load(args[0].clone())),
+        b"load" => Err(wrong_args("script|load")),
+        b"exists" if !args.is_empty() => script(ScriptCommand::Exists(args.to_vec())),
+        b"exists" => Err(wrong_args("script|exists")),
+        b"flush" if args.len() <= 1 => match args.first().map(|a| a.to_ascii_lowercase()) {
+            None => script(ScriptCommand::Flush),
+            Some(mode) if mode == b"async" || mode == b"sync" => script(ScriptCommand::Flush),
+            Some(_) => Err(syntax_error()),
+        },
+        b"flush" => Err(wrong_args("script|flush")),
+        _ => Err(unknown_subcommand(sub, "SCRIPT")),
+    }
 }
 
 /// `CONFIG GET` answers that nothing matches (no parameters are exposed: an empty map, which is what

@@ -33,6 +33,8 @@ const WD: &[&str] = &["write", "fast"];
 const R: &[&str] = &["readonly"];
 const RF: &[&str] = &["readonly", "fast"];
 const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
+/// Redis 7's flags of `EVAL` and `EVALSHA` (the keys come from `numkeys`: none at fixed positions).
+const SCRIPT: &[&str] = &["noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"];
 
 const fn c(
     name: &'static str,
@@ -58,6 +60,10 @@ pub const COMMANDS: &[CommandSpec] = &[
     c("del", -2, &["write"], 1, -1, 1),
     c("discard", 1, CONN, 0, 0, 0),
     c("echo", 2, &["fast"], 0, 0, 0),
+    c("eval", -3, SCRIPT, 0, 0, 0),
+    c("eval_ro", -3, &["noscript", "stale", "no_mandatory_keys", "readonly"], 0, 0, 0),
+    c("evalsha", -3, SCRIPT, 0, 0, 0),
+    c("evalsha_ro", -3, &["noscript", "stale", "no_mandatory_keys", "readonly"], 0, 0, 0),
     c("exec", 1, &["noscript", "loading", "stale"], 0, 0, 0),
     c("exists", -2, RF, 1, -1, 1),
     c("expire", -3, WD, 1, 1, 1),
@@ -110,6 +116,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     c("rename", 3, &["write"], 1, 2, 1),
     c("renamenx", 3, WD, 1, 2, 1),
     c("scan", -2, R, 0, 0, 0),
+    c("script", -2, &["noscript"], 0, 0, 0),
     c("select", 2, CONN, 0, 0, 0),
     c("set", -3, W, 1, 1, 1),
     c("setex", 4, W, 1, 1, 1),

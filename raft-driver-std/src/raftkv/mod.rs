@@ -5,6 +5,7 @@
 //! | [`store`] | the replicated state machine ([`store::KvStore`]): Redis strings with exactly-once sessions; pure, shared with the simulator |
 //! | [`command`] | Redis command parsing: arguments to a [`store::KvOp`] or a connection command |
 //! | [`resp`] | the RESP2/RESP3 wire codec |
+//! | [`script`] | `EVAL`: Lua scripts every replica runs as it applies them |
 //! | [`server`] | the RESP server: connections, follower forwarding, retries, `INFO` |
 //! | [`config`] | `cluster.toml` |
 //!
@@ -15,6 +16,7 @@ pub mod command_table;
 pub mod config;
 mod int;
 pub mod resp;
+pub mod script;
 pub mod server;
 pub mod store;
 #[cfg(test)]

@@ -435,6 +435,19 @@ pub enum KvOp {
     },
     /// `FLUSHDB`: removes every key of the current database (`FLUSHALL` removes those of all).
     FlushDb,
+    /// `EVAL script numkeys key... arg...` (and `EVALSHA`, resolved to the script's body by the
+    /// node that received it): every replica runs the script as it applies the entry (see
+    /// [`super::script`]). Replies what the script returns ([`KvResult::Script`]).
+    Eval {
+        /// The script's Lua source.
+        script: Bytes,
+        /// `KEYS`.
+        keys: Vec<Bytes>,
+        /// `ARGV`.
+        args: Vec<Bytes>,
+        /// `EVAL_RO`/`EVALSHA_RO`: commands that write are refused.
+        read_only: bool,
+    },
 }
 
 /// Databases a client may `SELECT` (0 to 15), as in Redis' default configuration.
@@ -1104,6 +1117,8 @@ pub enum KvResult {
     Aborted,
     /// Key versions (`WATCH`), one per key.
     Versions(Vec<u64>),
+    /// What a script returned (`EVAL`), flattened (see [`super::script::ScriptItem`]).
+    Script(Vec<super::script::ScriptItem>),
 }
 
 impl KvResult {

@@ -1117,3 +1117,164 @@ fn databases_are_separate_key_spaces_and_survive_a_snapshot() {
     bytes[pos] = 16;
     assert!(KvStore::new().restore(&bytes).is_err());
 }
+
+/// redis-py's `Lock` scripts, verbatim in behaviour: release deletes the key only while it holds
+/// the caller's token; extend and reacquire move the deadline the same way.
+const LOCK_RELEASE: &str = "local token = redis.call('get', KEYS[1])\n\
+    if not token or token ~= ARGV[1] then\n    return 0\nend\nredis.call('del', KEYS[1])\nreturn 1\n";
+const LOCK_EXTEND: &str = "local token = redis.call('get', KEYS[1])\n\
+    if not token or token ~= ARGV[1] then\n    return 0\nend\n\
+    local expiration = redis.call('pttl', KEYS[1])\nif not expiration then\n    expiration = 0\nend\n\
+    if expiration < 0 then\n    return 0\nend\n\
+    local newttl = ARGV[2]\nif ARGV[3] == \"0\" then\n    newttl = ARGV[2] + expiration\nend\n\
+    redis.call('pexpire', KEYS[1], newttl)\nreturn 1\n";
+
+#[test]
+fn scripts_run_redis_py_lock_release_and_extend() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&["SET", "lock", "mine", "PX", "10000"]), Reply::ok());
+    assert_eq!(h.run(&["EVAL", LOCK_RELEASE, "1", "lock", "theirs"]), Reply::Integer(0));
+    assert_eq!(h.run(&["GET", "lock"]), bulk("mine"), "a wrong token leaves the lock");
+    assert_eq!(h.run(&["EVAL", LOCK_EXTEND, "1", "lock", "mine", "5000", "0"]), Reply::Integer(1));
+    let Reply::Integer(ttl) = h.run(&["PTTL", "lock"]) else { panic!("PTTL") };
+    assert_eq!(ttl, 15_000, "extended by 5 s at the entry's time");
+    assert_eq!(h.run(&["EVAL", LOCK_RELEASE, "1", "lock", "mine"]), Reply::Integer(1));
+    assert_eq!(h.run(&["EXISTS", "lock"]), Reply::Integer(0));
+    assert_eq!(h.run(&["EVAL", LOCK_EXTEND, "1", "lock", "mine", "5000", "0"]), Reply::Integer(0));
+}
+
+#[test]
+fn script_values_convert_as_in_redis() {
+    let mut h = Harness::new();
+    let eval = |h: &mut Harness, body: &str| h.run(&["EVAL", body, "0"]);
+    assert_eq!(eval(&mut h, "return 3.9"), Reply::Integer(3), "numbers truncate");
+    assert_eq!(eval(&mut h, "return 'x'"), bulk("x"));
+    assert_eq!(eval(&mut h, "return nil"), Reply::Null);
+    assert_eq!(eval(&mut h, "return false"), Reply::Null);
+    assert_eq!(eval(&mut h, "return true"), Reply::Integer(1));
+    assert_eq!(
+        eval(&mut h, "return {1, 'a', {2}, nil, 5}"),
+        Reply::Array(vec![Reply::Integer(1), bulk("a"), Reply::Array(vec![Reply::Integer(2)])]),
+        "an array ends at its first nil"
+    );
+    assert_eq!(eval(&mut h, "return redis.status_reply('FINE')"), Reply::Simple("FINE".into()));
+    assert_eq!(eval(&mut h, "return redis.error_reply('MYERR bad')"), err("MYERR bad"));
+    assert_eq!(eval(&mut h, "return redis.call('set', 'k', 'v')"), Reply::Simple("OK".into()));
+    assert_eq!(eval(&mut h, "return redis.call('get', 'missing') == false"), Reply::Integer(1));
+    assert_eq!(
+        h.run(&["EVAL", "return {KEYS[1], ARGV[1], #ARGV}", "1", "a", "b", "c"]),
+        Reply::Array(vec![bulk("a"), bulk("b"), Reply::Integer(2)])
+    );
+    assert_eq!(eval(&mut h, "return redis.call('incrby', 'n', 2.0)"), Reply::Integer(2), "2.0 is passed as 2");
+    assert_eq!(eval(&mut h, "return redis.sha1hex('return 1')"), bulk("e0e1f9fabfc9d4800c877a703b823ac0578ff8db"));
+}
+
+#[test]
+fn script_errors_say_what_failed_and_keep_earlier_writes() {
+    let mut h = Harness::new();
+    let eval = |h: &mut Harness, body: &str| h.run(&["EVAL", body, "0"]);
+    assert_eq!(h.run(&["SET", "s", "text"]), Reply::ok());
+    // A failing redis.call raises the command's own error; the write before it stays (no rollback).
+    assert_eq!(
+        eval(&mut h, "redis.call('set', 'before', '1'); return redis.call('incr', 's')"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(h.run(&["GET", "before"]), bulk("1"));
+    // pcall hands the error to the script instead.
+    assert_eq!(
+        eval(&mut h, "local r = redis.pcall('incr', 's'); return r.err"),
+        bulk("ERR value is not an integer or out of range")
+    );
+    let Reply::Error(text) = eval(&mut h, "return undefined_function()") else { panic!("runtime error") };
+    assert!(text.starts_with("ERR Error running script"), "{text}");
+    let Reply::Error(text) = eval(&mut h, "return (") else { panic!("compile error") };
+    assert!(text.starts_with("ERR Error compiling script"), "{text}");
+    for refused in
+        ["return redis.call('time')", "return redis.call('select', '1')", "return redis.call('eval', 'return 1', '0')"]
+    {
+        assert_eq!(eval(&mut h, refused), err("ERR This Redis command is not allowed from script"), "{refused}");
+    }
+    assert_eq!(
+        h.run(&["EVAL_RO", "return redis.call('set', 'k', 'v')", "0"]),
+        err("ERR Write commands are not allowed from read-only scripts.")
+    );
+    assert_eq!(h.run(&["EVAL_RO", "return redis.call('get', 's')", "0"]), bulk("text"));
+    assert_eq!(h.run(&["EVAL", "return 1", "2", "a"]), err("ERR Number of keys can't be greater than number of args"));
+    assert_eq!(h.run(&["EVAL", "return 1", "-1"]), err("ERR Number of keys can't be negative"));
+}
+
+#[test]
+fn runaway_scripts_stop_at_the_same_point_on_every_replica() {
+    let mut a = Harness::new();
+    let mut b = Harness::new();
+    for h in [&mut a, &mut b] {
+        let looped = h.run(&["EVAL", "redis.call('set', 'k', 'v'); while true do end", "0"]);
+        assert_eq!(looped, err(crate::raftkv::script::INSTRUCTION_LIMIT_ERROR));
+        let Reply::Error(text) =
+            h.run(&["EVAL", "local t, s = {}, 'x' for i = 1, 1e9 do s = s .. s t[i] = s end", "0"])
+        else {
+            panic!("a memory bomb must fail")
+        };
+
+        assert!(text.starts_with("ERR"), "{text}");
+        let Reply::Error(text) =
+            h.run(&["EVAL", "local t = {} local c = t for i = 1, 100 do c[1] = {} c = c[1] end return t", "0"])
+        else {
+            panic!("too deep a reply must fail")
+        };
+        assert!(text.contains("nesting limit"), "{text}");
+        assert_eq!(h.run(&["GET", "k"]), bulk("v"));
+    }
+    assert_eq!(a.kv.snapshot().encode(), b.kv.snapshot().encode());
+}
+
+#[test]
+fn scripts_see_no_node_local_input() {
+    let mut a = Harness::new();
+    let mut b = Harness::new();
+    let body = "local r = {} for i = 1, 5 do r[i] = math.random(1000000) end \
+        redis.call('set', 'r', table.concat(r, ',') .. tostring({}) .. tostring(print) .. tostring(os)) return r";
+    let (ra, rb) = (a.run(&["EVAL", body, "0"]), b.run(&["EVAL", body, "0"]));
+    assert_eq!(ra, rb, "the same random numbers on every replica");
+    let value = a.run(&["GET", "r"]);
+    assert_eq!(value, b.run(&["GET", "r"]));
+    let Reply::Bulk(value) = value else { panic!("GET") };
+    assert!(value.ends_with(b"tablenilnil"), "no address, no print, no os: {value:?}");
+    assert_eq!(a.kv.snapshot().encode(), b.kv.snapshot().encode());
+}
+
+#[test]
+fn a_hostile_script_reply_never_recurses_or_panics() {
+    use crate::raftkv::script::{ScriptItem, reply_of};
+    let deep = vec![ScriptItem::Array(1); 1_000_000];
+    assert_eq!(reply_of(&deep), err("ERR malformed script reply"));
+    assert_eq!(reply_of(&[ScriptItem::Array(3), ScriptItem::Nil]), err("ERR malformed script reply"));
+    assert_eq!(reply_of(&[ScriptItem::Nil, ScriptItem::Nil]), err("ERR malformed script reply"));
+    assert_eq!(reply_of(&[]), err("ERR malformed script reply"));
+    assert_eq!(
+        reply_of(&[ScriptItem::Array(2), ScriptItem::Array(0), ScriptItem::Integer(1)]),
+        Reply::Array(vec![Reply::Array(vec![]), Reply::Integer(1)])
+    );
+    let result = KvResult::Script(vec![ScriptItem::Error(Bytes::from_static(b"no code\r\ninjected"))]);
+    assert_eq!(result_reply(KvResult::decode(&result.encode()).expect("round trip")), err("ERR no code  injected"));
+}
+
+/// A log entry holding a script: the op variant appended after every earlier one (old entries
+/// decode as before), pinned, and decoded back to the same request.
+#[test]
+fn eval_entry_golden_bytes() {
+    let request = KvRequest {
+        session: 9,
+        seq: 4,
+        now_ms: 1_700_000_000_123,
+        op: KvOp::Eval {
+            script: Bytes::from_static(b"return redis.call('get', KEYS[1])"),
+            keys: vec![Bytes::from_static(b"k")],
+            args: vec![Bytes::from_static(b"a"), Bytes::from_static(b"")],
+            read_only: true,
+        },
+    };
+    let committed = crate::golden::check("kv-request-eval-v1.bin", &request.encode());
+    assert_eq!(KvRequest::decode(&committed).expect("decodes"), request);
+    crate::golden::assert_complete("kv-request-", &["kv-request-eval-v1.bin"]);
+}

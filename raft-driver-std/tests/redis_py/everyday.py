@@ -146,10 +146,57 @@ def databases():
     assert r1.flushdb() is True and r1.get(k("db")) is None
 
 
+def scripts():
+    # redis-py's Lock: acquire with SET NX PX, extend and release with its Lua scripts (EVALSHA,
+    # then SCRIPT LOAD on NOSCRIPT: this node has not seen them before).
+    lock = r.lock(k("lock"), timeout=10)
+    assert lock.acquire(blocking=False)
+    assert not r.lock(k("lock"), timeout=10).acquire(blocking=False), "held"
+    assert lock.extend(5)
+    assert 10000 < r.pttl(k("lock")) <= 15000, r.pttl(k("lock"))
+    thief = r.lock(k("lock"))
+    thief.local.token = b"not-the-token"
+    try:
+        thief.release()
+        raise AssertionError("releasing a lock held by another token must fail")
+    except redis.exceptions.LockNotOwnedError:
+        pass
+    lock.release()
+    assert r.get(k("lock")) is None
+    # The same lock through another node: the script cache is per node, the lock is shared.
+    lock2 = other.lock(k("lock"), timeout=10)
+    assert lock2.acquire(blocking=False)
+    assert not r.lock(k("lock")).acquire(blocking=False)
+    lock2.release()
+    # EVAL, EVALSHA, SCRIPT and a registered script.
+    assert r.eval("return {KEYS[1], ARGV[1], 3}", 1, "a", "b") == ["a", "b", 3]
+    sha = r.script_load("return redis.call('incrby', KEYS[1], ARGV[1])")
+    assert r.script_exists(sha, "0" * 40) == [True, False]
+    assert r.evalsha(sha, 1, k("sn"), 5) == 5
+    incr = r.register_script("return redis.call('incrby', KEYS[1], ARGV[1]) * 2")
+    assert incr(keys=[k("sn")], args=[1]) == 12
+    assert r.script_flush() is True
+    try:
+        r.evalsha(sha, 1, k("sn"), 1)
+        raise AssertionError("EVALSHA after SCRIPT FLUSH must fail")
+    except redis.exceptions.NoScriptError:
+        pass
+    try:
+        r.eval("return redis.call('incr', KEYS[1])", 1, k("s"))
+        raise AssertionError("a failing redis.call fails the script")
+    except redis.ResponseError as e:
+        assert "not an integer" in str(e), e
+    # A script inside a transaction runs in its entry.
+    with r.pipeline() as p:
+        p.set(k("ts"), "1").eval("return redis.call('get', KEYS[1])", 1, k("ts"))
+        assert p.execute() == [True, "1"]
+
+
 group("strings", strings)
 group("expiry", expiry)
 group("keys", keys)
 group("hashes", hashes)
 group("transactions", transactions)
 group("databases", databases)
+group("scripts", scripts)
 print("redis-py all groups ok", flush=True)

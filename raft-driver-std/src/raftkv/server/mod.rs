@@ -64,6 +64,7 @@ mod event_loop;
 mod forward;
 mod info;
 mod links;
+mod scripts;
 #[cfg(test)]
 mod tests;
 
@@ -222,6 +223,8 @@ struct Shared {
     commands_processed: AtomicU64,
     /// This node's forwarding connections to the leader.
     links: links::Links,
+    /// The scripts `EVALSHA` can name on this node.
+    scripts: scripts::ScriptCache,
 }
 
 /// A running RESP server (an event-loop thread, and workers while commands run).
@@ -263,6 +266,7 @@ impl Server {
             connections_received: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
             links: links::Links::default(),
+            scripts: scripts::ScriptCache::default(),
         });
         let (poller, waker) = event_loop::start(Arc::clone(&shared), listener)?;
         Ok(Server { shared, poller: Some(poller), waker })
@@ -613,11 +617,26 @@ impl Conn {
         if !self.authenticated || self.tx.is_some() || handled_by_dispatch(name) {
             return None;
         }
-        match command::parse_command(args) {
+        match self.parse(args) {
             Err(reply) | Ok(ParsedCommand::Reply(reply)) => Some(Queued::Reply(reply)),
             Ok(ParsedCommand::Replicate(op)) => Some(Queued::Op(op)),
-            Ok(ParsedCommand::Connection(_)) => None,
+            Ok(ParsedCommand::Connection(_) | ParsedCommand::Script(_)) => None,
         }
+    }
+
+    /// [`command::parse_command`], with the script commands resolved against this node's script
+    /// cache ([`scripts::ScriptCache`]): `EVALSHA` becomes the `EVAL` of the cached body (or
+    /// `-NOSCRIPT`), `SCRIPT ...` is answered, and the body of an `EVAL` is cached for `EVALSHA`.
+    fn parse(&self, args: &[Bytes]) -> Result<ParsedCommand, Reply> {
+        let parsed = command::parse_command(args)?;
+        Ok(match parsed {
+            ParsedCommand::Replicate(KvOp::Eval { ref script, .. }) => {
+                self.shared.scripts.insert(script.clone());
+                parsed
+            }
+            ParsedCommand::Script(command) => self.shared.scripts.resolve(command),
+            other => other,
+        })
     }
 
     /// Runs a batch of pipelined commands and encodes their replies in order. Several data commands
@@ -740,9 +759,10 @@ impl Conn {
         } else if self.tx.is_some() {
             self.queue(args, &mut next)
         } else {
-            match command::parse_command(args) {
+            match self.parse(args) {
                 Err(reply) => reply,
                 Ok(ParsedCommand::Reply(reply)) => reply,
+                Ok(ParsedCommand::Script(_)) => Reply::error("ERR internal error: an unresolved script command"),
                 Ok(ParsedCommand::Replicate(op)) => self.replicate(op),
                 Ok(ParsedCommand::Connection(command)) => {
                     if matches!(command, ConnCommand::Quit) {
@@ -840,11 +860,15 @@ impl Conn {
 
     /// Queues a command of a `MULTI` block (`+QUEUED`), or answers its error and dooms the block.
     fn queue(&mut self, args: &[Bytes], next: &mut Next) -> Reply {
+        let parsed = self.parse(args);
         let tx = self.tx.as_mut().expect("queue is called inside MULTI");
-        let item = match command::parse_command(args) {
+        let item = match parsed {
             Err(reply) => {
                 tx.failed = true;
                 return reply;
+            }
+            Ok(ParsedCommand::Script(_)) => {
+                Queued::Reply(Reply::error("ERR internal error: an unresolved script command"))
             }
             Ok(ParsedCommand::Replicate(op)) => Queued::Op(op),
             Ok(ParsedCommand::Reply(reply)) => Queued::Reply(reply),
@@ -1070,6 +1094,7 @@ pub fn result_reply(result: KvResult) -> Reply {
         ]),
         KvResult::Multi(results) => Reply::Array(results.into_iter().map(result_reply).collect()),
         KvResult::Aborted => Reply::NullArray,
+        KvResult::Script(items) => super::script::reply_of(&items),
         KvResult::Versions(versions) => {
             Reply::Array(versions.into_iter().map(|v| Reply::Integer(v.min(i64::MAX as u64) as i64)).collect())
         }

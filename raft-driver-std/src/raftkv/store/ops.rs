@@ -217,6 +217,7 @@ impl View<'_> {
             | KvOp::HIncrBy { .. }
             | KvOp::HIncrByFloat { .. }
             | KvOp::InDb { .. }
+            | KvOp::Eval { .. }
             | KvOp::FlushDb => return None,
         })
     }
@@ -257,7 +258,7 @@ impl View<'_> {
 
 impl KvStore {
     /// Executes one operation at the current clock.
-    pub(super) fn execute(&mut self, op: KvOp) -> KvResult {
+    pub(in crate::raftkv) fn execute(&mut self, op: KvOp) -> KvResult {
         if op.is_read_only() {
             return self.read(&op, self.clock_ms).expect("read-only ops are answered by read");
         }
@@ -357,6 +358,9 @@ impl KvStore {
                 if nx { KvResult::Integer(1) } else { KvResult::Ok }
             }
             KvOp::Exec { watched, ops } => self.exec(&watched, ops),
+            KvOp::Eval { script, keys, args, read_only } => {
+                super::super::script::run(self, &script, keys, args, read_only)
+            }
             KvOp::HSet { key, pairs, ok_reply } => {
                 let mut added = 0;
                 self.hash_mut(key, |h| {
