@@ -1645,6 +1645,12 @@ fn a_write_on_a_cut_off_leader_is_answered_by_the_retry_bound() {
     assert_eq!(error.code(), Some("UNCERTAIN"), "{error}");
     uncertain_session(&error);
     assert!(elapsed < Duration::from_millis(450), "answered after {elapsed:?}, not by the 150 ms bound");
+    // A read there cannot be confirmed either: `-TRYAGAIN` (a read never takes effect), by the bound.
+    let started = Instant::now();
+    let error = redis::cmd("GET").arg("k").query::<Option<String>>(&mut conn).expect_err("no quorum to confirm");
+    let elapsed = started.elapsed();
+    assert_eq!(error.code(), Some("TRYAGAIN"), "{error}");
+    assert!(elapsed < Duration::from_millis(450), "read answered after {elapsed:?}, not by the 150 ms bound");
     cluster.links().heal();
     cluster.wait_leader(&ids, Duration::from_secs(10));
     cluster.wait_converged(&ids, Duration::from_secs(10));

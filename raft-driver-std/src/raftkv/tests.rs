@@ -1274,7 +1274,12 @@ fn eval_entry_golden_bytes() {
             read_only: true,
         },
     };
-    let committed = crate::golden::check("kv-request-eval-v1.bin", &request.encode());
+    let encoded = request.encode();
+    // The op's tag follows session, seq and the 6-byte varint of now_ms: one past FlushDb's, the
+    // variant before it (a reordered enum would change every older entry's meaning).
+    let flushdb_tag = postcard::to_allocvec(&KvOp::FlushDb).expect("encodes")[0];
+    assert_eq!(encoded[8], flushdb_tag + 1, "Eval is appended after FlushDb");
+    let committed = crate::golden::check("kv-request-eval-v1.bin", &encoded);
     assert_eq!(KvRequest::decode(&committed).expect("decodes"), request);
     crate::golden::assert_complete("kv-request-", &["kv-request-eval-v1.bin"]);
 }

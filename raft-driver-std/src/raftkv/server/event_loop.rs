@@ -540,14 +540,14 @@ impl Poller {
                         self.slots.remove(&token);
                     }
                     Back::Read { token, id, results } => {
-                        if let Some((client, turn)) = self.take_reading(token, id) {
+                        if let Some(Slot::Reading(client, turn)) = self.take_turn(token, id) {
                             if let Some(client) = self.answer_reads(client, turn, results) {
                                 self.serve(client);
                             }
                         }
                     }
                     Back::Wrote { token, id, result } => {
-                        if let Some((client, turn)) = self.take_writing(token, id) {
+                        if let Some(Slot::Writing(client, turn)) = self.take_turn(token, id) {
                             if let Some(client) = self.answer_write(client, turn, result) {
                                 self.serve(client);
                             }
@@ -560,26 +560,15 @@ impl Poller {
         }
     }
 
-    /// The connection of inline read turn `id`, if it still waits for that turn.
-    fn take_reading(&mut self, token: Token, id: u64) -> Option<(Box<Client>, ReadTurn)> {
-        match self.slots.get(&token) {
-            Some(Slot::Reading(_, turn)) if turn.id == id => match self.slots.remove(&token) {
-                Some(Slot::Reading(client, turn)) => Some((client, turn)),
-                _ => unreachable!("checked above"),
-            },
-            _ => None,
-        }
-    }
-
-    /// The connection of inline write turn `id`, if it still waits for that turn.
-    fn take_writing(&mut self, token: Token, id: u64) -> Option<(Box<Client>, WriteTurn)> {
-        match self.slots.get(&token) {
-            Some(Slot::Writing(_, turn)) if turn.id == id => match self.slots.remove(&token) {
-                Some(Slot::Writing(client, turn)) => Some((client, turn)),
-                _ => unreachable!("checked above"),
-            },
-            _ => None,
-        }
+    /// The slot of `token` if it still waits for inline turn `id` (ids are unique across reads
+    /// and writes), taken out of the table.
+    fn take_turn(&mut self, token: Token, id: u64) -> Option<Slot> {
+        let waiting = match self.slots.get(&token) {
+            Some(Slot::Reading(_, turn)) => turn.id == id,
+            Some(Slot::Writing(_, turn)) => turn.id == id,
+            _ => false,
+        };
+        if waiting { self.slots.remove(&token) } else { None }
     }
 
     /// Ends the inline turns whose answer did not come within the retry bound, as a worker's
@@ -595,11 +584,12 @@ impl Poller {
                 self.deadlines.shrink_to(64);
             }
             self.deadlines.pop_front();
-            if let Some((client, turn)) = self.take_writing(token, id) {
+            let expired = self.take_turn(token, id);
+            if let Some(Slot::Writing(client, turn)) = expired {
                 if let Some(client) = self.answer_write(client, turn, Err(ProposalError::Timeout)) {
                     self.serve(client);
                 }
-            } else if let Some((client, turn)) = self.take_reading(token, id) {
+            } else if let Some(Slot::Reading(client, turn)) = expired {
                 tracing::debug!(client = client.conn.id, "read not confirmed within the retry bound");
                 let replies = turn
                     .items
