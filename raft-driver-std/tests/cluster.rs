@@ -1275,8 +1275,16 @@ fn grow_three_to_five_then_replace_a_node_under_load() {
     cluster.wait_membership(&[2, 6], "1,2,3,4,5", "6", wait);
     let reply = cluster.admin_retrying(5, &["REPLACE", "1", "6"], wait);
     assert!(reply.contains("voters=2,3,4,5,6 learners="), "{reply}");
-    let members = cluster.admin(6, &["MEMBERS"]).expect("members");
-    assert!(members.contains("joint=no") && members.contains("id=6 role=voter"), "{members}");
+    // The reply means the leader committed the leave; node 6 applies it a moment later.
+    let deadline = Instant::now() + wait;
+    loop {
+        let members = cluster.admin(6, &["MEMBERS"]).unwrap_or_default();
+        if members.contains("joint=no") && members.contains("id=6 role=voter") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 6 never left the joint configuration: {members}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The load keeps committing after the replacement: 20 more writes acknowledged.
     let (at_replace, deadline) = (progress.load(Ordering::SeqCst), Instant::now() + wait);
     while progress.load(Ordering::SeqCst) < at_replace + 20 {
