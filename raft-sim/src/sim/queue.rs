@@ -35,12 +35,13 @@ pub(super) enum Ev {
     Reconfig,
 }
 
-/// A queued event with its place in the order: (time, sequence). The sequence number is unique,
-/// so no two queued events compare equal. `ev` is `None` once taken.
+/// A queued event's place in the order: (time, sequence), and where the event waits in the slab.
+/// The sequence number is unique, so no two queued events compare equal. Small (24 bytes), so that
+/// sorting a bucket and inserting into it move keys, not events (an `Ev` is 168 bytes).
 struct Queued {
     time: u64,
     seq: u64,
-    ev: Option<Ev>,
+    slot: u32,
 }
 
 impl Queued {
@@ -93,6 +94,10 @@ pub(super) struct EventQueue {
     far: BinaryHeap<Reverse<Queued>>,
     /// The sequence number of the last event scheduled.
     seq: u64,
+    /// The queued events, by slot; a taken slot holds a placeholder until it is reused.
+    slab: Vec<Ev>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
 }
 
 impl Default for EventQueue {
@@ -105,6 +110,8 @@ impl Default for EventQueue {
             in_ring: 0,
             far: BinaryHeap::new(),
             seq: 0,
+            slab: Vec::with_capacity(256),
+            free: Vec::with_capacity(256),
         }
     }
 }
@@ -113,7 +120,17 @@ impl EventQueue {
     /// Schedules `ev` at virtual time `time`.
     pub(super) fn push(&mut self, time: u64, ev: Ev) {
         self.seq += 1;
-        let q = Queued { time, seq: self.seq, ev: Some(ev) };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = ev;
+                slot
+            }
+            None => {
+                self.slab.push(ev);
+                u32::try_from(self.slab.len() - 1).expect("fewer than 2^32 queued events")
+            }
+        };
+        let q = Queued { time, seq: self.seq, slot };
         let b = time >> BUCKET_SHIFT;
         if b >= self.cur + RING {
             self.far.push(Reverse(q));
@@ -135,13 +152,15 @@ impl EventQueue {
     pub(super) fn pop_due(&mut self, limit: u64) -> Option<(u64, Ev)> {
         loop {
             let bucket = &mut self.ring[(self.cur % RING) as usize];
-            if let Some(q) = bucket.get_mut(self.head) {
+            if let Some(q) = bucket.get(self.head) {
                 if q.time > limit {
                     return None;
                 }
                 self.head += 1;
                 self.in_ring -= 1;
-                let ev = q.ev.take().expect("a queued event is taken once");
+                // The placeholder is never read: the slot is free until a push overwrites it.
+                let ev = std::mem::replace(&mut self.slab[q.slot as usize], Ev::RandomFault);
+                self.free.push(q.slot);
                 return Some((q.time, ev));
             }
             self.advance()?;
