@@ -17,9 +17,14 @@ bench:
     cargo run --release -p raft-sim -- run --seeds 0..2000 --profile chaos --nodes 3 --jobs 1
     cargo run --release -p raft-sim --example core_bench -- 1000000 128 64
 
-# Fuzz one target (needs nightly and cargo-fuzz): `just fuzz step`.
-fuzz target="step":
-    cd fuzz && cargo +nightly fuzz run {{target}}
+# Fuzz one target until stopped, or for a while: `just fuzz core_events 600`; `just fuzz all 30`
+# runs each in turn. Needs nightly (says how to get it); installs cargo-fuzz when missing.
+fuzz target="core_events" seconds="0":
+    scripts/fuzz.sh {{target}} {{seconds}}
+
+# Replay the committed fuzz seeds and regressions on stable (part of `just test`).
+fuzz-replay:
+    cargo test -p raft-fuzz-harness
 
 # A local 3-node raftkv cluster on ports 6379-6381 (`just cluster 3 lease` for lease reads).
 cluster nodes="3" reads="index":

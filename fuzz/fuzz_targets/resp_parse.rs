@@ -1,14 +1,6 @@
-//! The RESP parser takes bytes straight from clients.
+//! See `raft_fuzz::resp_parse` (fuzz/harness) for what this target checks.
 #![no_main]
 
-use bytes::BytesMut;
-use libfuzzer_sys::fuzz_target;
-use raft_driver_std::raftkv::resp::RequestParser;
-
-fuzz_target!(|data: &[u8]| {
-    let mut parser = RequestParser::default();
-    let mut buf = BytesMut::from(data);
-    while let Ok(Some(args)) = parser.parse(&mut buf) {
-        let _ = raft_driver_std::raftkv::command::parse_command(&args);
-    }
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    raft_fuzz::resp_parse::run(data);
 });

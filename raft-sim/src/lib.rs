@@ -3,6 +3,7 @@
 //! disks, clocks and clients, with safety invariants checked after every
 //! event and linearizability checked after every run.
 
+pub mod cluster;
 pub mod disk;
 pub mod fmt;
 pub mod hash;

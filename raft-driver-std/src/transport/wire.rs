@@ -269,15 +269,20 @@ impl TryFrom<WireMessageV1> for Message {
                 leader_commit: ae.leader_commit,
             }),
             WireBodyV1::AppendEntriesResponse(r) => MessageBody::AppendEntriesResponse(r.into()),
-            WireBodyV1::InstallSnapshot(req) => MessageBody::InstallSnapshot(InstallSnapshot {
-                meta: SnapshotMeta {
-                    last_included_index: req.last_included_index,
-                    last_included_term: req.last_included_term,
-                    // Before membership changes the voters were the whole
-                    // configuration.
-                    membership: Membership::new(req.voters),
-                },
-            }),
+            WireBodyV1::InstallSnapshot(req) => {
+                // Before membership changes the voters were the whole configuration; checked as
+                // the newer variant's is (empty, zero or repeated ids are a decode error, not a
+                // configuration for the core to install; found by fuzzing frame_decode).
+                let membership = Membership::new(req.voters);
+                membership.validate().map_err(WireError::BadMembership)?;
+                MessageBody::InstallSnapshot(InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_included_index: req.last_included_index,
+                        last_included_term: req.last_included_term,
+                        membership,
+                    },
+                })
+            }
             WireBodyV1::InstallSnapshotConfig(req) => MessageBody::InstallSnapshot(InstallSnapshot {
                 meta: SnapshotMeta {
                     last_included_index: req.last_included_index,
@@ -414,6 +419,31 @@ mod tests {
                     })
                 }),
         ]
+    }
+
+    /// A snapshot offer in the pre-membership layout (voters only) with no voters, or with node id 0,
+    /// is a decode error like the newer layout's, not a configuration handed to the core (found by
+    /// the `frame_decode` fuzz target: it decoded, and re-encoded to a frame that did not).
+    #[test]
+    fn a_legacy_snapshot_offer_with_a_bad_configuration_is_refused() {
+        for voters in [vec![], vec![0, 1]] {
+            let body = WireBodyV1::InstallSnapshot(WireInstallSnapshotV1 {
+                last_included_index: 5,
+                last_included_term: 1,
+                voters: voters.clone(),
+            });
+            let wire = WireMessageV1 { term: 1, body };
+            let result = Message::try_from(wire);
+            assert!(matches!(result, Err(WireError::BadMembership(_))), "voters {voters:?}: {result:?}");
+        }
+        let body = WireBodyV1::InstallSnapshot(WireInstallSnapshotV1 {
+            last_included_index: 5,
+            last_included_term: 1,
+            voters: vec![2, 1],
+        });
+        let decoded = Message::try_from(WireMessageV1 { term: 1, body }).expect("a valid legacy offer decodes");
+        let MessageBody::InstallSnapshot(req) = decoded.body else { panic!("not an offer") };
+        assert_eq!(req.meta.membership, Membership::new(vec![1, 2]));
     }
 
     proptest! {

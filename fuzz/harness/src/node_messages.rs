@@ -1,15 +1,17 @@
-//! Arbitrary event sequences (messages decoded from fuzz bytes, the
-//! driver's snapshot reports, membership changes, transfers and reads) into
-//! one node: it must never panic, its invariants must hold after every step,
-//! and every read is answered at most once, released only at an applied index.
-#![no_main]
+//! `node_messages`: one node fed whatever a hostile or broken peer could send (messages decoded
+//! from the fuzzer's bytes, from any sender id) mixed with the driver's events (ticks, proposals,
+//! fsync reports, campaigns, snapshot reports for any index, membership changes and transfers for
+//! any id, reads). It must never panic, its own invariants hold after every step, and every read
+//! is answered at most once, released only at an applied index. (Forged messages break the
+//! cluster-wide guarantees by design: Raft trusts its peers; `core_events` checks those.)
 
-use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
 
 use raft_core::{Action, Bytes, Config, Event, MembershipChange, Message, Node};
 
-fuzz_target!(|data: &[u8]| {
+/// Runs one input; returns the peer messages it decoded and stepped.
+pub fn run(data: &[u8]) -> u64 {
+    let mut decoded = 0;
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), 7).expect("config");
     let mut last_seq = 0;
     let mut install = None;
@@ -53,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
                 let (chunk, tail) = tail.split_at(len);
                 rest = tail;
                 let Ok(message) = postcard::from_bytes::<Message>(chunk) else { continue };
+                decoded += 1;
                 Event::Message { from: u64::from(op % 4), message }
             }
         };
@@ -77,4 +80,5 @@ fuzz_target!(|data: &[u8]| {
         assert!(node.applied_index() <= node.persisted_index().max(snapshot));
         assert!(node.first_index() <= node.last_index() + 1);
     }
-});
+    decoded
+}
