@@ -17,6 +17,7 @@ pub mod failpoint;
 pub(crate) mod golden;
 pub mod limits;
 pub mod members;
+pub mod metrics;
 pub mod node;
 pub mod oneshot;
 pub mod proposals;

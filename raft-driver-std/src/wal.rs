@@ -88,7 +88,7 @@ use format::{SEGMENT_HEADER_LEN, append_record, segment_file_name, segment_heade
 pub use format::{SUPPORTED_WAL_VERSIONS, WAL_FORMAT_VERSION};
 use record::{Record, WalEntriesV1, WalSnapshotV3, WalTruncateV1};
 pub use recovery::{InspectReport, MembershipSummary, RecoveryReport, WalHealth};
-pub use writer::{WalWriter, WalWriterStats};
+pub use writer::{WalHistograms, WalMonitor, WalWriter, WalWriterStats};
 
 /// Default size at which a segment is closed and a new one started.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;

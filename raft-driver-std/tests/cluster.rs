@@ -131,6 +131,8 @@ struct TestCluster {
     secrets: Vec<Option<String>>,
     /// More arguments for every `raftkv node` started from here on.
     extra_args: Vec<String>,
+    /// Each node's metrics port (`--metrics-addr`), by id - 1; none when empty.
+    metrics_ports: Vec<u16>,
 }
 
 type Info = HashMap<String, String>;
@@ -179,11 +181,50 @@ impl TestCluster {
             password: None,
             secrets: Vec::new(),
             extra_args: Vec::new(),
+            metrics_ports: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// `n` nodes, each serving metrics on a port of its own.
+    fn start_with_metrics(n: u64) -> TestCluster {
+        let mut cluster = TestCluster::start_with_spares(0, n, SnapshotConfig::default());
+        cluster.config.nodes = std::mem::take(&mut cluster.spares);
+        std::fs::write(&cluster.config_path, cluster.config.to_toml()).expect("write config");
+        cluster.metrics_ports = free_ports(n as u16);
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Node `id`'s metrics page, parsed: `name{labels}` to value. Panics on a line that is neither a
+    /// comment nor a sample with a number.
+    fn metrics(&self, id: u64) -> HashMap<String, f64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_ports[id as usize - 1])).expect("metrics port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("reply");
+        let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+        assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("text/plain; version=0.0.4"), "{head}");
+        let mut samples = HashMap::new();
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+            let value =
+                if value == "+Inf" { f64::INFINITY } else { value.parse().unwrap_or_else(|_| panic!("{line:?}")) };
+            assert!(samples.insert(name.to_owned(), value).is_none(), "sample {name} twice");
+        }
+        for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().expect("name"), parts.next().expect("kind"));
+            assert!(body.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+        }
+        samples
     }
 
     /// `n` nodes that require `password` of every client.
@@ -250,6 +291,7 @@ impl TestCluster {
             password: None,
             secrets: Vec::new(),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            metrics_ports: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -283,6 +325,7 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(&self.extra_args)
+            .args(self.metrics_ports.get(id as usize - 1).map(|p| format!("--metrics-addr=127.0.0.1:{p}")))
             .env("RUST_LOG", "info")
             .env("RAFTKV_REQUIREPASS", self.password.as_deref().unwrap_or(""))
             .env_remove("RAFTKV_CLUSTER_SECRET")
@@ -2167,4 +2210,67 @@ fn real_partitions_heal_within_seconds_whatever_their_length() {
             assert!(field(line, "first_set_via_third_s=") < 8.0, "{line}");
         }
     }
+}
+
+/// (operating) Every node serves its metrics in the Prometheus text format, and they move with the
+/// work: a leader elected, 200 writes committed, applied and fsynced in groups, replicated to each
+/// peer with the lag visible, commands counted by name; `raftkv status` shows the cluster from any
+/// node and fails once a member is down.
+#[test]
+fn metrics_and_status_follow_the_cluster() {
+    let mut cluster = TestCluster::start_with_metrics(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let before = cluster.metrics(leader);
+    assert_eq!(before["raft_role{role=\"leader\"}"], 1.0, "{before:?}");
+    assert_eq!(before["raft_role{role=\"follower\"}"], 0.0);
+    assert!(before["raft_elections_won_total"] >= 1.0);
+    for id in [1, 2, 3] {
+        let m = cluster.metrics(id);
+        assert_eq!(m["raft_leader_id"], leader as f64, "node {id}");
+        assert_eq!(m["raft_up"], 1.0);
+    }
+    for i in 0..200 {
+        cluster.set(leader, &format!("m{i}"), "v").expect("SET");
+    }
+    let _: Option<String> = redis::cmd("GET").arg("m1").query(&mut cluster.conn(leader).expect("conn")).expect("GET");
+    let after = cluster.metrics(leader);
+    let grew = |name: &str, by: f64| {
+        let (b, a) = (before.get(name).copied().unwrap_or(0.0), after[name]);
+        assert!(a >= b + by, "{name} went {b} -> {a}, expected +{by}");
+    };
+    grew("raft_commit_index", 200.0);
+    grew("raft_applied_index", 200.0);
+    grew("raft_proposals_total{outcome=\"applied\"}", 200.0);
+    grew("raft_wal_writes_total", 200.0);
+    grew("raft_wal_sync_duration_seconds_count", 1.0);
+    grew("raft_wal_group_size_count", 1.0);
+    grew("raftkv_commands_total{command=\"set\"}", 200.0);
+    grew("raftkv_commands_total{command=\"get\"}", 1.0);
+    assert_eq!(after["raftkv_keys{db=\"0\"}"], 200.0);
+    assert_eq!(after["raft_wal_group_size_bucket{le=\"+Inf\"}"], after["raft_wal_group_size_count"]);
+    for peer in [1, 2, 3].into_iter().filter(|&p| p != leader) {
+        grew(&format!("raft_peer_sent_total{{peer=\"{peer}\"}}"), 200.0);
+        let matched = after[&format!("raft_peer_match_index{{peer=\"{peer}\"}}")];
+        let lag = after[&format!("raft_peer_replication_lag_entries{{peer=\"{peer}\"}}")];
+        assert_eq!(matched + lag, after["raft_last_log_index"], "peer {peer}");
+    }
+    // A follower has no replication to report, and commits what the leader did.
+    let follower = [1, 2, 3].into_iter().find(|&p| p != leader).expect("a follower");
+    let f = cluster.metrics(follower);
+    assert!(!f.keys().any(|k| k.starts_with("raft_peer_match_index")), "a follower reports no match indexes");
+    assert!(f["raft_commit_index"] >= 200.0);
+
+    let status = |port: u16| {
+        let out = Command::new(RAFTKV).args(["status", &format!("127.0.0.1:{port}")]).output().expect("raftkv status");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, text) = status(cluster.port(follower));
+    assert!(ok, "{text}");
+    assert_eq!(text.lines().filter(|l| l.trim_end().ends_with(" ok")).count(), 3, "{text}");
+    assert!(text.contains(&format!("leader {leader}, term ")) && text.contains("3/3 members healthy"), "{text}");
+    let down = [1, 2, 3].into_iter().rev().find(|&p| p != leader).expect("another follower");
+    cluster.kill(down);
+    let (ok, text) = status(cluster.port(leader));
+    assert!(!ok, "status succeeded with node {down} down: {text}");
+    assert!(text.contains("unreachable") && text.contains("2/3 members healthy"), "{text}");
 }

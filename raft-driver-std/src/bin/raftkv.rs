@@ -38,6 +38,10 @@ use raft_driver_std::{snapshot_file, wal};
 #[derive(Parser)]
 #[command(name = "raftkv", version, about = "A Redis-compatible key-value store replicated with Raft")]
 struct Cli {
+    /// Log lines as human-readable text, or one JSON object per line (for log shippers). Either
+    /// way they go to stderr, filtered by RUST_LOG (default `info`).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -91,6 +95,10 @@ enum Cmd {
         /// This node's client address (needed when the cluster file does not list it).
         #[arg(long)]
         client_addr: Option<SocketAddr>,
+        /// Serve metrics in the Prometheus text format at http://ADDR/metrics (docs/operating.md
+        /// lists them). Off by default.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Change or show the cluster's membership through any node (followers forward to the leader).
     Admin {
@@ -122,6 +130,17 @@ enum Cmd {
         /// cluster file's `[reads] mode`).
         #[arg(long, default_value = "index", value_parser = parse_read_mode)]
         read_mode: ReadMode,
+        /// Serve each node's metrics: node i at http://127.0.0.1:PORT+i-1/metrics.
+        #[arg(long)]
+        metrics_port: Option<u16>,
+    },
+    /// The cluster at a glance, from any one node: each member's role, term, indexes, lag behind
+    /// the highest commit index and health (exit 1 unless every member answers and one leader is
+    /// known to all).
+    Status {
+        /// Client address of any node.
+        #[arg(default_value = "127.0.0.1:6379")]
+        addr: SocketAddr,
     },
     /// Print the WAL's persisted term, vote, log range and health as JSON (exit 1 if corrupt).
     Inspect {
@@ -184,13 +203,16 @@ enum AdminCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter());
+    if cli.log_format == "json" {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Cmd::Node {
             id,
@@ -204,6 +226,7 @@ fn main() -> ExitCode {
             join,
             peer_addr,
             client_addr,
+            metrics_addr,
         } => {
             let cluster_secret = match cluster_secret(cluster_secret_file.as_deref()) {
                 Ok(secret) => secret,
@@ -221,15 +244,102 @@ fn main() -> ExitCode {
                 join,
                 peer_addr,
                 client_addr,
+                metrics_addr,
             };
             run_node(&node)
         }
         Cmd::Admin { addr, wait_secs, command } => run_admin(addr, Duration::from_secs(wait_secs), &command),
-        Cmd::Cluster { nodes, data_dir, port, no_fsync, read_mode } => {
-            run_cluster(nodes, data_dir, port, no_fsync, read_mode)
+        Cmd::Cluster { nodes, data_dir, port, no_fsync, read_mode, metrics_port } => {
+            run_cluster(nodes, data_dir, port, no_fsync, read_mode, metrics_port)
         }
         Cmd::Inspect { data_dir } => run_inspect(&data_dir),
+        Cmd::Status { addr } => run_status(addr),
     }
+}
+
+/// One member as `raftkv status` sees it.
+struct MemberView {
+    id: u64,
+    client: Option<SocketAddr>,
+    /// `INFO replication` and `persistence` fields, or why they could not be read.
+    info: Result<std::collections::BTreeMap<String, String>, String>,
+}
+
+fn run_status(addr: SocketAddr) -> ExitCode {
+    let members = match members_of(addr) {
+        Ok(m) => m,
+        Err(e) => return fail(format!("cannot read the membership from {addr}: {e}")),
+    };
+    let views: Vec<MemberView> = members
+        .iter()
+        .map(|&(id, _, client)| {
+            let info = client
+                .ok_or_else(|| "no client address known".to_owned())
+                .and_then(|c| call(c, &["INFO", "replication", "persistence"], Duration::from_secs(3)))
+                .map(|text| {
+                    text.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                        .collect()
+                });
+            MemberView { id, client, info }
+        })
+        .collect();
+    let num = |v: &MemberView, key: &str| -> u64 {
+        v.info.as_ref().ok().and_then(|i| i.get(key)).and_then(|x| x.parse().ok()).unwrap_or(0)
+    };
+    let top_commit = views.iter().map(|v| num(v, "commit_index")).max().unwrap_or(0);
+    let top_term = views.iter().map(|v| num(v, "term")).max().unwrap_or(0);
+    println!(
+        "{:>4}  {:<13} {:>6} {:>10} {:>10} {:>10} {:>8}  {:<21} health",
+        "id", "role", "term", "commit", "applied", "last", "lag", "client"
+    );
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut healthy = 0;
+    for v in &views {
+        let client = v.client.map_or_else(|| "-".to_owned(), |c| c.to_string());
+        match &v.info {
+            Ok(info) => {
+                let field = |k: &str| info.get(k).cloned().unwrap_or_default();
+                if let Ok(l) = field("leader_id").parse::<u64>() {
+                    leaders.insert(l);
+                }
+                let lag = top_commit.saturating_sub(num(v, "applied_index"));
+                let health = if num(v, "repairing_lost_log_through") > 0 {
+                    "repairing a lost log".to_owned()
+                } else if field("leader_id") == "none" {
+                    "no leader known".to_owned()
+                } else if num(v, "term") < top_term {
+                    "behind in term".to_owned()
+                } else {
+                    healthy += 1;
+                    "ok".to_owned()
+                };
+                println!(
+                    "{:>4}  {:<13} {:>6} {:>10} {:>10} {:>10} {:>8}  {:<21} {health}",
+                    v.id,
+                    field("raft_role"),
+                    field("term"),
+                    field("commit_index"),
+                    field("applied_index"),
+                    field("last_log_index"),
+                    lag,
+                    client
+                );
+            }
+            Err(e) => println!(
+                "{:>4}  {:<13} {:>6} {:>10} {:>10} {:>10} {:>8}  {client:<21} unreachable: {e}",
+                v.id, "?", "?", "?", "?", "?", "?"
+            ),
+        }
+    }
+    let leader = match leaders.len() {
+        1 => format!("leader {}", leaders.iter().next().expect("one")),
+        0 => "no leader".to_owned(),
+        _ => format!("members disagree on the leader ({leaders:?})"),
+    };
+    println!("{leader}, term {top_term}, commit {top_commit}, {healthy}/{} members healthy", views.len());
+    if healthy == views.len() && leaders.len() == 1 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// The WAL lives in `DATA_DIR/wal`, leaving room for snapshots and other files next to it.
@@ -278,6 +388,7 @@ struct NodeArgs {
     join: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
     client_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn run_node(args: &NodeArgs) -> ExitCode {
@@ -360,6 +471,13 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(format!("cannot start client server: {e}")),
     };
+    let metrics = match args.metrics_addr.map(|addr| server.serve_metrics(addr).map_err(|e| (addr, e))).transpose() {
+        Ok(m) => m,
+        Err((addr, e)) => return fail(format!("cannot serve metrics on {addr}: {e}")),
+    };
+    if let Some(m) = &metrics {
+        tracing::info!(node = id, metrics = %m.local_addr(), "serving metrics at /metrics");
+    }
     tracing::info!(node = id, client = %server.local_addr(), peer = %me.peer_addr, fsync, "raftkv node ready");
     if let Some(addr) = join {
         let me = me.clone();
@@ -418,13 +536,18 @@ fn run_inspect(data_dir: &Path) -> ExitCode {
 /// Sends one `RAFT ...` command to `addr` and returns the reply (`Err` for an error reply or no
 /// answer).
 fn admin_call(addr: SocketAddr, args: &[&str]) -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
     let mut request = vec!["RAFT"];
     request.extend_from_slice(args);
+    call(addr, &request, Duration::from_secs(15))
+}
+
+/// Sends one command to `addr` and returns its simple or bulk reply (an error reply as `Err`).
+fn call(addr: SocketAddr, request: &[&str], timeout: Duration) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut out = bytes::BytesMut::new();
-    raft_driver_std::raftkv::resp::encode_request(&request, &mut out);
+    raft_driver_std::raftkv::resp::encode_request(request, &mut out);
     stream.write_all(&out).map_err(|e| format!("write {addr}: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -548,7 +671,14 @@ fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
     }
 }
 
-fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool, read_mode: ReadMode) -> ExitCode {
+fn run_cluster(
+    nodes: u64,
+    data_dir: Option<PathBuf>,
+    port: u16,
+    no_fsync: bool,
+    read_mode: ReadMode,
+    metrics_port: Option<u16>,
+) -> ExitCode {
     if nodes == 0 || nodes > 255 {
         return fail("--nodes must be between 1 and 255");
     }
@@ -591,7 +721,8 @@ fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool,
     println!("raftkv cluster: {nodes} nodes, data in {}", dir.display());
     let mut children = Children(Vec::new());
     for n in &cluster.nodes {
-        match spawn_node(n, &dir, &config_path, no_fsync) {
+        let metrics = metrics_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p + (n.id - 1) as u16)));
+        match spawn_node(n, &dir, &config_path, no_fsync, metrics) {
             Ok(child) => children.0.push((n.id, child)),
             Err(e) => return fail(e),
         }
@@ -607,7 +738,13 @@ fn run_cluster(nodes: u64, data_dir: Option<PathBuf>, port: u16, no_fsync: bool,
 }
 
 /// Starts `raftkv node` for `n` as a child process logging to `DIR/node-N.log`.
-fn spawn_node(n: &NodeAddrs, dir: &Path, config_path: &Path, no_fsync: bool) -> Result<Child, String> {
+fn spawn_node(
+    n: &NodeAddrs,
+    dir: &Path,
+    config_path: &Path,
+    no_fsync: bool,
+    metrics: Option<SocketAddr>,
+) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let log_path = dir.join(format!("node-{}.log", n.id));
     let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
@@ -626,6 +763,9 @@ fn spawn_node(n: &NodeAddrs, dir: &Path, config_path: &Path, no_fsync: bool) -> 
         .stderr(log);
     if no_fsync {
         command.arg("--no-fsync");
+    }
+    if let Some(addr) = metrics {
+        command.arg(format!("--metrics-addr={addr}"));
     }
     let child = command.spawn().map_err(|e| format!("cannot start node {}: {e}", n.id))?;
     println!(

@@ -10,7 +10,7 @@ use raft_core::{Action, Entry, EntryKind, Event, Node, NodeId, Role};
 
 use super::membership::MembershipState;
 use super::snapshots::Snapshots;
-use super::{DriverError, Input, NodeOptions, ReadJob, ReplyTx, Status};
+use super::{Activity, DriverError, Input, NodeOptions, PeerProgress, ReadJob, ReplyTx, Status};
 use crate::proposals::{ProposalError, ProposalTracker, Settled};
 use crate::reads::{ReadFailure, ReadSettled, ReadTracker};
 use crate::state_machine::StateMachine;
@@ -103,6 +103,8 @@ pub(super) struct Driver<S: StateMachine> {
     pub(super) shared_membership: Arc<raft_core::Membership>,
     /// This node's service address, for the address book.
     pub(super) service_addr: Option<std::net::SocketAddr>,
+    /// Elections and proposal outcomes so far, published with the status.
+    activity: Activity,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -141,6 +143,7 @@ impl<S: StateMachine> Driver<S> {
             membership,
             shared_membership,
             service_addr: options.service_addr,
+            activity: Activity::default(),
         };
         // The configuration restored from disk may have members the options do not.
         let m = driver.node.membership().clone();
@@ -175,6 +178,10 @@ impl<S: StateMachine> Driver<S> {
             Input::Propose(data, reply) => self.propose(data, reply),
             Input::Inspect(f) => {
                 f(&self.state_machine);
+                Ok(())
+            }
+            Input::Peers(reply) => {
+                let _ = reply.send(self.peer_progress());
                 Ok(())
             }
             Input::Read(job) => self.read(job),
@@ -221,7 +228,7 @@ impl<S: StateMachine> Driver<S> {
             Event::ProposeBatch { data: batch }
         };
         self.step(event)?;
-        self.proposals.settle_unclaimed(answer);
+        self.proposals.settle_unclaimed(counting(&mut self.activity.proposals_failed));
         match other {
             Some(input) => self.handle(input),
             None => Ok(()),
@@ -312,7 +319,7 @@ impl<S: StateMachine> Driver<S> {
     fn execute(&mut self, actions: &mut Vec<Action>) -> Result<Option<u64>, DriverError> {
         let mut last_persist = None;
         for action in actions.drain(..) {
-            self.proposals.on_action(&action, answer);
+            self.proposals.on_action(&action, counting(&mut self.activity.proposals_failed));
             match self.reads.on_action(&action) {
                 Some(ReadSettled::Ready(job)) => job(Ok(&self.state_machine)),
                 Some(ReadSettled::Failed(job, error)) => job(Err(error)),
@@ -339,11 +346,18 @@ impl<S: StateMachine> Driver<S> {
                     }
                 }
                 Action::RoleChanged { role, term, leader } => {
-                    tracing::info!(node = self.node.id(), %role, term, ?leader, "role changed");
+                    let node = self.node.id();
+                    tracing::info!(event = "role_changed", node, %role, term, ?leader, "role changed");
+                    match role {
+                        Role::Candidate => tracing::info!(event = "election_started", node, term, "election started"),
+                        Role::Leader => tracing::info!(event = "election_won", node, term, "election won"),
+                        Role::Follower | Role::PreCandidate => {}
+                    }
+                    self.activity.count_role(role);
                 }
                 Action::InstallSnapshot { from, meta } => self.fetch_snapshot(from, meta),
                 Action::MembershipChanged { membership, index } => {
-                    tracing::info!(node = self.node.id(), %membership, index, "membership changed");
+                    tracing::info!(event = "membership_changed", node = self.node.id(), %membership, index, "membership changed");
                     self.membership_changed(&membership);
                 }
                 Action::ChangeProposed { index, term, .. } => self.change_answered(Ok((index, term))),
@@ -366,26 +380,58 @@ impl<S: StateMachine> Driver<S> {
             // Configuration entries are the core's; the state machine never sees them.
             EntryKind::Noop | EntryKind::Config => None,
         };
-        match self.proposals.applied(entry, answer) {
+        match self.proposals.applied(entry, counting(&mut self.activity.proposals_failed)) {
             Some(Settled::Applied(reply)) => match response.take() {
-                Some(r) => reply.send(Ok(r)),
-                None => reply.send(Err(ProposalError::Overwritten)),
+                Some(r) => {
+                    self.activity.proposals_applied += 1;
+                    reply.send(Ok(r));
+                }
+                None => {
+                    self.activity.proposals_failed += 1;
+                    reply.send(Err(ProposalError::Overwritten));
+                }
             },
-            Some(failed) => answer(failed),
+            Some(failed) => {
+                self.activity.proposals_failed += 1;
+                answer(failed);
+            }
             None => {}
         }
     }
 
+    /// Where each peer's replication stands, as this node leads it (empty unless it leads).
+    fn peer_progress(&self) -> Vec<PeerProgress> {
+        if self.node.role() != Role::Leader {
+            return Vec::new();
+        }
+        let m = self.node.membership();
+        let mut ids: Vec<NodeId> = m.voters.iter().chain(&m.outgoing).chain(&m.learners).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let last = self.node.last_index();
+        ids.into_iter()
+            .filter(|&id| id != self.node.id())
+            .filter_map(|id| self.node.progress(id))
+            .map(|p| PeerProgress { id: p.id, match_index: p.match_index, lag: last.saturating_sub(p.match_index) })
+            .collect()
+    }
+
+    /// A handle to the WAL writer's distributions.
+    pub(super) fn wal_monitor(&self) -> crate::wal::WalMonitor {
+        self.writer.monitor()
+    }
+
     fn publish_status(&self) {
         let membership = Arc::clone(&self.shared_membership);
-        let status =
+        let mut status =
             Status::of(&self.node, membership, self.proposals.pending(), self.writer.stats(), self.snapshots.stats);
+        status.activity = self.activity;
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }
 
     /// Runs when the loop ends for any reason.
     pub(super) fn stop(&mut self) {
-        self.proposals.fail_all(&ProposalError::Stopped, answer);
+        self.proposals.fail_all(&ProposalError::Stopped, counting(&mut self.activity.proposals_failed));
         self.reads.fail_all(&ReadFailure::Stopped, |s| match s {
             ReadSettled::Ready(job) | ReadSettled::Failed(job, _) => job(Err(ReadFailure::Stopped)),
         });
@@ -415,6 +461,14 @@ fn answer<R>(settled: Settled<super::Answer<R>>) {
         Settled::Applied(reply) => (reply, ProposalError::Overwritten),
     };
     reply.send(Err(error));
+}
+
+/// [`answer`], counting each failure into `failed`.
+fn counting<R>(failed: &mut u64) -> impl FnMut(Settled<super::Answer<R>>) + '_ {
+    move |settled| {
+        *failed += 1;
+        answer(settled);
+    }
 }
 
 /// A seed that differs per node and per start.

@@ -35,6 +35,8 @@
 
 mod driver;
 mod membership;
+mod metrics;
+use metrics::write_metrics;
 mod snapshots;
 #[cfg(test)]
 mod tests;
@@ -324,8 +326,48 @@ pub struct Status {
     pub follower_regressions: u64,
     /// WAL writer counters.
     pub wal: WalWriterStats,
+    /// Elections and proposal outcomes since the node started.
+    pub activity: Activity,
     /// Whether the node thread is still running.
     pub running: bool,
+}
+
+/// A follower's replication as its leader sees it ([`RaftHandle::peer_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerProgress {
+    /// The follower (voter or learner).
+    pub id: NodeId,
+    /// Highest index known replicated and durable on it.
+    pub match_index: Index,
+    /// Entries the leader holds beyond that (its last index minus `match_index`).
+    pub lag: Index,
+}
+
+/// What a node did since it started: counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// PreVote rounds this node started (it became a pre-candidate).
+    pub pre_votes_started: u64,
+    /// Elections this node started (it became a candidate, in a new term).
+    pub elections_started: u64,
+    /// Elections this node won (it became leader).
+    pub elections_won: u64,
+    /// Proposals applied and answered with the state machine's response.
+    pub proposals_applied: u64,
+    /// Proposals answered with an error (refused, overwritten, leadership lost, stopped).
+    pub proposals_failed: u64,
+}
+
+impl Activity {
+    /// Counts a role change.
+    pub(super) fn count_role(&mut self, role: Role) {
+        match role {
+            Role::PreCandidate => self.pre_votes_started += 1,
+            Role::Candidate => self.elections_started += 1,
+            Role::Leader => self.elections_won += 1,
+            Role::Follower => {}
+        }
+    }
 }
 
 impl Status {
@@ -355,6 +397,7 @@ impl Status {
             repairing_through: node.repairing().map(|r| r.lost_through),
             follower_regressions: node.stats().follower_regressions,
             wal,
+            activity: Activity::default(),
             running: true,
         }
     }
@@ -394,6 +437,8 @@ enum Input<S: StateMachine> {
     Message(NodeId, Message),
     Propose(Bytes, ReplyTx<S>),
     Inspect(InspectFn<S>),
+    /// Where each peer's replication stands (for metrics).
+    Peers(Sender<Vec<PeerProgress>>),
     Read(ReadJob<S>),
     Campaign,
     ChangeMembership {
@@ -426,6 +471,7 @@ pub struct RaftHandle<S: StateMachine> {
     status: Arc<Mutex<Status>>,
     transport: Arc<Transport>,
     max_entry_bytes: usize,
+    wal: crate::wal::WalMonitor,
 }
 
 impl<S: StateMachine> Clone for RaftHandle<S> {
@@ -435,6 +481,7 @@ impl<S: StateMachine> Clone for RaftHandle<S> {
             status: Arc::clone(&self.status),
             transport: Arc::clone(&self.transport),
             max_entry_bytes: self.max_entry_bytes,
+            wal: self.wal.clone(),
         }
     }
 }
@@ -584,6 +631,31 @@ impl<S: StateMachine> RaftHandle<S> {
     pub fn transport_stats(&self) -> TransportStats {
         self.transport.stats()
     }
+
+    /// Each current peer's traffic counters.
+    pub fn peer_stats(&self) -> Vec<crate::transport::PeerStats> {
+        self.transport.peer_stats()
+    }
+
+    /// The WAL writer's sync latency and group size distributions.
+    pub fn wal_histograms(&self) -> crate::wal::WalHistograms {
+        self.wal.histograms()
+    }
+
+    /// Where each follower's replication stands, asked of the node thread (empty unless this node
+    /// leads; `None` if it does not answer within `timeout`).
+    pub fn peer_progress(&self, timeout: Duration) -> Option<Vec<PeerProgress>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inputs.send(Input::Peers(tx)).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// The driver's metrics families (see [`crate::metrics`]), added to `page`: role, term, leader,
+    /// indexes, log and snapshot size, elections, proposals, WAL writes with sync latency and group
+    /// size histograms, and peer traffic and replication lag per peer.
+    pub fn write_metrics(&self, page: &mut crate::metrics::Exposition) {
+        write_metrics(self, page);
+    }
 }
 
 fn wait_admin<T>(rx: &Receiver<Result<T, AdminError>>, timeout: Duration) -> Result<T, AdminError> {
@@ -662,6 +734,7 @@ impl<S: StateMachine> RaftNode<S> {
             status: driver.status(),
             transport,
             max_entry_bytes: options.limits.max_entry_bytes,
+            wal: driver.wal_monitor(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-node-{}", options.id))

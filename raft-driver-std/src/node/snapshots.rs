@@ -195,7 +195,13 @@ pub(super) fn restore_at_start<S: StateMachine>(
     state_machine.restore(&image).map_err(|e| DriverError::Restore { file: path.clone(), error: e })?;
     // Older ones are covered; newer ones were written but never recorded.
     delete_files(dir, |i| i != index);
-    tracing::info!(index, term = meta.last_included_term, bytes = image.len(), "state machine restored from snapshot");
+    tracing::info!(
+        event = "snapshot_restored",
+        index,
+        term = meta.last_included_term,
+        bytes = image.len(),
+        "state machine restored from snapshot"
+    );
     Ok(fs::metadata(&path).map_or(0, |m| m.len()))
 }
 
@@ -246,7 +252,7 @@ impl<S: StateMachine> Driver<S> {
                 // Counted from here again, so a full disk is retried at the policy's pace.
                 stats.entries_since = 0;
                 stats.bytes_since = 0;
-                tracing::error!(node = self.node.id(), index = meta.last_included_index, %error, "snapshot write failed");
+                tracing::error!(event = "snapshot_write_failed", node = self.node.id(), index = meta.last_included_index, %error, "snapshot write failed");
                 return Ok(());
             }
         };
@@ -265,7 +271,14 @@ impl<S: StateMachine> Driver<S> {
             stats.index = index;
             stats.term = meta.last_included_term;
             stats.file_bytes = file_bytes;
-            tracing::info!(node = self.node.id(), index, file_bytes, ms = stats.last_write_ms, "snapshot taken");
+            tracing::info!(
+                event = "snapshot_taken",
+                node = self.node.id(),
+                index,
+                file_bytes,
+                ms = stats.last_write_ms,
+                "snapshot taken"
+            );
         }
         Ok(())
     }
@@ -277,7 +290,13 @@ impl<S: StateMachine> Driver<S> {
         let dir = self.snapshots.dir.clone();
         let inputs = self.self_inputs.clone();
         self.snapshots.fetching = true;
-        tracing::info!(node = self.node.id(), from, index = meta.last_included_index, "fetching snapshot");
+        tracing::info!(
+            event = "snapshot_fetch_started",
+            node = self.node.id(),
+            from,
+            index = meta.last_included_index,
+            "fetching snapshot"
+        );
         let spawned = std::thread::Builder::new().name(format!("raft-fetch-{}", self.node.id())).spawn(move || {
             let result = transport.fetch_snapshot(from, meta.last_included_index, &dir).map_err(|e| e.to_string());
             let _ = inputs.send(Input::SnapshotFetched { from, meta, result });
@@ -308,12 +327,12 @@ impl<S: StateMachine> Driver<S> {
                 stats.file_bytes = fs::metadata(path).map_or(0, |m| m.len());
                 stats.entries_since = 0;
                 stats.bytes_since = 0;
-                tracing::info!(node = self.node.id(), from, index, "snapshot installed");
+                tracing::info!(event = "snapshot_installed", node = self.node.id(), from, index, "snapshot installed");
                 self.step(Event::SnapshotInstalled { meta })
             }
             Err(error) => {
                 self.snapshots.stats.failed += 1;
-                tracing::warn!(node = self.node.id(), from, index, %error, "snapshot install aborted");
+                tracing::warn!(event = "snapshot_install_aborted", node = self.node.id(), from, index, %error, "snapshot install aborted");
                 self.step(Event::SnapshotAborted)
             }
         }

@@ -132,6 +132,42 @@ pub const COMMANDS: &[CommandSpec] = &[
     c("watch", -2, CONN, 1, -1, 1),
 ];
 
+/// The position of `name` (any case) in [`COMMANDS`], without allocating (counted per request).
+pub fn index_of(name: &[u8]) -> Option<usize> {
+    COMMANDS.binary_search_by(|spec| spec.name.bytes().cmp(name.iter().map(u8::to_ascii_lowercase))).ok()
+}
+
+/// Requests per command, for metrics: one counter per [`COMMANDS`] entry and one for names the
+/// table does not know (so a client cannot grow the set of series).
+#[derive(Debug)]
+pub struct CommandCounts {
+    counts: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl Default for CommandCounts {
+    fn default() -> CommandCounts {
+        CommandCounts { counts: (0..=COMMANDS.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect() }
+    }
+}
+
+impl CommandCounts {
+    /// Counts one request named `name`.
+    pub fn count(&self, name: &[u8]) {
+        let i = index_of(name).unwrap_or(COMMANDS.len());
+        self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `(name, count)` for every command seen at least once, `unknown` last.
+    pub fn seen(&self) -> Vec<(&'static str, u64)> {
+        let names = COMMANDS.iter().map(|c| c.name).chain(["unknown"]);
+        names
+            .zip(self.counts.iter())
+            .map(|(n, c)| (n, c.load(std::sync::atomic::Ordering::Relaxed)))
+            .filter(|&(_, c)| c > 0)
+            .collect()
+    }
+}
+
 /// The spec of `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     let lower = name.to_ascii_lowercase();

@@ -415,6 +415,27 @@ struct PeerLink {
     /// newest and delivers a frame: what keeps a peer's messages in order
     /// across a reconnect (see the [module documentation](self)).
     delivery: Mutex<()>,
+    /// Messages written to this peer (the per-peer share of `sent`).
+    sent: AtomicU64,
+    /// Messages from this peer delivered to the node.
+    received: AtomicU64,
+    /// Messages to this peer lost after they were queued: a failed write, a
+    /// connection that could not be made, or a frame too large to send.
+    dropped: AtomicU64,
+}
+
+/// One peer's traffic counters ([`Transport::peer_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerStats {
+    /// The peer.
+    pub id: NodeId,
+    /// Messages written to it.
+    pub sent: u64,
+    /// Messages from it delivered to the node.
+    pub received: u64,
+    /// Messages to it lost after they were queued (a full queue is counted
+    /// only in [`TransportStats::dropped_full`], before any peer is looked up).
+    pub dropped: u64,
 }
 
 impl PeerSlot {
@@ -536,6 +557,21 @@ impl Transport {
                 tracing::info!(node_id = me, peer = id, "peer removed and refused");
             }
         }
+    }
+
+    /// Traffic counters of each current peer, by id.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let mut v: Vec<_> = read(&self.shared.peers)
+            .iter()
+            .map(|(&id, p)| PeerStats {
+                id,
+                sent: p.link.sent.load(Ordering::Relaxed),
+                received: p.link.received.load(Ordering::Relaxed),
+                dropped: p.link.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_unstable_by_key(|p| p.id);
+        v
     }
 
     /// The current peers and their addresses, by id.
@@ -843,6 +879,7 @@ impl PeerWriter {
                 // messages behind it.
                 let stale = self.queue.try_iter().count();
                 bump(&self.shared.stats.dropped_unreachable, stale as u64);
+                bump(&self.link.dropped, stale as u64);
                 if sleep_or_stop(&self.stop_rx, self.backoff.next_delay()) {
                     return ControlFlow::Break(());
                 }
@@ -957,6 +994,7 @@ impl PeerWriter {
                     let (node_id, peer) = (self.shared.config.node_id, self.peer);
                     tracing::warn!(node_id, peer, %error, "dropping unsendable message");
                     bump(&self.shared.stats.dropped_oversized, 1);
+                    bump(&self.link.dropped, 1);
                 }
             }
             if self.batch.len() < MAX_BATCH_BYTES {
@@ -977,6 +1015,7 @@ impl PeerWriter {
         match stream.write_all(&self.batch).and_then(|()| stream.flush()) {
             Ok(()) => {
                 bump(&stats.sent, count);
+                bump(&self.link.sent, count);
                 if self.batch_asks {
                     self.unanswered_since.get_or_insert(started);
                 }
@@ -986,6 +1025,7 @@ impl PeerWriter {
                 // unusable now, so start over on a new connection.
                 tracing::debug!(node_id = self.shared.config.node_id, peer = self.peer, %error, "write failed");
                 bump(&stats.dropped_write, count);
+                bump(&self.link.dropped, count);
                 bump(&stats.disconnects, 1);
                 self.connection = None;
             }
@@ -1342,6 +1382,7 @@ fn receive_frames(shared: &Shared, stream: &TcpStream, from: NodeId, link: Arc<P
             return;
         }
         bump(&shared.stats.received, 1);
+        bump(&link.received, 1);
         shared.inbound.deliver(from, message);
     }
 }

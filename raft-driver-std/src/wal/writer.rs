@@ -11,6 +11,7 @@ use raft_core::Persist;
 use serde::Serialize;
 
 use super::{Wal, WalError};
+use crate::metrics::{FSYNC_MICROS, GROUP_SIZES, Histogram, HistogramSnapshot};
 
 /// Counters of a [`WalWriter`], for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -28,13 +29,57 @@ pub struct WalWriterStats {
     pub segments_deleted: u64,
 }
 
-#[derive(Default)]
 struct Counters {
     persists: AtomicU64,
     groups: AtomicU64,
     fsyncs: AtomicU64,
     durable_seq: AtomicU64,
     segments_deleted: AtomicU64,
+    /// How long each group's sync took, in microseconds.
+    sync_micros: Histogram,
+    /// `Persist`s per group.
+    group_size: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            persists: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            durable_seq: AtomicU64::new(0),
+            segments_deleted: AtomicU64::new(0),
+            sync_micros: Histogram::new(FSYNC_MICROS, 1e6),
+            group_size: Histogram::new(GROUP_SIZES, 1.0),
+        }
+    }
+}
+
+/// A cloneable view of a [`WalWriter`]'s distributions, readable from any thread (the writer
+/// itself lives on the node thread).
+#[derive(Clone)]
+pub struct WalMonitor(Arc<Counters>);
+
+impl WalMonitor {
+    /// The sync latency and group size distributions so far.
+    pub fn histograms(&self) -> WalHistograms {
+        WalHistograms { sync_seconds: self.0.sync_micros.snapshot(), group_size: self.0.group_size.snapshot() }
+    }
+}
+
+impl std::fmt::Debug for WalMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WalMonitor").field(&self.histograms()).finish()
+    }
+}
+
+/// The writer's distributions ([`WalWriter::histograms`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WalHistograms {
+    /// Time each group's sync took (`fdatasync`, or nothing with fsync off), in seconds.
+    pub sync_seconds: HistogramSnapshot,
+    /// Writes (`Persist`s) per group, so per sync.
+    pub group_size: HistogramSnapshot,
 }
 
 /// Owns a [`Wal`] on a dedicated thread and commits writes in groups.
@@ -96,6 +141,16 @@ impl WalWriter {
             durable_seq: c.durable_seq.load(Ordering::Acquire),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
         }
+    }
+
+    /// The sync latency and group size distributions so far.
+    pub fn histograms(&self) -> WalHistograms {
+        self.monitor().histograms()
+    }
+
+    /// A handle that reads the distributions from any thread.
+    pub fn monitor(&self) -> WalMonitor {
+        WalMonitor(Arc::clone(&self.counters))
     }
 
     /// Commits everything already submitted, stops the thread and returns
@@ -175,6 +230,9 @@ fn commit_group(
         n += 1;
     }
     counters.persists.fetch_add(n as u64, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     wal.sync()?;
+    counters.sync_micros.observe(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    counters.group_size.observe(n as u64);
     Ok(seq)
 }

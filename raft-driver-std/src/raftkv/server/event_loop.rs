@@ -709,7 +709,7 @@ impl Poller {
                     };
                     match item {
                         Some(item) if inline_item => {
-                            seen.saw(requests.last().map_or(&[][..], |r| &r[..]));
+                            seen.saw(requests.last().map_or(&[][..], |r| &r[..]), &self.shared.commands);
                             items.push(item);
                         }
                         _ => {

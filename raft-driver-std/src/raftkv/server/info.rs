@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::raftkv::store::KvStore;
 
 use super::Shared;
+use crate::metrics::Labels;
 
 /// `INFO` text: `# Server`, `# Clients`, `# Memory`, `# Replication`, `# Persistence`, `# Stats`,
 /// `# CPU` and `# Keyspace` (all unless specific ones are asked for; names are case-insensitive).
@@ -186,4 +187,40 @@ fn human(bytes: u64) -> String {
         1_048_576..1_073_741_824 => format!("{:.2}M", b / 1_048_576.0),
         _ => format!("{:.2}G", b / 1_073_741_824.0),
     }
+}
+
+/// The metrics page (Prometheus text format): the driver's families, then raftkv's own
+/// (`raftkv_` prefix): clients, requests by command, the store's counters and keyspace, memory.
+pub(super) fn metrics_text(shared: &Shared) -> String {
+    let mut page = crate::metrics::Exposition::new();
+    shared.node.write_metrics(&mut page);
+    let users = shared.registry.user_count();
+    page.gauge("raftkv_connected_clients", "Client connections open (forwarding links excluded).", users as f64);
+    let links = shared.registry.count().saturating_sub(users);
+    page.gauge("raftkv_forwarding_connections", "Connections from followers forwarding requests.", links as f64);
+    page.gauge("raftkv_max_clients", "The client connection limit.", shared.options.max_clients as f64);
+    let received = shared.connections_received.load(Ordering::Relaxed);
+    page.counter("raftkv_connections_received_total", "Client connections accepted.", received);
+    let seen = shared.commands.seen();
+    let labels: Vec<[(&str, &str); 1]> = seen.iter().map(|(name, _)| [("command", *name)]).collect();
+    let samples: Vec<_> = labels.iter().zip(&seen).map(|(l, (_, n))| (&l[..], *n)).collect();
+    page.counters("raftkv_commands_total", "Requests received, by command (unknown names counted together).", &samples);
+    let store = shared.node.inspect(|kv: &KvStore| kv.stats(), Duration::from_secs(1)).unwrap_or_default();
+    page.counter("raftkv_store_commands_executed_total", "Log entries the store executed.", store.executed);
+    let help = "Retried requests answered from the session cache instead of executed again.";
+    page.counter("raftkv_store_retries_deduplicated_total", help, store.deduplicated);
+    page.counter("raftkv_store_stale_requests_total", "Requests older than their session's last one.", store.stale);
+    page.counter("raftkv_store_malformed_entries_total", "Log entries the store could not decode.", store.malformed);
+    let keyspace = shared.node.inspect(|kv: &KvStore| kv.keyspace(), Duration::from_secs(1)).unwrap_or_default();
+    let dbs: Vec<String> = keyspace.iter().map(|(db, _, _)| db.to_string()).collect();
+    let labels: Vec<[(&str, &str); 1]> = dbs.iter().map(|db| [("db", db.as_str())]).collect();
+    let keys: Vec<_> = labels.iter().zip(&keyspace).map(|(l, (_, k, _))| (&l[..], *k as f64)).collect();
+    page.gauges("raftkv_keys", "Live keys, by database.", &keys);
+    let expiring: Vec<_> = labels.iter().zip(&keyspace).map(|(l, (_, _, e))| (&l[..], *e as f64)).collect();
+    page.gauges("raftkv_keys_with_expiry", "Live keys with a deadline, by database.", &expiring);
+    page.gauge("raftkv_resident_memory_bytes", "The process's resident set.", resident_bytes() as f64);
+    let (user, system) = cpu_seconds();
+    let cpu: [(Labels<'_>, f64); 2] = [(&[("mode", "user")], user), (&[("mode", "system")], system)];
+    page.counters_f64("raftkv_cpu_seconds_total", "CPU time of the process, by mode.", &cpu);
+    page.finish()
 }

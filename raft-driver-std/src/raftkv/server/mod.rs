@@ -69,6 +69,7 @@ mod scripts;
 mod tests;
 
 use super::command::{self, ConnCommand, ParsedCommand};
+use super::command_table::CommandCounts;
 use super::config::{ClusterConfig, ReadMode};
 use super::resp::{self, ParserLimits, Protocol, Reply, RequestParser, RespError};
 use super::store::{KvOp, KvRequest, KvResult, KvStore};
@@ -221,6 +222,8 @@ struct Shared {
     connections_received: AtomicU64,
     /// Commands received since the start (`INFO stats`).
     commands_processed: AtomicU64,
+    /// Requests by command name, for metrics.
+    commands: CommandCounts,
     /// This node's forwarding connections to the leader.
     links: links::Links,
     /// The scripts `EVALSHA` can name on this node.
@@ -265,6 +268,7 @@ impl Server {
             registry: clients::Registry::default(),
             connections_received: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
+            commands: CommandCounts::default(),
             links: links::Links::default(),
             scripts: scripts::ScriptCache::default(),
         });
@@ -275,6 +279,14 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Serves this node's metrics in the Prometheus text format at `http://ADDR/metrics` (the
+    /// driver's `raft_*` families and raftkv's `raftkv_*`; docs/operating.md lists them) until the
+    /// returned server is dropped.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> io::Result<crate::metrics::MetricsServer> {
+        let shared = Arc::clone(&self.shared);
+        crate::metrics::MetricsServer::start(addr, move || info::metrics_text(&shared))
     }
 
     /// Stops serving: the listener and the idle connections close at once, a connection whose
@@ -362,8 +374,9 @@ struct Seen {
 }
 
 impl Seen {
-    fn saw(&mut self, args: &[Bytes]) {
+    fn saw(&mut self, args: &[Bytes], counts: &CommandCounts) {
         self.count += 1;
+        counts.count(args.first().map_or(&[][..], |n| &n[..]));
         self.last = args.first().cloned();
         self.forwarded |= self.last.as_ref().is_some_and(|n| n.eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()));
     }
@@ -525,7 +538,7 @@ impl Conn {
             match parsed {
                 Ok(Some(args)) => {
                     buf.request_bytes = buf.input.len();
-                    seen.saw(&args);
+                    seen.saw(&args, &self.shared.commands);
                     if self.authenticated && args[0].eq_ignore_ascii_case(FORWARD_COMMAND.as_bytes()) {
                         self.flush(&mut batch, &mut buf.out);
                         forwards.push(forward::start_forwarded(&self.shared, &args[1..]));
