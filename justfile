@@ -30,6 +30,22 @@ fuzz-replay:
 cluster nodes="3" reads="index":
     cargo run --release -p raft-driver-std --bin raftkv -- cluster --nodes {{nodes}} --read-mode {{reads}}
 
+# A 3-node cluster in containers (image FROM scratch with a static raftkv; `just deploy 5` for five).
+deploy nodes="3":
+    deploy/build.sh
+    deploy/compose.sh -f docker-compose.yml {{ if nodes == "5" { "-f docker-compose.5.yml" } else { "" } }} up -d
+    @echo "clients: redis-cli -p 6379 (node 1; 6380, 6381...); metrics: curl 127.0.0.1:9101/metrics; status: deploy/bin/raftkv status 127.0.0.1:6379"
+
+# Stop the containers and remove everything `just deploy` made (containers, network, volumes, image).
+deploy-down:
+    deploy/compose.sh -f docker-compose.yml -f docker-compose.5.yml down -v --remove-orphans
+    -docker rmi raftkv:local
+
+# The failure drills on containers (docs/benchmarks.md has the figures); skips, saying why, without Docker.
+drills:
+    deploy/build.sh
+    python3 scripts/drills.py
+
 # The read figures of docs/benchmarks.md against redis-server (needs redis-server, redis-benchmark, bc).
 read-figures:
     cargo build --release -p raft-driver-std --bin raftkv --example mixed
