@@ -195,6 +195,7 @@ impl TestCluster {
         cluster.config.nodes = std::mem::take(&mut cluster.spares);
         std::fs::write(&cluster.config_path, cluster.config.to_toml()).expect("write config");
         cluster.metrics_ports = free_ports(n as u16);
+        cluster.extra_args = vec!["--log-format=json".into()];
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -2214,8 +2215,8 @@ fn real_partitions_heal_within_seconds_whatever_their_length() {
 
 /// (operating) Every node serves its metrics in the Prometheus text format, and they move with the
 /// work: a leader elected, 200 writes committed, applied and fsynced in groups, replicated to each
-/// peer with the lag visible, commands counted by name; `raftkv status` shows the cluster from any
-/// node and fails once a member is down.
+/// peer with the lag visible, commands counted by name; logs are JSON lines with stable event
+/// names; `raftkv status` shows the cluster from any node and fails once a member is down.
 #[test]
 fn metrics_and_status_follow_the_cluster() {
     let mut cluster = TestCluster::start_with_metrics(3);
@@ -2268,6 +2269,12 @@ fn metrics_and_status_follow_the_cluster() {
     assert!(ok, "{text}");
     assert_eq!(text.lines().filter(|l| l.trim_end().ends_with(" ok")).count(), 3, "{text}");
     assert!(text.contains(&format!("leader {leader}, term ")) && text.contains("3/3 members healthy"), "{text}");
+    // The logs are JSON lines, and the leader's carry the stable election events.
+    let log = std::fs::read_to_string(cluster.stderr_path(leader)).expect("leader log");
+    for line in log.lines() {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON line: {line}");
+    }
+    assert!(log.contains(r#""event":"election_won""#) && log.contains(r#""event":"role_changed""#), "{log}");
     let down = [1, 2, 3].into_iter().rev().find(|&p| p != leader).expect("another follower");
     cluster.kill(down);
     let (ok, text) = status(cluster.port(leader));
