@@ -3,6 +3,12 @@
 time, and check that the default simulator sweep fails on each.
 
 usage: scripts/classic-mistakes.py [SEEDS] [MISTAKE ...]
+       scripts/classic-mistakes.py --explore DEPTH [EXPLORE-ARG ...] -- [MISTAKE ...]
+
+With --explore, each mutant is judged by exhaustive exploration
+(`raft-sim explore --depth DEPTH`, further arguments passed on) instead of
+the sweep, and the line says at which depth and after how long the first
+counterexample was found.
 
 Works in a temporary directory (never touches the checkout) and prints one
 summary line per mistake. See docs/testing.md for the results.
@@ -17,8 +23,8 @@ MISTAKES = {
         "if self.hard_state_durable() {\n            self.vote_reply_pending = None;",
         "if true {\n            self.vote_reply_pending = None;"),
     "vote_no_uptodate": ("election.rs",
-        "let granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);",
-        "let granted = can_vote;"),
+        "let mut granted = can_vote && self.log.is_up_to_date(req.last_log_index, req.last_log_term);",
+        "let mut granted = can_vote;"),
     "uptodate_off_by_one": ("log.rs",
         "last_index >= self.last_index()", "last_index + 1 >= self.last_index()"),
     "commit_old_term": ("replication.rs",
@@ -32,8 +38,8 @@ MISTAKES = {
     "next_without_ack": ("replication.rs",
         "if pr.ack(match_index) {", "if pr.ack(pr.next_index - 1) {"),
     "forget_term": ("node.rs",
-        "let PersistedState { hard_state, entries } = persisted;",
-        "let PersistedState { hard_state, entries } = persisted;\n"
+        "let PersistedState { hard_state, snapshot, entries } = persisted;",
+        "let PersistedState { hard_state, snapshot, entries } = persisted;\n"
         "        let hard_state = HardState { term: entries.last().map_or(0, |e| e.term), vote: None };"),
     "apply_unpersisted": ("node.rs",
         "let upto = self.commit_index.min(self.persisted_index);",
@@ -44,19 +50,30 @@ MISTAKES = {
 }
 
 def main():
-    seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-    names = sys.argv[2:] or list(MISTAKES)
+    explore = None
+    args = sys.argv[1:]
+    if args[:1] == ["--explore"]:
+        rest = args[1:]
+        cut = rest.index("--") if "--" in rest else len(rest)
+        explore, names = rest[:cut], rest[cut + 1:]
+        seeds = 0
+    else:
+        seeds = int(args[0]) if args else 3000
+        names = args[1:]
+    names = names or list(MISTAKES)
     work = tempfile.mkdtemp(prefix="raft-mistakes-")
     target = os.path.join(work, "target")
     for name in names:
         ws = os.path.join(work, "ws")
         shutil.rmtree(ws, ignore_errors=True)
         os.makedirs(ws)
-        for crate in ("raft-core", "raft-sim"):
-            shutil.copytree(os.path.join(ROOT, crate), os.path.join(ws, crate))
+        # The simulator runs the real driver and store too, so the mutant workspace holds all three.
+        for crate in ("raft-core", "raft-sim", "raft-driver-std"):
+            shutil.copytree(os.path.join(ROOT, crate), os.path.join(ws, crate),
+                            ignore=shutil.ignore_patterns("target"))
         shutil.copy(os.path.join(ROOT, "Cargo.lock"), ws)
         with open(os.path.join(ROOT, "Cargo.toml")) as f:
-            manifest = f.read().replace('"raft-driver-std"', "").replace('members = ["raft-core", "raft-sim", ]', 'members = ["raft-core", "raft-sim"]')
+            manifest = f.read().replace(', "fuzz/harness"', "")
         with open(os.path.join(ws, "Cargo.toml"), "w") as f:
             f.write(manifest)
         fname, old, new = MISTAKES[name]
@@ -68,11 +85,21 @@ def main():
         open(path, "w").write(src.replace(old, new, 1))
         env = dict(os.environ, CARGO_TARGET_DIR=target)
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "raft-sim"], cwd=ws, env=env, check=True)
-        out = subprocess.run([os.path.join(target, "release", "raft-sim"), "run", "--seeds", f"0..{seeds}"],
+        sim = os.path.join(target, "release", "raft-sim")
+        if explore is not None:
+            out = subprocess.run([sim, "explore", "--depth", *explore], cwd=ws, env=env,
+                                 capture_output=True, text=True).stdout
+            lines = out.strip().splitlines()
+            summary = next((l for l in lines if l.startswith("explored=")), "?")
+            violation = next((l for l in lines if l.startswith("violation:")), "no violation found")
+            steps = next((l for l in lines if l.startswith("path (")), "")
+            print(f"{name}: {summary}\n    {violation} {steps}", flush=True)
+            continue
+        out = subprocess.run([sim, "run", "--seeds", f"0..{seeds}"],
                              cwd=ws, env=env, capture_output=True, text=True).stdout
         lines = out.strip().splitlines()
         first = next((l for l in lines if l.startswith("FAIL")), "no failing seed")
-        print(f"{name}: {lines[-1] if lines else '?'}\n    first: {first}")
+        print(f"{name}: {lines[-1] if lines else '?'}\n    first: {first}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 //!
 //! Why hand-written: the format is a few lines of text, the endpoint answers one `GET /metrics`
 //! per scrape, and a metrics crate would bring a registry, global state and an HTTP stack into
-//! every node for that. What the driver exports is listed in [`crate::node::RaftNode::metrics`];
+//! every node for that. What the driver exports is listed in [`crate::node::RaftHandle::write_metrics`];
 //! an application adds its own families to the same page (raftkv: clients and commands).
 
 use std::fmt::Write as _;

@@ -34,6 +34,10 @@ pub enum Choice {
     Duplicate(usize),
     /// A node's clock ticks.
     Tick(NodeId),
+    /// A node's clock ticks until a tick makes it send or write something: its next election or
+    /// heartbeat timeout fires (at most 64 ticks). The ticks before it change only the node's own
+    /// counters, so a search can take this one choice instead of every way of spreading them.
+    Timeout(NodeId),
     /// A node's fsync of every write issued so far completes.
     Sync(NodeId),
     /// A client proposes a fresh command to a node.
@@ -100,6 +104,7 @@ struct Member {
 }
 
 /// The cluster and everything a checker needs to judge it.
+#[derive(Clone)]
 pub struct Cluster {
     members: BTreeMap<NodeId, Member>,
     /// Node ids are `1..=last_id`.
@@ -172,6 +177,25 @@ impl Cluster {
         self.members.get(&id)?.node.as_ref()
     }
 
+    /// Writes node `id` issued that its disk has not synced (0 for an unknown node).
+    pub fn pending_writes(&self, id: NodeId) -> usize {
+        self.members.get(&id).map_or(0, |m| m.disk.pending_writes())
+    }
+
+    /// Everything that determines what the cluster does next, as text: each member (core, disk,
+    /// state machine, pending install, open reads) and the counters that shape later commands and
+    /// restarts. Not the messages in flight (see [`Cluster::in_flight`]) nor the checker's
+    /// knowledge. Used by exhaustive exploration to fingerprint states.
+    pub fn state_text(&self) -> String {
+        format!("{:?} {} {} {}", self.members, self.proposed, self.reads, self.seed)
+    }
+
+    /// Reverses the order of the messages in flight (for tests of order-blind fingerprints).
+    #[cfg(test)]
+    pub(crate) fn reverse_in_flight(&mut self) {
+        self.net.reverse();
+    }
+
     /// Entries known committed so far.
     pub fn committed(&self) -> Index {
         self.safety.committed_len()
@@ -195,6 +219,16 @@ impl Cluster {
             }
             Choice::Deliver(_) | Choice::Duplicate(_) | Choice::Drop(_) => Ok(()),
             Choice::Tick(id) => self.step(id, Event::Tick),
+            Choice::Timeout(id) => {
+                for _ in 0..64 {
+                    let before = (self.net.len(), self.pending_writes(id));
+                    self.step(id, Event::Tick)?;
+                    if self.node(id).is_none() || (self.net.len(), self.pending_writes(id)) != before {
+                        break;
+                    }
+                }
+                Ok(())
+            }
             Choice::Sync(id) => self.sync(id),
             Choice::Propose(id) => {
                 self.proposed += 1;

@@ -48,7 +48,7 @@ struct NodeWatch {
 /// node wrote. Indexes are dense and nearly always hold one term, so the first term at each index
 /// sits in a vector slot and only the other terms of contested indexes go to a map: every entry
 /// every node writes is looked up here.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct EntryCopies {
     /// By index - 1: the first term seen there, with its (fingerprint, previous term).
     first: Vec<(Term, (u64, Term))>,
@@ -75,7 +75,7 @@ impl EntryCopies {
 }
 
 /// Global knowledge the checks compare every node against.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Safety {
     /// term -> the node that led it.
     leaders: BTreeMap<Term, NodeId>,

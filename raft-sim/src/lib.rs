@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod disk;
+pub mod explore;
 pub mod fmt;
 pub mod hash;
 pub mod history;

@@ -75,13 +75,48 @@ enum Command {
         /// The script file.
         file: String,
     },
+    /// Explore every interleaving of a small cluster's events up to a depth, checking safety in
+    /// every state (breadth-first, states deduplicated; see raft_sim::explore).
+    Explore {
+        /// Voters.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Choices per path at most.
+        #[arg(long, default_value_t = 10)]
+        depth: usize,
+        /// Distinct states kept at most (the search stops, incomplete, beyond it).
+        #[arg(long, default_value_t = 2_000_000)]
+        max_states: usize,
+        /// Proposals per path.
+        #[arg(long, default_value_t = 1)]
+        proposals: u32,
+        /// Crashes per path.
+        #[arg(long, default_value_t = 1)]
+        crashes: u32,
+        /// Message drops per path.
+        #[arg(long, default_value_t = 0)]
+        drops: u32,
+        /// Message duplications per path.
+        #[arg(long, default_value_t = 0)]
+        duplicates: u32,
+        /// Election timeout in ticks (randomised up to twice that, as always).
+        #[arg(long, default_value_t = 2)]
+        election_ticks: u32,
+        /// Run with PreVote and CheckQuorum on.
+        #[arg(long)]
+        pre_vote: bool,
+        /// Jump to a node's next timeout instead of ticking one tick at a time (more per choice,
+        /// many more states per level).
+        #[arg(long)]
+        timeouts: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let profile = match &cli.command {
         Command::Run { shape, .. } | Command::Replay { shape, .. } => shape.profile.as_deref(),
-        Command::Scenario { .. } => None,
+        Command::Scenario { .. } | Command::Explore { .. } => None,
     };
     if let Some(p) = profile.filter(|p| Profile::named(p).is_none()) {
         eprintln!("unknown profile {p:?}; one of {:?} or {:?}", Profile::NAMES, Profile::EXTRA);
@@ -141,6 +176,27 @@ fn main() -> ExitCode {
             print_run(&cfg, &report);
             if report.failure.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
+        Command::Explore {
+            nodes,
+            depth,
+            max_states,
+            proposals,
+            crashes,
+            drops,
+            duplicates,
+            election_ticks,
+            pre_vote,
+            timeouts,
+        } => {
+            let mut cfg = raft_sim::explore::ExploreConfig::small(nodes, depth);
+            cfg.max_states = max_states;
+            (cfg.proposals, cfg.crashes, cfg.drops, cfg.duplicates) = (proposals, crashes, drops, duplicates);
+            cfg.template.election_ticks = election_ticks;
+            cfg.template.pre_vote = pre_vote;
+            cfg.template.check_quorum = pre_vote;
+            cfg.timeouts = timeouts;
+            run_explore(&cfg)
+        }
         Command::Scenario { file } => {
             let script = match std::fs::read_to_string(&file) {
                 Ok(s) => s,
@@ -159,6 +215,50 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run_explore(cfg: &raft_sim::explore::ExploreConfig) -> ExitCode {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = raft_sim::explore::explore(cfg, |r| {
+        bar.set_message(format!(
+            "depth {}/{}: {} distinct states, {} transitions, {:.0} states/s",
+            r.depth,
+            cfg.depth,
+            r.distinct,
+            r.transitions,
+            r.states_per_second()
+        ));
+    });
+    bar.finish_and_clear();
+    let rss_mib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned())))
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "explored={} distinct={} transitions={} depth={}{} states/s={:.0} peak_rss={} violations={} ({:.1}s)",
+        report.explored,
+        report.distinct,
+        report.transitions,
+        report.depth,
+        if report.complete { "" } else { " (incomplete: --max-states reached)" },
+        report.states_per_second(),
+        rss_mib,
+        u8::from(report.violation.is_some()),
+        report.seconds
+    );
+    match &report.violation {
+        None => ExitCode::SUCCESS,
+        Some((path, v)) => {
+            println!("violation: {}: {}", v.property, v.detail);
+            println!("path ({} choices):", path.len());
+            for (i, c) in path.iter().enumerate() {
+                println!("  {:>3}. {c:?}", i + 1);
+            }
+            ExitCode::FAILURE
         }
     }
 }
