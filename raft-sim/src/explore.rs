@@ -41,6 +41,11 @@ pub struct ExploreConfig {
     pub drops: u32,
     /// Messages duplicated per path at most.
     pub duplicates: u32,
+    /// Linearizable reads (`ReadIndex`) asked per path at most.
+    pub reads: u32,
+    /// Snapshots taken per path at most (a node's driver snapshotting at its applied index; a
+    /// follower left behind then needs the transfer, which is a choice too: install or abort).
+    pub snapshots: u32,
     /// The protocol settings every node runs with.
     pub template: Config,
     /// Jump to a node's next timeout ([`Choice::Timeout`]) instead of ticking one tick at a time
@@ -67,6 +72,8 @@ impl ExploreConfig {
             crashes: 1,
             drops: 0,
             duplicates: 0,
+            reads: 0,
+            snapshots: 0,
             template,
             timeouts: false,
         }
@@ -107,6 +114,8 @@ struct State {
     crashes: u32,
     drops: u32,
     duplicates: u32,
+    reads: u32,
+    snapshots: u32,
 }
 
 /// Explores every path up to `cfg.depth`; `progress` is called now and then with the report so far.
@@ -139,12 +148,19 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
     let mut report = ExploreReport { complete: true, ..ExploreReport::default() };
     // Each distinct state and the most depth left it was expanded with.
     let mut seen: HashMap<u128, u8, BuildHasherDefault<FixedHasher>> = HashMap::default();
+    let mut template = cfg.template.clone();
+    if cfg.snapshots > 0 {
+        // Compaction right at the snapshot, so that a follower behind it must install it.
+        template.snapshot_trailing_entries = 0;
+    }
     let root = State {
-        cluster: Cluster::new(&cfg.template, cfg.nodes, 0, 1),
+        cluster: Cluster::new(&template, cfg.nodes, 0, 1),
         proposals: 0,
         crashes: 0,
         drops: 0,
         duplicates: 0,
+        reads: 0,
+        snapshots: 0,
     };
     seen.insert(fingerprint(&root), depth_left(cfg.depth));
     // The path being explored: each level's state, its choices and the next one to try.
@@ -164,6 +180,8 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
             Choice::Crash { .. } => child.crashes += 1,
             Choice::Drop(_) => child.drops += 1,
             Choice::Duplicate(_) => child.duplicates += 1,
+            Choice::Read(_) => child.reads += 1,
+            Choice::TakeSnapshot(_) => child.snapshots += 1,
             _ => {}
         }
         report.transitions += 1;
@@ -239,6 +257,16 @@ fn choices(cfg: &ExploreConfig, state: &State) -> Vec<Choice> {
                 if state.crashes < cfg.crashes {
                     out.push(Choice::Crash { node: id, survive: 0 });
                 }
+                if state.reads < cfg.reads {
+                    out.push(Choice::Read(id));
+                }
+                if state.snapshots < cfg.snapshots && c.node(id).is_some_and(|n| n.applied_index() > 0) {
+                    out.push(Choice::TakeSnapshot(id));
+                }
+                if c.node(id).is_some_and(|n| n.installing_snapshot().is_some()) {
+                    out.push(Choice::FinishInstall { node: id, ok: true });
+                    out.push(Choice::FinishInstall { node: id, ok: false });
+                }
             }
             None => out.push(Choice::Restart(id)),
         }
@@ -270,7 +298,8 @@ fn fingerprint(state: &State) -> u128 {
         })
         .collect();
     messages.sort_unstable();
-    both(&format!("{messages:?} {} {} {} {}", state.proposals, state.crashes, state.drops, state.duplicates));
+    let budgets = [state.proposals, state.crashes, state.drops, state.duplicates, state.reads, state.snapshots];
+    both(&format!("{messages:?} {budgets:?}"));
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
@@ -291,6 +320,18 @@ mod tests {
     }
 
     #[test]
+    fn reads_widen_the_search_and_stay_safe() {
+        // (Snapshots need an applied entry first, which single ticks reach only from depth 11 on:
+        // `raft-sim explore --depth 11 --snapshots 1` adds 8 states; too slow for a unit test.)
+        let base = explore(&ExploreConfig::small(3, 8), |_| {});
+        let mut cfg = ExploreConfig::small(3, 8);
+        (cfg.reads, cfg.snapshots) = (1, 1);
+        let wider = explore(&cfg, |_| {});
+        assert!(wider.violation.is_none() && wider.complete, "{:?}", wider.violation);
+        assert!(wider.distinct > base.distinct, "{} vs {}", wider.distinct, base.distinct);
+    }
+
+    #[test]
     fn jumping_to_timeouts_explores_more_per_level() {
         // A timeout choice starts an election or a heartbeat round at once, so each level holds
         // more distinct states than with single ticks (whose first choices only move counters).
@@ -305,8 +346,15 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_the_order_of_messages_in_flight() {
         let cfg = ExploreConfig::small(3, 0);
-        let mut s =
-            State { cluster: Cluster::new(&cfg.template, 3, 0, 1), proposals: 0, crashes: 0, drops: 0, duplicates: 0 };
+        let mut s = State {
+            cluster: Cluster::new(&cfg.template, 3, 0, 1),
+            proposals: 0,
+            crashes: 0,
+            drops: 0,
+            duplicates: 0,
+            reads: 0,
+            snapshots: 0,
+        };
         for id in 1..=3 {
             s.cluster.apply(Choice::Tick(id)).expect("tick");
             s.cluster.apply(Choice::Tick(id)).expect("tick");

@@ -99,6 +99,12 @@ enum Command {
         /// Message duplications per path.
         #[arg(long, default_value_t = 0)]
         duplicates: u32,
+        /// Linearizable reads (ReadIndex) per path.
+        #[arg(long, default_value_t = 0)]
+        reads: u32,
+        /// Snapshots taken per path (then transfers to install or abort are choices too).
+        #[arg(long, default_value_t = 0)]
+        snapshots: u32,
         /// Election timeout in ticks (randomised up to twice that, as always).
         #[arg(long, default_value_t = 2)]
         election_ticks: u32,
@@ -184,6 +190,8 @@ fn main() -> ExitCode {
             crashes,
             drops,
             duplicates,
+            reads,
+            snapshots,
             election_ticks,
             pre_vote,
             timeouts,
@@ -191,6 +199,7 @@ fn main() -> ExitCode {
             let mut cfg = raft_sim::explore::ExploreConfig::small(nodes, depth);
             cfg.max_states = max_states;
             (cfg.proposals, cfg.crashes, cfg.drops, cfg.duplicates) = (proposals, crashes, drops, duplicates);
+            (cfg.reads, cfg.snapshots) = (reads, snapshots);
             cfg.template.election_ticks = election_ticks;
             cfg.template.pre_vote = pre_vote;
             cfg.template.check_quorum = pre_vote;
