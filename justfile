@@ -17,8 +17,7 @@ bench:
     cargo run --release -p raft-sim -- run --seeds 0..2000 --profile chaos --nodes 3 --jobs 1
     cargo run --release -p raft-sim --example core_bench -- 1000000 128 64
 
-# Fuzz one target until stopped, or for a while: `just fuzz core_events 600`; `just fuzz all 30`
-# runs each in turn. Needs nightly (says how to get it); installs cargo-fuzz when missing.
+# Fuzz a target (`just fuzz core_events 600`; `all 30`: each in turn; 0 s: until stopped). Needs nightly.
 fuzz target="core_events" seconds="0":
     scripts/fuzz.sh {{target}} {{seconds}}
 
