@@ -118,6 +118,13 @@ struct State {
     snapshots: u32,
 }
 
+impl State {
+    /// A state with no budget spent yet.
+    fn new(cluster: Cluster) -> State {
+        State { cluster, proposals: 0, crashes: 0, drops: 0, duplicates: 0, reads: 0, snapshots: 0 }
+    }
+}
+
 /// Explores every path up to `cfg.depth`; `progress` is called now and then with the report so far.
 ///
 /// Depth-first, so that memory is the dedup table (24 bytes per distinct state) plus one state per
@@ -153,15 +160,7 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         // Compaction right at the snapshot, so that a follower behind it must install it.
         template.snapshot_trailing_entries = 0;
     }
-    let root = State {
-        cluster: Cluster::new(&template, cfg.nodes, 0, 1),
-        proposals: 0,
-        crashes: 0,
-        drops: 0,
-        duplicates: 0,
-        reads: 0,
-        snapshots: 0,
-    };
+    let root = State::new(Cluster::new(&template, cfg.nodes, 0, 1));
     seen.insert(fingerprint(&root), depth_left(cfg.depth));
     // The path being explored: each level's state, its choices and the next one to try.
     let mut stack: Vec<(State, Vec<Choice>, usize)> = vec![(root.clone(), choices(cfg, &root), 0)];
@@ -193,7 +192,8 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         let depth = path.len() + 1;
         report.depth = report.depth.max(depth);
         let left = depth_left(cfg.depth - depth);
-        let fresh = match seen.get_mut(&fingerprint(&child)) {
+        let key = fingerprint(&child);
+        let fresh = match seen.get_mut(&key) {
             Some(best) if *best >= left => false,
             Some(best) => {
                 *best = left;
@@ -204,7 +204,7 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
                     report.complete = false;
                     continue;
                 }
-                seen.insert(fingerprint(&child), left);
+                seen.insert(key, left);
                 true
             }
         };
@@ -346,15 +346,7 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_the_order_of_messages_in_flight() {
         let cfg = ExploreConfig::small(3, 0);
-        let mut s = State {
-            cluster: Cluster::new(&cfg.template, 3, 0, 1),
-            proposals: 0,
-            crashes: 0,
-            drops: 0,
-            duplicates: 0,
-            reads: 0,
-            snapshots: 0,
-        };
+        let mut s = State::new(Cluster::new(&cfg.template, 3, 0, 1));
         for id in 1..=3 {
             s.cluster.apply(Choice::Tick(id)).expect("tick");
             s.cluster.apply(Choice::Tick(id)).expect("tick");

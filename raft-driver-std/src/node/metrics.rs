@@ -16,12 +16,8 @@ pub(super) fn write_metrics<S: StateMachine>(node: &RaftHandle<S>, page: &mut Ex
     let s = node.status();
     let roles = [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader];
     let names: Vec<String> = roles.iter().map(ToString::to_string).collect();
-    let role_samples: Vec<_> = roles
-        .iter()
-        .zip(&names)
-        .map(|(r, name)| (vec![("role", name.as_str())], f64::from(u8::from(*r == s.role))))
-        .collect();
-    let role_refs: Vec<_> = role_samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+    let labels: Vec<[(&str, &str); 1]> = names.iter().map(|name| [("role", name.as_str())]).collect();
+    let role_refs: Vec<_> = labels.iter().zip(roles).map(|(l, r)| (&l[..], f64::from(u8::from(r == s.role)))).collect();
     page.gauges("raft_role", "1 for the role this node is in, 0 for the others.", &role_refs);
     page.gauge("raft_up", "1 while the node thread runs.", f64::from(u8::from(s.running)));
     page.gauge("raft_term", "The current term.", s.term as f64);
