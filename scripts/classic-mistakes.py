@@ -87,13 +87,23 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "raft-sim"], cwd=ws, env=env, check=True)
         sim = os.path.join(target, "release", "raft-sim")
         if explore is not None:
-            out = subprocess.run([sim, "explore", "--depth", *explore], cwd=ws, env=env,
+            script = os.path.join(work, f"{name}.txt")
+            out = subprocess.run([sim, "explore", "--depth", *explore, "--script", script], cwd=ws, env=env,
                                  capture_output=True, text=True).stdout
             lines = out.strip().splitlines()
             summary = next((l for l in lines if l.startswith("explored=")), "?")
             violation = next((l for l in lines if l.startswith("violation:")), "no violation found")
             steps = next((l for l in lines if l.startswith("path (")), "")
             print(f"{name}: {summary}\n    {violation} {steps}", flush=True)
+            if os.path.exists(script):
+                # The counterexample must replay as a scenario script, to the same violation.
+                replay = subprocess.run([sim, "scenario", script], cwd=ws, capture_output=True, text=True)
+                prop = violation.split(":")[1].strip() if ":" in violation else "?"
+                same = replay.returncode != 0 and f"{prop} violated" in replay.stderr
+                print(f"    replayed as a script ({len(open(script).read().splitlines())} lines): "
+                      f"{'same violation' if same else 'DID NOT REPRODUCE'}", flush=True)
+                if os.environ.get("KEEP_SCRIPTS"):
+                    shutil.copy(script, os.environ["KEEP_SCRIPTS"])
             continue
         out = subprocess.run([sim, "run", "--seeds", f"0..{seeds}"],
                              cwd=ws, env=env, capture_output=True, text=True).stdout

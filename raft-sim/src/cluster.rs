@@ -117,7 +117,7 @@ pub struct Cluster {
     proposed: u64,
     /// Reads asked so far (their contexts are unique).
     reads: u64,
-    /// Seeds each start and restart's node differently but deterministically.
+    /// The base of every node's seed ([`node_seed`]).
     seed: u64,
     /// Steps taken.
     steps: u64,
@@ -142,7 +142,7 @@ impl Cluster {
         for id in 1..=voters + spares {
             let voters = if id <= voters { ids.clone() } else { Vec::new() };
             let config = Config { id, voters, ..template.clone() };
-            let node = Node::new(config.clone(), c.next_seed()).expect("a valid template");
+            let node = Node::new(config.clone(), node_seed(seed, id, 0)).expect("a valid template");
             let member = Member {
                 config,
                 node: Some(node),
@@ -155,11 +155,6 @@ impl Cluster {
             c.members.insert(id, member);
         }
         c
-    }
-
-    fn next_seed(&mut self) -> u64 {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.seed
     }
 
     /// The messages in flight, in the order [`Choice`] indexes them.
@@ -252,6 +247,75 @@ impl Cluster {
         }
     }
 
+    /// The script lines that do what `choice` will do from this state (see [`script`]); a
+    /// timeout's ticks and a crash's restart are written by the caller, which sees their effect.
+    fn script_lines(&self, choice: &Choice) -> String {
+        let up = |id: &NodeId| self.node(*id).is_some();
+        // A message in flight as the scenario language names it: its receiver and its place
+        // among the messages queued for that receiver (both keep send order).
+        let queued = |i: usize| {
+            let to = self.net[i].to;
+            (to, self.net[..i].iter().filter(|m| m.to == to).count())
+        };
+        let line = match choice {
+            Choice::Deliver(i) | Choice::Drop(i) | Choice::Duplicate(i) if *i < self.net.len() => {
+                let (to, k) = queued(*i);
+                match choice {
+                    // A message reaching a crashed node is lost.
+                    Choice::Deliver(_) if !up(&to) => format!("drop-one {to} {k}"),
+                    Choice::Deliver(_) => format!("deliver-one {to} {k}"),
+                    Choice::Drop(_) => format!("drop-one {to} {k}"),
+                    _ if !up(&to) => String::new(),
+                    _ => format!("duplicate-one {to} {k}"),
+                }
+            }
+            Choice::Tick(id) if up(id) => format!("tick {id}"),
+            Choice::Sync(id) if up(id) => format!("persist {id}"),
+            Choice::Propose(id) if up(id) => format!("propose {id} c{}", self.proposed + 1),
+            Choice::Campaign(id) if up(id) => format!("campaign {id}"),
+            Choice::Crash { node, .. } if up(node) => {
+                format!("# {node} crashes (it restarts where the path restarts it)")
+            }
+            Choice::Restart(id) if self.members.contains_key(id) && !up(id) => format!("restart {id}"),
+            Choice::Read(id) if up(id) => format!("read {id} {}", self.reads + 1),
+            Choice::TakeSnapshot(id) => match self.node(*id) {
+                Some(n)
+                    if n.installing_snapshot().is_none()
+                        && n.applied_index() > 0
+                        && n.snapshot_meta_at(n.applied_index()).is_some() =>
+                {
+                    format!("snapshot {id}")
+                }
+                _ => String::new(),
+            },
+            Choice::FinishInstall { node, ok } if up(node) => match &self.members[node].installing {
+                Some((from, meta)) => {
+                    let held = self.members.get(from).is_some_and(|f| f.disk.image(meta.last_included_index).is_some());
+                    if *ok && held { format!("install {node}") } else { format!("abort-install {node}") }
+                }
+                None => String::new(),
+            },
+            Choice::Change(id, change) if up(id) => match change {
+                MembershipChange::AddLearner(to) => format!("add-learner {id} {to}"),
+                MembershipChange::Promote(to) => format!("promote {id} {to}"),
+                MembershipChange::Remove(to) => format!("remove {id} {to}"),
+                MembershipChange::Set { voters, learners } => {
+                    let list = |ids: &[NodeId]| {
+                        if ids.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            ids.iter().map(NodeId::to_string).collect::<Vec<_>>().join(",")
+                        }
+                    };
+                    format!("set-voters {id} {} learners={}", list(voters), list(learners))
+                }
+            },
+            Choice::Transfer { node, to } if up(node) => format!("transfer {node} {to}"),
+            _ => String::new(),
+        };
+        if line.is_empty() { line } else { line + "\n" }
+    }
+
     /// Steps node `id` (if it runs) and carries out its actions as a driver would.
     fn step(&mut self, id: NodeId, event: Event) -> Result<(), Violation> {
         let last_id = self.last_id;
@@ -309,8 +373,8 @@ impl Cluster {
         if self.members.get(&id).is_none_or(|m| m.node.is_some()) {
             return Ok(());
         }
-        let seed = self.next_seed();
         let m = self.members.get_mut(&id).expect("member");
+        let seed = node_seed(self.seed, id, m.incarnation);
         self.safety.on_restart(id, m.disk.durable());
         let node = match Node::restore(m.config.clone(), m.disk.durable().clone(), seed) {
             Ok(node) => node,
@@ -370,6 +434,92 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The scenario-language script ([`crate::scenario`]) that replays `path` on a cluster of base
+/// seed 0 built from `template`, `voters` and `spares` as [`Cluster::new`] builds it, so that
+/// `raft-sim scenario FILE` steps the same cores through the same events. The script ends with
+/// an `expect` line per running node (role, term, vote, commit, applied, last index), so a replay
+/// that went elsewhere fails loudly instead of passing quietly; a path that ends in a violation
+/// ends its script there, and the replay fails at that line with the same safety violation
+/// (the checks only this model makes, of reads and state images, are named in a comment).
+///
+/// Fails if `template` has a setting the scenario language cannot set.
+pub fn script(template: &Config, voters: u64, spares: u64, path: &[Choice]) -> Result<String, String> {
+    let ids: Vec<NodeId> = (1..=voters).collect();
+    let options = format!(
+        "pre-vote={} check-quorum={} election={} heartbeat={} max-entries={} inflight={} trailing={} lease={} drift={}",
+        template.pre_vote,
+        template.check_quorum,
+        template.election_ticks,
+        template.heartbeat_ticks,
+        template.max_entries_per_msg,
+        template.max_inflight_msgs,
+        template.snapshot_trailing_entries,
+        template.lease_reads,
+        template.max_clock_drift_ticks,
+    );
+    let mut expressible = Config::new(1, ids.clone());
+    (expressible.pre_vote, expressible.check_quorum) = (template.pre_vote, template.check_quorum);
+    (expressible.election_ticks, expressible.heartbeat_ticks) = (template.election_ticks, template.heartbeat_ticks);
+    expressible.max_entries_per_msg = template.max_entries_per_msg;
+    expressible.max_inflight_msgs = template.max_inflight_msgs;
+    expressible.snapshot_trailing_entries = template.snapshot_trailing_entries;
+    (expressible.lease_reads, expressible.max_clock_drift_ticks) =
+        (template.lease_reads, template.max_clock_drift_ticks);
+    if expressible != (Config { id: 1, voters: ids, ..template.clone() }) {
+        return Err("the template has settings the scenario language cannot set".into());
+    }
+    let mut c = Cluster::new(template, voters, spares, 0);
+    let mut out = format!("add-nodes {voters} {options}\n");
+    for id in voters + 1..=voters + spares {
+        out.push_str(&format!("join {id}\n"));
+    }
+    for (n, choice) in path.iter().enumerate() {
+        if let Choice::Crash { node, survive } = choice {
+            if *survive > 0 && c.pending_writes(*node) > 0 {
+                return Err(format!("choice {}: a crash that keeps some unsynced writes", n + 1));
+            }
+        }
+        let (lines, steps) = (c.script_lines(choice), c.steps);
+        out.push_str(&lines);
+        let result = c.apply(choice.clone());
+        if let Choice::Timeout(id) = choice {
+            if c.steps > steps {
+                out.push_str(&format!("tick {id} {}\n", c.steps - steps));
+            }
+        }
+        if let Choice::Crash { node, .. } = choice {
+            if !lines.is_empty() && (result.is_err() || n + 1 == path.len()) {
+                out.push_str(&format!("restart {node}\n"));
+            }
+        }
+        if let Err(v) = result {
+            out.push_str(&format!("# choice {} violates {}: {}\n", n + 1, v.property, v.detail));
+            return Ok(out);
+        }
+    }
+    for (id, m) in &c.members {
+        let Some(node) = &m.node else { continue };
+        out.push_str(&format!(
+            "expect {id} role={} term={} vote={} commit={} applied={} last={}\n",
+            node.role(),
+            node.term(),
+            node.hard_state().vote.map_or("none".into(), |v| v.to_string()),
+            node.commit_index(),
+            node.applied_index(),
+            node.last_index()
+        ));
+    }
+    Ok(out)
+}
+
+/// The seed of node `id`'s random generator in its `incarnation` (0 at the first start, one more
+/// after each crash), from a cluster's `base` seed. The scenario language seeds its nodes the
+/// same way with base 0, so a path found on a [`Cluster`] of base 0 replays there exactly
+/// (see [`Cluster::script`]): a node's seed decides its randomised election timeouts.
+pub fn node_seed(base: u64, id: NodeId, incarnation: u64) -> u64 {
+    base.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_add(incarnation.wrapping_mul(1000))
 }
 
 /// Applies entries to a fingerprint-fold state machine, which must see them in order.
@@ -438,18 +588,122 @@ mod tests {
         for _ in 0..5 {
             c.apply(Choice::Propose(leader)).expect("propose");
         }
-        c.apply(Choice::Crash { node: 3, survive: 0 }).expect("crash");
+        let follower = if leader == 3 { 2 } else { 3 };
+        c.apply(Choice::Crash { node: follower, survive: 0 }).expect("crash");
         settle(&mut c, 3);
         assert!(c.committed() >= 6, "a no-op and five commands commit: {}", c.committed());
         c.apply(Choice::TakeSnapshot(leader)).expect("snapshot");
         assert!(c.node(leader).and_then(Node::snapshot).is_some(), "the leader took its snapshot");
-        c.apply(Choice::Restart(3)).expect("restart");
+        c.apply(Choice::Restart(follower)).expect("restart");
         settle(&mut c, 3);
-        // Node 3 missed entries the leader compacted: it must install the snapshot.
-        c.apply(Choice::FinishInstall { node: 3, ok: true }).expect("install");
+        // The follower missed entries the leader compacted: it must install the snapshot.
+        c.apply(Choice::FinishInstall { node: follower, ok: true }).expect("install");
         settle(&mut c, 3);
-        assert!(c.node(3).and_then(Node::snapshot).is_some(), "node 3 caught up by the snapshot");
-        assert_eq!(c.node(3).map(Node::applied_index), c.node(leader).map(Node::applied_index));
+        assert!(c.node(follower).and_then(Node::snapshot).is_some(), "the follower caught up by the snapshot");
+        assert_eq!(c.node(follower).map(Node::applied_index), c.node(leader).map(Node::applied_index));
+    }
+
+    /// A path of `len` choices drawn from every kind, each enabled where it is taken (a
+    /// xorshift generator from `seed`), on a cluster of 3 voters and one spare.
+    fn random_path(template: &Config, seed: u64, len: usize) -> (Vec<Choice>, Cluster) {
+        let mut c = Cluster::new(template, 3, 1, 0);
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n.max(1)
+        };
+        let mut path = Vec::new();
+        while path.len() < len {
+            let node = 1 + next(4);
+            let flying = c.in_flight().len() as u64;
+            let choice = match next(24) {
+                0..=9 if flying > 0 => Choice::Deliver(next(flying) as usize),
+                20 if flying > 0 => Choice::Drop(next(flying) as usize),
+                21 if flying > 0 => Choice::Duplicate(next(flying) as usize),
+                0..=9 | 20 | 21 | 10 => Choice::Tick(node),
+                11 | 12 => Choice::Sync(node),
+                13 => Choice::Timeout(node),
+                14 => {
+                    let leader =
+                        c.ids().into_iter().find(|&id| c.node(id).is_some_and(|n| n.role() == raft_core::Role::Leader));
+                    Choice::Propose(leader.unwrap_or(node))
+                }
+                15 => match c.ids().into_iter().find(|&id| c.node(id).is_none()) {
+                    Some(down) => Choice::Restart(down),
+                    None if next(2) == 0 => Choice::Crash { node, survive: 0 },
+                    None => Choice::Campaign(node),
+                },
+                16 => Choice::Read(node),
+                17 => Choice::TakeSnapshot(node),
+                18 => Choice::FinishInstall { node, ok: next(2) == 0 },
+                _ => match next(4) {
+                    0 => Choice::Change(node, MembershipChange::AddLearner(4)),
+                    1 => Choice::Change(node, MembershipChange::Promote(4)),
+                    2 => Choice::Change(node, MembershipChange::Remove(4)),
+                    _ => Choice::Transfer { node, to: 1 + next(3) },
+                },
+            };
+            c.apply(choice.clone()).expect("the real core stays safe");
+            path.push(choice);
+        }
+        (path, c)
+    }
+
+    #[test]
+    fn a_path_replays_exactly_as_a_scenario_script() {
+        let mut template = Config::new(1, vec![1]);
+        (template.election_ticks, template.heartbeat_ticks, template.snapshot_trailing_entries) = (3, 1, 0);
+        let mut kinds = BTreeSet::new();
+        let mut committed = 0;
+        for seed in 0..64 {
+            let (path, c) = random_path(&template, seed, 600);
+            committed += u32::from(c.committed() > 0);
+            let text = script(&template, 3, 1, &path).expect("expressible");
+            kinds.extend(text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned));
+            if let Err(e) = crate::scenario::run(&text) {
+                panic!("seed {seed}: the script does not replay the path: {e}\n--- script ---\n{text}");
+            }
+        }
+        assert!(committed >= 32, "only {committed} of 64 paths commit anything");
+        for kind in [
+            "deliver-one",
+            "drop-one",
+            "duplicate-one",
+            "tick",
+            "persist",
+            "propose",
+            "restart",
+            "read",
+            "snapshot",
+            "install",
+            "abort-install",
+            "add-learner",
+            "transfer",
+            "campaign",
+            "expect",
+        ] {
+            assert!(kinds.contains(kind), "no path used {kind}: {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn a_replay_that_goes_elsewhere_fails_its_expectations() {
+        let mut template = Config::new(1, vec![1]);
+        (template.election_ticks, template.heartbeat_ticks) = (3, 1);
+        let (path, c) = (0..)
+            .map(|seed| random_path(&template, seed, 300))
+            .find(|(_, c)| c.committed() > 2)
+            .expect("a path that commits");
+        assert!(c.committed() > 2);
+        let text = script(&template, 3, 1, &path).expect("expressible");
+        crate::scenario::run(&text).expect("the faithful script replays");
+        // Without its fsyncs the same events lead elsewhere (nothing commits), and the final
+        // expectations say so.
+        let unsynced: String = text.lines().filter(|l| !l.starts_with("persist")).map(|l| format!("{l}\n")).collect();
+        // (A command may fail first: a message the faithful run sent is not there to deliver.)
+        crate::scenario::run(&unsynced).expect_err("a different run");
     }
 
     #[test]

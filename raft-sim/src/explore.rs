@@ -9,7 +9,8 @@
 //! restart a crashed one), then every choice from each state reached, and so on. Two paths
 //! that reach the same state (same cores, disks and messages in flight, the latter as a
 //! multiset) are explored once (again only if reached with more depth left). A violation is
-//! reported with a shortest path to it.
+//! reported with a shortest path to it, and [`ExploreReport::script`] writes that path as a
+//! scenario script that `raft-sim scenario FILE` replays to the same violation.
 //!
 //! What bounds it: `depth` (choices per path), `max_states` (distinct states kept), and budgets
 //! for the choices that would otherwise never run out (proposals, crashes, drops, duplicates).
@@ -100,6 +101,26 @@ pub struct ExploreReport {
 }
 
 impl ExploreReport {
+    /// The violation's path as a scenario-language script ([`crate::cluster::script`]), headed by
+    /// what was explored and what broke; `None` without a violation.
+    pub fn script(&self, cfg: &ExploreConfig) -> Option<String> {
+        let (path, v) = self.violation.as_ref()?;
+        let mut template = cfg.template.clone();
+        if cfg.snapshots > 0 {
+            template.snapshot_trailing_entries = 0;
+        }
+        let body = crate::cluster::script(&template, cfg.nodes, 0, path)
+            .unwrap_or_else(|e| format!("# this path cannot be written as a script: {e}\n"));
+        Some(format!(
+            "# found by raft-sim explore --nodes {} --depth {}: {} choices to {}: {}\n{body}",
+            cfg.nodes,
+            cfg.depth,
+            path.len(),
+            v.property,
+            v.detail
+        ))
+    }
+
     /// Distinct states per second.
     pub fn states_per_second(&self) -> f64 {
         self.distinct as f64 / self.seconds.max(1e-9)
@@ -160,7 +181,8 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         // Compaction right at the snapshot, so that a follower behind it must install it.
         template.snapshot_trailing_entries = 0;
     }
-    let root = State::new(Cluster::new(&template, cfg.nodes, 0, 1));
+    // Base seed 0, as the scenario language seeds its nodes, so a counterexample replays there.
+    let root = State::new(Cluster::new(&template, cfg.nodes, 0, 0));
     seen.insert(fingerprint(&root), depth_left(cfg.depth));
     // The path being explored: each level's state, its choices and the next one to try.
     let mut stack: Vec<(State, Vec<Choice>, usize)> = vec![(root.clone(), choices(cfg, &root), 0)];

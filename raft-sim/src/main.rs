@@ -76,7 +76,8 @@ enum Command {
         file: String,
     },
     /// Explore every interleaving of a small cluster's events up to a depth, checking safety in
-    /// every state (breadth-first, states deduplicated; see raft_sim::explore).
+    /// every state (depth-first, states deduplicated; see raft_sim::explore). A violation is
+    /// printed with its shortest path as a scenario script.
     Explore {
         /// Voters.
         #[arg(long, default_value_t = 3)]
@@ -115,6 +116,9 @@ enum Command {
         /// many more states per level).
         #[arg(long)]
         timeouts: bool,
+        /// Where to write a violation's scenario script (it is printed too).
+        #[arg(long)]
+        script: Option<String>,
     },
 }
 
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
             election_ticks,
             pre_vote,
             timeouts,
+            script,
         } => {
             let mut cfg = raft_sim::explore::ExploreConfig::small(nodes, depth);
             cfg.max_states = max_states;
@@ -204,7 +209,7 @@ fn main() -> ExitCode {
             cfg.template.pre_vote = pre_vote;
             cfg.template.check_quorum = pre_vote;
             cfg.timeouts = timeouts;
-            run_explore(&cfg)
+            run_explore(&cfg, script.as_deref())
         }
         Command::Scenario { file } => {
             let script = match std::fs::read_to_string(&file) {
@@ -228,7 +233,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_explore(cfg: &raft_sim::explore::ExploreConfig) -> ExitCode {
+fn run_explore(cfg: &raft_sim::explore::ExploreConfig, script_file: Option<&str>) -> ExitCode {
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -266,6 +271,13 @@ fn run_explore(cfg: &raft_sim::explore::ExploreConfig) -> ExitCode {
             println!("path ({} choices):", path.len());
             for (i, c) in path.iter().enumerate() {
                 println!("  {:>3}. {c:?}", i + 1);
+            }
+            let script = report.script(cfg).unwrap_or_default();
+            println!("as a scenario script (replay: raft-sim scenario FILE):\n{script}");
+            if let Some(file) = script_file {
+                if let Err(e) = std::fs::write(file, &script) {
+                    eprintln!("cannot write {file}: {e}");
+                }
             }
             ExitCode::FAILURE
         }

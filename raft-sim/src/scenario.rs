@@ -29,7 +29,11 @@
 //! | `partition A B / C` | cut every link between the groups (replacing earlier cuts) |
 //! | `isolate ID` | cut every link of ID |
 //! | `heal` | restore all links |
-//! | `crash ID` | lose unsynced writes (and any install under way), restart from disk |
+//! | `deliver-one ID K` | deliver only the `K`-th message (from 0) queued for ID |
+//! | `drop-one ID K` | discard only the `K`-th message queued for ID |
+//! | `duplicate-one ID K` | deliver a copy of the `K`-th message queued for ID, keeping it queued |
+//! | `crash ID` | lose unsynced writes (and any install under way), restart from disk; messages queued for ID are lost |
+//! | `restart ID` | as `crash`, but messages queued for ID stay on the network and reach the restarted node |
 //! | `lose-synced ID KEEP` | crash ID, and its disk loses every synced entry after the first KEEP following its snapshot; the restarted node is repaired (`Node::begin_repair`) |
 //! | `snapshot ID [INDEX]` | the driver took a snapshot at INDEX (default: the applied index) |
 //! | `install ID` | the driver finished the snapshot install the node asked for |
@@ -46,6 +50,7 @@ use std::fmt::Write;
 
 use raft_core::{Action, Bytes, Config, Event, MembershipChange, Message, Node, NodeId, Role};
 
+use crate::cluster::node_seed;
 use crate::disk::SimDisk;
 use crate::fmt as tfmt;
 
@@ -217,6 +222,7 @@ impl Scenario {
                 }
                 Ok(())
             }
+            "deliver-one" | "drop-one" | "duplicate-one" => self.one_message(words[0], args),
             "persist" => self.persist(self.targets(args)?),
             "stabilize" => self.stabilize(),
             "partition" => self.partition(args),
@@ -234,10 +240,11 @@ impl Scenario {
                 self.cut.clear();
                 Ok(())
             }
-            "crash" => self.crash(self.id(args, 0)?, None),
+            "crash" => self.crash(self.id(args, 0)?, None, false),
+            "restart" => self.crash(self.id(args, 0)?, None, true),
             "lose-synced" => {
                 let keep = parse::<usize>(args.get(1).ok_or("lose-synced needs a count")?, "count")?;
-                self.crash(self.id(args, 0)?, Some(keep))
+                self.crash(self.id(args, 0)?, Some(keep), false)
             }
             "snapshot" => {
                 let id = self.id(args, 0)?;
@@ -319,7 +326,7 @@ impl Scenario {
         }
         for id in voters {
             let config = Config { id, ..template.clone() };
-            let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
+            let node = Node::new(config.clone(), node_seed(0, id, 0)).map_err(|e| e.to_string())?;
             self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0, repair: None });
         }
         self.template = Some(template);
@@ -331,7 +338,7 @@ impl Scenario {
         let id: NodeId = parse(args.first().ok_or("join needs a node id")?, "node id")?;
         let template = self.template.clone().ok_or("join needs an earlier add-nodes")?;
         let config = Config { id, voters: Vec::new(), ..template };
-        let node = Node::new(config.clone(), id).map_err(|e| e.to_string())?;
+        let node = Node::new(config.clone(), node_seed(0, id, 0)).map_err(|e| e.to_string())?;
         self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0, repair: None });
         Ok(())
     }
@@ -431,6 +438,26 @@ impl Scenario {
         Ok(())
     }
 
+    /// `deliver-one`, `drop-one` or `duplicate-one ID K`: the `K`-th message (from 0) queued for
+    /// `ID` is delivered, lost, or delivered as a copy that stays queued.
+    fn one_message(&mut self, what: &str, args: &[&str]) -> Result<(), String> {
+        let id = self.id(args, 0)?;
+        let k: usize = parse(args.get(1).ok_or("missing the message's position")?, "position")?;
+        let q = self.inbox.entry(id).or_default();
+        if k >= q.len() {
+            return Err(format!("only {} message(s) queued for {id}", q.len()));
+        }
+        let (from, message) = match what {
+            "duplicate-one" => q[k].clone(),
+            _ => q.remove(k).expect("checked position"),
+        };
+        if what == "drop-one" {
+            let _ = writeln!(self.trace, "dropped {from}->{id} {}", tfmt::kind(&message));
+            return Ok(());
+        }
+        self.step(id, Event::Message { from, message })
+    }
+
     fn persist(&mut self, ids: Vec<NodeId>) -> Result<(), String> {
         for id in ids {
             let m = self.members.get_mut(&id).expect("member");
@@ -490,13 +517,15 @@ impl Scenario {
     }
 
     /// Crashes and restarts `id`; with `keep`, its disk also loses the synced entries after the
-    /// first `keep`, and the driver (which notices) repairs the node.
-    fn crash(&mut self, id: NodeId, keep: Option<usize>) -> Result<(), String> {
+    /// first `keep`, and the driver (which notices) repairs the node. Messages queued for it are
+    /// lost, unless `keep_inbox` (they were still on the network and reach the new incarnation).
+    fn crash(&mut self, id: NodeId, keep: Option<usize>, keep_inbox: bool) -> Result<(), String> {
         let m = self.members.get_mut(&id).expect("member");
         if m.node.repairing().is_none() {
             m.repair = None;
         }
         m.disk.crash();
+        self.safety.after_sync(id, &m.disk).map_err(|v| format!("{} violated: {}", v.property, v.detail))?;
         if let Some(keep) = keep {
             let last_term = m.disk.durable().entries.last().map_or(0, |e| e.term);
             if let Some(lost_through) = m.disk.lose_synced(keep) {
@@ -506,7 +535,7 @@ impl Scenario {
         }
         m.restarts += 1;
         self.installs.remove(&id);
-        let seed = id + 1000 * m.restarts;
+        let seed = node_seed(0, id, m.restarts);
         self.safety.on_restart(id, m.disk.durable());
         m.node = Node::restore(m.config.clone(), m.disk.durable().clone(), seed).map_err(|e| e.to_string())?;
         if let Some(mark) = m.repair {
@@ -517,7 +546,9 @@ impl Scenario {
                 keep.unwrap_or(0)
             );
         }
-        self.inbox.remove(&id);
+        if !keep_inbox {
+            self.inbox.remove(&id);
+        }
         let line = self.status_line(id);
         let _ = writeln!(self.trace, "{id} crashed and restarted: {line}");
         Ok(())
