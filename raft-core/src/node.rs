@@ -50,11 +50,26 @@ struct PendingWrite {
     entries: Vec<Entry>,
 }
 
+/// The node's random generator (election timeouts, read nonces), whose `Debug` shows its whole
+/// state, seed and position, so that two nodes that print alike draw alike (rand_chacha's own
+/// `Debug` shows neither; the exhaustive explorer tells states apart by their `Debug` text).
+#[derive(Clone)]
+pub(crate) struct Rng(pub(crate) ChaCha8Rng);
+
+impl core::fmt::Debug for Rng {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let seed = self.0.get_seed();
+        let (a, b) = seed.split_at(16);
+        let half = |h: &[u8]| u128::from_le_bytes(h.try_into().unwrap_or_default());
+        write!(f, "Rng({:032x}{:032x}@{})", half(a), half(b), self.0.get_word_pos())
+    }
+}
+
 /// One Raft server. See the crate docs for the driver loop.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub(crate) config: Config,
-    pub(crate) rng: ChaCha8Rng,
+    pub(crate) rng: Rng,
     /// `currentTerm` and `votedFor`, as the node currently believes them.
     pub(crate) hard_state: HardState,
     pub(crate) role: Role,
@@ -142,7 +157,7 @@ impl Node {
             membership_index: 0,
             transfer: None,
             reads: crate::read::Reads::default(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: Rng(ChaCha8Rng::seed_from_u64(seed)),
             hard_state,
             role: Role::Follower,
             leader: None,
@@ -373,7 +388,7 @@ impl Node {
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         let min = self.config.election_ticks;
-        self.randomized_election_ticks = min + (self.rng.next_u32() % min);
+        self.randomized_election_ticks = min + (self.rng.0.next_u32() % min);
     }
 
     /// Sends a message stamped with the current term.

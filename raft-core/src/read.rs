@@ -285,6 +285,8 @@ impl Node {
         let confirmed = self.membership.committed_index(&mut scratch, |id| {
             if id == me { sent } else { progress.iter().find(|p| p.id == id).map_or(0, |p| p.read_seq) }
         });
+        // Emptied (capacity kept) so that no stale numbers stay in the node's state.
+        scratch.clear();
         self.match_scratch = scratch;
         if confirmed <= self.reads.seq_confirmed {
             return;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
-use raft_core::Config;
+use raft_core::{Config, MembershipChange};
 
 use crate::cluster::{Choice, Cluster};
 use crate::hash::FixedHasher;
@@ -30,7 +30,8 @@ use crate::invariants::Violation;
 pub struct ExploreConfig {
     /// Voters (node ids `1..=nodes`).
     pub nodes: u64,
-    /// Choices per path at most.
+    /// Choices per path at most; 0 for no bound, when `clock` and the other budgets bound the
+    /// search.
     pub depth: usize,
     /// Distinct states kept at most; the search stops (incomplete) beyond it.
     pub max_states: usize,
@@ -47,6 +48,20 @@ pub struct ExploreConfig {
     /// Snapshots taken per path at most (a node's driver snapshotting at its applied index; a
     /// follower left behind then needs the transfer, which is a choice too: install or abort).
     pub snapshots: u32,
+    /// Clock choices (single ticks, or timeouts with `timeouts`) per path at most. With it, and
+    /// every other budget, the space is finite without a depth bound: every message answers a
+    /// clock event, a proposal or a fault, so a large `depth` with a small `clock` explores
+    /// "every run with at most this many timeouts" (how deep mistakes, which need two elections
+    /// and a commit, are reached).
+    pub clock: u32,
+    /// Deliveries out of send order on their link (a message delivered before an older one from
+    /// the same sender to the same receiver) per path at most; `u32::MAX` (the default) for any
+    /// order. 0 explores FIFO links, as over the TCP transport the driver uses (where only a
+    /// reconnect loses messages and none overtakes another), with far fewer states.
+    pub reorders: u32,
+    /// Membership changes asked per path at most (adding a spare node as a learner, promoting
+    /// it, removing a member); with any, the cluster has one spare node that starts empty.
+    pub changes: u32,
     /// The protocol settings every node runs with.
     pub template: Config,
     /// Jump to a node's next timeout ([`Choice::Timeout`]) instead of ticking one tick at a time
@@ -75,6 +90,9 @@ impl ExploreConfig {
             duplicates: 0,
             reads: 0,
             snapshots: 0,
+            clock: u32::MAX,
+            reorders: u32::MAX,
+            changes: 0,
             template,
             timeouts: false,
         }
@@ -109,7 +127,7 @@ impl ExploreReport {
         if cfg.snapshots > 0 {
             template.snapshot_trailing_entries = 0;
         }
-        let body = crate::cluster::script(&template, cfg.nodes, 0, path)
+        let body = crate::cluster::script(&template, cfg.nodes, spares(cfg), path)
             .unwrap_or_else(|e| format!("# this path cannot be written as a script: {e}\n"));
         Some(format!(
             "# found by raft-sim explore --nodes {} --depth {}: {} choices to {}: {}\n{body}",
@@ -137,13 +155,47 @@ struct State {
     duplicates: u32,
     reads: u32,
     snapshots: u32,
+    clock: u32,
+    reorders: u32,
+    changes: u32,
 }
 
 impl State {
     /// A state with no budget spent yet.
     fn new(cluster: Cluster) -> State {
-        State { cluster, proposals: 0, crashes: 0, drops: 0, duplicates: 0, reads: 0, snapshots: 0 }
+        State {
+            cluster,
+            proposals: 0,
+            crashes: 0,
+            drops: 0,
+            duplicates: 0,
+            reads: 0,
+            snapshots: 0,
+            clock: 0,
+            reorders: 0,
+            changes: 0,
+        }
     }
+
+    /// The budgets spent, for the fingerprint.
+    fn budgets(&self) -> [u32; 9] {
+        [
+            self.proposals,
+            self.crashes,
+            self.drops,
+            self.duplicates,
+            self.reads,
+            self.snapshots,
+            self.clock,
+            self.reorders,
+            self.changes,
+        ]
+    }
+}
+
+/// Spare nodes in the cluster: one when membership changes are explored.
+fn spares(cfg: &ExploreConfig) -> u64 {
+    u64::from(cfg.changes > 0)
 }
 
 /// Explores every path up to `cfg.depth`; `progress` is called now and then with the report so far.
@@ -151,21 +203,20 @@ impl State {
 /// Depth-first, so that memory is the dedup table (24 bytes per distinct state) plus one state per
 /// level, not a whole level of states (a 3-node state is about 14 KB). A state is expanded again
 /// only when reached with more depth left than before, so every path up to the bound is still
-/// covered. When a violation is found, the search is repeated with smaller bounds until none is
-/// found, so the path reported is a shortest one.
+/// covered (with `depth` 0 there is no bound and no re-expansion: the budgets bound the search).
+/// When a violation is found, depth-bounded searches bisect for the shortest depth at which one
+/// exists, so the path reported is a shortest one.
 pub fn explore(cfg: &ExploreConfig, mut progress: impl FnMut(&ExploreReport)) -> ExploreReport {
     let started = Instant::now();
     let mut report = search(cfg, &mut progress);
-    while let Some((path, _)) = &report.violation {
-        if path.len() <= 1 {
-            break;
+    // No violation within fewer than `lo` choices; the best path so far is `report.violation`'s.
+    let mut lo = 1;
+    while let Some(len) = report.violation.as_ref().map(|(path, _)| path.len()).filter(|&len| lo < len) {
+        let mid = lo + (len - lo) / 2;
+        match search(&ExploreConfig { depth: mid, ..cfg.clone() }, &mut |_| {}).violation {
+            Some(shorter) => report.violation = Some(shorter),
+            None => lo = mid + 1,
         }
-        let shorter = ExploreConfig { depth: path.len() - 1, ..cfg.clone() };
-        let again = search(&shorter, &mut |_| {});
-        if again.violation.is_none() {
-            break;
-        }
-        report.violation = again.violation;
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
@@ -182,8 +233,10 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         template.snapshot_trailing_entries = 0;
     }
     // Base seed 0, as the scenario language seeds its nodes, so a counterexample replays there.
-    let root = State::new(Cluster::new(&template, cfg.nodes, 0, 0));
-    seen.insert(fingerprint(&root), depth_left(cfg.depth));
+    let root = State::new(Cluster::new(&template, cfg.nodes, spares(cfg), 0));
+    // Without a depth bound every state counts as reached with the same (no) depth left.
+    let bound = if cfg.depth == 0 { usize::MAX } else { cfg.depth };
+    seen.insert(fingerprint(&root, cfg.reorders != u32::MAX), depth_left(bound));
     // The path being explored: each level's state, its choices and the next one to try.
     let mut stack: Vec<(State, Vec<Choice>, usize)> = vec![(root.clone(), choices(cfg, &root), 0)];
     let mut path: Vec<Choice> = Vec::new();
@@ -203,6 +256,9 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
             Choice::Duplicate(_) => child.duplicates += 1,
             Choice::Read(_) => child.reads += 1,
             Choice::TakeSnapshot(_) => child.snapshots += 1,
+            Choice::Tick(_) | Choice::Timeout(_) => child.clock += 1,
+            Choice::Deliver(i) if !head_of_link(&child.cluster, i) => child.reorders += 1,
+            Choice::Change(..) => child.changes += 1,
             _ => {}
         }
         report.transitions += 1;
@@ -213,8 +269,8 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         }
         let depth = path.len() + 1;
         report.depth = report.depth.max(depth);
-        let left = depth_left(cfg.depth - depth);
-        let key = fingerprint(&child);
+        let left = if cfg.depth == 0 { 0 } else { depth_left(bound - depth) };
+        let key = fingerprint(&child, cfg.reorders != u32::MAX);
         let fresh = match seen.get_mut(&key) {
             Some(best) if *best >= left => false,
             Some(best) => {
@@ -230,7 +286,7 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
                 true
             }
         };
-        if !fresh || depth == cfg.depth {
+        if !fresh || depth == bound {
             continue;
         }
         report.explored += 1;
@@ -252,13 +308,21 @@ fn depth_left(n: usize) -> u8 {
     u8::try_from(n).unwrap_or(u8::MAX)
 }
 
+/// Whether the `i`-th message in flight is the oldest on its link (sender to receiver).
+fn head_of_link(c: &Cluster, i: usize) -> bool {
+    let net = c.in_flight();
+    !net[..i].iter().any(|m| m.from == net[i].from && m.to == net[i].to)
+}
+
 /// The choices enabled in `state`, within the budgets.
 fn choices(cfg: &ExploreConfig, state: &State) -> Vec<Choice> {
     let c = &state.cluster;
     let mut out = Vec::new();
     let flying = c.in_flight().len();
     for i in 0..flying {
-        out.push(Choice::Deliver(i));
+        if state.reorders < cfg.reorders || head_of_link(c, i) {
+            out.push(Choice::Deliver(i));
+        }
         if state.drops < cfg.drops {
             out.push(Choice::Drop(i));
         }
@@ -268,8 +332,23 @@ fn choices(cfg: &ExploreConfig, state: &State) -> Vec<Choice> {
     }
     for id in c.ids() {
         match c.node(id) {
-            Some(_) => {
-                out.push(if cfg.timeouts { Choice::Timeout(id) } else { Choice::Tick(id) });
+            Some(node) => {
+                if state.clock < cfg.clock {
+                    out.push(if cfg.timeouts { Choice::Timeout(id) } else { Choice::Tick(id) });
+                }
+                if state.changes < cfg.changes && node.role() == raft_core::Role::Leader {
+                    let m = node.membership();
+                    for other in c.ids() {
+                        if m.learners.contains(&other) {
+                            out.push(Choice::Change(id, MembershipChange::Promote(other)));
+                        }
+                        if m.voters.contains(&other) || m.learners.contains(&other) {
+                            out.push(Choice::Change(id, MembershipChange::Remove(other)));
+                        } else {
+                            out.push(Choice::Change(id, MembershipChange::AddLearner(other)));
+                        }
+                    }
+                }
                 if c.pending_writes(id) > 0 {
                     out.push(Choice::Sync(id));
                 }
@@ -300,8 +379,9 @@ fn choices(cfg: &ExploreConfig, state: &State) -> Vec<Choice> {
 /// its `Debug` form prints it, the random generator included), every disk, the messages in flight
 /// as a multiset, the cluster's own seed and the budgets left. Knowledge only the checker holds
 /// (what was committed, who led which term) is left out: two states that differ only there behave
-/// alike, and the checks judge each path that reaches them by its own history.
-fn fingerprint(state: &State) -> u128 {
+/// alike, and the checks judge each path that reaches them by its own history. With `fifo` (when
+/// reorders are budgeted) the order of the messages on each link is part of the state.
+fn fingerprint(state: &State, fifo: bool) -> u128 {
     let c = &state.cluster;
     let mut a = FixedHasher::default();
     let mut b = DefaultHasher::new();
@@ -319,9 +399,15 @@ fn fingerprint(state: &State) -> u128 {
             h.finish()
         })
         .collect();
-    messages.sort_unstable();
-    let budgets = [state.proposals, state.crashes, state.drops, state.duplicates, state.reads, state.snapshots];
-    both(&format!("{messages:?} {budgets:?}"));
+    if fifo {
+        // Grouped by link, each link's messages in send order.
+        let mut order: Vec<usize> = (0..messages.len()).collect();
+        order.sort_by_key(|&i| (c.in_flight()[i].from, c.in_flight()[i].to));
+        messages = order.into_iter().map(|i| messages[i]).collect();
+    } else {
+        messages.sort_unstable();
+    }
+    both(&format!("{messages:?} {:?}", state.budgets()));
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
@@ -354,6 +440,17 @@ mod tests {
     }
 
     #[test]
+    fn fifo_links_explore_fewer_states_and_stay_safe() {
+        let any = explore(&ExploreConfig::small(3, 9), |_| {});
+        let mut cfg = ExploreConfig::small(3, 9);
+        cfg.reorders = 0;
+        let fifo = explore(&cfg, |_| {});
+        assert!(fifo.violation.is_none() && fifo.complete, "{:?}", fifo.violation);
+        assert!(fifo.distinct < any.distinct, "{} vs {}", fifo.distinct, any.distinct);
+        assert!(fifo.distinct > 1_000, "still a search: {}", fifo.distinct);
+    }
+
+    #[test]
     fn jumping_to_timeouts_explores_more_per_level() {
         // A timeout choice starts an election or a heartbeat round at once, so each level holds
         // more distinct states than with single ticks (whose first choices only move counters).
@@ -368,17 +465,20 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_the_order_of_messages_in_flight() {
         let cfg = ExploreConfig::small(3, 0);
-        let mut s = State::new(Cluster::new(&cfg.template, 3, 0, 1));
-        for id in 1..=3 {
-            s.cluster.apply(Choice::Tick(id)).expect("tick");
-            s.cluster.apply(Choice::Tick(id)).expect("tick");
+        let mut s = State::new(Cluster::new(&cfg.template, 3, 0, 0));
+        // Node 1 campaigns at least twice (timeouts of 2-3 ticks), so a link holds two messages.
+        for _ in 0..6 {
+            s.cluster.apply(Choice::Tick(1)).expect("tick");
         }
-        let before = fingerprint(&s);
+        let on_link = |c: &Cluster| c.in_flight().iter().filter(|m| m.from == 1 && m.to == 2).count();
+        assert!(on_link(&s.cluster) >= 2, "two vote requests on one link");
+        let before = fingerprint(&s, false);
         let mut t = s.clone();
         t.cluster.reverse_in_flight();
         assert!(t.cluster.in_flight().len() >= 2, "two messages to reorder");
-        assert_eq!(fingerprint(&t), before);
+        assert_eq!(fingerprint(&t, false), before);
+        assert_ne!(fingerprint(&t, true), fingerprint(&s, true), "with FIFO links the order on a link is state");
         t.cluster.apply(Choice::Sync(1)).expect("sync");
-        assert_ne!(fingerprint(&t), before, "a different disk is a different state");
+        assert_ne!(fingerprint(&t, false), before, "a different disk is a different state");
     }
 }

@@ -82,7 +82,7 @@ enum Command {
         /// Voters.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
-        /// Choices per path at most.
+        /// Choices per path at most (0: no bound; then --clock must bound the search).
         #[arg(long, default_value_t = 10)]
         depth: usize,
         /// Distinct states kept at most (the search stops, incomplete, beyond it).
@@ -116,6 +116,17 @@ enum Command {
         /// many more states per level).
         #[arg(long)]
         timeouts: bool,
+        /// Clock choices (ticks, or timeouts with --timeouts) per path; with it a large --depth
+        /// explores every run with at most that many timeouts.
+        #[arg(long, default_value_t = u32::MAX)]
+        clock: u32,
+        /// Deliveries out of send order on their link per path (default: any order; 0: FIFO
+        /// links, as over TCP).
+        #[arg(long, default_value_t = u32::MAX)]
+        reorders: u32,
+        /// Membership changes per path (add the spare node as a learner, promote, remove).
+        #[arg(long, default_value_t = 0)]
+        changes: u32,
         /// Where to write a violation's scenario script (it is printed too).
         #[arg(long)]
         script: Option<String>,
@@ -199,6 +210,9 @@ fn main() -> ExitCode {
             election_ticks,
             pre_vote,
             timeouts,
+            clock,
+            reorders,
+            changes,
             script,
         } => {
             let mut cfg = raft_sim::explore::ExploreConfig::small(nodes, depth);
@@ -208,7 +222,11 @@ fn main() -> ExitCode {
             cfg.template.election_ticks = election_ticks;
             cfg.template.pre_vote = pre_vote;
             cfg.template.check_quorum = pre_vote;
-            cfg.timeouts = timeouts;
+            (cfg.timeouts, cfg.clock, cfg.changes, cfg.reorders) = (timeouts, clock, changes, reorders);
+            if depth == 0 && clock == u32::MAX {
+                eprintln!("--depth 0 (no bound) needs a --clock budget, or the search never ends");
+                return ExitCode::from(2);
+            }
             run_explore(&cfg, script.as_deref())
         }
         Command::Scenario { file } => {
