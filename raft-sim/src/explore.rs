@@ -83,7 +83,7 @@ impl ExploreConfig {
         ExploreConfig {
             nodes,
             depth,
-            max_states: 1_000_000,
+            max_states: 2_000_000,
             proposals: 1,
             crashes: 1,
             drops: 0,
@@ -96,6 +96,42 @@ impl ExploreConfig {
             template,
             timeouts: false,
         }
+    }
+}
+
+impl ExploreConfig {
+    /// The `raft-sim explore` arguments that run this search (those that differ from the
+    /// command's defaults, past `--nodes` and `--depth`).
+    pub fn flags(&self) -> String {
+        let mut out = format!("--nodes {} --depth {}", self.nodes, self.depth);
+        let base = ExploreConfig::small(self.nodes, self.depth);
+        let mut flag = |name: &str, value: u64, default: u64| {
+            if value != default {
+                out.push_str(&format!(" --{name} {value}"));
+            }
+        };
+        flag("max-states", self.max_states as u64, base.max_states as u64);
+        for (name, value, default) in [
+            ("proposals", self.proposals, base.proposals),
+            ("crashes", self.crashes, base.crashes),
+            ("drops", self.drops, base.drops),
+            ("duplicates", self.duplicates, base.duplicates),
+            ("reads", self.reads, base.reads),
+            ("snapshots", self.snapshots, base.snapshots),
+            ("clock", self.clock, base.clock),
+            ("reorders", self.reorders, base.reorders),
+            ("changes", self.changes, base.changes),
+            ("election-ticks", self.template.election_ticks, base.template.election_ticks),
+        ] {
+            flag(name, u64::from(value), u64::from(default));
+        }
+        if self.template.pre_vote {
+            out.push_str(" --pre-vote");
+        }
+        if self.timeouts {
+            out.push_str(" --timeouts");
+        }
+        out
     }
 }
 
@@ -130,9 +166,8 @@ impl ExploreReport {
         let body = crate::cluster::script(&template, cfg.nodes, spares(cfg), path)
             .unwrap_or_else(|e| format!("# this path cannot be written as a script: {e}\n"));
         Some(format!(
-            "# found by raft-sim explore --nodes {} --depth {}: {} choices to {}: {}\n{body}",
-            cfg.nodes,
-            cfg.depth,
+            "# found by raft-sim explore {}\n# {} choices to {}: {}\n{body}",
+            cfg.flags(),
             path.len(),
             v.property,
             v.detail
@@ -437,6 +472,14 @@ mod tests {
         let wider = explore(&cfg, |_| {});
         assert!(wider.violation.is_none() && wider.complete, "{:?}", wider.violation);
         assert!(wider.distinct > base.distinct, "{} vs {}", wider.distinct, base.distinct);
+    }
+
+    #[test]
+    fn the_flags_name_what_differs_from_the_defaults() {
+        let mut cfg = ExploreConfig::small(3, 0);
+        assert_eq!(cfg.flags(), "--nodes 3 --depth 0");
+        (cfg.clock, cfg.reorders, cfg.crashes, cfg.timeouts) = (2, 0, 0, true);
+        assert_eq!(cfg.flags(), "--nodes 3 --depth 0 --crashes 0 --clock 2 --reorders 0 --timeouts");
     }
 
     #[test]

@@ -76,6 +76,8 @@ scenarios! {
     scenario_36_repair_lost_synced_entries => "36_repair_lost_synced_entries",
     scenario_37_joint_election_needs_both_majorities => "37_joint_election_needs_both_majorities",
     scenario_38_election_restriction_compares_terms_first => "38_election_restriction_compares_terms_first",
+    scenario_39_explored_stale_append_refused => "39_explored_stale_append_refused",
+    scenario_40_explored_vote_needs_up_to_date_log => "40_explored_vote_needs_up_to_date_log",
 }
 
 /// Every script in `testdata` has a test above (and every test a script),
