@@ -12,6 +12,10 @@ sim seeds="0..10000" profile="":
 replay seed profile nodes="3":
     cargo run --release -p raft-sim -- replay --seed {{seed}} --profile {{profile}} --nodes {{nodes}} --trace
 
+# Explore every interleaving (`just explore --depth 12`; every run with two timeouts: `just explore --depth 0 --timeouts --clock 2 --reorders 0 --proposals 0 --crashes 0`).
+explore *args="--depth 12":
+    cargo run --release -p raft-sim -- explore {{args}}
+
 # Simulator and server benchmarks (see docs/benchmarks.md).
 bench:
     cargo run --release -p raft-sim -- run --seeds 0..2000 --profile chaos --nodes 3 --jobs 1

@@ -8,7 +8,10 @@ usage: scripts/classic-mistakes.py [SEEDS] [MISTAKE ...]
 With --explore, each mutant is judged by exhaustive exploration
 (`raft-sim explore --depth DEPTH`, further arguments passed on) instead of
 the sweep, and the line says at which depth and after how long the first
-counterexample was found.
+counterexample was found; the counterexample is then replayed as a scenario
+script and must fail with the same violation (KEEP_SCRIPTS=DIR keeps them).
+`--explore 0 --timeouts --clock 2 --reorders 0 --proposals 0 --crashes 0`
+explores every run with two timeouts instead of a depth (docs/testing.md).
 
 Works in a temporary directory (never touches the checkout) and prints one
 summary line per mistake. See docs/testing.md for the results.
@@ -94,7 +97,8 @@ def main():
             summary = next((l for l in lines if l.startswith("explored=")), "?")
             violation = next((l for l in lines if l.startswith("violation:")), "no violation found")
             steps = next((l for l in lines if l.startswith("path (")), "")
-            print(f"{name}: {summary}\n    {violation} {steps}", flush=True)
+            first = next((l for l in lines if l.startswith("first found")), "")
+            print(f"{name}: {summary}\n    {violation} {steps} {first}", flush=True)
             if os.path.exists(script):
                 # The counterexample must replay as a scenario script, to the same violation.
                 replay = subprocess.run([sim, "scenario", script], cwd=ws, capture_output=True, text=True)

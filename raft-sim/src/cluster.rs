@@ -534,7 +534,7 @@ fn without_stats(text: &str) -> String {
 /// The seed of node `id`'s random generator in its `incarnation` (0 at the first start, one more
 /// after each crash), from a cluster's `base` seed. The scenario language seeds its nodes the
 /// same way with base 0, so a path found on a [`Cluster`] of base 0 replays there exactly
-/// (see [`Cluster::script`]): a node's seed decides its randomised election timeouts.
+/// (see [`script`]): a node's seed decides its randomised election timeouts.
 pub fn node_seed(base: u64, id: NodeId, incarnation: u64) -> u64 {
     base.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_add(incarnation.wrapping_mul(1000))
 }

@@ -150,6 +150,8 @@ pub struct ExploreReport {
     pub complete: bool,
     /// Seconds spent.
     pub seconds: f64,
+    /// Seconds until the first search found its violation (the rest went to shortening it).
+    pub first_found: Option<f64>,
     /// The first violation, with the (shortest) path of choices that reaches it.
     pub violation: Option<(Vec<Choice>, Violation)>,
 }
@@ -244,6 +246,7 @@ fn spares(cfg: &ExploreConfig) -> u64 {
 pub fn explore(cfg: &ExploreConfig, mut progress: impl FnMut(&ExploreReport)) -> ExploreReport {
     let started = Instant::now();
     let mut report = search(cfg, &mut progress);
+    report.first_found = report.violation.as_ref().map(|_| started.elapsed().as_secs_f64());
     // No violation within fewer than `lo` choices; the best path so far is `report.violation`'s.
     let mut lo = 1;
     while let Some(len) = report.violation.as_ref().map(|(path, _)| path.len()).filter(|&len| lo < len) {
@@ -472,6 +475,33 @@ mod tests {
         let wider = explore(&cfg, |_| {});
         assert!(wider.violation.is_none() && wider.complete, "{:?}", wider.violation);
         assert!(wider.distinct > base.distinct, "{} vs {}", wider.distinct, base.distinct);
+    }
+
+    #[test]
+    fn membership_changes_are_explored_and_stay_safe() {
+        let mut cfg = ExploreConfig::small(3, 7);
+        (cfg.timeouts, cfg.reorders, cfg.crashes, cfg.proposals) = (true, 0, 0, 0);
+        let fixed = explore(&cfg, |_| {});
+        cfg.changes = 1;
+        let root = State::new(Cluster::new(&cfg.template, 3, spares(&cfg), 0));
+        assert_eq!(root.cluster.ids(), vec![1, 2, 3, 4], "a spare node to add");
+        // Once there is a leader, it is offered the changes.
+        let mut s = root.clone();
+        s.cluster.apply(Choice::Timeout(1)).expect("campaign");
+        for _ in 0..8 {
+            for id in 1..=3 {
+                s.cluster.apply(Choice::Sync(id)).expect("sync");
+            }
+            while !s.cluster.in_flight().is_empty() {
+                s.cluster.apply(Choice::Deliver(0)).expect("deliver");
+            }
+        }
+        assert_eq!(s.cluster.node(1).map(|n| n.role()), Some(raft_core::Role::Leader));
+        let offered = choices(&cfg, &s);
+        assert!(offered.contains(&Choice::Change(1, MembershipChange::AddLearner(4))), "{offered:?}");
+        let changing = explore(&cfg, |_| {});
+        assert!(changing.violation.is_none() && changing.complete, "{:?}", changing.violation);
+        assert!(changing.distinct > fixed.distinct, "{} vs {}", changing.distinct, fixed.distinct);
     }
 
     #[test]

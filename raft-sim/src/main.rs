@@ -286,6 +286,10 @@ fn run_explore(cfg: &raft_sim::explore::ExploreConfig, script_file: Option<&str>
         None => ExitCode::SUCCESS,
         Some((path, v)) => {
             println!("violation: {}: {}", v.property, v.detail);
+            println!(
+                "first found after {:.1}s; shortest path found by bisecting the depth",
+                report.first_found.unwrap_or(report.seconds)
+            );
             println!("path ({} choices):", path.len());
             for (i, c) in path.iter().enumerate() {
                 println!("  {:>3}. {c:?}", i + 1);
