@@ -301,13 +301,7 @@ impl Cluster {
                 MembershipChange::Promote(to) => format!("promote {id} {to}"),
                 MembershipChange::Remove(to) => format!("remove {id} {to}"),
                 MembershipChange::Set { voters, learners } => {
-                    let list = |ids: &[NodeId]| {
-                        if ids.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            ids.iter().map(NodeId::to_string).collect::<Vec<_>>().join(",")
-                        }
-                    };
+                    let list = crate::scenario::ids_text;
                     format!("set-voters {id} {} learners={}", list(voters), list(learners))
                 }
             },
@@ -447,7 +441,6 @@ impl Cluster {
 ///
 /// Fails if `template` has a setting the scenario language cannot set.
 pub fn script(template: &Config, voters: u64, spares: u64, path: &[Choice]) -> Result<String, String> {
-    let ids: Vec<NodeId> = (1..=voters).collect();
     let options = format!(
         "pre-vote={} check-quorum={} election={} heartbeat={} max-entries={} inflight={} trailing={} lease={} drift={}",
         template.pre_vote,
@@ -460,15 +453,10 @@ pub fn script(template: &Config, voters: u64, spares: u64, path: &[Choice]) -> R
         template.lease_reads,
         template.max_clock_drift_ticks,
     );
-    let mut expressible = Config::new(1, ids.clone());
-    (expressible.pre_vote, expressible.check_quorum) = (template.pre_vote, template.check_quorum);
-    (expressible.election_ticks, expressible.heartbeat_ticks) = (template.election_ticks, template.heartbeat_ticks);
-    expressible.max_entries_per_msg = template.max_entries_per_msg;
-    expressible.max_inflight_msgs = template.max_inflight_msgs;
-    expressible.snapshot_trailing_entries = template.snapshot_trailing_entries;
-    (expressible.lease_reads, expressible.max_clock_drift_ticks) =
-        (template.lease_reads, template.max_clock_drift_ticks);
-    if expressible != (Config { id: 1, voters: ids, ..template.clone() }) {
+    // What the scenario language builds from those options must be the template itself.
+    let words: Vec<&str> = options.split_whitespace().collect();
+    let parsed = crate::scenario::template(voters, &words)?;
+    if parsed != (Config { id: 1, voters: (1..=voters).collect(), ..template.clone() }) {
         return Err("the template has settings the scenario language cannot set".into());
     }
     let mut c = Cluster::new(template, voters, spares, 0);
@@ -706,7 +694,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_that_goes_elsewhere_fails_its_expectations() {
+    fn a_replay_that_goes_elsewhere_fails() {
         let mut template = Config::new(1, vec![1]);
         (template.election_ticks, template.heartbeat_ticks) = (3, 1);
         let (path, c) = (0..)
@@ -716,10 +704,22 @@ mod tests {
         assert!(c.committed() > 2);
         let text = script(&template, 3, 1, &path).expect("expressible");
         crate::scenario::run(&text).expect("the faithful script replays");
-        // Without its fsyncs the same events lead elsewhere (nothing commits), and the final
-        // expectations say so.
+        // The script ends by stating each node's state: one number off and the replay fails there.
+        let commit = c.node(1).map(Node::commit_index).expect("node 1 runs");
+        let tampered: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("expect 1 ") {
+                Some(_) => l.replace(&format!(" commit={commit} "), &format!(" commit={} ", commit + 1)) + "\n",
+                None => format!("{l}\n"),
+            })
+            .collect();
+        assert_ne!(tampered, text, "node 1's expectation names its commit index");
+        let e = crate::scenario::run(&tampered).expect_err("a wrong final state");
+        assert!(e.message.contains("expected commit="), "{e}");
+        // Without its fsyncs the same events lead elsewhere (nothing commits).
         let unsynced: String = text.lines().filter(|l| !l.starts_with("persist")).map(|l| format!("{l}\n")).collect();
-        // (A command may fail first: a message the faithful run sent is not there to deliver.)
+        // (A command may fail before the expectations: a message the faithful run sent is not
+        // there to deliver.)
         crate::scenario::run(&unsynced).expect_err("a different run");
     }
 

@@ -12,8 +12,9 @@
 //! reported with a shortest path to it, and [`ExploreReport::script`] writes that path as a
 //! scenario script that `raft-sim scenario FILE` replays to the same violation.
 //!
-//! What bounds it: `depth` (choices per path), `max_states` (distinct states kept), and budgets
-//! for the choices that would otherwise never run out (proposals, crashes, drops, duplicates).
+//! What bounds it: `depth` (choices per path, or none), `max_states` (distinct states kept), and
+//! budgets for the choices that would otherwise never run out (proposals, crashes, drops,
+//! duplicates, reads, snapshots, membership changes, clock events, reordered deliveries).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
@@ -50,7 +51,7 @@ pub struct ExploreConfig {
     pub snapshots: u32,
     /// Clock choices (single ticks, or timeouts with `timeouts`) per path at most. With it, and
     /// every other budget, the space is finite without a depth bound: every message answers a
-    /// clock event, a proposal or a fault, so a large `depth` with a small `clock` explores
+    /// clock event, a proposal or a fault, so `depth` 0 with a small `clock` explores
     /// "every run with at most this many timeouts" (how deep mistakes, which need two elections
     /// and a commit, are reached).
     pub clock: u32,
@@ -161,11 +162,7 @@ impl ExploreReport {
     /// what was explored and what broke; `None` without a violation.
     pub fn script(&self, cfg: &ExploreConfig) -> Option<String> {
         let (path, v) = self.violation.as_ref()?;
-        let mut template = cfg.template.clone();
-        if cfg.snapshots > 0 {
-            template.snapshot_trailing_entries = 0;
-        }
-        let body = crate::cluster::script(&template, cfg.nodes, spares(cfg), path)
+        let body = crate::cluster::script(&template(cfg), cfg.nodes, spares(cfg), path)
             .unwrap_or_else(|e| format!("# this path cannot be written as a script: {e}\n"));
         Some(format!(
             "# found by raft-sim explore {}\n# {} choices to {}: {}\n{body}",
@@ -230,6 +227,21 @@ impl State {
     }
 }
 
+/// The settings every node runs with: the config's, with compaction right at the snapshot when
+/// snapshots are explored, so that a follower behind it must install it.
+fn template(cfg: &ExploreConfig) -> Config {
+    let mut template = cfg.template.clone();
+    if cfg.snapshots > 0 {
+        template.snapshot_trailing_entries = 0;
+    }
+    template
+}
+
+/// Whether the order of messages on a link is part of the state (reorders are budgeted).
+fn fifo(cfg: &ExploreConfig) -> bool {
+    cfg.reorders != u32::MAX
+}
+
 /// Spare nodes in the cluster: one when membership changes are explored.
 fn spares(cfg: &ExploreConfig) -> u64 {
     u64::from(cfg.changes > 0)
@@ -265,16 +277,11 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
     let mut report = ExploreReport { complete: true, ..ExploreReport::default() };
     // Each distinct state and the most depth left it was expanded with.
     let mut seen: HashMap<u128, u8, BuildHasherDefault<FixedHasher>> = HashMap::default();
-    let mut template = cfg.template.clone();
-    if cfg.snapshots > 0 {
-        // Compaction right at the snapshot, so that a follower behind it must install it.
-        template.snapshot_trailing_entries = 0;
-    }
     // Base seed 0, as the scenario language seeds its nodes, so a counterexample replays there.
-    let root = State::new(Cluster::new(&template, cfg.nodes, spares(cfg), 0));
+    let root = State::new(Cluster::new(&template(cfg), cfg.nodes, spares(cfg), 0));
     // Without a depth bound every state counts as reached with the same (no) depth left.
     let bound = if cfg.depth == 0 { usize::MAX } else { cfg.depth };
-    seen.insert(fingerprint(&root, cfg.reorders != u32::MAX), depth_left(bound));
+    seen.insert(fingerprint(&root, fifo(cfg)), depth_left(bound));
     // The path being explored: each level's state, its choices and the next one to try.
     let mut stack: Vec<(State, Vec<Choice>, usize)> = vec![(root.clone(), choices(cfg, &root), 0)];
     let mut path: Vec<Choice> = Vec::new();
@@ -308,7 +315,7 @@ fn search(cfg: &ExploreConfig, progress: &mut dyn FnMut(&ExploreReport)) -> Expl
         let depth = path.len() + 1;
         report.depth = report.depth.max(depth);
         let left = if cfg.depth == 0 { 0 } else { depth_left(bound - depth) };
-        let key = fingerprint(&child, cfg.reorders != u32::MAX);
+        let key = fingerprint(&child, fifo(cfg));
         let fresh = match seen.get_mut(&key) {
             Some(best) if *best >= left => false,
             Some(best) => {
@@ -453,6 +460,13 @@ fn fingerprint(state: &State, fifo: bool) -> u128 {
 mod tests {
     use super::*;
 
+    /// Explores `cfg` and asserts the search was complete and found nothing.
+    fn explore_safely(cfg: &ExploreConfig) -> ExploreReport {
+        let report = explore(cfg, |_| {});
+        assert!(report.violation.is_none() && report.complete, "{:?}", report.violation);
+        report
+    }
+
     #[test]
     fn a_small_bound_is_explored_completely_without_violations() {
         let cfg = ExploreConfig::small(3, 9);
@@ -472,8 +486,7 @@ mod tests {
         let base = explore(&ExploreConfig::small(3, 8), |_| {});
         let mut cfg = ExploreConfig::small(3, 8);
         (cfg.reads, cfg.snapshots) = (1, 1);
-        let wider = explore(&cfg, |_| {});
-        assert!(wider.violation.is_none() && wider.complete, "{:?}", wider.violation);
+        let wider = explore_safely(&cfg);
         assert!(wider.distinct > base.distinct, "{} vs {}", wider.distinct, base.distinct);
     }
 
@@ -499,8 +512,7 @@ mod tests {
         assert_eq!(s.cluster.node(1).map(|n| n.role()), Some(raft_core::Role::Leader));
         let offered = choices(&cfg, &s);
         assert!(offered.contains(&Choice::Change(1, MembershipChange::AddLearner(4))), "{offered:?}");
-        let changing = explore(&cfg, |_| {});
-        assert!(changing.violation.is_none() && changing.complete, "{:?}", changing.violation);
+        let changing = explore_safely(&cfg);
         assert!(changing.distinct > fixed.distinct, "{} vs {}", changing.distinct, fixed.distinct);
     }
 
@@ -517,8 +529,7 @@ mod tests {
         let any = explore(&ExploreConfig::small(3, 9), |_| {});
         let mut cfg = ExploreConfig::small(3, 9);
         cfg.reorders = 0;
-        let fifo = explore(&cfg, |_| {});
-        assert!(fifo.violation.is_none() && fifo.complete, "{:?}", fifo.violation);
+        let fifo = explore_safely(&cfg);
         assert!(fifo.distinct < any.distinct, "{} vs {}", fifo.distinct, any.distinct);
         assert!(fifo.distinct > 1_000, "still a search: {}", fifo.distinct);
     }
@@ -529,8 +540,7 @@ mod tests {
         // more distinct states than with single ticks (whose first choices only move counters).
         let mut cfg = ExploreConfig::small(3, 4);
         cfg.timeouts = true;
-        let report = explore(&cfg, |_| {});
-        assert!(report.violation.is_none() && report.complete, "{report:?}");
+        let report = explore_safely(&cfg);
         let ticks = explore(&ExploreConfig::small(3, 4), |_| {});
         assert!(report.distinct > ticks.distinct, "{} vs {}", report.distinct, ticks.distinct);
     }

@@ -141,8 +141,30 @@ fn parse_ids(list: &str) -> Result<Vec<NodeId>, String> {
     list.split(',').map(|s| parse(s, "node id")).collect()
 }
 
+/// The settings `add-nodes N OPTIONS..` gives its nodes (`key=value` options, see the table
+/// above), for node 1 of voters `1..=n`; [`crate::cluster::script`] writes the options back.
+pub(crate) fn template(n: u64, options: &[&str]) -> Result<Config, String> {
+    let mut template = Config::new(1, (1..=n).collect());
+    for kv in options {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
+        match k {
+            "pre-vote" => template.pre_vote = parse(v, k)?,
+            "check-quorum" => template.check_quorum = parse(v, k)?,
+            "election" => template.election_ticks = parse(v, k)?,
+            "heartbeat" => template.heartbeat_ticks = parse(v, k)?,
+            "max-entries" => template.max_entries_per_msg = parse(v, k)?,
+            "inflight" => template.max_inflight_msgs = parse(v, k)?,
+            "trailing" => template.snapshot_trailing_entries = parse(v, k)?,
+            "lease" => template.lease_reads = parse(v, k)?,
+            "drift" => template.max_clock_drift_ticks = parse(v, k)?,
+            _ => return Err(format!("unknown option {k:?}")),
+        }
+    }
+    Ok(template)
+}
+
 /// The inverse of [`parse_ids`].
-fn ids_text(ids: &[NodeId]) -> String {
+pub(crate) fn ids_text(ids: &[NodeId]) -> String {
     if ids.is_empty() {
         return "-".into();
     }
@@ -307,24 +329,8 @@ impl Scenario {
 
     fn add_nodes(&mut self, args: &[&str]) -> Result<(), String> {
         let n: u64 = parse(args.first().ok_or("add-nodes needs a count")?, "count")?;
-        let voters: Vec<NodeId> = (1..=n).collect();
-        let mut template = Config::new(1, voters.clone());
-        for kv in &args[1..] {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
-            match k {
-                "pre-vote" => template.pre_vote = parse(v, k)?,
-                "check-quorum" => template.check_quorum = parse(v, k)?,
-                "election" => template.election_ticks = parse(v, k)?,
-                "heartbeat" => template.heartbeat_ticks = parse(v, k)?,
-                "max-entries" => template.max_entries_per_msg = parse(v, k)?,
-                "inflight" => template.max_inflight_msgs = parse(v, k)?,
-                "trailing" => template.snapshot_trailing_entries = parse(v, k)?,
-                "lease" => template.lease_reads = parse(v, k)?,
-                "drift" => template.max_clock_drift_ticks = parse(v, k)?,
-                _ => return Err(format!("unknown option {k:?}")),
-            }
-        }
-        for id in voters {
+        let template = template(n, &args[1..])?;
+        for id in 1..=n {
             let config = Config { id, ..template.clone() };
             let node = Node::new(config.clone(), node_seed(0, id, 0)).map_err(|e| e.to_string())?;
             self.members.insert(id, Member { node, disk: SimDisk::new(), config, restarts: 0, repair: None });
